@@ -1,0 +1,221 @@
+"""The run directory: what `headattr attribute` writes and every other command reads.
+
+Layout (see README, "Output files"):
+
+- `scores.safetensors`: `scores` [L, H] float32 (final), `attributions` [N, V, L, H] float32
+  (raw signed, per sample and masked variant).
+- `run.json`: configuration, model and tokenizer identity, samples, variants, diagnostics, timings,
+  versions, `status`.
+- `heads.csv`: layer, head, score, rank in layer, global rank (rank 1 = highest score).
+- `heatmap.png`: the scores as a layers x heads image.
+- `checkpoints/`: one safetensors file per finished sample while a run is in progress (for `--resume`).
+
+Every file is written to a temporary name in the same directory and moved into place with `os.replace`,
+so a reader never sees a half-written file, even after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from .errors import HeadattrError
+
+RUN_FORMAT = "headattr-run"
+RUN_VERSION = 1
+SCORES_FILE = "scores.safetensors"
+META_FILE = "run.json"
+HEADS_FILE = "heads.csv"
+HEATMAP_FILE = "heatmap.png"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class Run:
+    """A run directory loaded into memory."""
+
+    path: Path
+    scores: np.ndarray  # [L, H] float32
+    attributions: np.ndarray  # [N, V, L, H] float32
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.scores.shape[1])
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Save numpy arrays as safetensors, atomically (write to a temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------- output directory policy
+
+
+def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check that `out` may be written: new, empty, or explicitly `--overwrite`/`--resume`d.
+
+    With `overwrite`, the files a run writes are removed now (checkpoints included); other files in the
+    directory are left alone.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HeadattrError(f"output path {out} exists and is not a directory; choose another --out")
+    existing = out.is_dir() and any(out.iterdir())
+    if existing and not (overwrite or resume):
+        raise HeadattrError(
+            f"output directory {out} already exists and is not empty; "
+            "pass --overwrite to replace it, --resume to continue it, or choose another --out"
+        )
+    if existing and overwrite and not resume:
+        for name in (SCORES_FILE, META_FILE, HEADS_FILE, HEATMAP_FILE):
+            (out / name).unlink(missing_ok=True)
+        ckpt = out / CHECKPOINT_DIR
+        if ckpt.is_dir():
+            for f in ckpt.iterdir():
+                f.unlink()
+            ckpt.rmdir()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------- reading and writing runs
+
+
+def heads_table(scores: np.ndarray) -> list[dict[str, Any]]:
+    """Rows of `heads.csv`: rank 1 is the highest score, ties broken by (layer, head) order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    num_layers, num_heads = scores.shape
+    flat = scores.reshape(-1)
+    global_order = np.lexsort((np.arange(flat.size), -flat))
+    global_rank = np.empty(flat.size, dtype=np.int64)
+    global_rank[global_order] = np.arange(1, flat.size + 1)
+    rows = []
+    for layer in range(num_layers):
+        order = np.lexsort((np.arange(num_heads), -scores[layer]))
+        layer_rank = np.empty(num_heads, dtype=np.int64)
+        layer_rank[order] = np.arange(1, num_heads + 1)
+        for head in range(num_heads):
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "score": float(np.float32(scores[layer, head])),
+                    "rank_in_layer": int(layer_rank[head]),
+                    "global_rank": int(global_rank[layer * num_heads + head]),
+                }
+            )
+    return rows
+
+
+def heads_csv(scores: np.ndarray) -> str:
+    buf = io.StringIO()
+    rows = heads_table(scores)
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "score": repr(row["score"])})
+    return buf.getvalue()
+
+
+def write_run(
+    out: Path,
+    scores: np.ndarray | torch.Tensor,
+    attributions: np.ndarray | torch.Tensor,
+    meta: dict[str, Any],
+    heatmap: bool = True,
+) -> Path:
+    """Write the final files of a run directory (atomically). `out` must already be prepared."""
+    from .figures import plot_heatmap
+
+    out = Path(out)
+    scores = np.asarray(scores, dtype=np.float32)
+    attributions = np.asarray(attributions, dtype=np.float32)
+    atomic_save_tensors(out / SCORES_FILE, {"scores": scores, "attributions": attributions})
+    atomic_write_text(out / HEADS_FILE, heads_csv(scores))
+    if heatmap:
+        title = f"Gate-IG head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
+        plot_heatmap(scores, out / HEATMAP_FILE, title=title)
+    meta = {"format": RUN_FORMAT, "version": RUN_VERSION, **meta}
+    atomic_write_json(out / META_FILE, meta)
+    return out
+
+
+def read_run(path: str | Path) -> Run:
+    """Load a run directory written by `headattr attribute` (or `ensemble`)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HeadattrError(f"run directory {path} does not exist; pass a directory written by `headattr attribute`")
+    scores_path, meta_path = path / SCORES_FILE, path / META_FILE
+    for p in (scores_path, meta_path):
+        if not p.is_file():
+            raise HeadattrError(
+                f"{p} is missing: {path} is not a finished run directory (run or --resume `headattr attribute`)"
+            )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HeadattrError(f"cannot read {meta_path}: {exc}") from None
+    if meta.get("format") != RUN_FORMAT:
+        raise HeadattrError(f"{meta_path} is not a headattr run file (format {meta.get('format')!r})")
+    if meta.get("status") != "complete":
+        raise HeadattrError(f"run {path} has status {meta.get('status')!r}; finish it with `headattr attribute --resume`")
+    try:
+        tensors = load_file(str(scores_path))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise HeadattrError(f"cannot read {scores_path}: {exc}") from None
+    if "scores" not in tensors or "attributions" not in tensors:
+        raise HeadattrError(f"{scores_path} lacks the `scores` or `attributions` tensor")
+    return Run(path=path, scores=tensors["scores"], attributions=tensors["attributions"], meta=meta)
