@@ -86,7 +86,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
     """Save numpy arrays as safetensors, atomically (write to a temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +106,10 @@ def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: di
 # ---------------------------------------------------------------- output directory policy
 
 
-def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Check that `out` may be written: new, empty, or explicitly `--overwrite`/`--resume`d.
+def check_output_dir(out: Path, overwrite: bool = False, resume: bool = False) -> bool:
+    """Raise unless `out` may be written: new, empty, or explicitly `--overwrite`/`--resume`d.
 
-    With `overwrite`, the files a run writes are removed now (checkpoints included); other files in the
-    directory are left alone.
+    Touches nothing, so commands call it before any slow work. Returns whether `out` holds files.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -119,6 +120,17 @@ def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool = False)
             f"output directory {out} already exists and is not empty; "
             "pass --overwrite to replace it, --resume to continue it, or choose another --out"
         )
+    return existing
+
+
+def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """`check_output_dir`, then create `out`.
+
+    With `overwrite`, the files a run writes are removed now (checkpoints included); other files in the
+    directory are left alone.
+    """
+    out = Path(out)
+    existing = check_output_dir(out, overwrite, resume)
     if existing and overwrite and not resume:
         for name in (SCORES_FILE, META_FILE, HEADS_FILE, HEATMAP_FILE):
             (out / name).unlink(missing_ok=True)
@@ -197,7 +209,9 @@ def read_run(path: str | Path) -> Run:
     """Load a run directory written by `headattr attribute` (or `ensemble`)."""
     path = Path(path)
     if not path.is_dir():
-        raise HeadattrError(f"run directory {path} does not exist; pass a directory written by `headattr attribute`")
+        raise HeadattrError(
+            f"run directory {path} does not exist; pass a directory written by `headattr attribute`"
+        )
     scores_path, meta_path = path / SCORES_FILE, path / META_FILE
     for p in (scores_path, meta_path):
         if not p.is_file():
@@ -211,7 +225,9 @@ def read_run(path: str | Path) -> Run:
     if meta.get("format") != RUN_FORMAT:
         raise HeadattrError(f"{meta_path} is not a headattr run file (format {meta.get('format')!r})")
     if meta.get("status") != "complete":
-        raise HeadattrError(f"run {path} has status {meta.get('status')!r}; finish it with `headattr attribute --resume`")
+        raise HeadattrError(
+            f"run {path} has status {meta.get('status')!r}; finish it with `headattr attribute --resume`"
+        )
     try:
         tensors = load_file(str(scores_path))
     except Exception as exc:  # safetensors raises several types for corrupt files

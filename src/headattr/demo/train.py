@@ -1,0 +1,403 @@
+"""Train the demo masked diffusion LM from scratch and write it as a Dream-format checkpoint.
+
+    python -m headattr.demo.train [--out DIR] [--seed 0] [--steps N] [--data FILE | --no-data]
+
+Why: headattr needs a real, trained diffusion LM that runs on a CPU in seconds, ships inside the package
+and has heads that matter, so that attribution and pruning can be demonstrated and tested without a
+download. The model is transformers' Qwen2 run with bidirectional attention, exactly Dream's architecture,
+and it keeps Dream's conventions: shifted logits (the token at position j is predicted from position j-1),
+a `<|mask|>` token, `config.json` with `"model_type": "Dream"` and Qwen2 weight names.
+
+Objective: masked diffusion on answer tokens only. A sequence is `[bos] + prompt + answer` (characters);
+each example draws a mask rate t ~ U(0, 1) (clipped to [T_MIN, 1]), masks each answer token with
+probability t (at least one), and the loss is the cross-entropy of the masked tokens weighted by 1 / t,
+divided by the answer length: the usual masked-diffusion bound. Since at least one token is always masked,
+t is floored at 1 / answer length in the weight, so that a rare near-zero t does not dominate a batch.
+
+Batches mix tasks and are padded at the end; a float attention mask hides pad keys from every query, so
+real positions compute exactly what they would unpadded (RoPE positions are unchanged by end padding).
+Everything is seeded (`--seed`): the same command on the same software reproduces the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from headattr.decode import unmask_decode
+from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.demo import tasks as demo_tasks
+from headattr.demo.tokenizer import build_tokenizer
+
+T_MIN = 1e-3
+EVAL_SEED = 777  # held-out evaluation examples (a different stream from training's and the dataset's)
+EVAL_MASK_RATE = 0.5
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Architecture and optimisation settings; the defaults produce the shipped model."""
+
+    seed: int = 0
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    hidden_size: int = 128
+    num_layers: int = 6
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    intermediate_size: int = 384
+    rope_theta: float = 10000.0
+    max_positions: int = 256
+    log_every: int = 250
+
+
+# ---------------------------------------------------------------- model
+
+
+def model_config(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+    """The Qwen2 configuration of the demo model (bidirectional, untied head, character vocabulary)."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        use_cache=False,
+    )
+    return config
+
+
+def make_bidirectional(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
+    """Turn off causal masking everywhere (the config flag drives mask creation, the module flag sdpa)."""
+    model.config.is_causal = False
+    for module in model.modules():
+        if hasattr(module, "is_causal"):
+            module.is_causal = False
+    return model
+
+
+def build_model(config: Qwen2Config, attn_implementation: str = "sdpa") -> Qwen2ForCausalLM:
+    """A freshly initialised bidirectional Qwen2 (seed torch before calling for reproducible weights)."""
+    config.is_causal = False
+    config._attn_implementation = attn_implementation
+    return make_bidirectional(Qwen2ForCausalLM(config))
+
+
+def dream_config_dict(config: Qwen2Config, dtype: str = "float32") -> dict:
+    """config.json in Dream's format: Qwen2 field names, `model_type` Dream, a mask token id."""
+    return {
+        "architectures": ["DreamModel"],
+        "model_type": "Dream",
+        "attention_dropout": 0.0,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "mask_token_id": config.mask_token_id,
+        "hidden_act": "silu",
+        "hidden_size": config.hidden_size,
+        "initializer_range": config.initializer_range,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "max_window_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": config.num_key_value_heads,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_parameters["rope_theta"],
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "use_cache": False,
+        "use_sliding_window": False,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def save_checkpoint(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+                    train_config: TrainConfig | None = None) -> Path:
+    """Write config.json (Dream format), model.safetensors (float32, Qwen2 names) and the tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = dream_config_dict(model.config)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(str(out))
+    if train_config is not None:
+        (out / "training_args.json").write_text(json.dumps(asdict(train_config), indent=2) + "\n")
+    return out
+
+
+def load_checkpoint(model_dir: str | Path = MODEL_DIR,
+                    attn_implementation: str = "sdpa") -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
+    """Load a demo checkpoint (float32, eval mode, bidirectional) and its tokenizer, offline."""
+    from transformers import AutoTokenizer
+
+    root = Path(model_dir)
+    fields = json.loads((root / "config.json").read_text())
+    for key in ("model_type", "architectures", "auto_map", "torch_dtype"):
+        fields.pop(key, None)
+    config = Qwen2Config(**fields)
+    model = build_model(config, attn_implementation)
+    weights = load_file(str(root / WEIGHTS_FILE))
+    model.load_state_dict({name: tensor.float() for name, tensor in weights.items()}, strict=True)
+    return model.eval(), AutoTokenizer.from_pretrained(str(root))
+
+
+# ---------------------------------------------------------------- batches and the objective
+
+
+@dataclass
+class Batch:
+    """Token ids `[B, T]` padded at the end, where the answers are, and which positions are real."""
+
+    ids: torch.Tensor
+    answer: torch.Tensor  # bool [B, T]
+    real: torch.Tensor  # bool [B, T]
+
+    def attention_mask(self) -> torch.Tensor:
+        """Float `[B, 1, T, T]` mask: 0 where the key is a real token, a large negative at pad keys."""
+        blocked = ~self.real[:, None, None, :]
+        mask = torch.zeros(blocked.shape[0], 1, self.ids.shape[1], self.ids.shape[1])
+        return mask.masked_fill(blocked, torch.finfo(torch.float32).min)
+
+
+def encode(example: demo_tasks.Example, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int]:
+    """`[bos] + prompt + answer` ids and the answer's start position."""
+    prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
+    answer = tokenizer(example["answer"], add_special_tokens=False)["input_ids"]
+    return [tokenizer.bos_token_id, *prompt, *answer], 1 + len(prompt)
+
+
+def make_batch(examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase) -> Batch:
+    """Encode and pad examples at the end with the pad token."""
+    encoded = [encode(example, tokenizer) for example in examples]
+    length = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
+    answer = torch.zeros(len(encoded), length, dtype=torch.bool)
+    real = torch.zeros(len(encoded), length, dtype=torch.bool)
+    for row, (tokens, start) in enumerate(encoded):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        answer[row, start : len(tokens)] = True
+        real[row, : len(tokens)] = True
+    return Batch(ids, answer, real)
+
+
+def draw_masks(answer: torch.Tensor, rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mask each answer token with its row's `rate`; a row with nothing masked gets one random answer token."""
+    masked = (torch.rand(answer.shape, generator=generator) < rate[:, None]) & answer
+    forced_scores = torch.rand(answer.shape, generator=generator).masked_fill(~answer, -1.0)
+    forced = torch.zeros_like(answer).scatter_(1, forced_scores.argmax(dim=1, keepdim=True), True)
+    empty = ~masked.any(dim=1, keepdim=True)
+    return masked | (forced & empty)
+
+
+def shifted_logits(model: Qwen2ForCausalLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits aligned with the tokens they predict: entry j is the model's output at j-1 (Dream's shift)."""
+    logits = model(input_ids=ids, attention_mask=attention_mask).logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def diffusion_loss(model: Qwen2ForCausalLM, batch: Batch, mask_token_id: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Masked-diffusion loss on the answers of a batch (see the module docstring)."""
+    rate = torch.rand(batch.ids.shape[0], generator=generator).clamp(T_MIN, 1.0)
+    masked = draw_masks(batch.answer, rate, generator)
+    inputs = batch.ids.masked_fill(masked, mask_token_id)
+    logits = shifted_logits(model, inputs, batch.attention_mask())
+    token_loss = F.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")  # [B, T]
+    answer_len = batch.answer.sum(dim=1).float()
+    weight = 1.0 / torch.maximum(rate, 1.0 / answer_len)
+    per_example = (token_loss * masked).sum(dim=1) * weight / answer_len
+    return per_example.mean()
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def batches(seed: int, batch_size: int) -> Iterator[list[demo_tasks.Example]]:
+    """Endless mixed-task training batches from the training split."""
+    examples = demo_tasks.stream(seed, heldout=False)
+    while True:
+        yield [next(examples) for _ in range(batch_size)]
+
+
+def train(cfg: TrainConfig, out_dir: str | Path | None = None,
+          log: bool = True) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
+    """Train a demo model with `cfg`; write the checkpoint to `out_dir` when given."""
+    torch.set_num_threads(2)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = build_model(model_config(cfg, tokenizer))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    model.train()
+    start, running = time.time(), 0.0
+    for step, examples in zip(range(cfg.steps), batches(cfg.seed, cfg.batch_size), strict=False):
+        loss = diffusion_loss(model, make_batch(examples, tokenizer), tokenizer.mask_token_id, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        running += loss.item()
+        if log and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+            count = (step % cfg.log_every) + 1
+            print(f"step {step + 1:5d}  loss {running / count:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
+                  f"elapsed {time.time() - start:6.1f}s", flush=True)
+            running = 0.0
+    model.eval()
+    if out_dir is not None:
+        save_checkpoint(model, tokenizer, out_dir, cfg)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _same_length_groups(examples: Sequence[demo_tasks.Example],
+                        tokenizer: PreTrainedTokenizerBase) -> list[list[demo_tasks.Example]]:
+    """Examples grouped by encoded length, so evaluation batches need no padding at all."""
+    groups: dict[int, list[demo_tasks.Example]] = {}
+    for example in examples:
+        groups.setdefault(len(encode(example, tokenizer)[0]), []).append(example)
+    return [groups[length] for length in sorted(groups)]
+
+
+@torch.no_grad()
+def masked_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                    examples: Sequence[demo_tasks.Example], rate: float = EVAL_MASK_RATE, seed: int = 0) -> float:
+    """Fraction of masked answer tokens predicted exactly (argmax), masking each with probability `rate`."""
+    generator = torch.Generator().manual_seed(seed)
+    correct = total = 0
+    for group in _same_length_groups(examples, tokenizer):
+        batch = make_batch(group, tokenizer)
+        masked = draw_masks(batch.answer, torch.full((len(group),), rate), generator)
+        logits = shifted_logits(model, batch.ids.masked_fill(masked, tokenizer.mask_token_id))
+        predicted = logits.argmax(dim=-1)
+        correct += int(((predicted == batch.ids) & masked).sum())
+        total += int(masked.sum())
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def exact_match(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                examples: Sequence[demo_tasks.Example]) -> float:
+    """Fraction of answers decoded exactly from a fully masked answer by `unmask_decode` (one token a step)."""
+    def logits_fn(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids).logits
+
+    correct = 0
+    for group in _same_length_groups(examples, tokenizer):
+        batch = make_batch(group, tokenizer)
+        positions = batch.answer[0].nonzero().squeeze(1)
+        decoded = unmask_decode(logits_fn, batch.ids, positions, tokenizer.mask_token_id, shift=True)
+        correct += int((decoded == batch.ids).all(dim=1).sum())
+    return correct / max(len(examples), 1)
+
+
+def evaluate(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, per_task: int = 200,
+             seed: int = EVAL_SEED) -> dict[str, dict[str, float]]:
+    """Held-out masked-token accuracy at rate 0.5 and exact-match decoding accuracy, per task."""
+    results = {}
+    for task in demo_tasks.TASKS:
+        examples = demo_tasks.heldout_examples(task, per_task, seed)
+        results[task] = {
+            "masked_acc@0.5": masked_accuracy(model, tokenizer, examples, seed=seed),
+            "exact_match": exact_match(model, tokenizer, examples),
+        }
+    return results
+
+
+def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase) -> float:
+    """Largest change of position 0's logits when only the last token changes (0 would mean causal)."""
+    ids = torch.tensor([encode(demo_tasks.copy_example(random.Random(0)), tokenizer)[0]])
+    changed = ids.clone()
+    changed[0, -1] = tokenizer.mask_token_id
+    with torch.no_grad():
+        return float((model(input_ids=ids).logits[0, 0] - model(input_ids=changed).logits[0, 0]).abs().max())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m headattr.demo.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=MODEL_DIR, help="checkpoint directory (default: shipped)")
+    parser.add_argument("--data", type=Path, default=DATA_FILE, help="where to write the demo dataset")
+    parser.add_argument("--no-data", action="store_true", help="do not write the demo dataset")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out, no training")
+    parser.add_argument("--eval-per-task", type=int, default=200, help="held-out examples per task")
+    for name in ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size"):
+        value = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(2)
+    start = time.time()
+    if args.eval_only:
+        model, tokenizer = load_checkpoint(args.out)
+    else:
+        overrides = {k: getattr(args, k) for k in ("seed", "steps", "batch_size", "lr", "warmup_steps",
+                                                   "num_layers", "intermediate_size")}
+        cfg = TrainConfig(**overrides)
+        print(f"training {cfg}", flush=True)
+        train(cfg, args.out)
+        print(f"training time {time.time() - start:.1f}s; checkpoint written to {args.out}", flush=True)
+        model, tokenizer = load_checkpoint(args.out)  # evaluate what was written, not what is in memory
+    size = (Path(args.out) / WEIGHTS_FILE).stat().st_size
+    params = sum(p.numel() for p in model.parameters())
+    print(f"parameters {params}, {WEIGHTS_FILE} {size} bytes, "
+          f"bidirectional check {check_bidirectional(model, tokenizer):.3g}")
+    print(f"{'task':<8} {'masked_acc@0.5':>15} {'exact_match':>12}   (held-out, {args.eval_per_task} per task)")
+    for task, result in evaluate(model, tokenizer, args.eval_per_task).items():
+        print(f"{task:<8} {result['masked_acc@0.5']:>15.4f} {result['exact_match']:>12.4f}")
+    if not args.no_data and not args.eval_only:
+        print(f"dataset written to {demo_tasks.write_dataset(args.data)}")
+    print(f"total elapsed {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

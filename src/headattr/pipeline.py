@@ -1,0 +1,273 @@
+"""`headattr.attribute`: Gate-IG over a set of samples, with per-sample checkpoints and a run directory.
+
+Each sample's result depends only on the model, the sample and the configuration, so samples are
+checkpointed as they finish and a resumed run ends with the same scores as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import rundir
+from .aggregate import final_scores
+from .data import Sample
+from .engine import GateIGConfig, SampleAttribution, attribute_sample
+from .errors import HeadattrError
+from .models import ModelSpec
+
+
+@dataclass
+class Attribution:
+    """Scores, raw per-variant attributions and diagnostics of an attribution run."""
+
+    scores: np.ndarray  # [L, H] float32: mean over samples of postprocess(mean over variants)
+    attributions: np.ndarray  # [N, V, L, H] float32, raw signed
+    j_full: np.ndarray  # [N, V]
+    j_baseline: np.ndarray  # [N, V, S]
+    completeness_error: np.ndarray  # [N, V, S]
+    samples: list[Sample]
+    config: GateIGConfig
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[dict[str, float]]:
+        return [
+            {"prob": p, "draw": r}
+            for p in self.config.mask_probs
+            for r in range(self.config.mask_samples_per_prob)
+        ]
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Per-variant J and completeness errors, with a summary that says whether `ig_steps` suffices."""
+        err = np.abs(self.completeness_error)
+        gap = np.abs(self.j_full[..., None] - self.j_baseline)
+        rel = err / np.maximum(gap, 1e-12)
+        return {
+            "j_full": self.j_full.tolist(),
+            "j_baseline": self.j_baseline.tolist(),
+            "completeness_error": self.completeness_error.tolist(),
+            "completeness": {
+                "max_abs": float(err.max()),
+                "mean_abs": float(err.mean()),
+                "median_abs": float(np.median(err)),
+                "max_relative": float(rel.max()),
+                "median_relative": float(np.median(rel)),
+            },
+        }
+
+
+def attribute(
+    spec: ModelSpec,
+    samples: list[Sample],
+    config: GateIGConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    run_info: dict[str, Any] | None = None,
+) -> Attribution:
+    """Gate-IG head scores of `spec` over `samples`.
+
+    With `out`, writes the run directory (see `headattr.rundir`): per-sample checkpoints while running,
+    then `scores.safetensors`, `run.json`, `heads.csv`, `heatmap.png`. `resume` continues a run in `out`
+    that was interrupted; the checkpoints must come from the same model, samples and configuration.
+    `run_info` adds entries (data report, CLI configuration) to run.json.
+    """
+    config = config or GateIGConfig()
+    if not samples:
+        raise HeadattrError("no samples to attribute; check the dataset and --samples")
+    fingerprint = _fingerprint(spec, samples, config)
+    ckpt_dir = None
+    started = time.perf_counter()
+    meta = _meta(spec, samples, config, run_info or {}, status="running")
+    if out is not None:
+        out = rundir.prepare_output_dir(Path(out), overwrite=overwrite, resume=resume)
+        ckpt_dir = out / rundir.CHECKPOINT_DIR
+        _check_resume(ckpt_dir, fingerprint, resume)
+        rundir.atomic_write_json(out / rundir.META_FILE, {"format": rundir.RUN_FORMAT, **meta})
+    results, computed = [], 0
+    bar = tqdm(samples, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True)
+    for i, sample in enumerate(bar):
+        result = _load_checkpoint(ckpt_dir, i, sample) if ckpt_dir is not None else None
+        if result is None:
+            result = attribute_sample(
+                spec,
+                sample.input_ids,
+                sample.answer_start,
+                sample.answer_end,
+                sample.uid,
+                config,
+                name=f"sample {sample.index} (uid {sample.uid})",
+            )
+            computed += 1
+            if ckpt_dir is not None:
+                _save_checkpoint(ckpt_dir, i, sample, result)
+        results.append(result)
+    elapsed = time.perf_counter() - started
+    result = _combine(results, samples, config)
+    result.timings = {
+        "total_s": elapsed,
+        "computed_samples": computed,
+        "resumed_samples": len(samples) - computed,
+        "per_sample_s": elapsed / max(computed, 1),
+    }
+    if out is not None:
+        meta.update(status="complete", timings=result.timings, diagnostics=result.diagnostics())
+        rundir.write_run(out, result.scores, result.attributions, meta)
+        _remove_checkpoints(ckpt_dir)
+    return result
+
+
+def _combine(results: list[SampleAttribution], samples: list[Sample], config: GateIGConfig) -> Attribution:
+    attributions = np.stack([r.attributions for r in results]).astype(np.float32)
+    return Attribution(
+        scores=final_scores(attributions, config.postprocess),
+        attributions=attributions,
+        j_full=np.stack([r.j_full for r in results]),
+        j_baseline=np.stack([r.j_baseline for r in results]),
+        completeness_error=np.stack([r.completeness_error for r in results]),
+        samples=list(samples),
+        config=config,
+    )
+
+
+# ---------------------------------------------------------------- run.json
+
+
+def sample_record(sample: Sample) -> dict[str, Any]:
+    return {
+        "index": sample.index,
+        "hash": sample.uid,
+        "group": sample.group,
+        "tokens": len(sample.input_ids),
+        "prompt_tokens": sample.answer_start,
+        "answer_tokens": sample.answer_end - sample.answer_start,
+        "prompt_truncated": sample.prompt_truncated,
+        "answer_truncated": sample.answer_truncated,
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import scipy
+    import tokenizers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "headattr": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def _meta(
+    spec: ModelSpec, samples: list[Sample], config: GateIGConfig, run_info: dict[str, Any], status: str
+) -> dict[str, Any]:
+    import torch
+
+    device = spec.device
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    )
+    tok = spec.tokenizer
+    return {
+        "status": status,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {**asdict(config), "mask_probs": list(config.mask_probs), **run_info.get("config", {})},
+        "model": spec.describe(),
+        "tokenizer": {
+            "name_or_path": getattr(tok, "name_or_path", None),
+            "class": type(tok).__name__,
+            "vocab_size": len(tok) if tok is not None else None,
+        },
+        "samples": [sample_record(s) for s in samples],
+        "variants": [
+            {"prob": p, "draw": r} for p in config.mask_probs for r in range(config.mask_samples_per_prob)
+        ],
+        **{k: v for k, v in run_info.items() if k != "config"},
+        "device": {"type": device.type, "name": device_name},
+        "versions": library_versions(),
+    }
+
+
+# ---------------------------------------------------------------- checkpoints (resume)
+
+
+def _fingerprint(spec: ModelSpec, samples: list[Sample], config: GateIGConfig) -> str:
+    """What a checkpoint must match to be reused. `batch_size` is left out: it cannot change results."""
+    cfg = {k: v for k, v in asdict(config).items() if k != "batch_size"}
+    cfg["mask_probs"] = list(config.mask_probs)
+    key = {
+        "model": spec.config_hash,
+        "mask_token_id": spec.mask_token_id,
+        "shift": spec.logit_shift,
+        "dtype": str(spec.dtype),
+        "config": cfg,
+        "samples": [[s.uid, list(s.input_ids), s.answer_start, s.answer_end] for s in samples],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _check_resume(ckpt_dir: Path, fingerprint: str, resume: bool) -> None:
+    stamp = ckpt_dir / "fingerprint.txt"
+    if stamp.is_file():
+        if stamp.read_text().strip() != fingerprint:
+            raise HeadattrError(
+                f"the checkpoints in {ckpt_dir} come from a different model, data or configuration; "
+                "rerun with the original flags, or pass --overwrite to start over"
+            )
+        return
+    if resume and not (ckpt_dir.parent / rundir.META_FILE).is_file():
+        raise HeadattrError(f"nothing to resume in {ckpt_dir.parent}; drop --resume to start a new run")
+    rundir.atomic_write_text(stamp, fingerprint + "\n")
+
+
+def _checkpoint_path(ckpt_dir: Path, i: int, sample: Sample) -> Path:
+    return ckpt_dir / f"{i:06d}-{sample.uid}.safetensors"
+
+
+def _save_checkpoint(ckpt_dir: Path, i: int, sample: Sample, r: SampleAttribution) -> None:
+    rundir.atomic_save_tensors(
+        _checkpoint_path(ckpt_dir, i, sample),
+        {
+            "attributions": r.attributions,
+            "j_full": r.j_full,
+            "j_baseline": r.j_baseline,
+            "completeness_error": r.completeness_error,
+        },
+    )
+
+
+def _load_checkpoint(ckpt_dir: Path, i: int, sample: Sample) -> SampleAttribution | None:
+    from safetensors.numpy import load_file
+
+    path = _checkpoint_path(ckpt_dir, i, sample)
+    if not path.is_file():
+        return None
+    t = load_file(str(path))
+    return SampleAttribution(t["attributions"], t["j_full"], t["j_baseline"], t["completeness_error"])
+
+
+def _remove_checkpoints(ckpt_dir: Path | None) -> None:
+    if ckpt_dir is None or not ckpt_dir.is_dir():
+        return
+    for f in ckpt_dir.iterdir():
+        f.unlink()
+    ckpt_dir.rmdir()

@@ -1,0 +1,173 @@
+"""Tiny checkpoints in Dream's and LLaDA's native on-disk formats, built in code (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from headattr.models import LLADA_RENAMES
+
+MASK_ID = 3
+CHARS = string.ascii_lowercase + string.digits + " =,;?+-"
+TINY = {"hidden": 32, "layers": 3, "heads": 4, "kv_heads": 2, "inter": 48}
+
+
+def write_char_tokenizer(root: Path) -> int:
+    """A character-level fast tokenizer with <pad>=0 <bos>=1 <eos>=2 <mask>=3; returns the vocab size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<mask>": MASK_ID}
+    vocab.update({c: i + 4 for i, c in enumerate(CHARS)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", mask_token="<mask>"
+    )
+    fast.save_pretrained(str(root))
+    return len(vocab)
+
+
+def _qwen2_weights(vocab: int, seed: int) -> dict[str, torch.Tensor]:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=TINY["hidden"],
+        intermediate_size=TINY["inter"],
+        num_hidden_layers=TINY["layers"],
+        num_attention_heads=TINY["heads"],
+        num_key_value_heads=TINY["kv_heads"],
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():  # random biases and norms, so that tests exercise every weight
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def make_dream_checkpoint(root: Path, seed: int = 0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = write_char_tokenizer(root)
+    config = {
+        "model_type": "Dream",
+        "architectures": ["DreamModel"],
+        "auto_map": {
+            "AutoModel": "modeling_dream.DreamModel",
+            "AutoConfig": "configuration_dream.DreamConfig",
+        },
+        "hidden_size": TINY["hidden"],
+        "intermediate_size": TINY["inter"],
+        "num_hidden_layers": TINY["layers"],
+        "num_attention_heads": TINY["heads"],
+        "num_key_value_heads": TINY["kv_heads"],
+        "vocab_size": vocab,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "mask_token_id": MASK_ID,
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    save_file(_qwen2_weights(vocab, seed), str(root / "model.safetensors"))
+    return root
+
+
+def _llama_to_llada_name(name: str) -> str:
+    import re
+
+    for pattern, repl in LLADA_RENAMES:  # invert the loader's table: each entry is one-to-one
+        llama_pat = repl.replace(r"\1", r"(\d+)").replace(r"\2", "([qkv])").replace(".", r"\.")
+        llada = pattern.lstrip("^").replace(r"\.", ".").replace(r"(\d+)", r"\1").replace("([qkv])", r"\2")
+        new, n = re.subn("^" + llama_pat, llada, name)
+        if n:
+            return new
+    raise KeyError(name)
+
+
+def make_llada_checkpoint(root: Path, seed: int = 0, shards: int = 2) -> Path:
+    """LLaDA layout: OLMo-style config, `model.transformer.*` weight names, sharded with an index file."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = write_char_tokenizer(root)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=TINY["hidden"],
+        intermediate_size=TINY["inter"],
+        num_hidden_layers=TINY["layers"],
+        num_attention_heads=TINY["heads"],
+        num_key_value_heads=TINY["heads"],
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    )
+    llama = LlamaForCausalLM(cfg).state_dict()
+    weights = {_llama_to_llada_name(k): v.contiguous() for k, v in llama.items()}
+    config = {
+        "model_type": "llada",
+        "architectures": ["LLaDAModelLM"],
+        "d_model": TINY["hidden"],
+        "n_layers": TINY["layers"],
+        "n_heads": TINY["heads"],
+        "n_kv_heads": TINY["heads"],
+        "mlp_hidden_size": TINY["inter"],
+        "vocab_size": vocab,
+        "embedding_size": vocab,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "max_sequence_length": 512,
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "weight_tying": False,
+        "block_type": "llama",
+        "mask_token_id": MASK_ID,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    names = sorted(weights)
+    index = {}
+    for s in range(shards):
+        part = names[s::shards]
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: weights[k] for k in part}, str(root / fname))
+        index.update({k: fname for k in part})
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dream_checkpoint(tmp_path_factory.mktemp("dream") / "tiny-dream")
+
+
+@pytest.fixture(scope="session")
+def llada_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_llada_checkpoint(tmp_path_factory.mktemp("llada") / "tiny-llada")
+
+
+@pytest.fixture(scope="session")
+def dream(dream_dir: Path):
+    from headattr.models import load_model
+
+    return load_model(dream_dir, dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def llada(llada_dir: Path):
+    from headattr.models import load_model
+
+    return load_model(llada_dir, dtype="float64")
