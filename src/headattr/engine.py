@@ -126,7 +126,8 @@ def _row_objective(
     logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, n_rows: int, normalize: str
 ) -> torch.Tensor:
     """J per row: minus the cross-entropy of its masked tokens, averaged (`mean-masked`) or summed."""
-    nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: loss in float32
+    nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     loss = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add(0, owner, nll)
     if normalize == "mean-masked":
         count = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add(

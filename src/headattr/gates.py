@@ -23,8 +23,9 @@ def _gate_hook(gates: torch.Tensor, num_heads: int):
         x = args[0]
         b, t, width = x.shape
         g = gates if gates.dim() == 2 else gates.expand(b, -1)
-        # multiply in float32 so that the gate gradient is accumulated at full precision under bf16
-        scaled = x.float().view(b, t, num_heads, width // num_heads) * g[:, None, :, None].float()
+        # at least float32, so that the gate gradient is accumulated at full precision under bf16
+        wide = torch.promote_types(x.dtype, torch.float32)
+        scaled = x.to(wide).view(b, t, num_heads, width // num_heads) * g[:, None, :, None].to(wide)
         return (scaled.view(b, t, width).to(x.dtype), *args[1:])
 
     return hook

@@ -1,0 +1,1150 @@
+"""Consistency of head attributions across runs: the numbers behind `headattr compare`.
+
+Two runs of `headattr attribute` on the same model differ only in their random draws (samples, masks).
+This module measures how much their head scores agree, how much of the disagreement is sampling noise,
+and how many samples would make each layer reproducible. Everything is computed from the run directories;
+the report (`report.py`) only formats these numbers.
+
+Definitions (see docs/compare.md for the metrics.json schema):
+
+- Per layer, for a pair of runs: Pearson, Spearman and Kendall (tau-b) correlation of the H head scores
+  (`scipy.stats`). A layer whose scores are constant in either run has no correlation: N/A (None), never NaN.
+- Top-K overlap: |topK(a) & topK(b)| / K. Ranking is by score, highest first; ties are broken by index,
+  lower first (per layer: head index; globally: (layer, head) in row-major order), exactly as `heads.csv`
+  ranks heads. Defined for 0 < K < N (N = H per layer, L*H globally); otherwise N/A.
+- Chance level: two independent uniformly random K-sets out of N share K*K/N members on average, an overlap
+  fraction of K/N. The Kuncheva index (r*N - K^2) / (K*(N - K)), r = |intersection|, rescales the overlap so
+  that chance is 0 and identity is 1.
+- Summary over layers: mean, median, min, max and population std (ddof=0) of the defined values; the number
+  of N/A layers is counted. "Good" layers: Pearson strictly above `good_threshold`; N/A counts as not good;
+  the share is over all layers.
+- Bands: contiguous layer ranges (default: thirds, `numpy.array_split`, named shallow/middle/deep).
+  Trend: Spearman correlation of layer index vs per-layer Pearson (defined layers), with its p-value;
+  "rises"/"falls" when p < 0.05, else "none". Band means are also labelled increasing/decreasing/mixed.
+- Bootstrap: for each run independently, resample its samples with replacement (B replicates, seeded),
+  recompute its scores as `aggregate` does (mean over samples of the per-sample scores), and recompute the
+  statistic. Intervals are percentile intervals (2.5 and 97.5 percentiles). Each replicate adds resampling
+  noise on top of the runs' own noise, so intervals tend to lie slightly below the point estimate: read the
+  lower bound as a conservative value.
+- Split-half reliability within a run: the samples are split at random into two halves of floor(N/2)
+  (`splits` random splits, seeded); per layer (and globally) the Pearson correlation of the two half-means
+  is averaged over splits (r). Spearman-Brown gives the reliability of the full run,
+  r_full = k r / (1 + (k - 1) r) with k = N / floor(N/2) (= 2r / (1 + r) for even N). The projected number
+  of samples to reach a target reliability R is n = N * R (1 - r_full) / (r_full (1 - R)) (the Spearman-Brown
+  prophecy), rounded up; N/A when r_full <= 0. Two runs with reliabilities r_a and r_b of the same underlying
+  scores are expected to correlate at sqrt(r_a r_b): reported as the "predicted" between-run Pearson.
+- Verdict: very high when the mean per-layer Pearson and the mean per-layer Spearman both exceed 0.9, high
+  when both exceed 0.8, moderate when both exceed 0.7, low otherwise; undetermined when either is N/A.
+  With more than two runs the verdict uses the means over all pairs.
+
+Recommendation rules (`recommendations`; each produces a structured item, rendered by `report.py`):
+
+1. `all_layers_consistent` (ok): in every pair, every layer has Pearson > good_threshold.
+   `layers_below_threshold` (caution) otherwise: those layers, with their lowest Pearson over pairs.
+2. `reliability_met` (ok): in every run, every layer's split-half reliability r_full >= target.
+   `more_samples` (caution) otherwise: the layers below target, grouped by band, with the projected number
+   of samples (largest over the band's layers and over runs) to reach the target.
+3. `no_signal_layers` (caution): layers whose split-half r_full is <= 0 or N/A in some run: the head
+   differences there are not distinguishable from sample noise, so no sample count can be projected.
+4. `ensemble_helps` (ok): when rule 2 fires and there are several runs: the layers whose projected
+   reliability after pooling all runs' samples (Spearman-Brown from the lowest per-run r_full) reaches target.
+5. `stable_top_k` (ok) / `unstable_top_k` (caution): the K values whose global top-K overlap is at least
+   OVERLAP_STABLE (0.9) in every pair / below it in some pair.
+6. `config_differences` (caution): configuration keys that differ between runs, other than the seeds and
+   the settings that cannot change the numbers (batch_size, grad_checkpoint, attn_implementation).
+7. `shared_samples` (caution): pairs of runs that share samples (same sample hash): their agreement is
+   partly agreement on identical data.
+8. `completeness_ok` (ok) / `completeness_high` (caution): the relative completeness error
+   (sum |error| / sum |J(1) - J(baseline)|, from run.json diagnostics) is at most / above
+   COMPLETENESS_RTOL (0.05) in every / some run; above it, raise --ig-steps.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .aggregate import sample_scores
+from .errors import HeadattrError
+from .rundir import Run, read_run
+
+DEFAULT_TOP_K: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
+FOCUS_K = 10
+GOOD_THRESHOLD = 0.9
+VERDICT_LEVELS: tuple[tuple[str, float], ...] = (("very_high", 0.9), ("high", 0.8), ("moderate", 0.7))
+SEED_KEYS = ("seed", "data_seed", "mask_seed")
+# Settings that by the spec ("What must not change the numbers") cannot change the scores.
+NO_EFFECT_KEYS = ("batch_size", "grad_checkpoint", "attn_implementation")
+OVERLAP_STABLE = 0.9
+COMPLETENESS_RTOL = 0.05
+TREND_ALPHA = 0.05
+CI_LEVEL = 0.95
+SPLITS = 20
+EXTREME_LAYERS = 3
+BAND_NAMES = ("shallow", "middle", "deep")
+
+Number = float | None
+
+
+# ---------------------------------------------------------------- result objects
+
+
+@dataclass
+class Summary:
+    """One per-layer metric summarised over layers; N/A layers are left out and counted in `n_missing`."""
+
+    mean: Number
+    median: Number
+    min: Number
+    max: Number
+    std: Number
+    n: int
+    n_missing: int
+
+
+@dataclass
+class LayerMetrics:
+    """Agreement of one layer's head scores between two runs. Overlap/Kuncheva are keyed by K."""
+
+    layer: int
+    pearson: Number
+    spearman: Number
+    kendall: Number
+    overlap: dict[int, Number]
+    kuncheva: dict[int, Number]
+
+
+@dataclass
+class GlobalMetrics:
+    """Agreement of all L*H head scores taken together."""
+
+    pearson: Number
+    spearman: Number
+    kendall: Number
+    overlap: dict[int, Number]
+    chance: dict[int, Number]
+    kuncheva: dict[int, Number]
+
+
+@dataclass
+class Interval:
+    """A bootstrap percentile interval around a point estimate."""
+
+    estimate: Number
+    low: Number
+    high: Number
+    mean: Number
+    se: Number
+    replicates: int
+
+
+@dataclass
+class BandMetrics:
+    """Per-layer metrics averaged over a band of consecutive layers."""
+
+    name: str
+    first: int
+    last: int
+    pearson_mean: Number
+    spearman_mean: Number
+    kendall_mean: Number
+    overlap_mean: Number
+    good_count: int
+    num_layers: int
+    samples_needed: int | None
+
+
+@dataclass
+class Trend:
+    """Does consistency change with depth? Spearman of layer index vs per-layer Pearson."""
+
+    rho: Number
+    p_value: Number
+    direction: str
+    bands: str | None
+
+
+@dataclass
+class Verdict:
+    """The verdict level and the two means it is based on."""
+
+    level: str
+    pearson_mean: Number
+    spearman_mean: Number
+
+
+@dataclass
+class PairMetrics:
+    """Every metric for one pair of runs (indices into `Comparison.runs`)."""
+
+    a: int
+    b: int
+    shared_samples: int | None
+    layers: list[LayerMetrics]
+    summary: dict[str, Summary]
+    overlap_summary: dict[int, Summary]
+    kuncheva_summary: dict[int, Summary]
+    chance_layer: dict[int, Number]
+    good_count: int
+    good_share: float
+    global_metrics: GlobalMetrics
+    best_layers: list[int]
+    worst_layers: list[int]
+    undefined_layers: list[int]
+    bands: list[BandMetrics]
+    trend: Trend
+    bootstrap: dict[str, Interval] | None
+    predicted_pearson: list[Number]
+    predicted_pearson_mean: Number
+    verdict: Verdict
+
+
+@dataclass
+class Reliability:
+    """Split-half reliability of one run, per layer and global, and projected samples for the target."""
+
+    n_samples: int
+    half: int
+    splits: int
+    split_layer: list[Number]
+    full_layer: list[Number]
+    needed_layer: list[int | None]
+    split_global: Number
+    full_global: Number
+    needed_global: int | None
+
+
+@dataclass
+class RunSummary:
+    """What the comparison needs to know about one input run."""
+
+    label: str
+    path: str
+    model_name: str | None
+    config: dict[str, Any]
+    num_samples: int
+    num_variants: int
+    postprocess: str
+    distribution: dict[str, float]
+    completeness: dict[str, Any] | None
+    reliability: Reliability
+    scores: np.ndarray = field(repr=False, metadata={"json": False})
+
+
+@dataclass
+class Settings:
+    """The options the comparison ran with, and the fixed thresholds it applied."""
+
+    top_k: list[int]
+    focus_k: int | None
+    good_threshold: float
+    bands: list[tuple[int, int]]
+    band_names: list[str]
+    bootstrap: int
+    seed: int
+    target: float
+    splits: int
+    ci_level: float = CI_LEVEL
+    verdict_levels: dict[str, float] = field(default_factory=lambda: dict(VERDICT_LEVELS))
+    overlap_stable: float = OVERLAP_STABLE
+    completeness_rtol: float = COMPLETENESS_RTOL
+    trend_alpha: float = TREND_ALPHA
+
+
+@dataclass
+class Comparison:
+    """The result of `compare`: settings, per-run summaries, per-pair metrics, matrix, verdict, advice."""
+
+    settings: Settings
+    model: dict[str, Any]
+    runs: list[RunSummary]
+    common_config: dict[str, Any]
+    config_differences: list[dict[str, Any]]
+    pairs: list[PairMetrics]
+    matrix: dict[str, list[list[Number]]]
+    matrix_mean: dict[str, Number]
+    verdict: Verdict
+    recommendations: list[dict[str, Any]]
+    created: str
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model["num_layers"])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model["num_heads"])
+
+    def pair(self, a: int, b: int) -> PairMetrics:
+        """The metrics of runs `a` and `b` (in either order)."""
+        lo, hi = min(a, b), max(a, b)
+        for p in self.pairs:
+            if (p.a, p.b) == (lo, hi):
+                return p
+        raise KeyError((a, b))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (metrics.json): dict keys are strings, N/A is None, no NaN anywhere."""
+        return {"format": "headattr-compare", "version": 1, **_jsonable(self)}
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert dataclasses, numpy values and int-keyed dicts to plain JSON values; NaN becomes None."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in fields(obj):
+            if f.metadata.get("json", True):
+                key = "global" if f.name == "global_metrics" else f.name
+                out[key] = _jsonable(getattr(obj, f.name))
+        return out
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+# ---------------------------------------------------------------- elementary metrics
+
+
+def _finite_or_none(x: Any) -> Number:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _is_constant(x: np.ndarray) -> bool:
+    return x.size == 0 or bool(np.all(x == x.flat[0]))
+
+
+def correlate(kind: str, a: np.ndarray, b: np.ndarray) -> tuple[Number, Number]:
+    """(statistic, p-value) of `kind` in pearson/spearman/kendall via scipy; (None, None) when undefined.
+
+    Undefined: fewer than two values, or either input constant (scipy would return NaN with a warning).
+    """
+    func: Callable[..., Any] = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}[
+        kind
+    ]
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size != b.size:
+        raise ValueError(f"arrays differ in size: {a.size} vs {b.size}")
+    if a.size < 2 or _is_constant(a) or _is_constant(b):
+        return None, None
+    res = func(a, b)
+    stat, p = _finite_or_none(res.statistic), _finite_or_none(res.pvalue)
+    return (stat, p) if stat is not None else (None, None)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> Number:
+    """Pearson correlation (scipy.stats.pearsonr), None when undefined."""
+    return correlate("pearson", a, b)[0]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> Number:
+    """Spearman rank correlation (scipy.stats.spearmanr; ties get average ranks), None when undefined."""
+    return correlate("spearman", a, b)[0]
+
+
+def kendall(a: np.ndarray, b: np.ndarray) -> Number:
+    """Kendall tau-b (scipy.stats.kendalltau; accounts for ties), None when undefined."""
+    return correlate("kendall", a, b)[0]
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` highest scores; ties broken by lower index first (stable sort of -score)."""
+    flat = np.asarray(scores, dtype=np.float64).ravel()
+    return np.argsort(-flat, kind="stable")[:k]
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> Number:
+    """|topK(a) & topK(b)| / K over flattened arrays; None unless 0 < K < number of elements."""
+    n = np.asarray(a).size
+    if not 0 < k < n:
+        return None
+    shared = np.intersect1d(top_k_indices(a, k), top_k_indices(b, k)).size
+    return shared / k
+
+
+def chance_overlap(k: int, n: int) -> Number:
+    """Expected overlap fraction of two independent uniformly random K-subsets of N items: K/N."""
+    return k / n if 0 < k < n else None
+
+
+def kuncheva(overlap: Number, k: int, n: int) -> Number:
+    """Kuncheva consistency index of an overlap fraction: 0 at chance, 1 for identical sets."""
+    if overlap is None or not 0 < k < n:
+        return None
+    r = overlap * k
+    return (r * n - k * k) / (k * (n - k))
+
+
+def summarize(values: Sequence[Number]) -> Summary:
+    """Mean, median, min, max, population std of the defined values; N/A values are counted, not used."""
+    defined = np.array([v for v in values if v is not None], dtype=np.float64)
+    missing = len(values) - defined.size
+    if defined.size == 0:
+        return Summary(None, None, None, None, None, 0, missing)
+    return Summary(
+        mean=float(defined.mean()),
+        median=float(np.median(defined)),
+        min=float(defined.min()),
+        max=float(defined.max()),
+        std=float(defined.std()),
+        n=int(defined.size),
+        n_missing=missing,
+    )
+
+
+def verdict_level(pearson_mean: Number, spearman_mean: Number) -> str:
+    """very_high / high / moderate / low from VERDICT_LEVELS (both means must exceed); undetermined if N/A."""
+    if pearson_mean is None or spearman_mean is None:
+        return "undetermined"
+    for level, threshold in VERDICT_LEVELS:
+        if pearson_mean > threshold and spearman_mean > threshold:
+            return level
+    return "low"
+
+
+# ---------------------------------------------------------------- row-wise statistics (bootstrap, split-half)
+
+
+def rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """scipy.stats.pearsonr along the last axis; NaN where a row is constant or shorter than 2."""
+    if x.shape[-1] < 2:
+        return np.full(x.shape[:-1], np.nan)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return np.asarray(stats.pearsonr(x, y, axis=-1).statistic, dtype=np.float64)
+
+
+def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman along the last axis: Pearson of average ranks (scipy.stats.rankdata), as spearmanr does."""
+    return rowwise_pearson(stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1))
+
+
+def spearman_brown(r: Number, factor: float) -> Number:
+    """Reliability of a measurement `factor` times as long as one with reliability `r`."""
+    if r is None:
+        return None
+    denom = 1.0 + (factor - 1.0) * r
+    return factor * r / denom if denom > 0 else None
+
+
+def samples_needed(r_full: Number, n: int, target: float) -> int | None:
+    """Spearman-Brown prophecy: samples to reach reliability `target` from `r_full` at `n` samples."""
+    if r_full is None or r_full <= 0:
+        return None
+    if r_full >= 1:
+        return 1
+    return max(1, int(math.ceil(n * target * (1 - r_full) / (r_full * (1 - target)) - 1e-9)))
+
+
+def resample_indices(n: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """[replicates, n] sample indices drawn with replacement."""
+    return rng.integers(0, n, size=(replicates, n))
+
+
+def replicate_scores(per_sample: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Scores of each resampled run, [B, L*H]: the mean of `per_sample[idx[b]]`, via a counts matrix.
+
+    Equal to `aggregate.final_scores(attributions[idx[b]], how)` (in float64), without copying samples.
+    """
+    n = per_sample.shape[0]
+    counts = np.zeros((idx.shape[0], n))
+    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
+    return counts @ per_sample.reshape(n, -1) / idx.shape[1]
+
+
+def percentile_interval(estimate: Number, replicates: np.ndarray, level: float = CI_LEVEL) -> Interval:
+    """Percentile bootstrap interval of the finite replicates."""
+    finite = replicates[np.isfinite(replicates)]
+    if finite.size == 0:
+        return Interval(estimate, None, None, None, None, 0)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    se = float(finite.std(ddof=1)) if finite.size > 1 else None
+    return Interval(estimate, float(low), float(high), float(finite.mean()), se, int(finite.size))
+
+
+# ---------------------------------------------------------------- option parsing
+
+
+def parse_top_k(value: str | Sequence[int]) -> list[int]:
+    """`"5,10,15"` or a sequence of ints -> sorted distinct positive ints."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            ks = [int(p) for p in parts]
+        except ValueError:
+            raise HeadattrError(f"--top-k {value!r}: expected comma-separated integers, e.g. 5,10,20") from None
+    else:
+        ks = [int(k) for k in value]
+    if not ks or any(k < 1 for k in ks):
+        raise HeadattrError(f"--top-k {value!r}: give one or more positive integers, e.g. 5,10,20")
+    return sorted(set(ks))
+
+
+def parse_bands(value: str | Sequence[Sequence[int]] | None) -> list[tuple[int, int]] | None:
+    """`"0-5,6-15,16-27"` (or `"3"` for one layer) or (first, last) pairs -> list of inclusive ranges."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        bands = []
+        for part in (p.strip() for p in value.split(",")):
+            lo, sep, hi = part.partition("-")
+            try:
+                bands.append((int(lo), int(hi) if sep else int(lo)))
+            except ValueError:
+                raise HeadattrError(
+                    f"--bands {value!r}: expected comma-separated FIRST-LAST layer ranges, e.g. 0-5,6-15,16-27"
+                ) from None
+    else:
+        bands = [(int(b[0]), int(b[1])) for b in value]
+    if not bands:
+        raise HeadattrError("--bands: give at least one FIRST-LAST layer range")
+    for lo, hi in bands:
+        if lo < 0 or hi < lo:
+            raise HeadattrError(f"--bands: range {lo}-{hi} is empty or negative; write FIRST-LAST with FIRST <= LAST")
+    ordered = sorted(bands)
+    for (_, hi), (lo, _) in zip(ordered, ordered[1:], strict=False):
+        if lo <= hi:
+            raise HeadattrError(f"--bands: ranges overlap at layer {lo}; give disjoint ranges")
+    return bands
+
+
+def default_bands(num_layers: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """Thirds of the layers (numpy.array_split), named shallow / middle / deep."""
+    parts = [p for p in np.array_split(np.arange(num_layers), min(3, num_layers)) if p.size]
+    names = list(BAND_NAMES) if len(parts) == 3 else [f"band{i + 1}" for i in range(len(parts))]
+    return [(int(p[0]), int(p[-1])) for p in parts], names
+
+
+def _check_bands(bands: list[tuple[int, int]], num_layers: int) -> None:
+    for lo, hi in bands:
+        if hi >= num_layers:
+            raise HeadattrError(
+                f"--bands: range {lo}-{hi} is outside the model's layers 0-{num_layers - 1}"
+            )
+
+
+def _focus_k(ks: list[int], num_heads: int) -> int | None:
+    """FOCUS_K if requested and defined per layer, else the defined requested K closest to it."""
+    valid = [k for k in ks if k < num_heads]
+    if not valid:
+        return None
+    return min(valid, key=lambda k: (abs(k - FOCUS_K), k))
+
+
+# ---------------------------------------------------------------- loading and validating runs
+
+
+def _load(runs: Sequence[Run | str | Path]) -> list[Run]:
+    if len(runs) < 2:
+        raise HeadattrError(f"need at least two run directories to compare (got {len(runs)})")
+    return [r if isinstance(r, Run) else read_run(r) for r in runs]
+
+
+def check_same_model(runs: Sequence[Run]) -> None:
+    """Raise unless all runs come from the same model (config_hash) and have the same score shape."""
+    first = runs[0]
+    for run in runs:
+        if run.scores.ndim != 2 or run.attributions.ndim != 4 or run.attributions.shape[2:] != run.scores.shape:
+            raise HeadattrError(
+                f"run {run.path}: scores {tuple(run.scores.shape)} and attributions "
+                f"{tuple(run.attributions.shape)} do not fit together ([L, H] and [N, V, L, H])"
+            )
+        if run.attributions.shape[0] < 1:
+            raise HeadattrError(f"run {run.path} has no samples")
+        if not np.all(np.isfinite(run.scores)):
+            raise HeadattrError(f"run {run.path} has non-finite scores; rerun `headattr attribute`")
+        if not run.meta.get("model", {}).get("config_hash"):
+            raise HeadattrError(f"{run.path}/run.json lacks model.config_hash; it was not written by headattr")
+    for run in runs[1:]:
+        if run.scores.shape != first.scores.shape:
+            raise HeadattrError(
+                f"runs have different score shapes: {first.path} is {_shape(first)}, {run.path} is {_shape(run)}"
+                "; compare runs of the same model"
+            )
+        ha, hb = first.meta["model"]["config_hash"], run.meta["model"]["config_hash"]
+        if ha != hb:
+            raise HeadattrError(
+                f"runs come from different models: {first.path} has config_hash {ha[:12]}, "
+                f"{run.path} has {hb[:12]}; compare runs of the same model"
+            )
+
+
+def _shape(run: Run) -> str:
+    return "x".join(str(s) for s in run.scores.shape) + " (layers x heads)"
+
+
+def _labels(runs: Sequence[Run]) -> list[str]:
+    """`seed 47` when the seeds tell runs apart, else directory names, else `run 1`, `run 2`..."""
+    seeds = [json.dumps(r.meta.get("config", {}).get("seed"), sort_keys=True) for r in runs]
+    if "null" not in seeds and len(set(seeds)) == len(runs):
+        return [f"seed {json.loads(s)}" for s in seeds]
+    names = [Path(r.path).name for r in runs]
+    if all(names) and len(set(names)) == len(runs):
+        return names
+    return [f"run {i + 1}" for i in range(len(runs))]
+
+
+def config_differences(configs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(keys equal in every run, [{key, values, kind}] for keys that differ).
+
+    `kind` is `seed` for the seeds (differing seeds is the point of a comparison), `no_effect` for settings
+    the spec guarantees do not change the numbers (batch size, checkpointing, attention kernel), and
+    `flagged` for everything else.
+    """
+    keys = sorted(set().union(*configs))
+    common, diffs = {}, []
+    for key in keys:
+        values = [c.get(key) for c in configs]
+        if len({json.dumps(v, sort_keys=True) for v in values}) == 1:
+            common[key] = values[0]
+        else:
+            kind = "seed" if key in SEED_KEYS else "no_effect" if key in NO_EFFECT_KEYS else "flagged"
+            diffs.append({"key": key, "values": values, "kind": kind})
+    return common, diffs
+
+
+def _shared_samples(a: Run, b: Run) -> int | None:
+    ha = [s.get("hash") for s in a.meta.get("samples", [])]
+    hb = [s.get("hash") for s in b.meta.get("samples", [])]
+    if not ha or not hb or None in ha or None in hb:
+        return None
+    return len(set(ha) & set(hb))
+
+
+def completeness_summary(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """run.json's completeness summary plus `relative_total` = sum|err| / sum|J(1) - J(b)| when available.
+
+    The total ratio is robust to variants whose gap J(1) - J(b) is close to zero (where the per-variant
+    relative error explodes).
+    """
+    diag = meta.get("diagnostics") or {}
+    summary = dict(diag.get("completeness") or {})
+    try:
+        err = np.abs(np.asarray(diag["completeness_error"], dtype=np.float64))
+        j_full = np.asarray(diag["j_full"], dtype=np.float64)
+        j_base = np.asarray(diag["j_baseline"], dtype=np.float64)
+        gap = np.abs(j_full[..., None] - j_base)
+        total = float(gap.sum())
+        summary["relative_total"] = float(err.sum()) / total if total > 0 else None
+    except (KeyError, TypeError, ValueError):
+        summary.setdefault("relative_total", None)
+    if not summary or all(v is None for v in summary.values()):
+        return None
+    return {k: _jsonable(v) for k, v in summary.items()}
+
+
+# ---------------------------------------------------------------- per run
+
+
+def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, target: float) -> Reliability:
+    """Split-half reliability of per-sample scores [N, L, H] (see module docstring)."""
+    n, num_layers, num_heads = per_sample.shape
+    half = n // 2
+    if half < 1:
+        none: list[Any] = [None] * num_layers
+        return Reliability(n, half, splits, none, list(none), list(none), None, None, None)
+    weights = np.zeros((2, splits, n))
+    for s in range(splits):
+        perm = rng.permutation(n)
+        weights[0, s, perm[:half]] = 1.0 / half
+        weights[1, s, perm[half : 2 * half]] = 1.0 / half
+    flat = per_sample.reshape(n, -1)
+    first, second = weights[0] @ flat, weights[1] @ flat  # [splits, L*H]
+    shape = (splits, num_layers, num_heads)
+    per_layer = rowwise_pearson(first.reshape(shape), second.reshape(shape))  # [splits, L]
+    split_layer = [_nanmean(per_layer[:, layer]) for layer in range(num_layers)]
+    split_global = _nanmean(rowwise_pearson(first, second))
+    factor = n / half
+    full_layer = [spearman_brown(r, factor) for r in split_layer]
+    full_global = spearman_brown(split_global, factor)
+    return Reliability(
+        n_samples=n,
+        half=half,
+        splits=splits,
+        split_layer=split_layer,
+        full_layer=full_layer,
+        needed_layer=[samples_needed(r, n, target) for r in full_layer],
+        split_global=split_global,
+        full_global=full_global,
+        needed_global=samples_needed(full_global, n, target),
+    )
+
+
+def _nanmean(x: np.ndarray) -> Number:
+    finite = x[np.isfinite(x)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _distribution(scores: np.ndarray) -> dict[str, float]:
+    s = scores.astype(np.float64).ravel()
+    return {
+        "mean": float(s.mean()),
+        "median": float(np.median(s)),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "max": float(s.max()),
+    }
+
+
+def _summarize_run(run: Run, label: str, per_sample: np.ndarray, settings: Settings, index: int) -> RunSummary:
+    config = dict(run.meta.get("config", {}))
+    rng = np.random.default_rng([settings.seed, 0, index])
+    return RunSummary(
+        label=label,
+        path=str(run.path),
+        model_name=run.meta.get("model", {}).get("name"),
+        config=config,
+        num_samples=int(run.attributions.shape[0]),
+        num_variants=int(run.attributions.shape[1]),
+        postprocess=str(config.get("postprocess", "signed")),
+        distribution=_distribution(run.scores),
+        completeness=completeness_summary(run.meta),
+        reliability=split_half(per_sample, settings.splits, rng, settings.target),
+        scores=np.asarray(run.scores, dtype=np.float64),
+    )
+
+
+# ---------------------------------------------------------------- per pair
+
+
+def layer_metrics(a: np.ndarray, b: np.ndarray, ks: Sequence[int]) -> list[LayerMetrics]:
+    """Per-layer correlations and top-K overlaps of two [L, H] score arrays."""
+    num_heads = a.shape[1]
+    out = []
+    for layer in range(a.shape[0]):
+        overlap = {k: top_k_overlap(a[layer], b[layer], k) for k in ks}
+        out.append(
+            LayerMetrics(
+                layer=layer,
+                pearson=pearson(a[layer], b[layer]),
+                spearman=spearman(a[layer], b[layer]),
+                kendall=kendall(a[layer], b[layer]),
+                overlap=overlap,
+                kuncheva={k: kuncheva(overlap[k], k, num_heads) for k in ks},
+            )
+        )
+    return out
+
+
+def global_metrics(a: np.ndarray, b: np.ndarray, ks: Sequence[int]) -> GlobalMetrics:
+    """Correlations and top-K overlaps of all heads together (flattened row-major: (layer, head))."""
+    n = a.size
+    overlap = {k: top_k_overlap(a, b, k) for k in ks}
+    return GlobalMetrics(
+        pearson=pearson(a, b),
+        spearman=spearman(a, b),
+        kendall=kendall(a, b),
+        overlap=overlap,
+        chance={k: chance_overlap(k, n) for k in ks},
+        kuncheva={k: kuncheva(overlap[k], k, n) for k in ks},
+    )
+
+
+def _mean(values: Sequence[Number]) -> Number:
+    return summarize(values).mean
+
+
+def band_metrics(
+    layers: list[LayerMetrics], settings: Settings, needed: Sequence[int | None]
+) -> list[BandMetrics]:
+    """Per-band means of the per-layer metrics; `needed` is the projected sample count per layer."""
+    out = []
+    for (lo, hi), name in zip(settings.bands, settings.band_names, strict=True):
+        sel = layers[lo : hi + 1]
+        band_needed = [n for n in needed[lo : hi + 1] if n is not None]
+        out.append(
+            BandMetrics(
+                name=name,
+                first=lo,
+                last=hi,
+                pearson_mean=_mean([m.pearson for m in sel]),
+                spearman_mean=_mean([m.spearman for m in sel]),
+                kendall_mean=_mean([m.kendall for m in sel]),
+                overlap_mean=_mean([m.overlap[settings.focus_k] for m in sel]) if settings.focus_k else None,
+                good_count=sum(m.pearson is not None and m.pearson > settings.good_threshold for m in sel),
+                num_layers=len(sel),
+                samples_needed=max(band_needed) if band_needed else None,
+            )
+        )
+    return out
+
+
+def depth_trend(layers: list[LayerMetrics], bands: list[BandMetrics]) -> Trend:
+    """Spearman of layer index vs per-layer Pearson, and the direction of the band means."""
+    defined = [(m.layer, m.pearson) for m in layers if m.pearson is not None]
+    rho, p = (None, None)
+    if len(defined) >= 3:
+        rho, p = correlate("spearman", [d[0] for d in defined], [d[1] for d in defined])
+    if rho is None or p is None:
+        direction = "undetermined"
+    elif p < TREND_ALPHA:
+        direction = "rises" if rho > 0 else "falls"
+    else:
+        direction = "none"
+    means = [b.pearson_mean for b in bands if b.pearson_mean is not None]
+    band_dir = None
+    if len(means) >= 2:
+        steps = np.diff(means)
+        band_dir = "increasing" if np.all(steps > 0) else "decreasing" if np.all(steps < 0) else "mixed"
+    return Trend(rho, p, direction, band_dir)
+
+
+def _extremes(layers: list[LayerMetrics]) -> tuple[list[int], list[int], list[int]]:
+    """(most consistent, least consistent (lowest first), undefined) layers by Pearson, then Spearman."""
+    defined = [m for m in layers if m.pearson is not None]
+    order = sorted(
+        defined, key=lambda m: (-m.pearson, -(m.spearman if m.spearman is not None else -2.0), m.layer)
+    )
+    n = min(EXTREME_LAYERS, len(order))
+    best = [m.layer for m in order[:n]]
+    worst = [m.layer for m in reversed(order[len(order) - n :])]
+    undefined = [m.layer for m in layers if m.pearson is None]
+    return best, worst, undefined
+
+
+def _predicted(ra: Reliability, rb: Reliability) -> tuple[list[Number], Number]:
+    per_layer = [
+        math.sqrt(x * y) if x is not None and y is not None and x > 0 and y > 0 else None
+        for x, y in zip(ra.full_layer, rb.full_layer, strict=True)
+    ]
+    return per_layer, _mean(per_layer)
+
+
+@dataclass
+class _Replicates:
+    """Bootstrap replicates of one run's scores and their derived ranks, computed once per run."""
+
+    flat: np.ndarray  # [B, L*H]
+    global_ranks: np.ndarray  # [B, L*H]
+    layer_ranks: np.ndarray  # [B, L, H]
+    top: dict[int, np.ndarray]  # K -> [B, L*H] membership of the global top-K
+
+
+def _replicates(per_sample: np.ndarray, settings: Settings, index: int, ks: Sequence[int]) -> _Replicates:
+    n, num_layers, num_heads = per_sample.shape
+    rng = np.random.default_rng([settings.seed, 1, index])
+    flat = replicate_scores(per_sample, resample_indices(n, settings.bootstrap, rng))
+    order = np.argsort(-flat, axis=1, kind="stable")
+    top = {}
+    for k in ks:
+        member = np.zeros(flat.shape, dtype=bool)
+        np.put_along_axis(member, order[:, :k], True, axis=1)
+        top[k] = member
+    return _Replicates(
+        flat=flat,
+        global_ranks=stats.rankdata(flat, axis=1),
+        layer_ranks=stats.rankdata(flat.reshape(-1, num_layers, num_heads), axis=-1),
+        top=top,
+    )
+
+
+def pair_bootstrap(
+    ra: _Replicates, rb: _Replicates, point: PairMetrics, shape: tuple[int, int], level: float = CI_LEVEL
+) -> dict[str, Interval]:
+    """Percentile intervals of the global correlations, mean per-layer correlations and global top-K overlap."""
+    b = ra.flat.shape[0]
+    defined = [m.layer for m in point.layers if m.pearson is not None]
+    layer_p = rowwise_pearson(ra.flat.reshape(b, *shape), rb.flat.reshape(b, *shape))[:, defined]
+    layer_s = rowwise_pearson(ra.layer_ranks, rb.layer_ranks)[:, defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_p = np.nanmean(layer_p, axis=1) if defined else np.full(b, np.nan)
+        mean_s = np.nanmean(layer_s, axis=1) if defined else np.full(b, np.nan)
+    g = point.global_metrics
+    out = {
+        "global_pearson": percentile_interval(g.pearson, rowwise_pearson(ra.flat, rb.flat), level),
+        "global_spearman": percentile_interval(g.spearman, rowwise_pearson(ra.global_ranks, rb.global_ranks), level),
+        "mean_layer_pearson": percentile_interval(point.summary["pearson"].mean, mean_p, level),
+        "mean_layer_spearman": percentile_interval(point.summary["spearman"].mean, mean_s, level),
+    }
+    for k, member in ra.top.items():
+        shared = (member & rb.top[k]).sum(axis=1) / k
+        out[f"global_overlap_top{k}"] = percentile_interval(g.overlap[k], shared.astype(np.float64), level)
+    return out
+
+
+def pair_metrics(
+    runs: Sequence[Run], summaries: Sequence[RunSummary], a: int, b: int, settings: Settings
+) -> PairMetrics:
+    """All point metrics of runs `a` and `b` (bootstrap added by `compare`)."""
+    sa, sb = summaries[a].scores, summaries[b].scores
+    ks = settings.top_k
+    num_heads = sa.shape[1]
+    layers = layer_metrics(sa, sb, ks)
+    needed = [
+        max((n for n in (x, y) if n is not None), default=None)
+        for x, y in zip(summaries[a].reliability.needed_layer, summaries[b].reliability.needed_layer, strict=True)
+    ]
+    bands = band_metrics(layers, settings, needed)
+    best, worst, undefined = _extremes(layers)
+    summary = {key: summarize([getattr(m, key) for m in layers]) for key in ("pearson", "spearman", "kendall")}
+    good = sum(m.pearson is not None and m.pearson > settings.good_threshold for m in layers)
+    predicted, predicted_mean = _predicted(summaries[a].reliability, summaries[b].reliability)
+    return PairMetrics(
+        a=a,
+        b=b,
+        shared_samples=_shared_samples(runs[a], runs[b]),
+        layers=layers,
+        summary=summary,
+        overlap_summary={k: summarize([m.overlap[k] for m in layers]) for k in ks},
+        kuncheva_summary={k: summarize([m.kuncheva[k] for m in layers]) for k in ks},
+        chance_layer={k: chance_overlap(k, num_heads) for k in ks},
+        good_count=int(good),
+        good_share=good / len(layers),
+        global_metrics=global_metrics(sa, sb, ks),
+        best_layers=best,
+        worst_layers=worst,
+        undefined_layers=undefined,
+        bands=bands,
+        trend=depth_trend(layers, bands),
+        bootstrap=None,
+        predicted_pearson=predicted,
+        predicted_pearson_mean=predicted_mean,
+        verdict=Verdict(
+            verdict_level(summary["pearson"].mean, summary["spearman"].mean),
+            summary["pearson"].mean,
+            summary["spearman"].mean,
+        ),
+    )
+
+
+# ---------------------------------------------------------------- across pairs
+
+
+MATRIX_METRICS: dict[str, Callable[[PairMetrics, int | None], Number]] = {
+    "mean_layer_pearson": lambda p, k: p.summary["pearson"].mean,
+    "mean_layer_spearman": lambda p, k: p.summary["spearman"].mean,
+    "global_pearson": lambda p, k: p.global_metrics.pearson,
+    "global_spearman": lambda p, k: p.global_metrics.spearman,
+    "mean_layer_overlap_focus": lambda p, k: p.overlap_summary[k].mean if k else None,
+}
+
+
+def pair_matrix(pairs: list[PairMetrics], num_runs: int, focus_k: int | None) -> tuple[dict, dict]:
+    """Symmetric run x run matrices of the headline metrics (diagonal None) and their mean over pairs."""
+    matrix: dict[str, list[list[Number]]] = {}
+    means: dict[str, Number] = {}
+    for name, get in MATRIX_METRICS.items():
+        grid: list[list[Number]] = [[None] * num_runs for _ in range(num_runs)]
+        for p in pairs:
+            grid[p.a][p.b] = grid[p.b][p.a] = get(p, focus_k)
+        matrix[name] = grid
+        means[name] = _mean([get(p, focus_k) for p in pairs])
+    return matrix, means
+
+
+def recommendations(comp: Comparison) -> list[dict[str, Any]]:
+    """The recommendation items: the rules in the module docstring applied to the measured numbers."""
+    s = comp.settings
+    items: list[dict[str, Any]] = []
+    items += _rule_threshold(comp)
+    items += _rule_reliability(comp)
+    items += _rule_top_k(comp)
+    diffs = [d["key"] for d in comp.config_differences if d["kind"] == "flagged"]
+    if diffs:
+        items.append({"rule": "config_differences", "kind": "caution", "keys": diffs})
+    shared = [
+        {"a": p.a, "b": p.b, "count": p.shared_samples} for p in comp.pairs if p.shared_samples
+    ]
+    if shared:
+        items.append({"rule": "shared_samples", "kind": "caution", "pairs": shared})
+    rel = [(r.label, (r.completeness or {}).get("relative_total")) for r in comp.runs]
+    measured = [(label, x) for label, x in rel if x is not None]
+    if measured:
+        high = [{"run": label, "relative": x} for label, x in measured if x > s.completeness_rtol]
+        if high:
+            items.append({"rule": "completeness_high", "kind": "caution", "runs": high, "rtol": s.completeness_rtol})
+        else:
+            items.append(
+                {"rule": "completeness_ok", "kind": "ok", "max_relative": max(x for _, x in measured),
+                 "rtol": s.completeness_rtol}
+            )
+    return items
+
+
+def _rule_threshold(comp: Comparison) -> list[dict[str, Any]]:
+    threshold = comp.settings.good_threshold
+    lowest: list[Number] = []
+    for layer in range(comp.num_layers):
+        values = [p.layers[layer].pearson for p in comp.pairs]
+        lowest.append(None if None in values else min(values))  # type: ignore[type-var]
+    below = [
+        {"layer": i, "min_pearson": v} for i, v in enumerate(lowest) if v is None or v <= threshold
+    ]
+    if not below:
+        return [{"rule": "all_layers_consistent", "kind": "ok", "threshold": threshold,
+                 "num_layers": comp.num_layers, "min_pearson": min(lowest)}]  # type: ignore[type-var]
+    return [{"rule": "layers_below_threshold", "kind": "caution", "threshold": threshold, "layers": below}]
+
+
+def _rule_reliability(comp: Comparison) -> list[dict[str, Any]]:
+    target = comp.settings.target
+    items: list[dict[str, Any]] = []
+    rel = [r.reliability for r in comp.runs]
+    no_signal = [
+        i for i in range(comp.num_layers) if any(r.full_layer[i] is None or r.full_layer[i] <= 0 for r in rel)
+    ]
+    short = [
+        i for i in range(comp.num_layers)
+        if i not in no_signal and any(r.full_layer[i] < target for r in rel)  # type: ignore[operator]
+    ]
+    if not short and not no_signal:
+        lowest = min(min(r.full_layer) for r in rel)  # type: ignore[type-var]
+        items.append({"rule": "reliability_met", "kind": "ok", "target": target, "min_reliability": lowest,
+                      "num_samples": min(r.n_samples for r in rel)})
+    if short:
+        bands = []
+        for (lo, hi), name in zip(comp.settings.bands, comp.settings.band_names, strict=True):
+            layers = [i for i in short if lo <= i <= hi]
+            if layers:
+                needed = max(n for i in layers for r in rel if (n := r.needed_layer[i]) is not None)
+                bands.append({"band": name, "first": lo, "last": hi, "layers": layers, "samples_needed": needed})
+        items.append({"rule": "more_samples", "kind": "caution", "target": target, "bands": bands,
+                      "num_samples": [r.n_samples for r in rel]})
+        if len(rel) > 1:
+            items.append(_rule_ensemble(comp, short))
+    if no_signal:
+        items.append({"rule": "no_signal_layers", "kind": "caution", "layers": no_signal})
+    return items
+
+
+def _rule_ensemble(comp: Comparison, short: list[int]) -> dict[str, Any]:
+    """Projected reliability of pooling every run's samples, from the lowest per-run reliability."""
+    rel = [r.reliability for r in comp.runs]
+    total = sum(r.n_samples for r in rel)
+    reached, projected = [], {}
+    for i in short:
+        worst = min(rel, key=lambda r: r.full_layer[i])  # type: ignore[arg-type, return-value]
+        value = spearman_brown(worst.full_layer[i], total / worst.n_samples)
+        projected[i] = value
+        if value is not None and value >= comp.settings.target:
+            reached.append(i)
+    return {"rule": "ensemble_helps", "kind": "ok" if reached else "caution", "runs": len(rel),
+            "total_samples": total, "target": comp.settings.target, "layers_reaching_target": reached,
+            "projected": projected}
+
+
+def _rule_top_k(comp: Comparison) -> list[dict[str, Any]]:
+    stable, unstable = [], []
+    for k in comp.settings.top_k:
+        values = [p.global_metrics.overlap[k] for p in comp.pairs]
+        if None in values:
+            continue
+        worst = min(values)  # type: ignore[type-var]
+        (stable if worst >= comp.settings.overlap_stable else unstable).append({"k": k, "min_overlap": worst})
+    items = []
+    if stable:
+        items.append({"rule": "stable_top_k", "kind": "ok", "threshold": comp.settings.overlap_stable, "ks": stable})
+    if unstable:
+        items.append(
+            {"rule": "unstable_top_k", "kind": "caution", "threshold": comp.settings.overlap_stable, "ks": unstable}
+        )
+    return items
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def compare(
+    runs: Sequence[Run | str | Path],
+    top_k: str | Sequence[int] = DEFAULT_TOP_K,
+    good_threshold: float = GOOD_THRESHOLD,
+    bands: str | Sequence[Sequence[int]] | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    target: float = 0.9,
+    splits: int = SPLITS,
+) -> Comparison:
+    """Compare two or more runs of the same model; every number of `headattr compare` is in the result.
+
+    `runs` are `Run` objects or run directories. `bootstrap=0` skips the bootstrap intervals.
+    Raises `HeadattrError` for bad input (fewer than two runs, different models, bad options).
+    """
+    ks = parse_top_k(top_k)
+    band_ranges = parse_bands(bands)
+    _check_options(good_threshold, bootstrap, target, splits)
+    loaded = _load(runs)
+    check_same_model(loaded)
+    num_layers, num_heads = loaded[0].scores.shape
+    if band_ranges is None:
+        band_ranges, band_names = default_bands(num_layers)
+    else:
+        _check_bands(band_ranges, num_layers)
+        band_names = ["custom"] * len(band_ranges)
+    settings = Settings(
+        top_k=ks,
+        focus_k=_focus_k(ks, num_heads),
+        good_threshold=float(good_threshold),
+        bands=band_ranges,
+        band_names=band_names,
+        bootstrap=int(bootstrap),
+        seed=int(seed),
+        target=float(target),
+        splits=int(splits),
+    )
+    per_sample = [sample_scores(r.attributions, str(r.meta.get("config", {}).get("postprocess", "signed")))
+                  for r in loaded]
+    labels = _labels(loaded)
+    summaries = [_summarize_run(r, labels[i], per_sample[i], settings, i) for i, r in enumerate(loaded)]
+    pairs = [pair_metrics(loaded, summaries, a, b, settings)
+             for a in range(len(loaded)) for b in range(a + 1, len(loaded))]
+    if settings.bootstrap > 0:
+        global_ks = [k for k in ks if k < num_layers * num_heads]
+        reps = [_replicates(ps, settings, i, global_ks) for i, ps in enumerate(per_sample)]
+        for p in pairs:
+            p.bootstrap = pair_bootstrap(reps[p.a], reps[p.b], p, (num_layers, num_heads), settings.ci_level)
+    matrix, means = pair_matrix(pairs, len(loaded), settings.focus_k)
+    common, diffs = config_differences([s.config for s in summaries])
+    model = dict(loaded[0].meta.get("model", {}))
+    model.update(num_layers=int(num_layers), num_heads=int(num_heads))
+    comp = Comparison(
+        settings=settings,
+        model=model,
+        runs=summaries,
+        common_config=common,
+        config_differences=diffs,
+        pairs=pairs,
+        matrix=matrix,
+        matrix_mean=means,
+        verdict=Verdict(
+            verdict_level(means["mean_layer_pearson"], means["mean_layer_spearman"]),
+            means["mean_layer_pearson"],
+            means["mean_layer_spearman"],
+        ),
+        recommendations=[],
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    comp.recommendations = recommendations(comp)
+    return comp
+
+
+def _check_options(good_threshold: float, bootstrap: int, target: float, splits: int) -> None:
+    if not (math.isfinite(good_threshold) and -1.0 <= good_threshold <= 1.0):
+        raise HeadattrError(f"--good-threshold {good_threshold}: give a correlation between -1 and 1")
+    if bootstrap < 0:
+        raise HeadattrError(f"--bootstrap {bootstrap}: give a number of replicates >= 0 (0 skips the bootstrap)")
+    if not 0.0 < target < 1.0:
+        raise HeadattrError(f"--target {target}: give a reliability strictly between 0 and 1")
+    if splits < 1:
+        raise HeadattrError(f"splits {splits}: give at least one random split")

@@ -1,0 +1,696 @@
+"""Head-masking validation: do the heads Gate-IG ranks highest matter most when they are removed?
+
+`prune` removes heads (gate 0, which removes a head exactly) in three orders of a run's scores and measures
+the model on held-out samples:
+
+- `most`: highest score first; `least`: lowest score first; `random`: `random_orders` seeded random orders,
+  summarised by their mean, standard deviation, minimum and maximum.
+- At each fraction of heads, over all heads at once or, with `per_layer`, the same number in every layer.
+- Metrics (`evaluate`): the masked-reconstruction loss, which is exactly the attribution objective (engine's
+  `objective` with `mean-masked`, at the run's mask probabilities, draws and mask seed; loss = -J), averaged
+  over a sample's masked variants and then over samples; masked-token accuracy (argmax of the very logits
+  the loss used, with the model's logit shift), averaged the same way; optionally exact-match of the answer
+  decoded from a fully masked answer by `headattr.decode.unmask_decode` under the same gates.
+- `single_head`: each head's own ablation effect (loss increase with only that head removed), and its
+  Spearman rank correlation with the scores (faithfulness).
+
+Every gate configuration of every sample is evaluated in the same batched passes: the rows of a batch are
+(configuration, masked variant) pairs with their own gates, and a configuration whose first removed head is
+in layer l starts from the cached input of layer l (unchanged by gates of later layers), as attribution does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Sample, load_records, select_records, tokenize_record
+from .decode import unmask_decode
+from .engine import GateIGConfig, _autocast, _Rows, objective, prepare_rows
+from .errors import HeadattrError
+from .gates import gated
+from .masking import make_variants
+from .models import ModelSpec
+from .rundir import Run
+
+ORDERS = ("most", "least", "random")
+DEFAULT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+METRICS = ("loss", "accuracy", "exact_match")
+PRUNING_FORMAT = "headattr-pruning"
+HEAD_MASK_FORMAT = "headattr-head-mask"
+
+
+# ---------------------------------------------------------------- which heads to remove
+
+
+def head_order(scores: np.ndarray, how: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices into `scores` (flattened) in the order heads are removed.
+
+    `most`: descending score; `least`: ascending score; in both, equal scores are removed in ascending index
+    order (for [L, H] scores: by layer, then head), so the order is deterministic. `random`: a permutation
+    drawn from `rng`, ignoring the scores.
+    """
+    flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not np.isfinite(flat).all():
+        raise HeadattrError("the run's scores contain NaN or infinity; recompute the run")
+    index = np.arange(flat.size)
+    if how == "most":
+        return np.lexsort((index, -flat))
+    if how == "least":
+        return np.lexsort((index, flat))
+    if how == "random":
+        if rng is None:
+            raise ValueError("order 'random' needs a random generator")
+        return rng.permutation(flat.size)
+    raise HeadattrError(f"unknown pruning order {how!r}; choose one of {', '.join(ORDERS)}")
+
+
+def num_to_remove(fraction: float, count: int) -> int:
+    """round(fraction * count), halves rounded up (0.5 * 5 -> 3); the product is first rounded to 9 decimals
+    so that decimal fractions behave as written (0.35 * 10 is 3.5, not 3.4999999999999996)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise HeadattrError(f"pruning fraction {fraction} is outside [0, 1]; fix --fractions")
+    return int(math.floor(round(fraction * count, 9) + 0.5))
+
+
+def random_rng(seed: int, repetition: int) -> np.random.Generator:
+    """The random stream of random order `repetition`, keyed by (seed, repetition) only.
+
+    A fresh generator per call gives the same permutation at every fraction, so removals are nested.
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed, repetition]))
+
+
+def heads_to_remove(
+    scores: np.ndarray,
+    order: str,
+    fraction: float,
+    per_layer: bool = False,
+    rng: np.random.Generator | None = None,
+) -> list[tuple[int, int]]:
+    """The (layer, head) pairs removed at `fraction` in `order` (see `head_order`), sorted by (layer, head).
+
+    Over all heads, `num_to_remove(fraction, L * H)` heads are removed; with `per_layer`,
+    `num_to_remove(fraction, H)` heads in every layer, each layer ranked on its own (random: one permutation
+    per layer, drawn in layer order). A larger fraction removes a superset of a smaller one's heads (for
+    `random`, given a generator in the same state, e.g. a fresh `random_rng(seed, repetition)`).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    num_layers, num_heads = scores.shape
+    if per_layer:
+        k = num_to_remove(fraction, num_heads)
+        removed = [(layer, int(h)) for layer in range(num_layers) for h in head_order(scores[layer], order, rng)[:k]]
+    else:
+        k = num_to_remove(fraction, scores.size)
+        removed = [divmod(int(i), num_heads) for i in head_order(scores, order, rng)[:k]]
+    return sorted(removed)
+
+
+def gate_matrix(num_layers: int, num_heads: int, removed: Sequence[tuple[int, int]]) -> np.ndarray:
+    """[L, H] gates: 0 for the removed heads, 1 for every other."""
+    gates = np.ones((num_layers, num_heads))
+    for layer, head in removed:
+        gates[layer, head] = 0.0
+    return gates
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Metrics:
+    """Model quality on a set of samples under one gate configuration."""
+
+    loss: float  # masked-token cross-entropy (mean over masked tokens, variants, samples)
+    accuracy: float  # masked-token argmax accuracy (same averaging)
+    exact_match: float | None = None  # fraction of answers decoded exactly, if measured
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"loss": self.loss, "accuracy": self.accuracy, "exact_match": self.exact_match}
+
+
+def eval_config(run: Run, batch_size: int = 64) -> GateIGConfig:
+    """The masking of the run (probabilities, draws, mask seed) with the `mean-masked` loss, for evaluation."""
+    cfg = run.meta.get("config", {})
+    defaults = GateIGConfig()
+    return GateIGConfig(
+        mask_probs=tuple(cfg.get("mask_probs", defaults.mask_probs)),
+        mask_samples_per_prob=int(cfg.get("mask_samples_per_prob", defaults.mask_samples_per_prob)),
+        mask_seed=int(cfg.get("mask_seed", defaults.mask_seed)),
+        loss_normalize="mean-masked",
+        batch_size=batch_size,
+    )
+
+
+@contextlib.contextmanager
+def _captured_logits(spec: ModelSpec) -> Iterator[list[torch.Tensor]]:
+    """Record the LM head's outputs, so that accuracy is read from the logits `engine.objective` scored."""
+    head = spec.stack.lm_head if spec.stack is not None else spec.model.get_output_embeddings()
+    if head is None:
+        raise HeadattrError(f"cannot find the LM head of {spec.name} to read predictions for accuracy")
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _module, _args, output: seen.append(output))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _answer_start(spec: ModelSpec, sample: Sample) -> int:
+    """The first answer position that can be predicted (with shifted logits, position 0 cannot)."""
+    start = sample.answer_start
+    if spec.logit_shift and start == 0:
+        start = 1
+    if sample.answer_end <= start:
+        raise HeadattrError(f"sample {sample.index} (uid {sample.uid}) has no answer token that can be predicted")
+    return start
+
+
+def _layer_gates(gates: torch.Tensor, start: int) -> dict[int, torch.Tensor]:
+    """Per-row gate dict from [B, L, H] gates, for layers >= `start` where some row removes something."""
+    return {layer: gates[:, layer] for layer in range(start, gates.shape[1]) if bool((gates[:, layer] != 1).any())}
+
+
+def _first_gated_layer(gates: torch.Tensor) -> torch.Tensor:
+    """[C] the first layer whose gates differ from 1 in each [C, L, H] configuration (L - 1 if none).
+
+    A configuration that removes nothing starts at the last layer: its cached input is the exact model's.
+    """
+    touched = (gates != 1).any(dim=2)  # [C, L]
+    num_layers = gates.shape[1]
+    first = torch.where(touched.any(dim=1), touched.float().argmax(dim=1), torch.tensor(num_layers - 1))
+    return first.clamp(max=num_layers - 1)
+
+
+def _variant_metrics(
+    spec: ModelSpec, rows: _Rows, v_idx: torch.Tensor, gates: torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, accuracy) of each row: row r is variant `v_idx[r]` under gates `gates[r]` ([B, L, H])."""
+    owner, pos, labels = rows.gather(v_idx)
+    with torch.no_grad(), _captured_logits(spec) as seen:
+        j = objective(spec, rows, v_idx, _layer_gates(gates, start), start, "mean-masked")
+    logits = seen[-1]
+    if logits.dim() == 3:  # whole-sequence logits of a generic model: keep the positions objective scored
+        logits = logits[owner.to(logits.device), pos.to(logits.device)]
+    correct = (logits.argmax(dim=-1).cpu() == labels).double()
+    n = len(v_idx)
+    hits = torch.zeros(n, dtype=torch.float64).index_add(0, owner, correct)
+    counts = torch.zeros(n, dtype=torch.float64).index_add(0, owner, torch.ones_like(correct))
+    return -j.double().cpu(), hits / counts
+
+
+def sample_metrics(
+    spec: ModelSpec, sample: Sample, gates: torch.Tensor, config: GateIGConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy [C] of one sample under each of the [C, L, H] gate configurations.
+
+    Each is the mean over the sample's masked variants (the run's masks, keyed by its uid). Rows are
+    (configuration, variant) pairs, grouped by the configuration's first gated layer so that a pass starts
+    there from the cached hidden states; `config.batch_size` rows per pass.
+    """
+    start_ids = _answer_start(spec, sample)
+    variants = make_variants(
+        sample.input_ids,
+        start_ids,
+        sample.answer_end,
+        sample.uid,
+        list(config.mask_probs),
+        config.mask_samples_per_prob,
+        config.mask_seed,
+        spec.mask_token_id,
+    )
+    rows = prepare_rows(spec, variants, config.batch_size, cache_layers=spec.stack is not None)
+    n_conf, n_var = gates.shape[0], len(variants)
+    first = _first_gated_layer(gates) if spec.stack is not None else torch.zeros(n_conf, dtype=torch.long)
+    gates = gates.to(spec.device)
+    loss = torch.zeros(n_conf, n_var, dtype=torch.float64)
+    acc = torch.zeros(n_conf, n_var, dtype=torch.float64)
+    for start in sorted(set(first.tolist())):
+        conf = torch.nonzero(first == start).squeeze(1)
+        c_idx = conf.repeat_interleave(n_var)
+        v_idx = torch.arange(n_var).repeat(len(conf))
+        for i in range(0, len(c_idx), config.batch_size):
+            c, v = c_idx[i : i + config.batch_size], v_idx[i : i + config.batch_size]
+            row_loss, row_acc = _variant_metrics(spec, rows, v.to(spec.device), gates[c.to(spec.device)], start)
+            loss[c, v], acc[c, v] = row_loss, row_acc
+    return loss.mean(dim=1).numpy(), acc.mean(dim=1).numpy()
+
+
+def sample_exact_match(spec: ModelSpec, sample: Sample, gates: torch.Tensor, batch_size: int) -> np.ndarray:
+    """[C] whether the answer decoded from a fully masked answer is exact, under each configuration."""
+    start = _answer_start(spec, sample)
+    ids = torch.tensor(sample.input_ids, dtype=torch.long, device=spec.device)
+    positions = torch.arange(start, sample.answer_end)
+    gates = gates.to(spec.device)
+    exact = np.zeros(gates.shape[0], dtype=bool)
+    for i in range(0, gates.shape[0], batch_size):
+        chunk = gates[i : i + batch_size]
+
+        def logits_fn(batch_ids: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
+            with gated(spec, _layer_gates(chunk, 0)), _autocast(spec):
+                return spec.full_logits(batch_ids)
+
+        batch = ids.expand(len(chunk), -1)
+        decoded = unmask_decode(logits_fn, batch, positions, spec.mask_token_id, shift=spec.logit_shift)
+        exact[i : i + len(chunk)] = (decoded == batch).all(dim=1).cpu().numpy()
+    return exact
+
+
+def evaluate_many(
+    spec: ModelSpec,
+    samples: Sequence[Sample],
+    gates: np.ndarray | torch.Tensor,
+    config: GateIGConfig,
+    *,
+    decode: np.ndarray | bool = False,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> dict[str, np.ndarray]:
+    """Metrics of C gate configurations ([C, L, H]) over `samples`, each a [C] array (mean over samples).
+
+    `decode` (bool, or [C] booleans) says for which configurations exact-match is measured; elsewhere
+    `exact_match` is NaN.
+    """
+    if spec.mask_token_id is None:
+        raise HeadattrError("no mask token known for this model; pass --mask-token-id")
+    if not samples:
+        raise HeadattrError("no evaluation samples; check --eval-data and --eval-samples")
+    gates = torch.as_tensor(np.asarray(gates, dtype=np.float32))
+    if gates.dim() != 3 or tuple(gates.shape[1:]) != (spec.num_layers, spec.num_heads):
+        raise ValueError(f"gates must be [C, {spec.num_layers}, {spec.num_heads}], got {tuple(gates.shape)}")
+    n_conf = gates.shape[0]
+    want = np.broadcast_to(np.asarray(decode, dtype=bool), (n_conf,))
+    loss, acc, exact = np.zeros(n_conf), np.zeros(n_conf), np.zeros(n_conf)
+    for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True, leave=False):
+        s_loss, s_acc = sample_metrics(spec, sample, gates, config)
+        loss += s_loss
+        acc += s_acc
+        if want.any():
+            exact[want] += sample_exact_match(spec, sample, gates[torch.from_numpy(want)], config.batch_size)
+    n = len(samples)
+    return {"loss": loss / n, "accuracy": acc / n, "exact_match": np.where(want, exact / n, np.nan)}
+
+
+def evaluate(
+    spec: ModelSpec,
+    samples: Sequence[Sample],
+    gates: dict[int, torch.Tensor] | np.ndarray | None,
+    config: GateIGConfig,
+    *,
+    decode: bool = False,
+    progress: bool = False,
+) -> Metrics:
+    """Loss, masked-token accuracy and (with `decode`) exact-match of the model under one gate setting.
+
+    `gates` is a `{layer: [H]}` dict (as `gates.head_mask_gates` returns), an [L, H] array, or None (the
+    unpruned model).
+    """
+    matrix = np.ones((spec.num_layers, spec.num_heads))
+    if isinstance(gates, dict):
+        for layer, g in gates.items():
+            matrix[layer] = torch.as_tensor(g).detach().float().cpu().numpy()
+    elif gates is not None:
+        matrix = np.asarray(gates, dtype=np.float64)
+    out = evaluate_many(spec, samples, matrix[None], config, decode=decode, progress=progress)
+    return Metrics(
+        float(out["loss"][0]),
+        float(out["accuracy"][0]),
+        float(out["exact_match"][0]) if decode else None,
+    )
+
+
+# ---------------------------------------------------------------- evaluation samples
+
+
+@dataclass
+class EvalSelection:
+    """Held-out evaluation samples and where they came from."""
+
+    samples: list[Sample]
+    source: str
+    rows: int  # rows in the source file
+    excluded: int  # rows dropped because their uid is one of the runs' samples
+    skipped: int  # chosen rows whose answer has no tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rows": self.rows,
+            "excluded_attribution_rows": self.excluded,
+            "skipped": self.skipped,
+            "samples": len(self.samples),
+            "uids": [s.uid for s in self.samples],
+            "indices": [s.index for s in self.samples],
+        }
+
+
+def run_uids(run: Run) -> set[str]:
+    """The identities (content hashes) of the samples a run was computed on."""
+    return {str(s["hash"]) for s in run.meta.get("samples", [])}
+
+
+def select_eval_samples(
+    spec: ModelSpec,
+    run: Run,
+    *,
+    data: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    n: int = 100,
+    seed: int = 0,
+    exclude_runs: Sequence[Run] = (),
+) -> EvalSelection:
+    """`n` samples (fewer if fewer remain) disjoint from the run's own samples, tokenized as the run's were.
+
+    They come from `eval_data` if given, else from `data`, else from the run's dataset file (run.json
+    `config.data`), read with the run's format and fields; every row whose uid (a hash of its prompt and
+    answer) is a sample of `run` or of `exclude_runs` is dropped first, so the sets are disjoint by
+    construction. The choice is `select_records(remaining, n, seed)`.
+    """
+    cfg = run.meta.get("config", {})
+    path = eval_data or data or cfg.get("data")
+    if path is None:
+        raise HeadattrError(f"run {run.path} does not record its dataset; pass --data or --eval-data")
+    path = Path(path)
+    if not path.is_file():
+        flag = "--eval-data" if eval_data else "--data"
+        raise HeadattrError(f"dataset file {path} does not exist; pass an existing file to {flag}")
+    if n < 1:
+        raise HeadattrError(f"--eval-samples must be at least 1, got {n}")
+    records = load_records(
+        path, cfg.get("format", "prompt-answer"), cfg.get("prompt_field", "prompt"), cfg.get("answer_field", "answer")
+    )
+    used = run_uids(run).union(*(run_uids(r) for r in exclude_runs))
+    remaining = [r for r in records if r.uid not in used]
+    if not remaining:
+        raise HeadattrError(
+            f"no evaluation samples remain: all {len(records)} rows of {path} were used by the attribution run; "
+            "pass --eval-data with other rows"
+        )
+    chosen = select_records(remaining, min(n, len(remaining)), seed)
+    max_length = int(cfg.get("max_length", 2048))
+    chat = bool(cfg.get("chat_template", False))
+    samples = [s for r in chosen if (s := tokenize_record(r, spec.tokenizer, max_length, chat)) is not None]
+    if not samples:
+        raise HeadattrError(f"none of the chosen evaluation rows of {path} has an answer with tokens")
+    return EvalSelection(samples, str(path), len(records), len(records) - len(remaining), len(chosen) - len(samples))
+
+
+def check_run_matches(spec: ModelSpec, run: Run) -> None:
+    """Raise unless the run was computed on this model (same config hash and shape)."""
+    run_hash = run.meta.get("model", {}).get("config_hash")
+    if run_hash != spec.config_hash:
+        raise HeadattrError(
+            f"run {run.path} was computed on another model (config hash {str(run_hash)[:12]}, "
+            f"this model {spec.config_hash[:12]}); pass the run's model"
+        )
+    if run.scores.shape != (spec.num_layers, spec.num_heads):
+        raise HeadattrError(
+            f"run {run.path} has {run.scores.shape} scores, the model {spec.num_layers} x {spec.num_heads} heads"
+        )
+
+
+# ---------------------------------------------------------------- prune
+
+
+@dataclass
+class PruneResult:
+    """Everything `prune` measured. Arrays: [F] per ordered order, [R, F] for random, [L, H] per head."""
+
+    fractions: list[float]
+    orders: list[str]
+    per_layer: bool
+    seed: int
+    num_removed: list[int]  # heads removed at each fraction (in all)
+    baseline: Metrics
+    curves: dict[str, dict[str, np.ndarray]]  # order -> metric -> [F] (most/least) or [R, F] (random)
+    removed: dict[str, list[list[list[tuple[int, int]]]]]  # order -> repetition -> fraction -> heads
+    config: GateIGConfig
+    decode: bool
+    scores: np.ndarray
+    single_head: dict[str, Any] | None = None
+    eval_info: dict[str, Any] = field(default_factory=dict)
+    run_info: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m in METRICS if m != "exact_match" or self.decode]
+
+    def random_summary(self, metric: str) -> dict[str, np.ndarray]:
+        """Mean, standard deviation (population), minimum and maximum over the random orders, per fraction."""
+        runs = self.curves["random"][metric]
+        return {"mean": runs.mean(0), "std": runs.std(0), "min": runs.min(0), "max": runs.max(0)}
+
+    def ordering(self) -> dict[str, list[dict[str, Any]]]:
+        """Per metric and fraction: how far `most` and `least` lie from the random orders.
+
+        `holds` is true when removing the `most` heads is worse than every random order and removing the
+        `least` heads is better than every random order (worse: higher loss, lower accuracy), i.e. both
+        margins exceed the random orders' full spread.
+        """
+        if not {"most", "least", "random"} <= set(self.orders):
+            return {}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for metric in self.metrics:
+            sign = 1.0 if metric == "loss" else -1.0  # positive = worse
+            rnd = self.random_summary(metric)
+            rows = []
+            for i, frac in enumerate(self.fractions):
+                most, least = self.curves["most"][metric][i], self.curves["least"][metric][i]
+                rows.append(
+                    {
+                        "fraction": frac,
+                        "most_minus_random": float(sign * (most - rnd["mean"][i])),
+                        "random_minus_least": float(sign * (rnd["mean"][i] - least)),
+                        "random_std": float(rnd["std"][i]),
+                        "random_range": float(rnd["max"][i] - rnd["min"][i]),
+                        "holds": bool(
+                            sign * (most - (rnd["max"][i] if sign > 0 else rnd["min"][i])) > 0
+                            and sign * ((rnd["min"][i] if sign > 0 else rnd["max"][i]) - least) > 0
+                        ),
+                    }
+                )
+            out[metric] = rows
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready `pruning.json` (NaN never appears: unmeasured values are null)."""
+        curves: dict[str, Any] = {}
+        for order in self.orders:
+            entry: dict[str, Any] = {"num_removed": self.num_removed}
+            for metric in self.metrics:
+                if order == "random":
+                    summary = {k: _floats(v) for k, v in self.random_summary(metric).items()}
+                    entry[metric] = {**summary, "runs": [_floats(r) for r in self.curves[order][metric]]}
+                else:
+                    entry[metric] = _floats(self.curves[order][metric])
+            curves[order] = entry
+        return {
+            "format": PRUNING_FORMAT,
+            "version": 1,
+            "model": self.model_info,
+            "run": self.run_info,
+            "settings": {
+                "fractions": self.fractions,
+                "orders": self.orders,
+                "random_orders": len(self.removed.get("random", [])),
+                "seed": self.seed,
+                "per_layer": self.per_layer,
+                "rounding": "heads removed = round(fraction * count), halves up; count = L*H, or H per layer",
+                "ties": "equal scores are removed in (layer, head) order, for most and least alike",
+                "loss": "mean-masked cross-entropy of the masked answer tokens (the attribution objective, -J)",
+                "mask_probs": list(self.config.mask_probs),
+                "mask_samples_per_prob": self.config.mask_samples_per_prob,
+                "mask_seed": self.config.mask_seed,
+                "exact_match": self.decode,
+            },
+            "eval": self.eval_info,
+            "baseline": self.baseline.to_dict(),
+            "curves": curves,
+            "ordering": self.ordering(),
+            "single_head": self.single_head,
+            "timings": self.timings,
+        }
+
+    def head_mask(self) -> dict[str, Any]:
+        """JSON-ready `head_mask.json`: the (layer, head) pairs removed per order and fraction."""
+        orders: dict[str, Any] = {}
+        for order, reps in self.removed.items():
+            per_rep = [
+                {f"{frac:g}": [list(h) for h in heads] for frac, heads in zip(self.fractions, rep, strict=True)}
+                for rep in reps
+            ]
+            orders[order] = per_rep if order == "random" else per_rep[0]
+        return {
+            "format": HEAD_MASK_FORMAT,
+            "version": 1,
+            "model": self.model_info,
+            "run": self.run_info,
+            "per_layer": self.per_layer,
+            "seed": self.seed,
+            "num_layers": int(self.scores.shape[0]),
+            "num_heads": int(self.scores.shape[1]),
+            "note": "each list holds [layer, head] pairs to gate to 0; random holds one mapping per random order",
+            "orders": orders,
+        }
+
+
+def _floats(x: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(x, dtype=np.float64).reshape(-1)]
+
+
+def _removal_plan(
+    scores: np.ndarray,
+    orders: Sequence[str],
+    fractions: Sequence[float],
+    random_orders: int,
+    seed: int,
+    per_layer: bool,
+) -> dict[str, list[list[list[tuple[int, int]]]]]:
+    """order -> repetition -> fraction -> removed heads (one repetition for `most` and `least`)."""
+    plan: dict[str, list[list[list[tuple[int, int]]]]] = {}
+    for order in orders:
+        reps = range(random_orders) if order == "random" else range(1)
+        plan[order] = [
+            [
+                heads_to_remove(scores, order, f, per_layer, random_rng(seed, r) if order == "random" else None)
+                for f in fractions
+            ]
+            for r in reps
+        ]
+    return plan
+
+
+def _check_options(fractions: Sequence[float], orders: Sequence[str], random_orders: int) -> None:
+    if not fractions:
+        raise HeadattrError("--fractions is empty; give at least one fraction, e.g. 0.1")
+    for f in fractions:
+        num_to_remove(f, 1)  # range check
+    for order in orders:
+        if order not in ORDERS:
+            raise HeadattrError(f"unknown pruning order {order!r}; choose from {', '.join(ORDERS)}")
+    if not orders:
+        raise HeadattrError("--orders is empty; choose from most, least, random")
+    if "random" in orders and random_orders < 1:
+        raise HeadattrError(f"--random-orders must be at least 1, got {random_orders}")
+
+
+def single_head_effects(scores: np.ndarray, delta_loss: np.ndarray, delta_accuracy: np.ndarray) -> dict[str, Any]:
+    """Faithfulness: Spearman correlation of scores with each head's own ablation effect (loss increase).
+
+    Global over all heads, and per layer (a layer whose scores or effects are constant has none; the mean
+    is over the others).
+    """
+    from scipy.stats import spearmanr
+
+    scores = np.asarray(scores, dtype=np.float64)
+    rho, p = spearmanr(scores.reshape(-1), delta_loss.reshape(-1))
+    per_layer = []
+    for s, d in zip(scores, delta_loss, strict=True):
+        constant = np.ptp(s) == 0 or np.ptp(d) == 0
+        per_layer.append(None if constant else float(spearmanr(s, d)[0]))
+    valid = [r for r in per_layer if r is not None]
+    return {
+        "delta_loss": delta_loss.tolist(),
+        "delta_accuracy": delta_accuracy.tolist(),
+        "spearman": None if not np.isfinite(rho) else float(rho),
+        "spearman_p": None if not np.isfinite(p) else float(p),
+        "spearman_per_layer": per_layer,
+        "spearman_per_layer_mean": float(np.mean(valid)) if valid else None,
+    }
+
+
+def prune(
+    spec: ModelSpec,
+    run: Run,
+    eval_samples: Sequence[Sample],
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    orders: Sequence[str] = ORDERS,
+    random_orders: int = 10,
+    seed: int = 0,
+    per_layer: bool = False,
+    single_head: bool = False,
+    decode: bool = False,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> PruneResult:
+    """Remove heads in the orders of `run.scores` at each fraction and measure the model on `eval_samples`.
+
+    Masking follows the run (probabilities, draws, mask seed; `eval_config`). The unpruned model is the
+    fraction-0 baseline. With `decode`, exact-match is measured for every pruned configuration; with
+    `single_head`, every head is also removed on its own (see `single_head_effects`). All configurations
+    are evaluated together, sample by sample (see `evaluate_many`).
+    """
+    started = time.perf_counter()
+    check_run_matches(spec, run)
+    overlap = run_uids(run) & {s.uid for s in eval_samples}
+    if overlap:
+        raise HeadattrError(
+            f"{len(overlap)} evaluation samples were also attribution samples of run {run.path}; "
+            "evaluate on held-out samples (see select_eval_samples)"
+        )
+    fractions, orders = [float(f) for f in fractions], list(orders)
+    _check_options(fractions, orders, random_orders)
+    scores = np.asarray(run.scores, dtype=np.float64)
+    num_layers, num_heads = scores.shape
+    config = eval_config(run, batch_size)
+    plan = _removal_plan(scores, orders, fractions, random_orders, seed, per_layer)
+    # configurations: baseline, then every (order, repetition, fraction), then every single head
+    pruned = [heads for order in orders for rep in plan[order] for heads in rep]
+    singles = [[(layer, head)] for layer in range(num_layers) for head in range(num_heads)] if single_head else []
+    gates = np.stack([gate_matrix(num_layers, num_heads, r) for r in [[], *pruned, *singles]])
+    want_decode = np.array([decode] * (1 + len(pruned)) + [False] * len(singles))
+    out = evaluate_many(spec, eval_samples, gates, config, decode=want_decode, progress=progress, desc="prune")
+    metrics = [m for m in METRICS if m != "exact_match" or decode]
+    baseline = Metrics(
+        float(out["loss"][0]), float(out["accuracy"][0]), float(out["exact_match"][0]) if decode else None
+    )
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    at = 1
+    for order in orders:
+        n_rep = len(plan[order])
+        block = slice(at, at + n_rep * len(fractions))
+        curves[order] = {m: out[m][block].reshape(n_rep, len(fractions)) for m in metrics}
+        if order != "random":
+            curves[order] = {m: v[0] for m, v in curves[order].items()}
+        at = block.stop
+    effects = None
+    if single_head:
+        d_loss = (out["loss"][at:] - baseline.loss).reshape(num_layers, num_heads)
+        d_acc = (out["accuracy"][at:] - baseline.accuracy).reshape(num_layers, num_heads)
+        effects = single_head_effects(scores, d_loss, d_acc)
+    count = num_heads if per_layer else num_layers * num_heads
+    elapsed = time.perf_counter() - started
+    return PruneResult(
+        fractions=fractions,
+        orders=orders,
+        per_layer=per_layer,
+        seed=seed,
+        num_removed=[num_to_remove(f, count) * (num_layers if per_layer else 1) for f in fractions],
+        baseline=baseline,
+        curves=curves,
+        removed=plan,
+        config=config,
+        decode=decode,
+        scores=scores,
+        single_head=effects,
+        eval_info={
+            "samples": len(eval_samples),
+            "uids": [s.uid for s in eval_samples],
+            "indices": [s.index for s in eval_samples],
+        },
+        run_info={"path": str(run.path), "config_hash": run.meta.get("model", {}).get("config_hash")},
+        model_info={"name": spec.name, "path": spec.path, "config_hash": spec.config_hash},
+        timings={"total_s": elapsed, "configurations": int(len(gates)), "samples": len(eval_samples)},
+    )
