@@ -17,8 +17,11 @@ CHARS = string.ascii_lowercase + string.digits + " =,;?+-"
 TINY = {"hidden": 32, "layers": 3, "heads": 4, "kv_heads": 2, "inter": 48}
 
 
-def write_char_tokenizer(root: Path) -> int:
-    """A character-level fast tokenizer with <pad>=0 <bos>=1 <eos>=2 <mask>=3; returns the vocab size."""
+def write_char_tokenizer(root: Path, mask: bool = True) -> int:
+    """A character-level fast tokenizer with <pad>=0 <bos>=1 <eos>=2 <mask>=3; returns the vocab size.
+
+    With `mask=False` the tokenizer declares no mask token (the id stays in the vocabulary).
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -30,6 +33,11 @@ def write_char_tokenizer(root: Path) -> int:
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", mask_token="<mask>"
     )
     fast.save_pretrained(str(root))
+    if not mask:  # transformers fills in a default "<mask>"; a checkpoint without one must say nothing
+        cfg_path = root / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.pop("mask_token", None)
+        cfg_path.write_text(json.dumps(cfg))
     return len(vocab)
 
 
@@ -54,9 +62,10 @@ def _qwen2_weights(vocab: int, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
-def make_dream_checkpoint(root: Path, seed: int = 0) -> Path:
+def make_dream_checkpoint(root: Path, seed: int = 0, mask: bool = True) -> Path:
+    """Dream layout: Qwen2 fields and weight names, `model_type` "Dream", remote-code `auto_map` (unused)."""
     root.mkdir(parents=True, exist_ok=True)
-    vocab = write_char_tokenizer(root)
+    vocab = write_char_tokenizer(root, mask=mask)
     config = {
         "model_type": "Dream",
         "architectures": ["DreamModel"],
@@ -80,6 +89,8 @@ def make_dream_checkpoint(root: Path, seed: int = 0) -> Path:
         "pad_token_id": 0,
         "mask_token_id": MASK_ID,
     }
+    if not mask:
+        del config["mask_token_id"]
     (root / "config.json").write_text(json.dumps(config))
     save_file(_qwen2_weights(vocab, seed), str(root / "model.safetensors"))
     return root

@@ -279,7 +279,193 @@ def info(model: str, **options) -> None:
 
 # ---------------------------------------------------------------- compare / ensemble (analysis)
 
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for report.md, metrics.json, layer_metrics.csv and consistency_analysis.png.",
+)
+@click.option(
+    "--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True, help="Language of report.md."
+)
+@click.option("--top-k", default="5,10,15,20,25,30", show_default=True, help="K values of the top-K overlaps.")
+@click.option(
+    "--good-threshold", type=float, default=0.9, show_default=True, help="Per-layer Pearson that counts as good."
+)
+@click.option("--bands", default=None, help="Layer bands FIRST-LAST,..., e.g. 0-5,6-15,16-27 (default: thirds).")
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap replicates (0: skip).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and split-half draws.")
+@click.option(
+    "--target", type=float, default=0.9, show_default=True, help="Reliability the sample projections aim at."
+)
+@click.option("--overwrite", is_flag=True, help="Replace the report files in an existing --out.")
+def compare_cmd(
+    runs: tuple[Path, ...],
+    out: Path,
+    lang: str,
+    top_k: str,
+    good_threshold: float,
+    bands: str | None,
+    bootstrap: int,
+    seed: int,
+    target: float,
+    overwrite: bool,
+) -> None:
+    """Compare two or more runs of the same model: report.md, metrics.json, layer_metrics.csv, figure."""
+    from .consistency import compare as compare_api
+    from .report import check_report_dir, fmt_corr, write_outputs
+
+    check_report_dir(out, overwrite)
+    comparison = compare_api(
+        list(runs),
+        top_k=top_k,
+        good_threshold=good_threshold,
+        bands=bands,
+        bootstrap=bootstrap,
+        seed=seed,
+        target=target,
+    )
+    paths = write_outputs(comparison, out, lang=lang, overwrite=overwrite)
+    v = comparison.verdict
+    click.echo(
+        f"consistency: {v.level.replace('_', ' ')} (mean per-layer Pearson {fmt_corr(v.pearson_mean)}, "
+        f"Spearman {fmt_corr(v.spearman_mean)})"
+    )
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
+@cli.command("ensemble")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New run directory for the ensemble.")
+@click.option("--overwrite", is_flag=True, help="Replace the run files in an existing --out.")
+def ensemble_cmd(runs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
+    """Average runs of the same model into a new run directory (usable by compare)."""
+    from .ensemble import ensemble as ensemble_api
+
+    path = ensemble_api(list(runs), out, overwrite=overwrite)
+    click.echo(f"wrote {path}/ (scores.safetensors, run.json, heads.csv, heatmap.png) from {len(runs)} runs")
+
+
 # ---------------------------------------------------------------- prune / demo (validation)
+
+
+def _parse_orders(text: str) -> tuple[str, ...]:
+    """'most,least' -> ('most', 'least'); unknown names are a one-line error."""
+    from .prune import ORDERS
+
+    orders = tuple(o.strip() for o in text.split(",") if o.strip())
+    for order in orders:
+        if order not in ORDERS:
+            raise HeadattrError(f"unknown order {order!r} in --orders; choose from {', '.join(ORDERS)}")
+    return orders
+
+
+def _echo_prune(result, paths: dict) -> None:
+    """Print the pruning table, the faithfulness line and where each output is."""
+    from .prune import format_faithfulness, format_table
+
+    click.echo(format_table(result))
+    line = format_faithfulness(result)
+    if line:
+        click.echo(line)
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option(
+    "--scores",
+    "scores_run",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory whose scores rank the heads.",
+)
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="The run's dataset (default: the file recorded in its run.json); held-out rows are evaluated.",
+)
+@click.option(
+    "--eval-data",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Evaluate on this file instead (same format as the run's data; the run's samples are still excluded).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the pruning outputs.")
+@click.option("--fractions", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Fractions of heads to remove.")
+@click.option("--orders", default="most,least,random", show_default=True, help="Removal orders.")
+@click.option("--random-orders", type=int, default=10, show_default=True, help="Number of random orders.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random orders.")
+@click.option("--per-layer", is_flag=True, help="Remove the same fraction of heads in every layer.")
+@click.option("--single-head", is_flag=True, help="Also remove each head on its own; correlate with the scores.")
+@click.option("--exact-match", is_flag=True, help="Also decode each answer from a fully masked answer (slower).")
+@click.option("--eval-samples", type=int, default=100, show_default=True, help="Held-out samples to evaluate on.")
+@click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the held-out sample choice.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass.")
+@click.option("--overwrite", is_flag=True, help="Replace the pruning files in an existing --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@model_options
+def prune_cmd(
+    model: str,
+    scores_run: Path,
+    data_path: Path | None,
+    eval_data: Path | None,
+    out: Path,
+    fractions: str,
+    orders: str,
+    random_orders: int,
+    seed: int,
+    per_layer: bool,
+    single_head: bool,
+    exact_match: bool,
+    eval_samples: int,
+    eval_seed: int,
+    batch_size: int,
+    overwrite: bool,
+    quiet: bool,
+    **options,
+) -> None:
+    """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples."""
+    from . import prune as pruning
+    from .rundir import read_run
+
+    check_output_dir(out, overwrite)
+    if batch_size < 1:
+        raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
+    run = read_run(scores_run)
+    spec = _load(model, options)
+    pruning.check_run_matches(spec, run)
+    selection = pruning.select_eval_samples(
+        spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed
+    )
+    click.echo(
+        f"{spec.name}: {spec.num_layers} layers x {spec.num_heads} heads; evaluating on {len(selection.samples)} "
+        f"held-out samples of {selection.source} ({selection.excluded} attribution rows excluded)",
+        err=True,
+    )
+    result = pruning.prune(
+        spec,
+        run,
+        selection.samples,
+        fractions=parse_floats(fractions, "--fractions"),
+        orders=_parse_orders(orders),
+        random_orders=random_orders,
+        seed=seed,
+        per_layer=per_layer,
+        single_head=single_head,
+        decode=exact_match,
+        batch_size=batch_size,
+        progress=not quiet,
+    )
+    result.eval_info.update(selection.to_dict(), eval_seed=eval_seed)
+    _echo_prune(result, pruning.write_outputs(result, out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"headattr: error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("headattr: aborted", err=True)
+        click.echo("headattr: interrupted (an interrupted `attribute` continues with --resume)", err=True)
         return 130
     except click.ClickException as exc:
         ctx_hint = " (see `headattr --help`)" if isinstance(exc, click.UsageError) else ""

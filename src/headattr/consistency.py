@@ -46,8 +46,9 @@ Recommendation rules (`recommendations`; each produces a structured item, render
    of samples (largest over the band's layers and over runs) to reach the target.
 3. `no_signal_layers` (caution): layers whose split-half r_full is <= 0 or N/A in some run: the head
    differences there are not distinguishable from sample noise, so no sample count can be projected.
-4. `ensemble_helps` (ok): when rule 2 fires and there are several runs: the layers whose projected
-   reliability after pooling all runs' samples (Spearman-Brown from the lowest per-run r_full) reaches target.
+4. `ensemble_helps` (ok) / `ensemble_short` (caution): when rule 2 fires and there are several runs: the
+   layers of rule 2 whose projected reliability after pooling all runs' samples (Spearman-Brown from the
+   lowest per-run r_full, lengthened by total samples / that run's samples) reaches / stays below target.
 5. `stable_top_k` (ok) / `unstable_top_k` (caution): the K values whose global top-K overlap is at least
    OVERLAP_STABLE (0.9) in every pair / below it in some pair.
 6. `config_differences` (caution): configuration keys that differ between runs, other than the seeds and
@@ -205,6 +206,7 @@ class PairMetrics:
     bootstrap: dict[str, Interval] | None
     predicted_pearson: list[Number]
     predicted_pearson_mean: Number
+    predicted_global: Number
     verdict: Verdict
 
 
@@ -221,6 +223,7 @@ class Reliability:
     split_global: Number
     full_global: Number
     needed_global: int | None
+    below_target: int  # layers whose full_layer is N/A or below the target
 
 
 @dataclass
@@ -273,6 +276,7 @@ class Comparison:
     matrix: dict[str, list[list[Number]]]
     matrix_mean: dict[str, Number]
     verdict: Verdict
+    consistent_layers: int  # layers with Pearson > good_threshold in every pair
     recommendations: list[dict[str, Any]]
     created: str
 
@@ -374,9 +378,14 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> Number:
-    """|topK(a) & topK(b)| / K over flattened arrays; None unless 0 < K < number of elements."""
-    n = np.asarray(a).size
-    if not 0 < k < n:
+    """|topK(a) & topK(b)| / K over flattened arrays.
+
+    None unless 0 < K < number of elements, and None when either array is constant: its ranking is then
+    pure tie-breaking, and an overlap of 100% from two constant layers would be meaningless.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = a.size
+    if not 0 < k < n or _is_constant(a) or _is_constant(b):
         return None
     shared = np.intersect1d(top_k_indices(a, k), top_k_indices(b, k)).size
     return shared / k
@@ -539,9 +548,7 @@ def default_bands(num_layers: int) -> tuple[list[tuple[int, int]], list[str]]:
 def _check_bands(bands: list[tuple[int, int]], num_layers: int) -> None:
     for lo, hi in bands:
         if hi >= num_layers:
-            raise HeadattrError(
-                f"--bands: range {lo}-{hi} is outside the model's layers 0-{num_layers - 1}"
-            )
+            raise HeadattrError(f"--bands: range {lo}-{hi} is outside the model's layers 0-{num_layers - 1}")
 
 
 def _focus_k(ks: list[int], num_heads: int) -> int | None:
@@ -663,7 +670,7 @@ def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, ta
     half = n // 2
     if half < 1:
         none: list[Any] = [None] * num_layers
-        return Reliability(n, half, splits, none, list(none), list(none), None, None, None)
+        return Reliability(n, half, splits, none, list(none), list(none), None, None, None, num_layers)
     weights = np.zeros((2, splits, n))
     for s in range(splits):
         perm = rng.permutation(n)
@@ -688,6 +695,7 @@ def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, ta
         split_global=split_global,
         full_global=full_global,
         needed_global=samples_needed(full_global, n, target),
+        below_target=sum(r is None or r < target for r in full_layer),
     )
 
 
@@ -765,9 +773,7 @@ def _mean(values: Sequence[Number]) -> Number:
     return summarize(values).mean
 
 
-def band_metrics(
-    layers: list[LayerMetrics], settings: Settings, needed: Sequence[int | None]
-) -> list[BandMetrics]:
+def band_metrics(layers: list[LayerMetrics], settings: Settings, needed: Sequence[int | None]) -> list[BandMetrics]:
     """Per-band means of the per-layer metrics; `needed` is the projected sample count per layer."""
     out = []
     for (lo, hi), name in zip(settings.bands, settings.band_names, strict=True):
@@ -813,9 +819,7 @@ def depth_trend(layers: list[LayerMetrics], bands: list[BandMetrics]) -> Trend:
 def _extremes(layers: list[LayerMetrics]) -> tuple[list[int], list[int], list[int]]:
     """(most consistent, least consistent (lowest first), undefined) layers by Pearson, then Spearman."""
     defined = [m for m in layers if m.pearson is not None]
-    order = sorted(
-        defined, key=lambda m: (-m.pearson, -(m.spearman if m.spearman is not None else -2.0), m.layer)
-    )
+    order = sorted(defined, key=lambda m: (-m.pearson, -(m.spearman if m.spearman is not None else -2.0), m.layer))
     n = min(EXTREME_LAYERS, len(order))
     best = [m.layer for m in order[:n]]
     worst = [m.layer for m in reversed(order[len(order) - n :])]
@@ -823,11 +827,13 @@ def _extremes(layers: list[LayerMetrics]) -> tuple[list[int], list[int], list[in
     return best, worst, undefined
 
 
+def _expected_correlation(r_a: Number, r_b: Number) -> Number:
+    """sqrt(r_a r_b): the correlation expected between two measurements with these reliabilities."""
+    return math.sqrt(r_a * r_b) if r_a is not None and r_b is not None and r_a > 0 and r_b > 0 else None
+
+
 def _predicted(ra: Reliability, rb: Reliability) -> tuple[list[Number], Number]:
-    per_layer = [
-        math.sqrt(x * y) if x is not None and y is not None and x > 0 and y > 0 else None
-        for x, y in zip(ra.full_layer, rb.full_layer, strict=True)
-    ]
+    per_layer = [_expected_correlation(x, y) for x, y in zip(ra.full_layer, rb.full_layer, strict=True)]
     return per_layer, _mean(per_layer)
 
 
@@ -921,6 +927,9 @@ def pair_metrics(
         bootstrap=None,
         predicted_pearson=predicted,
         predicted_pearson_mean=predicted_mean,
+        predicted_global=_expected_correlation(
+            summaries[a].reliability.full_global, summaries[b].reliability.full_global
+        ),
         verdict=Verdict(
             verdict_level(summary["pearson"].mean, summary["spearman"].mean),
             summary["pearson"].mean,
@@ -964,9 +973,7 @@ def recommendations(comp: Comparison) -> list[dict[str, Any]]:
     diffs = [d["key"] for d in comp.config_differences if d["kind"] == "flagged"]
     if diffs:
         items.append({"rule": "config_differences", "kind": "caution", "keys": diffs})
-    shared = [
-        {"a": p.a, "b": p.b, "count": p.shared_samples} for p in comp.pairs if p.shared_samples
-    ]
+    shared = [{"a": p.a, "b": p.b, "count": p.shared_samples} for p in comp.pairs if p.shared_samples]
     if shared:
         items.append({"rule": "shared_samples", "kind": "caution", "pairs": shared})
     rel = [(r.label, (r.completeness or {}).get("relative_total")) for r in comp.runs]
@@ -977,8 +984,12 @@ def recommendations(comp: Comparison) -> list[dict[str, Any]]:
             items.append({"rule": "completeness_high", "kind": "caution", "runs": high, "rtol": s.completeness_rtol})
         else:
             items.append(
-                {"rule": "completeness_ok", "kind": "ok", "max_relative": max(x for _, x in measured),
-                 "rtol": s.completeness_rtol}
+                {
+                    "rule": "completeness_ok",
+                    "kind": "ok",
+                    "max_relative": max(x for _, x in measured),
+                    "rtol": s.completeness_rtol,
+                }
             )
     return items
 
@@ -989,12 +1000,17 @@ def _rule_threshold(comp: Comparison) -> list[dict[str, Any]]:
     for layer in range(comp.num_layers):
         values = [p.layers[layer].pearson for p in comp.pairs]
         lowest.append(None if None in values else min(values))  # type: ignore[type-var]
-    below = [
-        {"layer": i, "min_pearson": v} for i, v in enumerate(lowest) if v is None or v <= threshold
-    ]
+    below = [{"layer": i, "min_pearson": v} for i, v in enumerate(lowest) if v is None or v <= threshold]
     if not below:
-        return [{"rule": "all_layers_consistent", "kind": "ok", "threshold": threshold,
-                 "num_layers": comp.num_layers, "min_pearson": min(lowest)}]  # type: ignore[type-var]
+        return [
+            {
+                "rule": "all_layers_consistent",
+                "kind": "ok",
+                "threshold": threshold,
+                "num_layers": comp.num_layers,
+                "min_pearson": min(lowest),
+            }
+        ]  # type: ignore[type-var]
     return [{"rule": "layers_below_threshold", "kind": "caution", "threshold": threshold, "layers": below}]
 
 
@@ -1002,17 +1018,23 @@ def _rule_reliability(comp: Comparison) -> list[dict[str, Any]]:
     target = comp.settings.target
     items: list[dict[str, Any]] = []
     rel = [r.reliability for r in comp.runs]
-    no_signal = [
-        i for i in range(comp.num_layers) if any(r.full_layer[i] is None or r.full_layer[i] <= 0 for r in rel)
-    ]
+    no_signal = [i for i in range(comp.num_layers) if any(r.full_layer[i] is None or r.full_layer[i] <= 0 for r in rel)]
     short = [
-        i for i in range(comp.num_layers)
+        i
+        for i in range(comp.num_layers)
         if i not in no_signal and any(r.full_layer[i] < target for r in rel)  # type: ignore[operator]
     ]
     if not short and not no_signal:
         lowest = min(min(r.full_layer) for r in rel)  # type: ignore[type-var]
-        items.append({"rule": "reliability_met", "kind": "ok", "target": target, "min_reliability": lowest,
-                      "num_samples": min(r.n_samples for r in rel)})
+        items.append(
+            {
+                "rule": "reliability_met",
+                "kind": "ok",
+                "target": target,
+                "min_reliability": lowest,
+                "num_samples": min(r.n_samples for r in rel),
+            }
+        )
     if short:
         bands = []
         for (lo, hi), name in zip(comp.settings.bands, comp.settings.band_names, strict=True):
@@ -1020,29 +1042,56 @@ def _rule_reliability(comp: Comparison) -> list[dict[str, Any]]:
             if layers:
                 needed = max(n for i in layers for r in rel if (n := r.needed_layer[i]) is not None)
                 bands.append({"band": name, "first": lo, "last": hi, "layers": layers, "samples_needed": needed})
-        items.append({"rule": "more_samples", "kind": "caution", "target": target, "bands": bands,
-                      "num_samples": [r.n_samples for r in rel]})
+        items.append(
+            {
+                "rule": "more_samples",
+                "kind": "caution",
+                "target": target,
+                "bands": bands,
+                "num_samples": [r.n_samples for r in rel],
+            }
+        )
         if len(rel) > 1:
-            items.append(_rule_ensemble(comp, short))
+            items += _rule_ensemble(comp, short)
     if no_signal:
         items.append({"rule": "no_signal_layers", "kind": "caution", "layers": no_signal})
     return items
 
 
-def _rule_ensemble(comp: Comparison, short: list[int]) -> dict[str, Any]:
+def _rule_ensemble(comp: Comparison, short: list[int]) -> list[dict[str, Any]]:
     """Projected reliability of pooling every run's samples, from the lowest per-run reliability."""
     rel = [r.reliability for r in comp.runs]
     total = sum(r.n_samples for r in rel)
-    reached, projected = [], {}
+    target = comp.settings.target
+    projected: dict[int, Number] = {}
     for i in short:
-        worst = min(rel, key=lambda r: r.full_layer[i])  # type: ignore[arg-type, return-value]
-        value = spearman_brown(worst.full_layer[i], total / worst.n_samples)
-        projected[i] = value
-        if value is not None and value >= comp.settings.target:
-            reached.append(i)
-    return {"rule": "ensemble_helps", "kind": "ok" if reached else "caution", "runs": len(rel),
-            "total_samples": total, "target": comp.settings.target, "layers_reaching_target": reached,
-            "projected": projected}
+        worst = min(rel, key=lambda r: r.full_layer[i])
+        projected[i] = spearman_brown(worst.full_layer[i], total / worst.n_samples)
+    reached = [i for i, v in projected.items() if v is not None and v >= target]
+    below = [i for i in projected if i not in reached]
+    base = {"runs": len(rel), "total_samples": total, "target": target}
+    items = []
+    if reached:
+        items.append(
+            {
+                "rule": "ensemble_helps",
+                "kind": "ok",
+                **base,
+                "layers": reached,
+                "projected": {i: projected[i] for i in reached},
+            }
+        )
+    if below:
+        items.append(
+            {
+                "rule": "ensemble_short",
+                "kind": "caution",
+                **base,
+                "layers": below,
+                "projected": {i: projected[i] for i in below},
+            }
+        )
+    return items
 
 
 def _rule_top_k(comp: Comparison) -> list[dict[str, Any]]:
@@ -1103,12 +1152,14 @@ def compare(
         target=float(target),
         splits=int(splits),
     )
-    per_sample = [sample_scores(r.attributions, str(r.meta.get("config", {}).get("postprocess", "signed")))
-                  for r in loaded]
+    per_sample = [
+        sample_scores(r.attributions, str(r.meta.get("config", {}).get("postprocess", "signed"))) for r in loaded
+    ]
     labels = _labels(loaded)
     summaries = [_summarize_run(r, labels[i], per_sample[i], settings, i) for i, r in enumerate(loaded)]
-    pairs = [pair_metrics(loaded, summaries, a, b, settings)
-             for a in range(len(loaded)) for b in range(a + 1, len(loaded))]
+    pairs = [
+        pair_metrics(loaded, summaries, a, b, settings) for a in range(len(loaded)) for b in range(a + 1, len(loaded))
+    ]
     if settings.bootstrap > 0:
         global_ks = [k for k in ks if k < num_layers * num_heads]
         reps = [_replicates(ps, settings, i, global_ks) for i, ps in enumerate(per_sample)]
@@ -1131,6 +1182,10 @@ def compare(
             verdict_level(means["mean_layer_pearson"], means["mean_layer_spearman"]),
             means["mean_layer_pearson"],
             means["mean_layer_spearman"],
+        ),
+        consistent_layers=sum(
+            all(p.layers[i].pearson is not None and p.layers[i].pearson > settings.good_threshold for p in pairs)
+            for i in range(num_layers)
         ),
         recommendations=[],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

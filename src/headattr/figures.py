@@ -47,3 +47,139 @@ def plot_heatmap(scores: np.ndarray, path: Path, title: str = "Gate-IG head scor
     im = draw_heatmap(ax, scores, title)
     fig.colorbar(im, ax=ax, label="score (positive = helps reconstruction)")
     _save(fig, path)
+
+
+def plot_consistency(comparison, run_a: int, run_b: int, path: Path) -> None:
+    """Write `consistency_analysis.png` for runs `run_a` and `run_b` of a `consistency.Comparison`.
+
+    Six panels, each backing a claim of the report: per-layer Pearson and Spearman with the threshold;
+    every head score of run A against run B, coloured by layer; top-K overlap against K with its chance
+    level; the two score heatmaps on one colour scale; split-half reliability per layer with the target.
+    """
+    pair = comparison.pair(run_a, run_b)
+    ra, rb = comparison.runs[run_a], comparison.runs[run_b]
+    settings = comparison.settings
+    layers = np.arange(comparison.num_layers)
+    fig, axes = plt.subplots(2, 3, figsize=(19, 11))
+    fig.suptitle(f"Consistency of head scores: {ra.label} vs {rb.label} ({comparison.model.get('name', '')})")
+    _panel_layer_correlations(axes[0, 0], pair, layers, settings.good_threshold)
+    _panel_scatter(fig, axes[0, 1], ra, rb, pair)
+    _panel_overlap(axes[0, 2], comparison, pair)
+    lim = max(_diverging_limits(ra.scores), _diverging_limits(rb.scores))
+    for ax, run in ((axes[1, 0], ra), (axes[1, 1], rb)):
+        im = draw_heatmap(ax, run.scores, f"scores: {run.label}")
+        im.set_clim(-lim, lim)
+    fig.colorbar(im, ax=axes[1, :2].tolist(), label="score (same scale in both maps)", shrink=0.9)
+    _panel_reliability(axes[1, 2], comparison, (ra, rb), layers)
+    _save(fig, path)
+
+
+def _nan(values) -> np.ndarray:
+    """None -> NaN for plotting (matplotlib leaves a gap)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _panel_layer_correlations(ax: plt.Axes, pair, layers: np.ndarray, threshold: float) -> None:
+    ax.plot(layers, _nan(m.pearson for m in pair.layers), "o-", label="Pearson")
+    ax.plot(layers, _nan(m.spearman for m in pair.layers), "s--", label="Spearman")
+    ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:g}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("correlation between runs")
+    ax.set_title(f"per-layer correlation ({pair.good_count}/{len(layers)} layers > {threshold:g})")
+    values = [v for m in pair.layers for v in (m.pearson, m.spearman) if v is not None]
+    ax.set_ylim(min(values + [threshold]) - 0.05, 1.02)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+def _panel_scatter(fig: plt.Figure, ax: plt.Axes, ra, rb, pair) -> None:
+    num_layers, num_heads = ra.scores.shape
+    colour = np.repeat(np.arange(num_layers), num_heads)
+    sc = ax.scatter(ra.scores.ravel(), rb.scores.ravel(), c=colour, cmap="viridis", s=10, alpha=0.8)
+    lo = float(min(ra.scores.min(), rb.scores.min()))
+    hi = float(max(ra.scores.max(), rb.scores.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, linestyle=":", label="y = x")
+    g = pair.global_metrics
+    fmt = lambda x: "N/A" if x is None else f"{x:.4f}"  # noqa: E731
+    ax.set_title(f"all heads: Pearson {fmt(g.pearson)}, Spearman {fmt(g.spearman)}")
+    ax.set_xlabel(f"score, {ra.label}")
+    ax.set_ylabel(f"score, {rb.label}")
+    ax.legend(loc="upper left")
+    fig.colorbar(sc, ax=ax, label="layer")
+
+
+def _panel_overlap(ax: plt.Axes, comparison, pair) -> None:
+    ks = np.array(comparison.settings.top_k)
+    layer_mean = _nan(pair.overlap_summary[k].mean for k in ks)
+    glob = _nan(pair.global_metrics.overlap[k] for k in ks)
+    ax.plot(ks, 100 * layer_mean, "o-", label="mean per layer")
+    ax.plot(ks, 100 * _nan(pair.chance_layer[k] for k in ks), ":", color="C0",
+            label=f"chance per layer (K/{comparison.num_heads})")
+    ax.plot(ks, 100 * glob, "s-", color="C1", label="global")
+    ax.plot(ks, 100 * _nan(pair.global_metrics.chance[k] for k in ks), ":", color="C1",
+            label=f"chance global (K/{comparison.num_layers * comparison.num_heads})")
+    ax.set_xlabel("K")
+    ax.set_ylabel("top-K overlap (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("top-K overlap vs chance")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def _panel_reliability(ax: plt.Axes, comparison, runs, layers: np.ndarray) -> None:
+    target = comparison.settings.target
+    for i, run in enumerate(runs):
+        rel = run.reliability
+        ax.plot(layers, _nan(rel.full_layer), "o-", color=f"C{i + 2}", label=f"{run.label} (N={rel.n_samples})")
+    ax.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("split-half reliability (Spearman-Brown)")
+    ax.set_title("reliability within each run")
+    values = [v for run in runs for v in run.reliability.full_layer if v is not None]
+    ax.set_ylim(min(values + [target]) - 0.05, 1.02)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+# ---------------------------------------------------------------- pruning (headattr prune)
+
+_PRUNE_LABELS = {"loss": "masked-token loss", "accuracy": "masked-token accuracy", "exact_match": "exact match"}
+_PRUNE_STYLE = {"most": ("C3", "o-"), "least": ("C2", "s-"), "random": ("C0", "^-")}
+
+
+def plot_pruning_curve(result, path: Path) -> None:
+    """Write `pruning_curve.png`: each metric vs the fraction of heads removed, one line per order.
+
+    `result` is a `headattr.prune.PruneResult`. The unpruned model is the point at fraction 0 of every line;
+    the random orders are drawn as their mean with a band from their minimum to their maximum.
+    """
+    fractions = np.concatenate([[0.0], np.asarray(result.fractions, dtype=np.float64)])
+    metrics = result.metrics
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        base = getattr(result.baseline, metric)
+        for order in result.display_orders:
+            color, style = _PRUNE_STYLE[order]
+            if order == "random":
+                summary = result.random_summary(metric)
+                n = result.curves["random"][metric].shape[0]
+                ax.fill_between(
+                    fractions,
+                    np.concatenate([[base], summary["min"]]),
+                    np.concatenate([[base], summary["max"]]),
+                    color=color,
+                    alpha=0.2,
+                    label=f"random min-max ({n} orders)",
+                )
+                values, label = summary["mean"], f"random (mean of {n})"
+            else:
+                values, label = result.curves[order][metric], f"{order} important first"
+            ax.plot(fractions, np.concatenate([[base], values]), style, color=color, label=label, markersize=4)
+        ax.set_xlabel("fraction of heads removed" + (" (per layer)" if result.per_layer else ""))
+        ax.set_ylabel(_PRUNE_LABELS[metric])
+        ax.set_title(_PRUNE_LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("Head pruning by Gate-IG score")
+    fig.tight_layout()
+    _save(fig, path)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,6 @@ class ModelSpec:
     config_hash: str
     num_parameters: int
     stack: Stack | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -473,7 +472,6 @@ def _load_generic(
         logit_shift=False,
         config_hash=config_hash(root),
         num_parameters=sum(p.numel() for p in model.parameters()),
-        extra={"shift_known": False},
     )
 
 
@@ -514,10 +512,19 @@ def _apply_overrides(spec: ModelSpec, mask_token_id: int | None, logit_shift: st
     """Apply user overrides; fill the mask token from the tokenizer when the config has none."""
     if mask_token_id is not None:
         spec.mask_token_id = int(mask_token_id)
-    if spec.mask_token_id is None and getattr(spec.tokenizer, "mask_token_id", None) is not None:
-        spec.mask_token_id = int(spec.tokenizer.mask_token_id)
+    vocab = spec.model.get_input_embeddings().num_embeddings
+    tok_mask = getattr(spec.tokenizer, "mask_token_id", None)
+    if spec.mask_token_id is None and tok_mask is not None and tok_mask < vocab:
+        spec.mask_token_id = int(tok_mask)
+    if spec.mask_token_id is not None and not 0 <= spec.mask_token_id < vocab:
+        raise HeadattrError(f"mask token id {spec.mask_token_id} is outside the model's vocabulary (0..{vocab - 1}); "
+                            "fix --mask-token-id")
     if logit_shift not in ("auto", "on", "off"):
         raise HeadattrError(f"unknown --logit-shift {logit_shift!r}; choose auto, on or off")
     if logit_shift != "auto":
         spec.logit_shift = logit_shift == "on"
-        spec.extra["shift_known"] = True
+    elif spec.family == "generic":
+        raise HeadattrError(
+            f"cannot tell whether {spec.name} shifts its logits; pass --logit-shift on "
+            "(position j predicted from j-1, like Dream) or off (from j, like LLaDA)"
+        )

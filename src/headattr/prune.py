@@ -288,7 +288,7 @@ def evaluate_many(
     if gates.dim() != 3 or tuple(gates.shape[1:]) != (spec.num_layers, spec.num_heads):
         raise ValueError(f"gates must be [C, {spec.num_layers}, {spec.num_heads}], got {tuple(gates.shape)}")
     n_conf = gates.shape[0]
-    want = np.broadcast_to(np.asarray(decode, dtype=bool), (n_conf,))
+    want = np.array(np.broadcast_to(np.asarray(decode, dtype=bool), (n_conf,)))
     loss, acc, exact = np.zeros(n_conf), np.zeros(n_conf), np.zeros(n_conf)
     for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True, leave=False):
         s_loss, s_acc = sample_metrics(spec, sample, gates, config)
@@ -441,6 +441,11 @@ class PruneResult:
     run_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def display_orders(self) -> list[str]:
+        """The measured orders in the order tables and figures show them: most, random, least."""
+        return [o for o in ("most", "random", "least") if o in self.orders]
 
     @property
     def metrics(self) -> list[str]:
@@ -693,4 +698,70 @@ def prune(
         run_info={"path": str(run.path), "config_hash": run.meta.get("model", {}).get("config_hash")},
         model_info={"name": spec.name, "path": spec.path, "config_hash": spec.config_hash},
         timings={"total_s": elapsed, "configurations": int(len(gates)), "samples": len(eval_samples)},
+    )
+
+
+# ---------------------------------------------------------------- outputs
+
+PRUNING_FILE = "pruning.json"
+CURVE_FILE = "pruning_curve.png"
+HEAD_MASK_FILE = "head_mask.json"
+PRUNE_FILES = (PRUNING_FILE, CURVE_FILE, HEAD_MASK_FILE)
+
+
+def write_outputs(result: PruneResult, out: str | Path) -> dict[str, Path]:
+    """Write pruning.json, pruning_curve.png and head_mask.json into `out` (each atomically)."""
+    from .figures import plot_pruning_curve
+    from .rundir import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in PRUNE_FILES}
+    atomic_write_json(paths[PRUNING_FILE], result.to_dict())
+    atomic_write_json(paths[HEAD_MASK_FILE], result.head_mask())
+    plot_pruning_curve(result, paths[CURVE_FILE])
+    return paths
+
+
+def format_table(result: PruneResult) -> str:
+    """The results as a compact text table: one row per fraction (0 = unpruned), one column per order.
+
+    Random orders show their mean and standard deviation.
+    """
+    short = {"loss": "loss", "accuracy": "acc", "exact_match": "exact"}
+    header = ["frac", "heads"]
+    for metric in result.metrics:
+        header += [f"{short[metric]} {o}" + ("(±std)" if o == "random" else "") for o in result.display_orders]
+    lines = [header]
+    base = ["0", "0"]
+    for metric in result.metrics:
+        base += [f"{getattr(result.baseline, metric):.4f}"] * len(result.display_orders)
+    lines.append(base)
+    for i, frac in enumerate(result.fractions):
+        row = [f"{frac:g}", str(result.num_removed[i])]
+        for metric in result.metrics:
+            for order in result.display_orders:
+                if order == "random":
+                    s = result.random_summary(metric)
+                    row.append(f"{s['mean'][i]:.4f}±{s['std'][i]:.4f}")
+                else:
+                    row.append(f"{result.curves[order][metric][i]:.4f}")
+        lines.append(row)
+    widths = [max(len(r[c]) for r in lines) for c in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def format_faithfulness(result: PruneResult) -> str | None:
+    """One line on the single-head ablation correlation, if it was measured."""
+    sh = result.single_head
+    if sh is None:
+        return None
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    p = "" if sh["spearman_p"] is None else f" (p={sh['spearman_p']:.2g})"
+    return (
+        f"single-head ablation vs scores: Spearman {fmt(sh['spearman'])} over all heads{p}, "
+        f"mean per layer {fmt(sh['spearman_per_layer_mean'])}"
     )

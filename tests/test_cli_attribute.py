@@ -1,0 +1,206 @@
+"""`headattr attribute` and `headattr info` end to end, on tiny checkpoints in native formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from headattr.cli import main
+from headattr.rundir import read_run
+
+FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    rows = [{"prompt": f"k{i}=v{i % 7};k{i}?", "answer": f"v{i % 7}x", "task": "kv" if i % 2 else "copy"}
+            for i in range(24)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("family", ["dream_dir", "llada_dir"])
+def test_native_checkpoints_run_through_attribute(family, request, data_file, tmp_path, capsys):
+    model_dir = request.getfixturevalue(family)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["attribute", model_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST],
+                                capsys)
+    assert code == 0, err
+    run = read_run(out)
+    assert run.scores.shape == (3, 4) and run.attributions.shape == (3, 2, 3, 4)
+    np.testing.assert_allclose(run.scores, run.attributions.astype(np.float64).mean(axis=(0, 1)), rtol=1e-6)
+    meta = run.meta
+    assert meta["status"] == "complete" and meta["model"]["family"] == ("dream" if "dream" in family else "llada")
+    assert len(meta["samples"]) == 3 and {"index", "hash", "prompt_truncated"} <= set(meta["samples"][0])
+    assert np.array(meta["diagnostics"]["completeness_error"]).shape == (3, 2, 3)
+    assert meta["config"]["seed"] == 47 and meta["config"]["data_seed"] == 47 and meta["config"]["mask_seed"] == 47
+    lines = (out / "heads.csv").read_text().splitlines()
+    assert lines[0] == "layer,head,score,rank_in_layer,global_rank" and len(lines) == 13
+    assert (out / "heatmap.png").stat().st_size > 1000 and not (out / "checkpoints").exists()
+    assert "wrote" in stdout
+
+
+def test_info_prints_what_was_detected(dream_dir, capsys):
+    code, out, _ = run_cli(["info", dream_dir], capsys)
+    assert code == 0
+    assert "dream" in out and "mask token id  3" in out and "on (position j predicted from j-1)" in out
+
+
+def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(dream_dir, data_file, tmp_path, capsys):
+    args = ["attribute", dream_dir, "--data", data_file, "--samples", 4, *FAST]
+    for name, extra in (("a", []), ("b", []), ("c", ["--batch-size", "1"])):
+        assert run_cli([*args, "--out", tmp_path / name, *extra], capsys)[0] == 0
+    a, b = (tmp_path / "a/scores.safetensors").read_bytes(), (tmp_path / "b/scores.safetensors").read_bytes()
+    assert a == b
+    np.testing.assert_allclose(read_run(tmp_path / "c").scores, read_run(tmp_path / "a").scores, rtol=1e-5,
+                               atol=1e-7)
+    assert run_cli([*args, "--out", tmp_path / "d", "--seed", "1234"], capsys)[0] == 0
+    assert not np.array_equal(read_run(tmp_path / "d").scores, read_run(tmp_path / "a").scores)
+
+
+def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_path, capsys):
+    args = ["attribute", str(dream_dir), "--data", str(data_file), "--samples", "12", *FAST]
+    assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "headattr.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "checkpoints").glob("*.safetensors"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "checkpoints").glob("*.safetensors")))
+    assert 2 <= done < 12, "the run must have been killed part-way"
+    code, _, err = run_cli([*args, "--out", out], capsys)
+    assert code == 2 and "--resume" in err  # never silently continues or overwrites
+    assert run_cli([*args, "--out", out, "--resume"], capsys)[0] == 0
+    assert (out / "scores.safetensors").read_bytes() == (tmp_path / "whole/scores.safetensors").read_bytes()
+    assert read_run(out).meta["timings"]["resumed_samples"] == done
+
+
+def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_file, tmp_path, capsys):
+    from headattr import pipeline
+
+    out = tmp_path / "run"
+    args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
+    real = pipeline.attribute_sample
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    pipeline.attribute_sample = flaky
+    try:
+        code, _, err = run_cli(args, capsys)  # Ctrl-C: exit 130, finished samples stay checkpointed
+    finally:
+        pipeline.attribute_sample = real
+    assert code == 130 and "--resume" in err
+    assert len(list((out / "checkpoints").glob("*.safetensors"))) == 1
+    code, _, err = run_cli([*args, "--resume", "--ig-steps", "3"], capsys)
+    assert code == 2 and "different model, data or configuration" in err
+
+
+# ---------------------------------------------------------------- errors: one line, exit 2, no traceback
+
+
+def _broken_models(tmp_path: Path, dream_dir: Path) -> dict[str, Path]:
+    from conftest import make_dream_checkpoint
+
+    no_config = tmp_path / "no-config"
+    shutil.copytree(dream_dir, no_config)
+    (no_config / "config.json").unlink()
+    bad_json = tmp_path / "bad-json"
+    shutil.copytree(dream_dir, bad_json)
+    (bad_json / "config.json").write_text("{not json")
+    nan_model = tmp_path / "nan"
+    shutil.copytree(dream_dir, nan_model)
+    weights = load_file(str(nan_model / "model.safetensors"))
+    weights["lm_head.weight"][:] = np.nan
+    from safetensors.numpy import save_file
+
+    save_file(weights, str(nan_model / "model.safetensors"))
+    return {"no_config": no_config, "bad_json": bad_json, "nan": nan_model,
+            "no_mask": make_dream_checkpoint(tmp_path / "no-mask", mask=False)}
+
+
+def _bert(tmp_path: Path) -> Path:
+    from conftest import write_char_tokenizer
+    from transformers import BertConfig, BertForMaskedLM
+
+    root = tmp_path / "bert"
+    vocab = write_char_tokenizer(root)
+    BertForMaskedLM(BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(root)
+    return root
+
+
+def test_generic_model_with_named_head_module(tmp_path, data_file, capsys):
+    bert = _bert(tmp_path)
+    args = ["attribute", bert, "--data", data_file, "--samples", 2, *FAST]
+    code, _, err = run_cli([*args, "--out", tmp_path / "x", "--logit-shift", "off"], capsys)
+    assert code == 2 and "--head-module" in err and "attention.output.dense" in err
+    code, _, err = run_cli([*args, "--out", tmp_path / "y", "--head-module", "attention.output.dense"], capsys)
+    assert code == 2 and "--logit-shift" in err
+    code, _, err = run_cli([*args, "--out", tmp_path / "z", "--head-module", "attention.output.dense",
+                            "--logit-shift", "off"], capsys)
+    assert code == 0, err
+    assert read_run(tmp_path / "z").scores.shape == (2, 2)
+
+
+def test_every_input_error_is_one_line_with_exit_2(dream_dir, data_file, tmp_path, capsys):
+    bad = _broken_models(tmp_path, dream_dir)
+    missing_field = tmp_path / "fields.jsonl"
+    missing_field.write_text('{"question": "a", "answer": "b"}\n')
+    empty_answer = tmp_path / "empty.jsonl"
+    empty_answer.write_text('{"prompt": "a", "answer": ""}\n')
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": \n')
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("precious")
+    base = ["--samples", 2, *FAST]
+    cases = [
+        (["attribute", tmp_path / "nope", "--data", data_file], "does not exist"),
+        (["attribute", bad["no_config"], "--data", data_file], "config.json"),
+        (["attribute", bad["bad_json"], "--data", data_file], "cannot read"),
+        (["attribute", dream_dir, "--data", tmp_path / "missing.jsonl"], "does not exist"),
+        (["attribute", dream_dir, "--data", missing_field], "prompt"),
+        (["attribute", dream_dir, "--data", empty_answer, "--samples", 1], "empty"),
+        (["attribute", dream_dir, "--data", malformed], "line 2"),
+        (["attribute", dream_dir, "--data", data_file, "--samples", 1000], "--samples"),
+        (["attribute", dream_dir, "--data", data_file, "--mask-probs", "0.5,1.5"], "outside (0, 1]"),
+        (["attribute", dream_dir, "--data", data_file, "--mask-probs", "0"], "outside (0, 1]"),
+        (["attribute", dream_dir, "--data", data_file, "--ig-steps", "0"], "--ig-steps"),
+        (["attribute", dream_dir, "--data", data_file, "--baseline", "1.0"], "--baseline"),
+        (["attribute", dream_dir, "--data", data_file, "--rule", "simpson"], "--rule"),
+        (["attribute", dream_dir, "--data", data_file, "--scope", "head"], "--scope"),
+        (["attribute", dream_dir, "--data", data_file, "--format", "xml"], "--format"),
+        (["attribute", bad["no_mask"], "--data", data_file], "--mask-token-id"),
+        (["attribute", bad["nan"], "--data", data_file], "non-finite loss or gradient on sample"),
+    ]
+    for i, (args, needle) in enumerate(cases):
+        code, _, err = run_cli([*args[:2], *base, *args[2:], "--out", tmp_path / f"out{i}"], capsys)
+        errors = [line for line in err.splitlines() if line.startswith("headattr: error: ")]
+        assert code == 2 and len(errors) == 1 and needle in errors[0] and "Traceback" not in err, (args, err)
+    code, _, err = run_cli(["attribute", dream_dir, "--data", data_file, *base, "--out", existing], capsys)
+    assert code == 2 and "--overwrite" in err and (existing / "keep.txt").read_text() == "precious"

@@ -1,0 +1,390 @@
+"""Tests of `headattr.prune`: removal orders and fractions, evaluation, held-out samples, faithfulness, CLI.
+
+The check that the right heads are removed does not trust the gates: it compares `evaluate` under the
+chosen gates with the same model whose removed heads' input columns of the output projection are zeroed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headattr.cli import main
+from headattr.data import build_samples
+from headattr.decode import unmask_decode
+from headattr.engine import GateIGConfig, attribute_sample
+from headattr.errors import HeadattrError
+from headattr.masking import make_variants
+from headattr.models import load_model
+from headattr.pipeline import attribute
+from headattr.prune import (
+    eval_config,
+    evaluate,
+    gate_matrix,
+    head_order,
+    heads_to_remove,
+    num_to_remove,
+    prune,
+    random_rng,
+    run_uids,
+    select_eval_samples,
+)
+from headattr.rundir import read_run
+
+RUN_SAMPLES = 6
+CONFIG = GateIGConfig(ig_steps=2, mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def _write_data(path: Path, rows: int = 40) -> Path:
+    rng = random.Random(0)
+    with path.open("w") as f:
+        for _ in range(rows):
+            text = "".join(rng.choice("abcdef") for _ in range(rng.randint(3, 5)))
+            f.write(json.dumps({"prompt": f"copy {text}=", "answer": text, "task": "copy"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_data(tmp_path_factory.mktemp("prune-data") / "copy.jsonl")
+
+
+@pytest.fixture(scope="module")
+def run_dir(dream, dream_dir: Path, data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An attribution run of the tiny Dream model, recording its dataset as the CLI does."""
+    samples, _ = build_samples(data_file, dream.tokenizer, samples=RUN_SAMPLES, seed=1)
+    out = tmp_path_factory.mktemp("prune-run") / "run"
+    info = {"config": {"data": str(data_file), "format": "prompt-answer", "max_length": 2048}}
+    attribute(dream, samples, CONFIG, out=out, progress=False, run_info=info)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(run_dir: Path):
+    return read_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def eval_samples(dream, run):
+    return select_eval_samples(dream, run, n=5, seed=0).samples
+
+
+def _zeroed_copy(dream_dir: Path, removed: list[tuple[int, int]]):
+    """The model loaded again with the removed heads' input columns of o_proj set to zero."""
+    spec = load_model(dream_dir, dtype="float64")
+    d = spec.head_dim
+    with torch.no_grad():
+        for layer, head in removed:
+            spec.head_modules[layer].weight[:, head * d : (head + 1) * d] = 0.0
+    return spec
+
+
+# ---------------------------------------------------------------- orders and fractions
+
+
+def test_head_order_most_least_and_ties():
+    scores = np.array([[0.5, 0.1, 0.5], [0.9, 0.1, -0.2]])
+    # flat: 0:0.5 1:0.1 2:0.5 3:0.9 4:0.1 5:-0.2; ties go to the lower (layer, head) index first
+    assert head_order(scores, "most").tolist() == [3, 0, 2, 1, 4, 5]
+    assert head_order(scores, "least").tolist() == [5, 1, 4, 0, 2, 3]
+
+
+def test_head_order_random_is_seeded_permutation():
+    scores = np.zeros((3, 4))
+    a = head_order(scores, "random", random_rng(7, 2))
+    b = head_order(scores, "random", random_rng(7, 2))
+    c = head_order(scores, "random", random_rng(7, 3))
+    assert sorted(a.tolist()) == list(range(12))
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+    with pytest.raises(ValueError):
+        head_order(scores, "random")
+    with pytest.raises(HeadattrError, match="unknown pruning order"):
+        head_order(scores, "biggest")
+    with pytest.raises(HeadattrError, match="NaN"):
+        head_order(np.array([[np.nan, 1.0]]), "most")
+
+
+@pytest.mark.parametrize(
+    ("fraction", "count", "expected"),
+    [(0.05, 48, 2), (0.1, 48, 5), (0.3, 48, 14), (0.5, 5, 3), (0.35, 10, 4), (0.25, 2, 1), (0.0, 9, 0), (1.0, 9, 9)],
+)
+def test_num_to_remove_rounds_half_up(fraction: float, count: int, expected: int):
+    assert num_to_remove(fraction, count) == expected
+
+
+def test_num_to_remove_rejects_out_of_range():
+    with pytest.raises(HeadattrError, match="outside"):
+        num_to_remove(1.5, 10)
+
+
+def test_heads_to_remove_global_and_per_layer():
+    scores = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, -1.0, 4.0, 0.5], [0.2, 0.1, 0.3, 6.0]])
+    # round(0.25 * 12) = 3 heads over all layers; returned sorted by (layer, head)
+    assert heads_to_remove(scores, "most", 0.25) == sorted([(2, 3), (1, 0), (1, 2)])
+    assert heads_to_remove(scores, "least", 0.25) == sorted([(1, 1), (0, 0), (2, 1)])
+    # per layer: round(0.5 * 4) = 2 heads in every layer, ranked within the layer
+    assert heads_to_remove(scores, "most", 0.5, per_layer=True) == [(0, 1), (0, 3), (1, 0), (1, 2), (2, 2), (2, 3)]
+    assert heads_to_remove(scores, "least", 0.5, per_layer=True) == [(0, 0), (0, 2), (1, 1), (1, 3), (2, 0), (2, 1)]
+    per_layer_random = heads_to_remove(scores, "random", 0.5, per_layer=True, rng=random_rng(0, 0))
+    assert [sum(1 for layer, _ in per_layer_random if layer == i) for i in range(3)] == [2, 2, 2]
+
+
+def test_random_removals_are_nested_across_fractions():
+    scores = np.zeros((4, 5))
+    previous: set[tuple[int, int]] = set()
+    for fraction in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0):
+        heads = set(heads_to_remove(scores, "random", fraction, rng=random_rng(3, 1)))
+        assert len(heads) == num_to_remove(fraction, 20)
+        assert previous <= heads
+        previous = heads
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_loss_is_the_attribution_objective(dream, run, eval_samples):
+    """Unpruned loss = -J of the engine (mean over variants), i.e. what attribution computes as J(1)."""
+    cfg = eval_config(run)
+    sample = eval_samples[0]
+    result = attribute_sample(
+        dream,
+        sample.input_ids,
+        sample.answer_start,
+        sample.answer_end,
+        sample.uid,
+        GateIGConfig(
+            ig_steps=1,
+            mask_probs=cfg.mask_probs,
+            mask_samples_per_prob=cfg.mask_samples_per_prob,
+            mask_seed=cfg.mask_seed,
+        ),
+    )
+    metrics = evaluate(dream, [sample], None, cfg)
+    assert metrics.loss == pytest.approx(-result.j_full.mean(), rel=1e-10)
+
+
+def test_accuracy_is_argmax_at_shifted_positions(dream, run, eval_samples):
+    cfg = eval_config(run)
+    per_sample = []
+    for sample in eval_samples:
+        variants = make_variants(
+            sample.input_ids,
+            sample.answer_start,
+            sample.answer_end,
+            sample.uid,
+            list(cfg.mask_probs),
+            cfg.mask_samples_per_prob,
+            cfg.mask_seed,
+            dream.mask_token_id,
+        )
+        accs = []
+        for v in variants:
+            with torch.no_grad():
+                logits = dream.full_logits(v.input_ids[None])[0]
+            predicted = logits[v.positions - 1].argmax(-1)  # Dream: position j predicted at j-1
+            accs.append((predicted == v.labels).double().mean().item())
+        per_sample.append(np.mean(accs))
+    assert evaluate(dream, eval_samples, None, cfg).accuracy == pytest.approx(np.mean(per_sample), abs=1e-12)
+
+
+def test_gates_remove_exactly_the_chosen_heads(dream, dream_dir, run, eval_samples):
+    """evaluate() under the pruning gates equals the model with those heads' o_proj columns zeroed."""
+    cfg = eval_config(run)
+    for order, fraction, per_layer in [("most", 0.3, False), ("least", 0.5, False), ("most", 0.5, True)]:
+        removed = heads_to_remove(run.scores, order, fraction, per_layer)
+        gated_metrics = evaluate(dream, eval_samples, gate_matrix(3, 4, removed), cfg, decode=True)
+        zeroed = evaluate(_zeroed_copy(dream_dir, removed), eval_samples, None, cfg, decode=True)
+        assert gated_metrics.loss == pytest.approx(zeroed.loss, rel=1e-9)
+        assert gated_metrics.accuracy == pytest.approx(zeroed.accuracy, abs=1e-12)
+        assert gated_metrics.exact_match == zeroed.exact_match
+        other = evaluate(dream, eval_samples, gate_matrix(3, 4, removed[1:]), cfg)
+        assert other.loss != pytest.approx(zeroed.loss, rel=1e-9)  # one head fewer is detectably different
+
+
+def test_prune_curves_use_the_planned_heads(dream, dream_dir, run, eval_samples):
+    result = prune(
+        dream,
+        run,
+        eval_samples,
+        fractions=(0.1, 0.5),
+        random_orders=2,
+        seed=4,
+        decode=True,
+        progress=False,
+        batch_size=7,
+    )
+    cfg = eval_config(run)
+    assert result.num_removed == [1, 6]
+    base = evaluate(dream, eval_samples, None, cfg, decode=True)
+    assert result.baseline.loss == pytest.approx(base.loss, rel=1e-10)
+    for i, fraction in enumerate(result.fractions):
+        for order in ("most", "least"):
+            heads = heads_to_remove(run.scores, order, fraction)
+            assert result.removed[order][0][i] == heads
+            zeroed = evaluate(_zeroed_copy(dream_dir, heads), eval_samples, None, cfg, decode=True)
+            assert result.curves[order]["loss"][i] == pytest.approx(zeroed.loss, rel=1e-9)
+            assert result.curves[order]["accuracy"][i] == pytest.approx(zeroed.accuracy, abs=1e-12)
+            assert result.curves[order]["exact_match"][i] == pytest.approx(zeroed.exact_match)
+        for rep in range(2):
+            heads = heads_to_remove(run.scores, "random", fraction, rng=random_rng(4, rep))
+            assert result.removed["random"][rep][i] == heads
+            expected = evaluate(dream, eval_samples, gate_matrix(3, 4, heads), cfg)
+            assert result.curves["random"]["loss"][rep, i] == pytest.approx(expected.loss, rel=1e-10)
+    summary = result.random_summary("loss")
+    assert summary["mean"] == pytest.approx(result.curves["random"]["loss"].mean(0))
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["curves"]["random"]["loss"]["runs"][1] == pytest.approx(result.curves["random"]["loss"][1].tolist())
+    assert {row["fraction"] for row in d["ordering"]["loss"]} == {0.1, 0.5}
+    mask = result.head_mask()
+    assert mask["orders"]["most"]["0.5"] == [list(h) for h in result.removed["most"][0][1]]
+    assert len(mask["orders"]["random"]) == 2
+
+
+def test_results_do_not_depend_on_batch_size(dream, run, eval_samples):
+    kwargs = {"fractions": (0.2,), "orders": ("most", "random"), "random_orders": 2, "progress": False}
+    a = prune(dream, run, eval_samples[:2], batch_size=3, **kwargs)
+    b = prune(dream, run, eval_samples[:2], batch_size=64, **kwargs)
+    assert a.curves["most"]["loss"] == pytest.approx(b.curves["most"]["loss"], rel=1e-12)
+    assert a.curves["random"]["accuracy"] == pytest.approx(b.curves["random"]["accuracy"], abs=1e-12)
+
+
+def test_per_layer_prune(dream, run, eval_samples):
+    result = prune(dream, run, eval_samples[:2], fractions=(0.25, 0.5), per_layer=True, random_orders=2, progress=False)
+    assert result.num_removed == [3, 6]
+    for order, reps in result.removed.items():
+        for rep in reps:
+            for heads, k in zip(rep, (1, 2), strict=True):
+                assert [sum(1 for layer, _ in heads if layer == i) for i in range(3)] == [k, k, k], order
+
+
+def test_single_head_effects(dream, run, eval_samples):
+    result = prune(dream, run, eval_samples[:3], fractions=(0.1,), orders=("most",), single_head=True, progress=False)
+    cfg = eval_config(run)
+    sh = result.single_head
+    delta = np.array(sh["delta_loss"])
+    assert delta.shape == (3, 4)
+    base = evaluate(dream, eval_samples[:3], None, cfg).loss
+    for layer, head in [(0, 0), (1, 3), (2, 2)]:
+        alone = evaluate(dream, eval_samples[:3], gate_matrix(3, 4, [(layer, head)]), cfg).loss
+        assert delta[layer, head] == pytest.approx(alone - base, rel=1e-8, abs=1e-12)
+    from scipy.stats import spearmanr
+
+    assert sh["spearman"] == pytest.approx(spearmanr(run.scores.reshape(-1), delta.reshape(-1))[0])
+    per_layer = [spearmanr(run.scores[i], delta[i])[0] for i in range(3)]
+    assert sh["spearman_per_layer"] == pytest.approx(per_layer)
+    assert sh["spearman_per_layer_mean"] == pytest.approx(np.mean(per_layer))
+
+
+# ---------------------------------------------------------------- held-out samples and errors
+
+
+def test_eval_samples_are_disjoint_from_attribution_samples(dream, run, data_file):
+    selection = select_eval_samples(dream, run, n=100, seed=0)
+    uids = {s.uid for s in selection.samples}
+    assert run_uids(run) and not uids & run_uids(run)
+    assert selection.excluded == RUN_SAMPLES
+    assert len(selection.samples) == 40 - RUN_SAMPLES  # fewer remain than asked: all of them
+    again = select_eval_samples(dream, run, data=data_file, n=5, seed=0)
+    assert [s.uid for s in again.samples] == [s.uid for s in select_eval_samples(dream, run, n=5, seed=0).samples]
+    assert not {s.uid for s in again.samples} & run_uids(run)
+
+
+def test_prune_refuses_attribution_samples(dream, run, data_file):
+    own, _ = build_samples(data_file, dream.tokenizer, samples=RUN_SAMPLES, seed=1)
+    with pytest.raises(HeadattrError, match="also attribution samples"):
+        prune(dream, run, own[:2], progress=False)
+
+
+def test_no_eval_samples_left(dream, run, data_file, tmp_path):
+    used = [json.loads(line) for line in data_file.read_text().splitlines()]
+    own = {s["hash"] for s in run.meta["samples"]}
+    from headattr.data import content_uid
+
+    only_run_rows = tmp_path / "own.jsonl"
+    only_run_rows.write_text(
+        "".join(json.dumps(r) + "\n" for r in used if content_uid(r["prompt"], r["answer"]) in own)
+    )
+    with pytest.raises(HeadattrError, match="no evaluation samples remain"):
+        select_eval_samples(dream, run, eval_data=only_run_rows)
+
+
+def test_model_mismatch_is_an_error(dream, run, eval_samples):
+    other = read_run(run.path)
+    other.meta["model"]["config_hash"] = "0" * 64
+    with pytest.raises(HeadattrError, match="another model"):
+        prune(dream, other, eval_samples, progress=False)
+
+
+def test_bad_options(dream, run, eval_samples):
+    with pytest.raises(HeadattrError, match="outside"):
+        prune(dream, run, eval_samples, fractions=(0.1, 2.0), progress=False)
+    with pytest.raises(HeadattrError, match="unknown pruning order"):
+        prune(dream, run, eval_samples, orders=("most", "top"), progress=False)
+    with pytest.raises(HeadattrError, match="random-orders"):
+        prune(dream, run, eval_samples, random_orders=0, progress=False)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_prune(dream_dir, run_dir, tmp_path, capsys):
+    out = tmp_path / "prune"
+    args = [
+        "prune",
+        str(dream_dir),
+        "--scores",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--eval-samples",
+        "4",
+        "--random-orders",
+        "2",
+        "--fractions",
+        "0.1,0.3",
+        "--single-head",
+        "--exact-match",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "single-head ablation vs scores: Spearman" in printed
+    for name in ("pruning.json", "pruning_curve.png", "head_mask.json"):
+        assert (out / name).is_file() and f"wrote {out / name}" in printed
+    d = json.loads((out / "pruning.json").read_text())
+    assert d["settings"]["fractions"] == [0.1, 0.3] and d["eval"]["samples"] == 4
+    assert not set(d["eval"]["uids"]) & {s["hash"] for s in json.loads((run_dir / "run.json").read_text())["samples"]}
+    assert np.isfinite(d["curves"]["most"]["exact_match"]).all()
+    assert main(args) == 2  # never silently overwrites
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_cli_prune_errors(dream_dir, run_dir, tmp_path, capsys):
+    base = ["prune", str(dream_dir), "--scores", str(run_dir), "--out", str(tmp_path / "x")]
+    assert main([*base, "--orders", "most,top"]) == 2
+    assert "unknown order 'top'" in capsys.readouterr().err
+    assert main([*base, "--eval-data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["prune", str(dream_dir), "--scores", str(tmp_path / "norun"), "--out", str(tmp_path / "y")]) == 2
+
+
+def test_decode_matches_unmask_decode(dream, run, eval_samples):
+    """Exact-match of the unpruned model equals decoding each sample directly with unmask_decode."""
+    hits = 0
+    for s in eval_samples:
+        ids = torch.tensor([s.input_ids])
+        decoded = unmask_decode(
+            dream.full_logits, ids, list(range(s.answer_start, s.answer_end)), dream.mask_token_id, shift=True
+        )
+        hits += int((decoded == ids).all())
+    assert evaluate(dream, eval_samples, None, eval_config(run), decode=True).exact_match == hits / len(eval_samples)
