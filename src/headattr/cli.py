@@ -468,6 +468,38 @@ def prune_cmd(
     _echo_prune(result, pruning.write_outputs(result, out))
 
 
+@cli.command("demo")
+@click.option(
+    "--out",
+    default=Path("headattr-demo"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Directory for every output of the demo.",
+)
+@click.option("--samples", type=int, default=None, help="Samples per attribution run [default: 50; --quick: 8].")
+@click.option("--ig-steps", type=int, default=None, help="IG steps [default: 8; --quick: 2].")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
+@click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def demo_cmd(
+    out: Path, samples: int | None, ig_steps: int | None, overwrite: bool, quick: bool, quiet: bool
+) -> None:
+    """Attribute the built-in model with two seeds, compare the runs, and validate the scores by pruning."""
+    from .demo.run import format_summary, run_demo
+
+    for flag, value in (("--samples", samples), ("--ig-steps", ig_steps)):
+        if value is not None and value < 1:
+            raise HeadattrError(f"{flag} must be at least 1, got {value}")
+    result = run_demo(
+        out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
+    )
+    for line in format_summary(result.summary):
+        click.echo(line)
+    click.echo(f"finished in {result.timings['total_s']:.0f} s; outputs:")
+    for name, path in result.paths.items():
+        click.echo(f"  {name:<26} {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; input errors become one line on stderr and exit status 2."""
     try:

@@ -11,7 +11,8 @@ Definitions (see docs/compare.md for the metrics.json schema):
   (`scipy.stats`). A layer whose scores are constant in either run has no correlation: N/A (None), never NaN.
 - Top-K overlap: |topK(a) & topK(b)| / K. Ranking is by score, highest first; ties are broken by index,
   lower first (per layer: head index; globally: (layer, head) in row-major order), exactly as `heads.csv`
-  ranks heads. Defined for 0 < K < N (N = H per layer, L*H globally); otherwise N/A.
+  ranks heads. Defined for 0 < K < N (N = H per layer, L*H globally) when neither run's scores are
+  constant (a constant layer has no ranking, only tie-breaking); otherwise N/A.
 - Chance level: two independent uniformly random K-sets out of N share K*K/N members on average, an overlap
   fraction of K/N. The Kuncheva index (r*N - K^2) / (K*(N - K)), r = |intersection|, rescales the overlap so
   that chance is 0 and identity is 1.

@@ -217,10 +217,10 @@ def sample_metrics(
     (configuration, variant) pairs, grouped by the configuration's first gated layer so that a pass starts
     there from the cached hidden states; `config.batch_size` rows per pass.
     """
-    start_ids = _answer_start(spec, sample)
+    answer_start = _answer_start(spec, sample)
     variants = make_variants(
         sample.input_ids,
-        start_ids,
+        answer_start,
         sample.answer_end,
         sample.uid,
         list(config.mask_probs),

@@ -69,7 +69,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "rule_low": "not both above {t}, so low",
         "rule_undetermined": "not defined, so no verdict",
         "f_good": "- {good}/{layers} layers ({share}) have Pearson > {t}.",
-        "f_global": "- All {n} heads together: Pearson {p} (95% interval {ci}), Spearman {s}.",
+        "f_global": "- All {n} heads together: Pearson {p} (bootstrap 95% interval {ci}, conservative: see 6.), "
+        "Spearman {s}.",
         "f_overlap": "- Top-{k} overlap, mean per layer: {o}; chance level {c}; Kuncheva index {ki}.",
         "f_trend": "- Depth: {trend}.",
         "f_reliability": "- Split-half reliability of {label} (Spearman-Brown): {lo} to {hi} over layers; "
@@ -150,6 +151,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "col_stat": "Statistic",
         "col_estimate": "Estimate",
         "col_se": "Bootstrap SE",
+        "col_boot_mean": "Bootstrap mean",
         "b_global_pearson": "Global Pearson",
         "b_global_spearman": "Global Spearman",
         "b_mean_layer_pearson": "Mean per-layer Pearson",
@@ -162,7 +164,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "col_topk_overlap": "Top-{k} overlap",
         "layer_name": "Layer {i}",
         "in_bands": "**Bands**: {items}.",
-        "worst_note": "**Lowest**: layer {layer} still has Pearson {p} and top-{k} overlap {o} (chance {c}).",
+        "worst_note": "**Lowest**: layer {layer} has Pearson {p} and top-{k} overlap {o} (chance {c}).",
         "h_trend": "### Layer trend",
         "col_band": "Band",
         "col_layers": "Layers",
@@ -209,8 +211,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "(lowest {min}).",
         "rec_more_samples": "- **More samples for layers {layers_list}** ({band}): reliability below {target} at "
         "{n} samples; projected **{needed} samples** to reach it.",
-        "rec_no_signal_layers": "- **No measurable signal in layers {layers}**: split-half reliability <= 0 in "
-        "some run; head differences there are within sample noise, and no sample count can be "
+        "rec_no_signal_layers": "- **No measurable signal in layers {layers}**: split-half reliability <= 0 or N/A "
+        "(constant scores) in some run; head differences there are within sample noise, and no sample count can be "
         "projected from these runs.",
         "rec_ensemble_helps": "- **Ensemble**: pooling all {runs} runs ({total} samples, `headattr ensemble`) is "
         "projected to bring layers {layers} (projected reliability) to >= {target}.",
@@ -283,7 +285,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "rule_low": "未能二者均高于 {t}，因此为“低”",
         "rule_undetermined": "无定义，无法判定",
         "f_good": "- {good}/{layers} 层（{share}）的 Pearson > {t}。",
-        "f_global": "- 全部 {n} 个头合并：Pearson {p}（95% 区间 {ci}），Spearman {s}。",
+        "f_global": "- 全部 {n} 个头合并：Pearson {p}（自助法 95% 区间 {ci}，偏保守，见第 6 节），Spearman {s}。",
         "f_overlap": "- 逐层 Top-{k} 平均重叠率：{o}；随机水平 {c}；Kuncheva 指数 {ki}。",
         "f_trend": "- 层深：{trend}。",
         "f_reliability": "- {label} 的运行内分半信度（Spearman-Brown 校正）：各层在 {lo} 到 {hi} 之间；"
@@ -360,6 +362,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "col_stat": "统计量",
         "col_estimate": "估计值",
         "col_se": "自助法标准误",
+        "col_boot_mean": "自助法均值",
         "b_global_pearson": "全局 Pearson",
         "b_global_spearman": "全局 Spearman",
         "b_mean_layer_pearson": "逐层 Pearson 平均",
@@ -417,7 +420,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "rec_reliability_met": "- **样本数足够**: 每一层在 {n} 个样本时均达到信度 {target}（最低 {min}）。",
         "rec_more_samples": "- **Layer {layers_list}（{band}）需要更多样本**: 在 {n} 个样本时信度低于 {target}；"
         "预计需要 **{needed} 个样本**。",
-        "rec_no_signal_layers": "- **Layer {layers} 无可测信号**: 某个运行中分半信度 <= 0；"
+        "rec_no_signal_layers": "- **Layer {layers} 无可测信号**: 某个运行中分半信度 <= 0 或为 N/A（分数为常数）；"
         "这些层的头间差异淹没在样本噪声中，"
         "无法由这些运行推算所需样本数。",
         "rec_ensemble_helps": "- **多种子集成**: 合并全部 {runs} 个运行（{total} 个样本，`headattr ensemble`）预计可使 "
@@ -869,12 +872,28 @@ class _Renderer:
         for key in ("global_pearson", "global_spearman", "mean_layer_pearson", "mean_layer_spearman"):
             iv = boot.get(key)
             if iv is not None:
-                rows.append([self.t("b_" + key), fmt_corr(iv.estimate), fmt_interval(iv), fmt_corr(iv.se)])
+                rows.append(
+                    [self.t("b_" + key), fmt_corr(iv.estimate), fmt_interval(iv), fmt_corr(iv.mean), fmt_corr(iv.se)]
+                )
         for k in self.c.settings.top_k:
             iv = boot.get(f"global_overlap_top{k}")
             if iv is not None:
-                rows.append([self.t("b_overlap", k=k), fmt_pct(iv.estimate), fmt_interval(iv, fmt_pct), fmt_pct(iv.se)])
-        header = [self.t("col_stat"), self.t("col_estimate"), self.t("col_ci"), self.t("col_se")]
+                rows.append(
+                    [
+                        self.t("b_overlap", k=k),
+                        fmt_pct(iv.estimate),
+                        fmt_interval(iv, fmt_pct),
+                        fmt_pct(iv.mean),
+                        fmt_pct(iv.se),
+                    ]
+                )
+        header = [
+            self.t("col_stat"),
+            self.t("col_estimate"),
+            self.t("col_ci"),
+            self.t("col_boot_mean"),
+            self.t("col_se"),
+        ]
         return _table(header, rows)
 
     def per_layer(self) -> list[str]:

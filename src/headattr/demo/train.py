@@ -144,7 +144,7 @@ def save_checkpoint(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
     """Write config.json (Dream format), model.safetensors (float32, Qwen2 names) and the tokenizer."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     config = dream_config_dict(model.config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -210,7 +210,7 @@ def make_batch(examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedToke
 
 
 def draw_masks(answer: torch.Tensor, rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mask each answer token with its row's `rate`; a row with nothing masked gets one random answer token."""
+    """Mask each answer token with its row's `rate`; a row left with none masked gets one random one."""
     masked = (torch.rand(answer.shape, generator=generator) < rate[:, None]) & answer
     forced_scores = torch.rand(answer.shape, generator=generator).masked_fill(~answer, -1.0)
     forced = torch.zeros_like(answer).scatter_(1, forced_scores.argmax(dim=1, keepdim=True), True)
@@ -218,7 +218,8 @@ def draw_masks(answer: torch.Tensor, rate: torch.Tensor, generator: torch.Genera
     return masked | (forced & empty)
 
 
-def shifted_logits(model: Qwen2ForCausalLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def shifted_logits(model: Qwen2ForCausalLM, ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits aligned with the tokens they predict: entry j is the model's output at j-1 (Dream's shift)."""
     logits = model(input_ids=ids, attention_mask=attention_mask).logits
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
@@ -304,7 +305,8 @@ def _same_length_groups(examples: Sequence[demo_tasks.Example],
 
 @torch.no_grad()
 def masked_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                    examples: Sequence[demo_tasks.Example], rate: float = EVAL_MASK_RATE, seed: int = 0) -> float:
+                    examples: Sequence[demo_tasks.Example], rate: float = EVAL_MASK_RATE,
+                    seed: int = 0) -> float:
     """Fraction of masked answer tokens predicted exactly (argmax), masking each with probability `rate`."""
     generator = torch.Generator().manual_seed(seed)
     correct = total = 0
@@ -321,7 +323,7 @@ def masked_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
 @torch.no_grad()
 def exact_match(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
                 examples: Sequence[demo_tasks.Example]) -> float:
-    """Fraction of answers decoded exactly from a fully masked answer by `unmask_decode` (one token a step)."""
+    """Fraction of answers decoded exactly from fully masked answers by `unmask_decode`, a token a step."""
     def logits_fn(ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
@@ -358,6 +360,8 @@ def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerB
 
 # ---------------------------------------------------------------- command line
 
+CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size", "log_every")
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
@@ -365,9 +369,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="checkpoint directory (default: shipped)")
     parser.add_argument("--data", type=Path, default=DATA_FILE, help="where to write the demo dataset")
     parser.add_argument("--no-data", action="store_true", help="do not write the demo dataset")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out, no training")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out")
     parser.add_argument("--eval-per-task", type=int, default=200, help="held-out examples per task")
-    for name in ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size"):
+    for name in CLI_FIELDS:
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser.parse_args(argv)
@@ -380,9 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.eval_only:
         model, tokenizer = load_checkpoint(args.out)
     else:
-        overrides = {k: getattr(args, k) for k in ("seed", "steps", "batch_size", "lr", "warmup_steps",
-                                                   "num_layers", "intermediate_size")}
-        cfg = TrainConfig(**overrides)
+        cfg = TrainConfig(**{name: getattr(args, name) for name in CLI_FIELDS})
         print(f"training {cfg}", flush=True)
         train(cfg, args.out)
         print(f"training time {time.time() - start:.1f}s; checkpoint written to {args.out}", flush=True)
@@ -391,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"parameters {params}, {WEIGHTS_FILE} {size} bytes, "
           f"bidirectional check {check_bidirectional(model, tokenizer):.3g}")
-    print(f"{'task':<8} {'masked_acc@0.5':>15} {'exact_match':>12}   (held-out, {args.eval_per_task} per task)")
+    header = f"{'task':<8} {'masked_acc@0.5':>15} {'exact_match':>12}"
+    print(f"{header}   (held-out, {args.eval_per_task} per task)")
     for task, result in evaluate(model, tokenizer, args.eval_per_task).items():
         print(f"{task:<8} {result['masked_acc@0.5']:>15.4f} {result['exact_match']:>12.4f}")
     if not args.no_data and not args.eval_only:

@@ -1,0 +1,269 @@
+"""`headattr demo`: the whole tour on the built-in model, in one command and a few minutes on a CPU.
+
+Steps, each through the public API, with the seed report's configuration (50 samples, 8 IG steps, mask
+probabilities 0.15/0.3/0.5/0.7/0.9, 2 masked draws per probability):
+
+1. Gate-IG attribution with seed 47 and with seed 1234 (each seed chooses the samples and the masks, as
+   `headattr attribute --seed` does); samples are drawn evenly from the demo tasks (`--stratify-by task`).
+2. `compare` of the two runs: report.md (English), report.zh.md (Chinese), metrics.json, layer_metrics.csv,
+   consistency_analysis.png.
+3. `prune` with the seed-47 scores on held-out samples (disjoint from both runs' samples): most / least /
+   random orders, single-head ablations and exact-match decoding.
+
+Outputs under OUT: `run-seed47/`, `run-seed1234/`, `compare/`, `prune/`, and `summary.json` (the numbers
+printed at the end).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import prune as pruning
+from ..consistency import Comparison, compare
+from ..data import build_samples
+from ..engine import GateIGConfig
+from ..models import ModelSpec, load_model
+from ..pipeline import attribute
+from ..report import render_report, write_outputs
+from ..rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
+from . import DATA_FILE, MODEL_DIR
+
+SEEDS = (47, 1234)
+STRATIFY_BY = "task"
+SUMMARY_FILE = "summary.json"
+REPORT_ZH_FILE = "report.zh.md"
+SUMMARY_FRACTIONS = (0.1, 0.2, 0.3)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much work the demo does; `FULL` is the seed report's configuration, `QUICK` a smoke test."""
+
+    samples: int = 50
+    ig_steps: int = 8
+    prune_eval_samples: int = 100
+    random_orders: int = 10
+    bootstrap: int = 1000
+    fractions: tuple[float, ...] = pruning.DEFAULT_FRACTIONS
+
+
+FULL = DemoSize()
+QUICK = DemoSize(samples=8, ig_steps=2, prune_eval_samples=12, random_orders=3, bootstrap=50)
+
+
+@dataclass
+class DemoResult:
+    """Where every output is, the numbers of the summary, and the objects they come from."""
+
+    paths: dict[str, Path]
+    summary: dict[str, Any]
+    comparison: Comparison
+    pruning: pruning.PruneResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _run_info(seed: int, size: DemoSize, data_file: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The run.json entries `headattr attribute` would write for the same settings."""
+    return {
+        "config": {
+            "seed": seed,
+            "data_seed": seed,
+            "data": str(data_file),
+            "format": "prompt-answer",
+            "prompt_field": "prompt",
+            "answer_field": "answer",
+            "chat_template": False,
+            "samples": size.samples,
+            "stratify_by": STRATIFY_BY,
+            "samples_per_group": None,
+            "max_length": 2048,
+            "grad_checkpoint": False,
+            "dtype": "auto",
+            "attn_implementation": "sdpa",
+            "logit_shift": "auto",
+        },
+        "data_report": report,
+        "demo": True,
+    }
+
+
+def _attribute_seed(
+    spec: ModelSpec, seed: int, size: DemoSize, data_file: Path, out: Path, overwrite: bool, progress: bool
+) -> Run:
+    """One attribution run, written to `out`, read back as every other command would read it."""
+    samples, report = build_samples(data_file, spec.tokenizer, samples=size.samples, seed=seed, stratify_by=STRATIFY_BY)
+    config = GateIGConfig(ig_steps=size.ig_steps, mask_seed=seed, batch_size=256)
+    attribute(
+        spec,
+        samples,
+        config,
+        out=out,
+        overwrite=overwrite,
+        progress=progress,
+        run_info=_run_info(seed, size, data_file, report.to_dict()),
+    )
+    return read_run(out)
+
+
+def _write_comparison(comparison: Comparison, out: Path, overwrite: bool) -> dict[str, Path]:
+    """The English report and its companions via `report.write_outputs`, then the Chinese report beside them."""
+    paths = write_outputs(comparison, out, lang="en", overwrite=overwrite)
+    paths[REPORT_ZH_FILE] = out / REPORT_ZH_FILE
+    atomic_write_text(paths[REPORT_ZH_FILE], render_report(comparison, "zh"))
+    return paths
+
+
+def summarize(comparison: Comparison, result: pruning.PruneResult) -> dict[str, Any]:
+    """The measured numbers the demo prints: consistency of the two runs, and pruning at 0.1/0.2/0.3."""
+    pair = comparison.pairs[0]
+    curves: dict[str, dict[str, dict[str, float]]] = {}
+    for metric in ("loss", "accuracy"):
+        curves[metric] = {}
+        for i, frac in enumerate(result.fractions):
+            if not any(abs(frac - f) < 1e-9 for f in SUMMARY_FRACTIONS):
+                continue
+            rnd = result.random_summary(metric)
+            curves[metric][f"{frac:g}"] = {
+                "most": float(result.curves["most"][metric][i]),
+                "random": float(rnd["mean"][i]),
+                "random_std": float(rnd["std"][i]),
+                "least": float(result.curves["least"][metric][i]),
+            }
+    ordering = result.ordering()
+    holds = {
+        metric: all(row["holds"] for row in rows if row["fraction"] <= 0.3 + 1e-9) for metric, rows in ordering.items()
+    }
+    sh = result.single_head or {}
+    return {
+        "consistency": {
+            "verdict": comparison.verdict.level,
+            "mean_per_layer_pearson": comparison.verdict.pearson_mean,
+            "mean_per_layer_spearman": comparison.verdict.spearman_mean,
+            "global_pearson": pair.global_metrics.pearson,
+            "global_spearman": pair.global_metrics.spearman,
+        },
+        "pruning": {
+            "baseline": result.baseline.to_dict(),
+            "at_fraction": curves,
+            "most_random_least_holds_up_to_0.3": holds,
+            "single_head_spearman": sh.get("spearman"),
+            "single_head_spearman_per_layer_mean": sh.get("spearman_per_layer_mean"),
+            "eval_samples": len(result.eval_info.get("uids", [])),
+        },
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> list[str]:
+    """The summary as short lines of text (every number from `summarize`)."""
+
+    def f(x: float | None, spec: str = ".4f") -> str:
+        return "N/A" if x is None else format(x, spec)
+
+    c, p = summary["consistency"], summary["pruning"]
+    lines = [
+        f"consistency (seed 47 vs 1234): {c['verdict'].replace('_', ' ')}; mean per-layer Pearson "
+        f"{f(c['mean_per_layer_pearson'])}, mean per-layer Spearman {f(c['mean_per_layer_spearman'])}, "
+        f"global Spearman {f(c['global_spearman'])}",
+        f"pruning on {p['eval_samples']} held-out samples; unpruned loss {f(p['baseline']['loss'])}, "
+        f"accuracy {f(p['baseline']['accuracy'])}, exact match {f(p['baseline']['exact_match'])}",
+    ]
+    for metric, rows in p["at_fraction"].items():
+        for frac, r in rows.items():
+            lines.append(
+                f"  {metric} with {frac} of heads removed: most {f(r['most'])}  random {f(r['random'])} "
+                f"(±{f(r['random_std'])})  least {f(r['least'])}"
+            )
+    holds = ", ".join(f"{m}: {'yes' if ok else 'no'}" for m, ok in p["most_random_least_holds_up_to_0.3"].items())
+    lines.append(f"most > random > least beyond the random spread at every fraction <= 0.3: {holds}")
+    lines.append(
+        f"single-head ablation vs scores: Spearman {f(p['single_head_spearman'])}, "
+        f"mean per layer {f(p['single_head_spearman_per_layer_mean'])}"
+    )
+    return lines
+
+
+def run_demo(
+    out: str | Path = "headattr-demo",
+    *,
+    samples: int | None = None,
+    ig_steps: int | None = None,
+    prune_eval_samples: int | None = None,
+    quick: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    model_dir: str | Path = MODEL_DIR,
+    data_file: str | Path = DATA_FILE,
+    echo: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run the demo into `out` and return where everything is (see the module docstring).
+
+    `samples`, `ig_steps` and `prune_eval_samples` override the size (`FULL`, or `QUICK` with `quick`).
+    `model_dir`/`data_file` default to the built-in model and data. `echo` receives one line per step
+    (default: standard error when `progress`, else nothing).
+    """
+    if echo is None:
+        echo = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    base = QUICK if quick else FULL
+    size = DemoSize(
+        samples=samples or base.samples,
+        ig_steps=ig_steps or base.ig_steps,
+        prune_eval_samples=prune_eval_samples or base.prune_eval_samples,
+        random_orders=base.random_orders,
+        bootstrap=base.bootstrap,
+        fractions=base.fractions,
+    )
+    out, data_file = Path(out), Path(data_file)
+    check_output_dir(out, overwrite)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    spec = load_model(model_dir)
+    echo(
+        f"model {spec.name}: {spec.num_layers} layers x {spec.num_heads} heads, {spec.num_parameters:,} parameters; "
+        f"data {data_file}"
+    )
+    runs: list[Run] = []
+    for step, seed in enumerate(SEEDS, start=1):
+        echo(f"[{step}/4] Gate-IG attribution, seed {seed}: {size.samples} samples, {size.ig_steps} IG steps")
+        t = time.perf_counter()
+        runs.append(_attribute_seed(spec, seed, size, data_file, out / f"run-seed{seed}", overwrite, progress))
+        timings[f"attribute_seed{seed}_s"] = time.perf_counter() - t
+    echo("[3/4] compare the two runs (report in English and Chinese)")
+    t = time.perf_counter()
+    comparison = compare(runs, bootstrap=size.bootstrap)
+    paths: dict[str, Path] = {f"run-seed{seed}": out / f"run-seed{seed}" for seed in SEEDS}
+    paths.update(_write_comparison(comparison, out / "compare", overwrite))
+    timings["compare_s"] = time.perf_counter() - t
+    selection = pruning.select_eval_samples(spec, runs[0], n=size.prune_eval_samples, seed=0, exclude_runs=runs[1:])
+    echo(
+        f"[4/4] prune by the seed-{SEEDS[0]} scores on {len(selection.samples)} held-out samples "
+        f"(single heads, exact match)"
+    )
+    t = time.perf_counter()
+    result = pruning.prune(
+        spec,
+        runs[0],
+        selection.samples,
+        fractions=size.fractions,
+        random_orders=size.random_orders,
+        single_head=True,
+        decode=True,
+        batch_size=256,
+        progress=progress,
+    )
+    result.eval_info.update(selection.to_dict(), eval_seed=0)
+    paths.update(pruning.write_outputs(result, out / "prune"))
+    timings["prune_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    summary = {
+        **summarize(comparison, result),
+        "size": {**asdict(size), "fractions": list(size.fractions)},
+        "timings": timings,
+    }
+    paths[SUMMARY_FILE] = out / SUMMARY_FILE
+    atomic_write_json(paths[SUMMARY_FILE], summary)
+    return DemoResult(paths, summary, comparison, result, timings)

@@ -1,0 +1,532 @@
+"""Consistency metrics (consistency.py) and ensembles (ensemble.py), checked against SciPy/NumPy and against
+synthetic runs whose true reliability is known.
+
+`make_run` writes a run directory the way `headattr attribute` does: per-sample attributions are
+`signal + noise` (noise of known standard deviation per layer, independent across samples), spread over the
+masked variants so that each sample's mean over variants is exactly that value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from headattr import compare
+from headattr.aggregate import final_scores, sample_scores
+from headattr.cli import main
+from headattr.consistency import (
+    chance_overlap,
+    correlate,
+    default_bands,
+    kendall,
+    kuncheva,
+    layer_metrics,
+    parse_bands,
+    parse_top_k,
+    pearson,
+    replicate_scores,
+    resample_indices,
+    samples_needed,
+    spearman,
+    spearman_brown,
+    split_half,
+    summarize,
+    top_k_indices,
+    top_k_overlap,
+    verdict_level,
+)
+from headattr.ensemble import ensemble
+from headattr.errors import HeadattrError
+from headattr.rundir import prepare_output_dir, read_run, write_run
+
+HASH = "ab" * 32
+
+
+def make_run(
+    path: Path,
+    signal: np.ndarray,
+    noise: float | np.ndarray,
+    n: int = 20,
+    v: int = 2,
+    seed: int = 0,
+    config: dict | None = None,
+    config_hash: str = HASH,
+    sample_ids: list[str] | None = None,
+    heatmap: bool = False,
+) -> Path:
+    """Write a complete run directory: per-sample attributions = signal + noise[layer] * N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    num_layers, num_heads = signal.shape
+    sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), (num_layers,))[None, :, None]
+    per_sample = signal[None] + sigma * rng.standard_normal((n, num_layers, num_heads))
+    offsets = np.linspace(-1.0, 1.0, v) if v > 1 else np.zeros(1)  # variants differ, mean unchanged
+    att = (per_sample[:, None] + offsets[None, :, None, None] * 0.01).astype(np.float32)
+    cfg = {
+        "seed": seed,
+        "data_seed": seed,
+        "mask_seed": seed,
+        "samples": n,
+        "ig_steps": 8,
+        "rule": "gauss-legendre",
+        "scope": "layer",
+        "baseline": 0.0,
+        "mask_probs": [round(0.1 + 0.8 * i / max(v - 1, 1), 3) for i in range(v)],
+        "mask_samples_per_prob": 1,
+        "max_length": 2048,
+        "loss_normalize": "mean-masked",
+        "postprocess": "signed",
+        "batch_size": 64,
+        "dtype": "float32",
+    }
+    cfg.update(config or {})
+    ids = sample_ids or [f"{seed}-{i}" for i in range(n)]
+    j_full = rng.normal(size=(n, v))
+    j_base = j_full[..., None] - rng.uniform(1.0, 2.0, size=(n, v, num_layers))
+    err = 0.001 * rng.normal(size=(n, v, num_layers))
+    meta = {
+        "status": "complete",
+        "created": "2025-12-28T00:00:00+00:00",
+        "config": cfg,
+        "model": {
+            "name": "toy-dream",
+            "path": "/models/toy",
+            "family": "dream",
+            "config_hash": config_hash,
+            "num_parameters": 123,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "num_kv_heads": 2,
+            "head_dim": 8,
+            "mask_token_id": 3,
+            "logit_shift": True,
+        },
+        "samples": [
+            {"index": i, "hash": hashlib.sha256(s.encode()).hexdigest()[:16], "prompt_tokens": 5, "answer_tokens": 3}
+            for i, s in enumerate(ids)
+        ],
+        "variants": [{"prob": p, "draw": 0} for p in cfg["mask_probs"]],
+        "diagnostics": {
+            "j_full": j_full.tolist(),
+            "j_baseline": j_base.tolist(),
+            "completeness_error": err.tolist(),
+            "completeness": {
+                "max_abs": float(np.abs(err).max()),
+                "mean_abs": float(np.abs(err).mean()),
+                "median_abs": float(np.median(np.abs(err))),
+            },
+        },
+        "data_report": {},
+        "timings": {},
+        "device": "cpu",
+        "versions": {},
+    }
+    prepare_output_dir(path)
+    write_run(path, final_scores(att, cfg["postprocess"]), att, meta, heatmap=heatmap)
+    return path
+
+
+def standard_signal(num_layers: int, num_heads: int, seed: int = 1) -> np.ndarray:
+    """Per layer: head signals with mean 0 and population variance exactly 1."""
+    s = np.random.default_rng(seed).standard_normal((num_layers, num_heads))
+    return (s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    sig = standard_signal(6, 12) * np.linspace(0.3, 2.0, 6)[:, None]
+    return make_run(tmp_path / "a", sig, 1.0, seed=47), make_run(tmp_path / "b", sig, 1.0, seed=1234)
+
+
+# ---------------------------------------------------------------- elementary metrics vs SciPy / NumPy
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Tau-b by counting pairs (the textbook definition, ties included)."""
+    s = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        s += dx * dy
+        tx += dx != 0
+        ty += dy != 0
+    return s / math.sqrt(tx * ty)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_correlations_match_numpy_and_scipy(ties: bool) -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=40)
+    b = a + rng.normal(size=40)
+    if ties:
+        a, b = np.round(a), np.round(b)  # many ties
+    assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
+    assert spearman(a, b) == pytest.approx(np.corrcoef(stats.rankdata(a), stats.rankdata(b))[0, 1], abs=1e-12)
+    assert kendall(a, b) == pytest.approx(kendall_tau_b(a, b), abs=1e-12)
+    stat, p = correlate("spearman", a, b)
+    ref = stats.spearmanr(a, b)
+    assert (stat, p) == pytest.approx((ref.statistic, ref.pvalue))
+
+
+def test_constant_or_short_input_is_na_not_nan() -> None:
+    const, x = np.full(8, 0.5), np.arange(8.0)
+    for f in (pearson, spearman, kendall):
+        assert f(const, x) is None
+        assert f(x, const) is None
+        assert f(np.array([1.0]), np.array([2.0])) is None
+    assert top_k_overlap(const, x, 3) is None
+    layers = layer_metrics(np.stack([const, x]), np.stack([x, x]), [3, 8])
+    assert layers[0].pearson is None and layers[0].overlap[3] is None and layers[0].kuncheva[3] is None
+    assert layers[1].pearson == pytest.approx(1.0)
+    assert layers[1].overlap == {3: 1.0, 8: None}  # K >= H is N/A, not 100%
+
+
+def test_top_k_ties_broken_by_lower_index() -> None:
+    scores = np.array([1.0, 3.0, 2.0, 3.0, 2.0])
+    assert top_k_indices(scores, 3).tolist() == [1, 3, 2]
+    a = np.array([5.0, 1.0, 1.0, 1.0, 0.0])
+    b = np.array([5.0, 0.0, 1.0, 1.0, 1.0])
+    # a's top-2 = {0, 1} (ties at 1.0 -> head 1); b's top-2 = {0, 2}
+    assert top_k_overlap(a, b, 2) == 0.5
+    grid = np.array([[1.0, 2.0], [2.0, 0.0]])  # global ties: (0, 1) before (1, 0)
+    assert top_k_indices(grid, 1).tolist() == [1]
+
+
+def test_overlap_definition_against_sets() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b, k = rng.normal(size=30), rng.normal(size=30), int(rng.integers(1, 30))
+        ref = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+        assert top_k_overlap(a, b, k) == pytest.approx(ref)
+    assert top_k_overlap(a, b, 0) is None and top_k_overlap(a, b, 30) is None
+
+
+def test_chance_level_k_over_n_by_simulation() -> None:
+    rng = np.random.default_rng(5)
+    n, trials = 28, 6000
+    for k in (5, 10, 20):
+        overlaps = np.array([top_k_overlap(rng.random(n), rng.random(n), k) for _ in range(trials)])
+        se = overlaps.std() / math.sqrt(trials)
+        assert abs(overlaps.mean() - chance_overlap(k, n)) < 4 * se
+        kis = np.array([kuncheva(o, k, n) for o in overlaps])
+        assert abs(kis.mean()) < 4 * kis.std() / math.sqrt(trials)
+    assert chance_overlap(10, 28) == pytest.approx(10 / 28)
+    assert chance_overlap(28, 28) is None
+    assert kuncheva(1.0, 10, 28) == pytest.approx(1.0)
+    assert kuncheva(10 / 28, 10, 28) == pytest.approx(0.0)
+
+
+def test_summary_matches_numpy_and_skips_na() -> None:
+    values = [0.5, None, 0.9, 0.7, None, 0.2]
+    defined = np.array([0.5, 0.9, 0.7, 0.2])
+    s = summarize(values)
+    assert (s.mean, s.median, s.min, s.max, s.std) == pytest.approx(
+        (defined.mean(), np.median(defined), defined.min(), defined.max(), defined.std())
+    )
+    assert (s.n, s.n_missing) == (4, 2)
+    empty = summarize([None, None])
+    assert empty.mean is None and empty.n_missing == 2
+
+
+@pytest.mark.parametrize(
+    ("p", "s", "level"),
+    [
+        (0.95, 0.91, "very_high"),
+        (0.95, 0.9, "high"),
+        (0.85, 0.81, "high"),
+        (0.75, 0.95, "moderate"),
+        (0.7, 0.95, "low"),
+        (0.2, 0.1, "low"),
+        (None, 0.9, "undetermined"),
+    ],
+)
+def test_verdict_levels(p: float | None, s: float, level: str) -> None:
+    assert verdict_level(p, s) == level
+
+
+def test_spearman_brown_and_prophecy() -> None:
+    assert spearman_brown(0.5, 2) == pytest.approx(2 * 0.5 / 1.5)
+    assert spearman_brown(None, 2) is None
+    # r_full = 0.75 at n = 40 -> target 0.9 needs 40 * 0.9 * 0.25 / (0.75 * 0.1) = 120
+    assert samples_needed(0.75, 40, 0.9) == 120
+    assert samples_needed(0.0, 40, 0.9) is None and samples_needed(-0.2, 40, 0.9) is None
+    assert samples_needed(None, 40, 0.9) is None
+    # round trip: lengthening by n_needed / n reaches the target
+    r = 0.6
+    assert spearman_brown(r, samples_needed(r, 10, 0.9) / 10) >= 0.9 - 1e-12
+
+
+def test_option_parsing() -> None:
+    assert parse_top_k("10, 5,10") == [5, 10]
+    assert parse_top_k([30, 5]) == [5, 30]
+    for bad in ("5,x", "0", "", "-3"):
+        with pytest.raises(HeadattrError):
+            parse_top_k(bad)
+    assert parse_bands("0-5,6-15,16-27") == [(0, 5), (6, 15), (16, 27)]
+    assert parse_bands("3") == [(3, 3)]
+    assert parse_bands(None) is None
+    for bad in ("0-5,x", "5-3", "0-5,3-8", "a-b", ""):
+        with pytest.raises(HeadattrError):
+            parse_bands(bad)
+    assert default_bands(28) == ([(0, 9), (10, 18), (19, 27)], ["shallow", "middle", "deep"])
+    assert default_bands(2)[0] == [(0, 0), (1, 1)]
+
+
+# ---------------------------------------------------------------- bootstrap and split-half
+
+
+def test_replicates_equal_final_scores_of_resampled_attributions() -> None:
+    rng = np.random.default_rng(0)
+    att = rng.normal(size=(15, 3, 4, 5)).astype(np.float32)
+    for how in ("signed", "abs", "relu"):
+        idx = resample_indices(15, 7, np.random.default_rng(1))
+        reps = replicate_scores(sample_scores(att, how), idx)
+        for b in range(7):
+            np.testing.assert_allclose(reps[b].reshape(4, 5), final_scores(att[idx[b]], how), rtol=1e-5, atol=1e-6)
+
+
+def test_split_half_recovers_known_reliability(tmp_path: Path) -> None:
+    """Signal variance 1 per layer, noise sigma per sample: reliability of N samples is 1 / (1 + sigma^2 / N)."""
+    n, truth = 40, np.array([0.5, 0.8, 0.95])
+    sigma = np.sqrt(n * (1 - truth) / truth)
+    run = read_run(make_run(tmp_path / "r", standard_signal(3, 1000), sigma, n=n, seed=0))
+    rel = split_half(sample_scores(run.attributions), 40, np.random.default_rng(0), target=0.9)
+    # sampling SD of the estimate over data sets (simulated): about 0.02 at R = 0.5 with 1000 heads
+    np.testing.assert_allclose(rel.full_layer, truth, atol=0.05)
+    expected_needed = n * 0.9 * (1 - truth) / (truth * 0.1)  # 360, 90, 19
+    np.testing.assert_allclose(rel.needed_layer, expected_needed, rtol=0.25)
+    assert rel.half == 20 and rel.below_target == 2
+
+
+def test_split_half_odd_n_and_no_signal(tmp_path: Path) -> None:
+    sig = standard_signal(2, 200)
+    sig[1] = 0.0  # layer 1: noise only, true reliability 0
+    run = read_run(make_run(tmp_path / "r", sig, [1.0, 1.0], n=21))
+    rel = split_half(sample_scores(run.attributions), 10, np.random.default_rng(0), target=0.9)
+    assert rel.half == 10
+    assert rel.full_layer[0] == pytest.approx(spearman_brown(rel.split_layer[0], 21 / 10))
+    assert abs(rel.full_layer[1]) < 0.2
+    one = split_half(np.zeros((1, 2, 3)), 5, np.random.default_rng(0), 0.9)
+    assert one.full_layer == [None, None] and one.needed_global is None
+
+
+def test_bootstrap_known_noise(tmp_path: Path) -> None:
+    """Between-run Pearson of runs with reliability R is R; a bootstrap replicate adds a second noise draw,
+    so the replicates centre on 1 / (1 + noise + resampling noise)."""
+    n, sigma2 = 40, 10.0  # noise variance of a run's mean: 0.25 -> R = 0.8
+    sig = standard_signal(4, 100)
+    a = make_run(tmp_path / "a", sig, math.sqrt(sigma2), n=n, seed=1)
+    b = make_run(tmp_path / "b", sig, math.sqrt(sigma2), n=n, seed=2)
+    comp = compare([a, b], bootstrap=400, seed=0)
+    p = comp.pairs[0]
+    assert p.global_metrics.pearson == pytest.approx(0.8, abs=0.04)
+    assert p.predicted_pearson_mean == pytest.approx(0.8, abs=0.04)
+    resample = sigma2 / n * (n - 1) / n
+    iv = p.bootstrap["global_pearson"]
+    assert iv.mean == pytest.approx(1 / (1 + sigma2 / n + resample), abs=0.03)
+    assert iv.low < iv.mean < iv.high and iv.replicates == 400
+    again = compare([a, b], bootstrap=400, seed=0).pairs[0].bootstrap["global_pearson"]
+    assert (again.low, again.high) == (iv.low, iv.high)  # seeded
+    other = compare([a, b], bootstrap=400, seed=1).pairs[0].bootstrap["global_pearson"]
+    assert (other.low, other.high) != (iv.low, iv.high)
+
+
+def test_bootstrap_without_noise_collapses(tmp_path: Path) -> None:
+    sig = standard_signal(3, 10)
+    a = make_run(tmp_path / "a", sig, 0.0, n=8, seed=1)
+    b = make_run(tmp_path / "b", sig, 0.0, n=5, seed=2)  # different sample counts are fine
+    p = compare([a, b], bootstrap=50).pairs[0]
+    for key in ("global_pearson", "mean_layer_pearson", "global_overlap_top5"):
+        iv = p.bootstrap[key]
+        assert iv.low == pytest.approx(iv.high, abs=1e-9) and iv.low == pytest.approx(iv.estimate, abs=1e-6)
+
+
+def test_compare_is_fast_on_seed_sized_runs(tmp_path: Path) -> None:
+    sig = standard_signal(28, 28)
+    a = make_run(tmp_path / "a", sig, 3.0, n=50, v=10, seed=1)
+    b = make_run(tmp_path / "b", sig, 3.0, n=50, v=10, seed=2)
+    start = time.perf_counter()
+    comp = compare([a, b], bootstrap=1000)
+    assert time.perf_counter() - start < 15
+    assert comp.pairs[0].bootstrap["mean_layer_pearson"].replicates == 1000
+
+
+# ---------------------------------------------------------------- compare on runs
+
+
+def test_compare_metrics_and_json(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    comp = compare([a, b], top_k="3,5,12", bootstrap=100)
+    ra, rb = read_run(a), read_run(b)
+    p = comp.pairs[0]
+    for layer in range(6):
+        x, y = ra.scores[layer].astype(float), rb.scores[layer].astype(float)
+        assert p.layers[layer].pearson == pytest.approx(stats.pearsonr(x, y).statistic)
+        assert p.layers[layer].kendall == pytest.approx(stats.kendalltau(x, y).statistic)
+        assert p.layers[layer].overlap[12] is None
+    flat_a, flat_b = ra.scores.ravel().astype(float), rb.scores.ravel().astype(float)
+    assert p.global_metrics.spearman == pytest.approx(stats.spearmanr(flat_a, flat_b).statistic)
+    assert p.global_metrics.overlap[12] is not None and p.global_metrics.chance[12] == pytest.approx(12 / 72)
+    assert p.summary["pearson"].mean == pytest.approx(np.mean([m.pearson for m in p.layers]))
+    assert p.good_count == sum(m.pearson > 0.9 for m in p.layers)
+    assert comp.settings.focus_k == 5  # 10 not requested: the requested K closest to 10
+    assert [b.name for b in p.bands] == ["shallow", "middle", "deep"]
+    assert comp.runs[0].label == "seed 47"
+    assert comp.runs[0].distribution["max"] == pytest.approx(float(ra.scores.max()))
+    assert comp.runs[0].completeness["relative_total"] > 0
+    kinds = {d["key"]: d["kind"] for d in comp.config_differences}
+    assert kinds == {"seed": "seed", "data_seed": "seed", "mask_seed": "seed"}
+    d = json.loads(json.dumps(comp.to_dict(), allow_nan=False))
+    assert d["format"] == "headattr-compare"
+    assert set(d) >= {"settings", "model", "runs", "pairs", "matrix", "matrix_mean", "verdict", "recommendations"}
+    assert "scores" not in d["runs"][0]
+    assert d["pairs"][0]["layers"][0]["overlap"]["12"] is None
+    assert d["pairs"][0]["global"]["chance"]["5"] == pytest.approx(5 / 72)
+
+
+def test_trend_rises_when_shallow_layers_are_noisy(tmp_path: Path) -> None:
+    sig = standard_signal(9, 30)
+    noise = np.linspace(8.0, 0.5, 9)
+    a = make_run(tmp_path / "a", sig, noise, n=30, seed=1)
+    b = make_run(tmp_path / "b", sig, noise, n=30, seed=2)
+    p = compare([a, b], bootstrap=0, bands="0-2,3-5,6-8").pairs[0]
+    assert p.trend.direction == "rises" and p.trend.rho > 0 and p.trend.p_value < 0.05
+    assert p.trend.bands == "increasing"
+    assert p.bootstrap is None
+    assert [(b.first, b.last, b.name) for b in p.bands] == [(0, 2, "custom"), (3, 5, "custom"), (6, 8, "custom")]
+    rho, pv = correlate("spearman", list(range(9)), [m.pearson for m in p.layers])
+    assert (p.trend.rho, p.trend.p_value) == pytest.approx((rho, pv))
+
+
+def test_constant_layer_is_na_everywhere(tmp_path: Path) -> None:
+    sig = standard_signal(4, 10)
+    sig[2] = 0.25
+    noise = np.array([1.0, 1.0, 0.0, 1.0])
+    a = make_run(tmp_path / "a", sig, noise, seed=1)
+    b = make_run(tmp_path / "b", sig, noise, seed=2)
+    comp = compare([a, b], top_k="3", bootstrap=20)
+    p = comp.pairs[0]
+    assert p.layers[2].pearson is None and p.layers[2].overlap[3] is None
+    assert p.undefined_layers == [2] and p.summary["pearson"].n_missing == 1
+    assert comp.runs[0].reliability.full_layer[2] is None
+    rules = {r["rule"]: r for r in comp.recommendations}
+    assert rules["no_signal_layers"]["layers"] == [2]
+    assert 2 in [x["layer"] for x in rules["layers_below_threshold"]["layers"]]
+    assert "NaN" not in json.dumps(comp.to_dict())
+
+
+def test_three_runs_matrix_and_flags(tmp_path: Path) -> None:
+    sig = standard_signal(3, 16)
+    a = make_run(tmp_path / "a", sig, 1.0, seed=1, sample_ids=[f"s{i}" for i in range(20)])
+    b = make_run(tmp_path / "b", sig, 1.0, seed=2, sample_ids=[f"s{i}" for i in range(5, 25)])
+    c = make_run(tmp_path / "c", sig, 1.0, seed=3, n=30, config={"ig_steps": 16, "batch_size": 8})
+    comp = compare([a, b, c], bootstrap=30)
+    assert [(p.a, p.b) for p in comp.pairs] == [(0, 1), (0, 2), (1, 2)]
+    m = comp.matrix["global_pearson"]
+    assert m[0][0] is None and m[0][2] == m[2][0] == comp.pair(2, 0).global_metrics.pearson
+    assert comp.matrix_mean["global_pearson"] == pytest.approx(np.mean([p.global_metrics.pearson for p in comp.pairs]))
+    assert comp.pair(0, 1).shared_samples == 15 and comp.pair(0, 2).shared_samples == 0
+    kinds = {d["key"]: d["kind"] for d in comp.config_differences}
+    assert kinds["ig_steps"] == "flagged" and kinds["samples"] == "flagged" and kinds["batch_size"] == "no_effect"
+    rules = {r["rule"]: r for r in comp.recommendations}
+    assert rules["config_differences"]["keys"] == ["ig_steps", "samples"]
+    assert rules["shared_samples"]["pairs"] == [{"a": 0, "b": 1, "count": 15}]
+
+
+# ---------------------------------------------------------------- input errors
+
+
+def test_compare_input_errors(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    sig = standard_signal(6, 12)
+    other_model = make_run(tmp_path / "m", sig, 1.0, config_hash="cd" * 32)
+    other_shape = make_run(tmp_path / "s", standard_signal(6, 8), 1.0)
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([a], {}, "at least two"),
+        ([a, tmp_path / "missing"], {}, "does not exist"),
+        ([a, tmp_path / "empty"], {}, "missing"),
+        ([a, other_model], {}, "different models"),
+        ([a, other_shape], {}, "different score shapes"),
+        ([a, b], {"top_k": "5,x"}, "--top-k"),
+        ([a, b], {"bands": "0-2,x"}, "--bands"),
+        ([a, b], {"bands": "0-9"}, "outside"),
+        ([a, b], {"target": 1.0}, "--target"),
+        ([a, b], {"bootstrap": -1}, "--bootstrap"),
+        ([a, b], {"good_threshold": 2.0}, "--good-threshold"),
+    ]
+    for runs, kwargs, message in cases:
+        with pytest.raises(HeadattrError, match=message):
+            compare(runs, **kwargs)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, pair: tuple[Path, Path], capsys) -> None:
+    a, b = pair
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    cases = [
+        ["compare", str(a), "--out", str(tmp_path / "o1")],
+        ["compare", str(a), str(b), "--out", str(tmp_path / "full")],
+        ["compare", str(a), str(b), "--out", str(tmp_path / "o2"), "--lang", "fr"],
+        ["compare", str(a), str(b), "--out", str(tmp_path / "o3"), "--bands", "4-1"],
+        ["ensemble", str(a), "--out", str(tmp_path / "e1")],
+        ["ensemble", str(a), str(b), "--out", str(a), "--overwrite"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("headattr: error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+# ---------------------------------------------------------------- ensemble
+
+
+def test_ensemble_run_directory(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    out = ensemble([a, b], tmp_path / "ens")
+    ens, ra, rb = read_run(out), read_run(a), read_run(b)
+    np.testing.assert_allclose(ens.scores, (ra.scores.astype(float) + rb.scores) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(ens.attributions, np.concatenate([ra.attributions, rb.attributions]))
+    np.testing.assert_allclose(final_scores(ens.attributions), ens.scores, atol=1e-5)  # equal N: same thing
+    meta = ens.meta
+    assert meta["config"]["seed"] == [47, 1234] and meta["config"]["samples"] == 40
+    assert meta["config"]["ig_steps"] == 8
+    assert meta["ensemble"]["equal_weights"] is True
+    inputs = meta["ensemble"]["inputs"]
+    assert [Path(i["path"]) for i in inputs] == [a.resolve(), b.resolve()]
+    assert inputs[0]["scores_sha256"] == hashlib.sha256((a / "scores.safetensors").read_bytes()).hexdigest()
+    assert inputs[1]["config"]["seed"] == 1234
+    assert [s["run"] for s in meta["samples"]] == [0] * 20 + [1] * 20
+    assert len(meta["diagnostics"]["j_full"]) == 40 and meta["diagnostics"]["completeness"]["max_abs"] > 0
+    assert (out / "heads.csv").is_file()
+    comp = compare([out, a], bootstrap=20)
+    assert comp.runs[0].num_samples == 40 and comp.runs[0].label == "seed [47, 1234]"
+    assert comp.pairs[0].shared_samples == 20
+    with pytest.raises(HeadattrError, match="not empty"):
+        ensemble([a, b], out)
+    assert ensemble([a, b], out, overwrite=True) == out
+
+
+def test_ensemble_input_errors(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    sig = standard_signal(6, 12)
+    cases = [
+        ([a], "at least two"),
+        ([a, make_run(tmp_path / "v", sig, 1.0, v=3)], "masked variants"),
+        ([a, make_run(tmp_path / "p", sig, 1.0, config={"postprocess": "abs"})], "postprocess"),
+        ([a, make_run(tmp_path / "m", sig, 1.0, config_hash="ef" * 32)], "different models"),
+        ([a, tmp_path / "nothing"], "does not exist"),
+    ]
+    for runs, message in cases:
+        with pytest.raises(HeadattrError, match=message):
+            ensemble(runs, tmp_path / "out")
+    with pytest.raises(HeadattrError, match="one of the input runs"):
+        ensemble([a, b], a, overwrite=True)
+    assert (a / "scores.safetensors").is_file()

@@ -1,0 +1,254 @@
+"""The consistency report (report.py), its files and figure, and the `compare` command end to end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_consistency import make_run, standard_signal
+
+from headattr import compare
+from headattr.cli import main
+from headattr.consistency import Comparison
+from headattr.figures import plot_consistency
+from headattr.report import STRINGS, _Renderer, fmt_score, render_report, write_outputs
+
+EN_HEADINGS = [
+    "## Configuration",
+    "## Key findings",
+    "## Quantitative metrics",
+    "### 1. Correlation analysis",
+    "### 2. Global consistency",
+    "### 3. Top-K head overlap",
+    "### 4. Score distribution",
+    "### 5. Chance levels",
+    "### 6. Uncertainty (bootstrap)",
+    "## Per-layer analysis",
+    "### Most consistent layers",
+    "### Least consistent layers",
+    "### Layer trend",
+    "## Reliability within each run (split-half)",
+    "## Practical recommendations",
+    "## Conclusion",
+]
+# The section headings of the hand-written seed report, in its order.
+SEED_HEADINGS = [
+    "## 实验配置",
+    "## 核心发现",
+    "## 定量指标",
+    "### 1. 相关系数分析",
+    "### 2. 全局一致性",
+    "### 3. Top-K 头重叠率",
+    "### 4. 分数分布统计",
+    "## 逐层分析",
+    "### 一致性最高的层",
+    "### 一致性较低的层",
+    "### 层级趋势",
+    "## 实际应用建议",
+    "## 结论",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three runs of a 9 x 12 model; layer 4 is constant (N/A), shallow layers are noisier."""
+    root = tmp_path_factory.mktemp("runs")
+    sig = standard_signal(9, 12)
+    sig[4] = 0.5
+    noise = np.linspace(3.0, 0.3, 9)
+    noise[4] = 0.0
+    return [make_run(root / f"r{s}", sig, noise, n=24, seed=s) for s in (47, 1234, 7)]
+
+
+@pytest.fixture(scope="module")
+def comp2(runs: list[Path]) -> Comparison:
+    return compare(runs[:2], bootstrap=100)
+
+
+@pytest.fixture(scope="module")
+def comp3(runs: list[Path]) -> Comparison:
+    return compare(runs, bootstrap=50, top_k="5,10,15")
+
+
+def positions(text: str, headings: list[str]) -> list[int]:
+    lines = text.splitlines()
+    return [lines.index(h) for h in headings]
+
+
+def test_string_tables_have_the_same_keys() -> None:
+    assert STRINGS["en"].keys() == STRINGS["zh"].keys()
+
+
+@pytest.mark.parametrize("which", ["comp2", "comp3"])
+def test_english_report_sections(which: str, request: pytest.FixtureRequest) -> None:
+    comp = request.getfixturevalue(which)
+    text = render_report(comp, "en")
+    pos = positions(text, EN_HEADINGS)
+    assert pos == sorted(pos)
+    assert "N/A" in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert not re.search(r"[\u4e00-\u9fff]", text)  # English only
+    if which == "comp3":
+        assert "## Pairwise consistency" in text
+        assert text.count("#### seed 47 vs seed 1234") >= 8  # every per-pair section
+    else:
+        assert "## Pairwise consistency" not in text and "#### " not in text
+
+
+@pytest.mark.parametrize("which", ["comp2", "comp3"])
+def test_chinese_report_carries_seed_headings(which: str, request: pytest.FixtureRequest) -> None:
+    comp = request.getfixturevalue(which)
+    text = render_report(comp, "zh")
+    pos = positions(text, SEED_HEADINGS)
+    assert pos == sorted(pos)
+    for extra in ("### 5. 随机水平", "### 6. 不确定性（自助法区间）", "## 运行内可靠性（分半信度）"):
+        assert extra in text
+    assert "N/A" in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert "总体评估" in text
+
+
+def test_unknown_language(comp2: Comparison) -> None:
+    from headattr.errors import HeadattrError
+
+    with pytest.raises(HeadattrError, match="language"):
+        render_report(comp2, "fr")
+
+
+def _floats(obj) -> list[float]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _floats(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _floats(v)]
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return [float(obj)]
+    return []
+
+
+@pytest.mark.parametrize(("which", "lang"), [("comp2", "en"), ("comp2", "zh"), ("comp3", "en")])
+def test_every_number_in_the_report_is_in_metrics_json(which: str, lang: str, request: pytest.FixtureRequest) -> None:
+    comp = request.getfixturevalue(which)
+    text = render_report(comp, lang)
+    values = _floats(json.loads(json.dumps(comp.to_dict())))
+    four = {f"{v:.4f}" for v in values}
+    pct = {f"{100 * v:.1f}%" for v in values}
+    six = {fmt_score(v) for v in values}
+    found_four = re.findall(r"-?\d+\.\d{4}(?!\d)", text)
+    found_pct = re.findall(r"-?\d+\.\d%", text)
+    found_six = re.findall(r"-?\d+\.\d{6}(?!\d)", text)
+    assert found_four and found_pct and found_six
+    assert set(found_four) <= four
+    assert set(found_pct) <= pct
+    assert set(found_six) <= six
+
+
+def test_report_numbers_are_the_metrics(comp2: Comparison) -> None:
+    text = render_report(comp2, "en")
+    p = comp2.pairs[0]
+    s = p.summary["pearson"]
+    row = f"| **Pearson** | {s.mean:.4f} | {s.median:.4f} | {s.min:.4f} | {s.max:.4f} | {s.std:.4f} | 1 |"
+    assert row in text
+    assert f"**{p.good_count}/9 layers ({100 * p.good_share:.1f}%)**" in text
+    assert f"| Top-5 | {100 * p.overlap_summary[5].mean:.1f}% | {100 * 5 / 12:.1f}% |" in text
+    assert "| Top-15 | N/A | N/A | N/A |" in text  # K >= 12 heads per layer
+    rules = {r["rule"]: r for r in comp2.recommendations}
+    for band in rules["more_samples"]["bands"]:
+        assert f"**{band['samples_needed']} samples**" in text
+    assert "No measurable signal in layers 4" in text  # the constant layer
+
+
+def test_every_rule_renders_in_both_languages(comp2: Comparison) -> None:
+    items = [
+        {"rule": "all_layers_consistent", "kind": "ok", "threshold": 0.9, "num_layers": 9, "min_pearson": 0.95},
+        {
+            "rule": "layers_below_threshold",
+            "kind": "caution",
+            "threshold": 0.9,
+            "layers": [{"layer": 2, "min_pearson": None}],
+        },
+        {"rule": "reliability_met", "kind": "ok", "target": 0.9, "min_reliability": 0.93, "num_samples": 50},
+        {
+            "rule": "more_samples",
+            "kind": "caution",
+            "target": 0.9,
+            "num_samples": [50, 60],
+            "bands": [{"band": "shallow", "first": 0, "last": 2, "layers": [0, 1], "samples_needed": 120}],
+        },
+        {"rule": "no_signal_layers", "kind": "caution", "layers": [3]},
+        {
+            "rule": "ensemble_helps",
+            "kind": "ok",
+            "runs": 2,
+            "total_samples": 100,
+            "target": 0.9,
+            "layers": [1],
+            "projected": {1: 0.91},
+        },
+        {
+            "rule": "ensemble_short",
+            "kind": "caution",
+            "runs": 2,
+            "total_samples": 100,
+            "target": 0.9,
+            "layers": [0],
+            "projected": {0: 0.85},
+        },
+        {"rule": "stable_top_k", "kind": "ok", "threshold": 0.9, "ks": [{"k": 20, "min_overlap": 0.95}]},
+        {"rule": "unstable_top_k", "kind": "caution", "threshold": 0.9, "ks": [{"k": 5, "min_overlap": 0.6}]},
+        {"rule": "config_differences", "kind": "caution", "keys": ["ig_steps"]},
+        {"rule": "shared_samples", "kind": "caution", "pairs": [{"a": 0, "b": 1, "count": 3}]},
+        {"rule": "completeness_ok", "kind": "ok", "max_relative": 0.01, "rtol": 0.05},
+        {"rule": "completeness_high", "kind": "caution", "runs": [{"run": "seed 47", "relative": 0.2}], "rtol": 0.05},
+    ]
+    for lang in ("en", "zh"):
+        r = _Renderer(comp2, lang)
+        for item in items:
+            lines = r.recommendation(item)
+            assert lines and all(line.startswith("- **") for line in lines), item
+    with pytest.raises(ValueError):
+        _Renderer(comp2, "en").recommendation({"rule": "unknown", "kind": "ok"})
+
+
+def test_outputs_and_figure(tmp_path: Path, comp2: Comparison, comp3: Comparison) -> None:
+    paths = write_outputs(comp2, tmp_path / "out", lang="zh")
+    assert set(paths) == {"report.md", "consistency_analysis.png", "metrics.json", "layer_metrics.csv"}
+    assert paths["consistency_analysis.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads(paths["metrics.json"].read_text())
+    assert metrics["verdict"]["level"] == comp2.verdict.level
+    rows = list(csv.DictReader(io.StringIO(paths["layer_metrics.csv"].read_text())))
+    assert len(rows) == 9 and rows[4]["pearson"] == "" and rows[0]["band"] == "shallow"
+    assert float(rows[0]["pearson"]) == pytest.approx(comp2.pairs[0].layers[0].pearson)
+    assert "## 实验配置" in paths["report.md"].read_text(encoding="utf-8")
+    from headattr.errors import HeadattrError
+
+    with pytest.raises(HeadattrError, match="not empty"):
+        write_outputs(comp2, tmp_path / "out")
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    write_outputs(comp3, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert len((tmp_path / "out" / "layer_metrics.csv").read_text().splitlines()) == 1 + 3 * 9
+    plot_consistency(comp3, 1, 2, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_cli_compare_and_ensemble(tmp_path: Path, runs: list[Path], capsys) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", str(runs[0]), str(runs[1]), "--out", str(out), "--bootstrap", "30", "--lang", "zh"]
+    assert main(argv + ["--top-k", "3,6", "--bands", "0-2,3-8", "--target", "0.8", "--seed", "4"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("report.md", "metrics.json", "layer_metrics.csv", "consistency_analysis.png"):
+        assert f"wrote {out / name}" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["top_k"] == [3, 6] and metrics["settings"]["bands"] == [[0, 2], [3, 8]]
+    assert metrics["settings"]["target"] == 0.8 and metrics["settings"]["seed"] == 4
+    assert main(argv) == 2  # exists, no --overwrite
+    capsys.readouterr()
+    assert main(argv + ["--overwrite"]) == 0
+    ens = tmp_path / "ens"
+    assert main(["ensemble", str(runs[0]), str(runs[1]), "--out", str(ens)]) == 0
+    assert f"wrote {ens}/" in capsys.readouterr().out
+    assert main(["compare", str(ens), str(runs[2]), "--out", str(tmp_path / "c2"), "--bootstrap", "0"]) == 0
+    assert "Bootstrap skipped" in (tmp_path / "c2" / "report.md").read_text()
