@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,6 +33,8 @@ def draw_heatmap(ax: plt.Axes, scores: np.ndarray, title: str = "") -> matplotli
     """Draw a layers x heads score map on `ax`, diverging colours centred on zero."""
     lim = _diverging_limits(scores)
     im = ax.imshow(scores, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     if title:
@@ -84,6 +87,7 @@ def _panel_layer_correlations(ax: plt.Axes, pair, layers: np.ndarray, threshold:
     ax.plot(layers, _nan(m.spearman for m in pair.layers), "s--", label="Spearman")
     ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:g}")
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("correlation between runs")
     ax.set_title(f"per-layer correlation ({pair.good_count}/{len(layers)} layers > {threshold:g})")
     values = [v for m in pair.layers for v in (m.pearson, m.spearman) if v is not None]
@@ -133,6 +137,7 @@ def _panel_reliability(ax: plt.Axes, comparison, runs, layers: np.ndarray) -> No
         ax.plot(layers, _nan(rel.full_layer), "o-", color=f"C{i + 2}", label=f"{run.label} (N={rel.n_samples})")
     ax.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("split-half reliability (Spearman-Brown)")
     ax.set_title("reliability within each run")
     values = [v for run in runs for v in run.reliability.full_layer if v is not None]

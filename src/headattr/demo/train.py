@@ -66,6 +66,7 @@ class TrainConfig:
     rope_theta: float = 10000.0
     max_positions: int = 256
     log_every: int = 250
+    threads: int = 1  # one: on a shared CPU two threads spin-wait and run ~10x slower; results are the same
 
 
 # ---------------------------------------------------------------- model
@@ -257,7 +258,7 @@ def batches(seed: int, batch_size: int) -> Iterator[list[demo_tasks.Example]]:
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
           log: bool = True) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
     """Train a demo model with `cfg`; write the checkpoint to `out_dir` when given."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = build_tokenizer()
@@ -360,7 +361,8 @@ def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerB
 
 # ---------------------------------------------------------------- command line
 
-CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size", "log_every")
+CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size", "log_every",
+              "threads")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -379,7 +381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     start = time.time()
     if args.eval_only:
         model, tokenizer = load_checkpoint(args.out)

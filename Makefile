@@ -1,0 +1,29 @@
+# Two commands on a fresh machine:  `make demo`  (install + run the built-in demo)  and  `make test`.
+# The pinned CPU build of torch is installed first, so the package's loose `torch>=2.2` pulls nothing more.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= headattr-demo
+DEMO_FLAGS ?=
+
+.PHONY: install demo test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/headattr demo --out $(DEMO_OUT) $(DEMO_FLAGS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/bench_attribution.py
