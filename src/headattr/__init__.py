@@ -1,18 +1,36 @@
 """headattr: Gate-IG attention-head attribution for diffusion language models.
 
-The command line (`headattr ...`) is a thin layer over these functions.
+The command line (`headattr ...`) is a thin layer over these functions:
+
+    spec = headattr.load_model(path)                       # Dream, LLaDA or any HF model
+    samples, report = headattr.build_samples(data, spec.tokenizer)
+    result = headattr.attribute(spec, samples, headattr.GateIGConfig(), out="run")
+    headattr.compare(["run-a", "run-b"]);  headattr.prune(spec, headattr.read_run("run"), eval_samples)
 """
 
 from .aggregate import final_scores, sample_scores
 from .consistency import Comparison, compare
+from .data import Sample, build_samples
+from .engine import GateIGConfig
 from .ensemble import ensemble
 from .errors import HeadattrError
+from .models import ModelSpec, load_model
+from .pipeline import Attribution, attribute
+from .prune import prune
 from .rundir import Run, read_run, write_run
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attribution",
     "Comparison",
+    "GateIGConfig",
+    "ModelSpec",
+    "Sample",
+    "attribute",
+    "build_samples",
+    "load_model",
+    "prune",
     "HeadattrError",
     "Run",
     "compare",

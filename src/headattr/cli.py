@@ -433,7 +433,7 @@ def prune_cmd(
     **options,
 ) -> None:
     """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples."""
-    from . import prune as pruning
+    from .prune import check_run_matches, prune, select_eval_samples, write_outputs
     from .rundir import read_run
 
     check_output_dir(out, overwrite)
@@ -441,8 +441,8 @@ def prune_cmd(
         raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
     run = read_run(scores_run)
     spec = _load(model, options)
-    pruning.check_run_matches(spec, run)
-    selection = pruning.select_eval_samples(
+    check_run_matches(spec, run)
+    selection = select_eval_samples(
         spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed
     )
     click.echo(
@@ -450,7 +450,7 @@ def prune_cmd(
         f"held-out samples of {selection.source} ({selection.excluded} attribution rows excluded)",
         err=True,
     )
-    result = pruning.prune(
+    result = prune(
         spec,
         run,
         selection.samples,
@@ -465,7 +465,7 @@ def prune_cmd(
         progress=not quiet,
     )
     result.eval_info.update(selection.to_dict(), eval_seed=eval_seed)
-    _echo_prune(result, pruning.write_outputs(result, out))
+    _echo_prune(result, write_outputs(result, out))
 
 
 @cli.command("demo")
@@ -480,16 +480,27 @@ def prune_cmd(
 @click.option("--ig-steps", type=int, default=None, help="IG steps [default: 8; --quick: 2].")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def demo_cmd(
-    out: Path, samples: int | None, ig_steps: int | None, overwrite: bool, quick: bool, quiet: bool
+    out: Path,
+    samples: int | None,
+    ig_steps: int | None,
+    overwrite: bool,
+    quick: bool,
+    threads: int | None,
+    quiet: bool,
 ) -> None:
     """Attribute the built-in model with two seeds, compare the runs, and validate the scores by pruning."""
+    import torch
+
     from .demo.run import format_summary, run_demo
 
-    for flag, value in (("--samples", samples), ("--ig-steps", ig_steps)):
+    for flag, value in (("--samples", samples), ("--ig-steps", ig_steps), ("--threads", threads)):
         if value is not None and value < 1:
             raise HeadattrError(f"{flag} must be at least 1, got {value}")
+    if threads is not None:
+        torch.set_num_threads(threads)
     result = run_demo(
         out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
     )

@@ -185,6 +185,7 @@ def plot_pruning_curve(result, path: Path) -> None:
         ax.set_title(_PRUNE_LABELS[metric])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    fig.suptitle("Head pruning by Gate-IG score")
+    n_eval = result.eval_info.get("samples")
+    fig.suptitle("Head pruning by Gate-IG score" + (f" ({n_eval} held-out samples)" if n_eval else ""))
     fig.tight_layout()
     _save(fig, path)

@@ -457,35 +457,33 @@ class PruneResult:
         return {"mean": runs.mean(0), "std": runs.std(0), "min": runs.min(0), "max": runs.max(0)}
 
     def ordering(self) -> dict[str, list[dict[str, Any]]]:
-        """Per metric and fraction: how far `most` and `least` lie from the random orders.
+        """Per metric and fraction: how far removing the `most` and `least` heads lies from random removal.
 
-        `holds` is true when removing the `most` heads is worse than every random order and removing the
-        `least` heads is better than every random order (worse: higher loss, lower accuracy), i.e. both
-        margins exceed the random orders' full spread.
+        Values are oriented so that positive means worse (higher loss, lower accuracy or exact match):
+        `most_minus_random` = worse(most) - mean worse(random), `random_minus_least` likewise. `beyond_std`:
+        both margins exceed the random orders' standard deviation; `beyond_range`: `most` is worse than every
+        random order and `least` better than every one (the margins exceed the random orders' full spread).
         """
         if not {"most", "least", "random"} <= set(self.orders):
             return {}
         out: dict[str, list[dict[str, Any]]] = {}
         for metric in self.metrics:
-            sign = 1.0 if metric == "loss" else -1.0  # positive = worse
-            rnd = self.random_summary(metric)
-            rows = []
-            for i, frac in enumerate(self.fractions):
-                most, least = self.curves["most"][metric][i], self.curves["least"][metric][i]
-                rows.append(
-                    {
-                        "fraction": frac,
-                        "most_minus_random": float(sign * (most - rnd["mean"][i])),
-                        "random_minus_least": float(sign * (rnd["mean"][i] - least)),
-                        "random_std": float(rnd["std"][i]),
-                        "random_range": float(rnd["max"][i] - rnd["min"][i]),
-                        "holds": bool(
-                            sign * (most - (rnd["max"][i] if sign > 0 else rnd["min"][i])) > 0
-                            and sign * ((rnd["min"][i] if sign > 0 else rnd["max"][i]) - least) > 0
-                        ),
-                    }
-                )
-            out[metric] = rows
+            sign = 1.0 if metric == "loss" else -1.0
+            runs = sign * self.curves["random"][metric]  # [R, F], worse = larger
+            most, least = sign * self.curves["most"][metric], sign * self.curves["least"][metric]
+            mean, std = runs.mean(0), runs.std(0)
+            out[metric] = [
+                {
+                    "fraction": frac,
+                    "most_minus_random": float(most[i] - mean[i]),
+                    "random_minus_least": float(mean[i] - least[i]),
+                    "random_std": float(std[i]),
+                    "random_range": float(runs[:, i].max() - runs[:, i].min()),
+                    "beyond_std": bool(min(most[i] - mean[i], mean[i] - least[i]) > std[i]),
+                    "beyond_range": bool(most[i] > runs[:, i].max() and least[i] < runs[:, i].min()),
+                }
+                for i, frac in enumerate(self.fractions)
+            ]
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from headattr.decode import unmask_decode
 from headattr.demo import DATA_FILE, MODEL_DIR
@@ -158,8 +158,6 @@ def save_checkpoint(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
 def load_checkpoint(model_dir: str | Path = MODEL_DIR,
                     attn_implementation: str = "sdpa") -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
     """Load a demo checkpoint (float32, eval mode, bidirectional) and its tokenizer, offline."""
-    from transformers import AutoTokenizer
-
     root = Path(model_dir)
     fields = json.loads((root / "config.json").read_text())
     for key in ("model_type", "architectures", "auto_map", "torch_dtype"):
@@ -168,7 +166,9 @@ def load_checkpoint(model_dir: str | Path = MODEL_DIR,
     model = build_model(config, attn_implementation)
     weights = load_file(str(root / WEIGHTS_FILE))
     model.load_state_dict({name: tensor.float() for name, tensor in weights.items()}, strict=True)
-    return model.eval(), AutoTokenizer.from_pretrained(str(root))
+    # The tokenizer class is named directly: AutoTokenizer would also parse config.json and warn that it
+    # does not know model_type "Dream" (harmless, but noise).
+    return model.eval(), PreTrainedTokenizerFast.from_pretrained(str(root))
 
 
 # ---------------------------------------------------------------- batches and the objective
@@ -361,8 +361,8 @@ def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerB
 
 # ---------------------------------------------------------------- command line
 
-CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size", "log_every",
-              "threads")
+CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size",
+              "log_every", "threads")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
