@@ -39,7 +39,7 @@ def _finite(values) -> bool:
 
 def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--quiet", "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for name in OUTPUTS:
         assert (out / name).is_file(), name

@@ -266,6 +266,17 @@ def test_per_layer_prune(dream, run, eval_samples):
                 assert [sum(1 for layer, _ in heads if layer == i) for i in range(3)] == [k, k, k], order
 
 
+def test_rank_by_abs(dream, run, eval_samples):
+    result = prune(
+        dream, run, eval_samples[:1], fractions=(0.25,), orders=("most", "least"), rank_by="abs", progress=False
+    )
+    assert result.rank_by == "abs" and result.to_dict()["settings"]["rank_by"] == "abs"
+    for order in ("most", "least"):
+        assert result.removed[order][0][0] == heads_to_remove(np.abs(run.scores), order, 0.25)
+    with pytest.raises(HeadattrError, match="rank-by"):
+        prune(dream, run, eval_samples[:1], rank_by="square", progress=False)
+
+
 def test_single_head_effects(dream, run, eval_samples):
     result = prune(dream, run, eval_samples[:3], fractions=(0.1,), orders=("most",), single_head=True, progress=False)
     cfg = eval_config(run)
@@ -282,6 +293,7 @@ def test_single_head_effects(dream, run, eval_samples):
     per_layer = [spearmanr(run.scores[i], delta[i])[0] for i in range(3)]
     assert sh["spearman_per_layer"] == pytest.approx(per_layer)
     assert sh["spearman_per_layer_mean"] == pytest.approx(np.mean(per_layer))
+    assert sh["abs"]["spearman"] == pytest.approx(spearmanr(np.abs(run.scores).reshape(-1), delta.reshape(-1))[0])
 
 
 # ---------------------------------------------------------------- held-out samples and errors

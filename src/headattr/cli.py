@@ -316,9 +316,9 @@ def compare_cmd(
 ) -> None:
     """Compare two or more runs of the same model: report.md, metrics.json, layer_metrics.csv, figure."""
     from .consistency import compare as compare_api
-    from .report import check_report_dir, fmt_corr, write_outputs
+    from .report import fmt_corr, write_outputs
 
-    check_report_dir(out, overwrite)
+    check_output_dir(out, overwrite)
     comparison = compare_api(
         list(runs),
         top_k=top_k,
@@ -404,6 +404,13 @@ def _echo_prune(result, paths: dict) -> None:
 @click.option("--random-orders", type=int, default=10, show_default=True, help="Number of random orders.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random orders.")
 @click.option("--per-layer", is_flag=True, help="Remove the same fraction of heads in every layer.")
+@click.option(
+    "--rank-by",
+    type=click.Choice(["score", "abs"]),
+    default="score",
+    show_default=True,
+    help="Rank heads by signed score, or by |score| (least = nearest zero).",
+)
 @click.option("--single-head", is_flag=True, help="Also remove each head on its own; correlate with the scores.")
 @click.option("--exact-match", is_flag=True, help="Also decode each answer from a fully masked answer (slower).")
 @click.option("--eval-samples", type=int, default=100, show_default=True, help="Held-out samples to evaluate on.")
@@ -423,6 +430,7 @@ def prune_cmd(
     random_orders: int,
     seed: int,
     per_layer: bool,
+    rank_by: str,
     single_head: bool,
     exact_match: bool,
     eval_samples: int,
@@ -459,6 +467,7 @@ def prune_cmd(
         random_orders=random_orders,
         seed=seed,
         per_layer=per_layer,
+        rank_by=rank_by,
         single_head=single_head,
         decode=exact_match,
         batch_size=batch_size,
@@ -480,7 +489,12 @@ def prune_cmd(
 @click.option("--ig-steps", type=int, default=None, help="IG steps [default: 8; --quick: 2].")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine).",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def demo_cmd(
     out: Path,
@@ -499,11 +513,15 @@ def demo_cmd(
     for flag, value in (("--samples", samples), ("--ig-steps", ig_steps), ("--threads", threads)):
         if value is not None and value < 1:
             raise HeadattrError(f"{flag} must be at least 1, got {value}")
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    result = run_demo(
-        out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
-    )
+    try:
+        result = run_demo(
+            out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
     for line in format_summary(result.summary):
         click.echo(line)
     click.echo(f"finished in {result.timings['total_s']:.0f} s; outputs:")

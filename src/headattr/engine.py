@@ -96,7 +96,7 @@ class SampleAttribution:
 
 
 @dataclass
-class _Rows:
+class VariantRows:
     """The variants of one sample as batched tensors, and where each variant's loss is taken."""
 
     ids: torch.Tensor  # [V, T]
@@ -115,7 +115,7 @@ class _Rows:
         return torch.cat(rows), torch.cat(pos), torch.cat(lab)
 
 
-def _autocast(spec: ModelSpec) -> contextlib.AbstractContextManager:
+def autocast_for(spec: ModelSpec) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when the weights are bf16; plain precision otherwise."""
     if spec.device.type == "cuda" and spec.dtype == torch.bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -139,7 +139,7 @@ def _row_objective(
 
 def objective(
     spec: ModelSpec,
-    rows: _Rows,
+    rows: VariantRows,
     v_idx: torch.Tensor,
     gates: dict[int, torch.Tensor],
     start: int,
@@ -148,7 +148,7 @@ def objective(
     """J for each row (row r is variant `v_idx[r]` with its own `gates`), starting at layer `start`."""
     owner, pos, labels = rows.gather(v_idx)
     owner, pos, labels = owner.to(spec.device), pos.to(spec.device), labels.to(spec.device)
-    with gated(spec, gates), _autocast(spec):
+    with gated(spec, gates), autocast_for(spec):
         if spec.stack is not None:
             h = spec.stack.run(rows.hidden_in[start][v_idx], start, spec.num_layers, rows.rope)
             logits = spec.stack.logits(h[owner, pos])
@@ -157,11 +157,11 @@ def objective(
     return _row_objective(logits, labels, owner, len(v_idx), normalize)
 
 
-def prepare_rows(spec: ModelSpec, variants: list[Variant], batch_size: int, cache_layers: bool) -> _Rows:
+def prepare_rows(spec: ModelSpec, variants: list[Variant], batch_size: int, cache_layers: bool) -> VariantRows:
     """Stack the variants; with a `Stack`, cache every layer's input (all gates 1) for reuse."""
     device = spec.device
     shift = 1 if spec.logit_shift else 0
-    rows = _Rows(
+    rows = VariantRows(
         ids=torch.stack([v.input_ids for v in variants]).to(device),
         predict_at=[v.positions - shift for v in variants],
         labels=[v.labels for v in variants],
@@ -169,7 +169,7 @@ def prepare_rows(spec: ModelSpec, variants: list[Variant], batch_size: int, cach
     if spec.stack is None:
         return rows
     stack = spec.stack
-    with torch.no_grad(), _autocast(spec):
+    with torch.no_grad(), autocast_for(spec):
         chunks = [stack.embed(rows.ids[i : i + batch_size]) for i in range(0, len(variants), batch_size)]
         h = torch.cat(chunks)
         rows.rope = stack.position_embeddings(h)
@@ -263,7 +263,7 @@ def attribute_sample(
 
 def _no_grad_objective(
     spec: ModelSpec,
-    rows: _Rows,
+    rows: VariantRows,
     v_idx: torch.Tensor,
     gates: dict[int, torch.Tensor],
     start: int,

@@ -4,7 +4,8 @@
 the model on held-out samples:
 
 - `most`: highest score first; `least`: lowest score first; `random`: `random_orders` seeded random orders,
-  summarised by their mean, standard deviation, minimum and maximum.
+  summarised by their mean, standard deviation, minimum and maximum. Heads are ranked by the signed score
+  (default: a negative score says removing the head helps) or, with `rank_by="abs"`, by its magnitude.
 - At each fraction of heads, over all heads at once or, with `per_layer`, the same number in every layer.
 - Metrics (`evaluate`): the masked-reconstruction loss, which is exactly the attribution objective (engine's
   `objective` with `mean-masked`, at the run's mask probabilities, draws and mask seed; loss = -J), averaged
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .data import Sample, load_records, select_records, tokenize_record
 from .decode import unmask_decode
-from .engine import GateIGConfig, _autocast, _Rows, objective, prepare_rows
+from .engine import GateIGConfig, VariantRows, autocast_for, objective, prepare_rows
 from .errors import HeadattrError
 from .gates import gated
 from .masking import make_variants
@@ -43,6 +44,7 @@ from .models import ModelSpec
 from .rundir import Run
 
 ORDERS = ("most", "least", "random")
+RANK_BY = ("score", "abs")
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
 METRICS = ("loss", "accuracy", "exact_match")
 PRUNING_FORMAT = "headattr-pruning"
@@ -192,7 +194,7 @@ def _first_gated_layer(gates: torch.Tensor) -> torch.Tensor:
 
 
 def _variant_metrics(
-    spec: ModelSpec, rows: _Rows, v_idx: torch.Tensor, gates: torch.Tensor, start: int
+    spec: ModelSpec, rows: VariantRows, v_idx: torch.Tensor, gates: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, accuracy) of each row: row r is variant `v_idx[r]` under gates `gates[r]` ([B, L, H])."""
     owner, pos, labels = rows.gather(v_idx)
@@ -256,7 +258,7 @@ def sample_exact_match(spec: ModelSpec, sample: Sample, gates: torch.Tensor, bat
         chunk = gates[i : i + batch_size]
 
         def logits_fn(batch_ids: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
-            with gated(spec, _layer_gates(chunk, 0)), _autocast(spec):
+            with gated(spec, _layer_gates(chunk, 0)), autocast_for(spec):
                 return spec.full_logits(batch_ids)
 
         batch = ids.expand(len(chunk), -1)
@@ -436,6 +438,7 @@ class PruneResult:
     config: GateIGConfig
     decode: bool
     scores: np.ndarray
+    rank_by: str = "score"
     single_head: dict[str, Any] | None = None
     eval_info: dict[str, Any] = field(default_factory=dict)
     run_info: dict[str, Any] = field(default_factory=dict)
@@ -509,6 +512,7 @@ class PruneResult:
                 "random_orders": len(self.removed.get("random", [])),
                 "seed": self.seed,
                 "per_layer": self.per_layer,
+                "rank_by": self.rank_by,
                 "rounding": "heads removed = round(fraction * count), halves up; count = L*H, or H per layer",
                 "ties": "equal scores are removed in (layer, head) order, for most and least alike",
                 "loss": "mean-masked cross-entropy of the masked answer tokens (the attribution objective, -J)",
@@ -540,6 +544,7 @@ class PruneResult:
             "model": self.model_info,
             "run": self.run_info,
             "per_layer": self.per_layer,
+            "rank_by": self.rank_by,
             "seed": self.seed,
             "num_layers": int(self.scores.shape[0]),
             "num_heads": int(self.scores.shape[1]),
@@ -550,6 +555,15 @@ class PruneResult:
 
 def _floats(x: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(x, dtype=np.float64).reshape(-1)]
+
+
+def ranking_scores(scores: np.ndarray, rank_by: str) -> np.ndarray:
+    """What heads are ranked by: the scores as they are (`score`) or their magnitude (`abs`)."""
+    if rank_by == "score":
+        return scores
+    if rank_by == "abs":
+        return np.abs(scores)
+    raise HeadattrError(f"unknown --rank-by {rank_by!r}; choose one of {', '.join(RANK_BY)}")
 
 
 def _removal_plan(
@@ -588,28 +602,36 @@ def _check_options(fractions: Sequence[float], orders: Sequence[str], random_ord
         raise HeadattrError(f"--random-orders must be at least 1, got {random_orders}")
 
 
-def single_head_effects(scores: np.ndarray, delta_loss: np.ndarray, delta_accuracy: np.ndarray) -> dict[str, Any]:
-    """Faithfulness: Spearman correlation of scores with each head's own ablation effect (loss increase).
-
-    Global over all heads, and per layer (a layer whose scores or effects are constant has none; the mean
-    is over the others).
-    """
+def _spearman(scores: np.ndarray, effect: np.ndarray) -> dict[str, Any]:
+    """Spearman correlation over all heads (with its p-value) and per layer (None for a constant layer)."""
     from scipy.stats import spearmanr
 
-    scores = np.asarray(scores, dtype=np.float64)
-    rho, p = spearmanr(scores.reshape(-1), delta_loss.reshape(-1))
-    per_layer = []
-    for s, d in zip(scores, delta_loss, strict=True):
-        constant = np.ptp(s) == 0 or np.ptp(d) == 0
-        per_layer.append(None if constant else float(spearmanr(s, d)[0]))
+    rho, p = spearmanr(scores.reshape(-1), effect.reshape(-1))
+    per_layer = [
+        None if np.ptp(s) == 0 or np.ptp(d) == 0 else float(spearmanr(s, d)[0])
+        for s, d in zip(scores, effect, strict=True)
+    ]
     valid = [r for r in per_layer if r is not None]
+    return {
+        "spearman": float(rho) if np.isfinite(rho) else None,
+        "spearman_p": float(p) if np.isfinite(p) else None,
+        "spearman_per_layer": per_layer,
+        "spearman_per_layer_mean": float(np.mean(valid)) if valid else None,
+    }
+
+
+def single_head_effects(scores: np.ndarray, delta_loss: np.ndarray, delta_accuracy: np.ndarray) -> dict[str, Any]:
+    """Faithfulness: Spearman correlation of the scores with each head's own ablation effect (loss increase).
+
+    Over all heads, and per layer (a layer whose scores or effects are constant has none; the mean is over
+    the others); `abs` holds the same for |score|, which ranks heads by magnitude whatever their sign.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
     return {
         "delta_loss": delta_loss.tolist(),
         "delta_accuracy": delta_accuracy.tolist(),
-        "spearman": None if not np.isfinite(rho) else float(rho),
-        "spearman_p": None if not np.isfinite(p) else float(p),
-        "spearman_per_layer": per_layer,
-        "spearman_per_layer_mean": float(np.mean(valid)) if valid else None,
+        **_spearman(scores, delta_loss),
+        "abs": _spearman(np.abs(scores), delta_loss),
     }
 
 
@@ -623,6 +645,7 @@ def prune(
     random_orders: int = 10,
     seed: int = 0,
     per_layer: bool = False,
+    rank_by: str = "score",
     single_head: bool = False,
     decode: bool = False,
     batch_size: int = 64,
@@ -630,6 +653,8 @@ def prune(
 ) -> PruneResult:
     """Remove heads in the orders of `run.scores` at each fraction and measure the model on `eval_samples`.
 
+    Heads are ranked by their score (`rank_by="score"`: `least` removes the most negative first) or by its
+    magnitude (`"abs"`: `least` removes the scores nearest zero first; see `ranking_scores`).
     Masking follows the run (probabilities, draws, mask seed; `eval_config`). The unpruned model is the
     fraction-0 baseline. With `decode`, exact-match is measured for every pruned configuration; with
     `single_head`, every head is also removed on its own (see `single_head_effects`). All configurations
@@ -648,7 +673,7 @@ def prune(
     scores = np.asarray(run.scores, dtype=np.float64)
     num_layers, num_heads = scores.shape
     config = eval_config(run, batch_size)
-    plan = _removal_plan(scores, orders, fractions, random_orders, seed, per_layer)
+    plan = _removal_plan(ranking_scores(scores, rank_by), orders, fractions, random_orders, seed, per_layer)
     # configurations: baseline, then every (order, repetition, fraction), then every single head
     pruned = [heads for order in orders for rep in plan[order] for heads in rep]
     singles = [[(layer, head)] for layer in range(num_layers) for head in range(num_heads)] if single_head else []
@@ -679,6 +704,7 @@ def prune(
         fractions=fractions,
         orders=orders,
         per_layer=per_layer,
+        rank_by=rank_by,
         seed=seed,
         num_removed=[num_to_remove(f, count) * (num_layers if per_layer else 1) for f in fractions],
         baseline=baseline,
@@ -761,5 +787,6 @@ def format_faithfulness(result: PruneResult) -> str | None:
     p = "" if sh["spearman_p"] is None else f" (p={sh['spearman_p']:.2g})"
     return (
         f"single-head ablation vs scores: Spearman {fmt(sh['spearman'])} over all heads{p}, "
-        f"mean per layer {fmt(sh['spearman_per_layer_mean'])}"
+        f"mean per layer {fmt(sh['spearman_per_layer_mean'])}; vs |scores|: {fmt(sh['abs']['spearman'])}, "
+        f"mean per layer {fmt(sh['abs']['spearman_per_layer_mean'])}"
     )

@@ -31,7 +31,7 @@ from typing import Any
 
 from .consistency import Comparison, Interval, PairMetrics, Summary
 from .errors import HeadattrError
-from .rundir import atomic_write_json, atomic_write_text
+from .rundir import atomic_write_json, atomic_write_text, prepare_output_dir
 
 REPORT_FILE = "report.md"
 FIGURE_FILE = "consistency_analysis.png"
@@ -1172,37 +1172,6 @@ def _band_of(p: PairMetrics, layer: int) -> str:
     return ""
 
 
-def check_report_dir(out: Path, overwrite: bool = False) -> bool:
-    """Raise unless `out` may receive the report: new, empty, or `overwrite`. Touches nothing.
-
-    Same policy as run directories (`rundir.check_output_dir`); returns whether `out` holds files.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HeadattrError(f"output path {out} exists and is not a directory; choose another --out")
-    existing = out.is_dir() and any(out.iterdir())
-    if existing and not overwrite:
-        raise HeadattrError(
-            f"output directory {out} already exists and is not empty; pass --overwrite to replace its report "
-            "files, or choose another --out"
-        )
-    return existing
-
-
-def prepare_report_dir(out: Path, overwrite: bool = False) -> Path:
-    """Check `out` (new, empty or --overwrite), then create it; with overwrite, remove the report's own files.
-
-    Other files in the directory (a run's files, for instance) are left alone.
-    """
-    out = Path(out)
-    existing = check_report_dir(out, overwrite)
-    if existing and overwrite:
-        for name in OUTPUT_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def write_outputs(
     comparison: Comparison, out: str | Path, lang: str = "en", overwrite: bool = False
 ) -> dict[str, Path]:
@@ -1211,7 +1180,7 @@ def write_outputs(
 
     if lang not in LANGS:
         raise HeadattrError(f"unknown report language {lang!r}; choose one of {', '.join(LANGS)}")
-    out = prepare_report_dir(Path(out), overwrite)
+    out = prepare_output_dir(Path(out), overwrite, owned=OUTPUT_FILES)
     paths = {name: out / name for name in OUTPUT_FILES}
     atomic_write_json(paths[METRICS_FILE], comparison.to_dict())
     atomic_write_text(paths[LAYER_CSV_FILE], layer_metrics_csv(comparison))

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ META_FILE = "run.json"
 HEADS_FILE = "heads.csv"
 HEATMAP_FILE = "heatmap.png"
 CHECKPOINT_DIR = "checkpoints"
+RUN_FILES = (SCORES_FILE, META_FILE, HEADS_FILE, HEATMAP_FILE, CHECKPOINT_DIR)
 
 
 @dataclass
@@ -106,39 +108,38 @@ def atomic_save_tensors(
 # ---------------------------------------------------------------- output directory policy
 
 
-def check_output_dir(out: Path, overwrite: bool = False, resume: bool = False) -> bool:
-    """Raise unless `out` may be written: new, empty, or explicitly `--overwrite`/`--resume`d.
+def check_output_dir(out: Path, overwrite: bool = False, resume: bool | None = None) -> bool:
+    """Raise unless `out` may be written: new, empty, or explicitly `--overwrite`n (or `--resume`d).
 
-    Touches nothing, so commands call it before any slow work. Returns whether `out` holds files.
+    `resume` is None for commands that cannot resume; their message does not offer it. Touches nothing, so
+    commands call it before any slow work. Returns whether `out` holds files.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HeadattrError(f"output path {out} exists and is not a directory; choose another --out")
     existing = out.is_dir() and any(out.iterdir())
     if existing and not (overwrite or resume):
-        raise HeadattrError(
-            f"output directory {out} already exists and is not empty; "
-            "pass --overwrite to replace it, --resume to continue it, or choose another --out"
-        )
+        fix = "--overwrite to replace it, " + ("--resume to continue it, " if resume is not None else "")
+        raise HeadattrError(f"output directory {out} exists and is not empty; pass {fix}or choose another --out")
     return existing
 
 
-def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool | None = None,
+                       owned: tuple[str, ...] = RUN_FILES) -> Path:
     """`check_output_dir`, then create `out`.
 
-    With `overwrite`, the files a run writes are removed now (checkpoints included); other files in the
-    directory are left alone.
+    With `overwrite`, the entries a command writes (`owned`: files or folders) are removed now; anything else
+    in the directory is left alone.
     """
     out = Path(out)
     existing = check_output_dir(out, overwrite, resume)
     if existing and overwrite and not resume:
-        for name in (SCORES_FILE, META_FILE, HEADS_FILE, HEATMAP_FILE):
-            (out / name).unlink(missing_ok=True)
-        ckpt = out / CHECKPOINT_DIR
-        if ckpt.is_dir():
-            for f in ckpt.iterdir():
-                f.unlink()
-            ckpt.rmdir()
+        for name in owned:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

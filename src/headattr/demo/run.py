@@ -155,8 +155,11 @@ def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
             "baseline": result.baseline.to_dict(),
             "at_fraction": curves,
             "most_random_least_holds_up_to_0.3": holds,
+            "rank_by": result.rank_by,
             "single_head_spearman": sh.get("spearman"),
             "single_head_spearman_per_layer_mean": sh.get("spearman_per_layer_mean"),
+            "single_head_spearman_abs": sh.get("abs", {}).get("spearman"),
+            "single_head_spearman_abs_per_layer_mean": sh.get("abs", {}).get("spearman_per_layer_mean"),
             "eval_samples": len(result.eval_info.get("uids", [])),
         },
     }
@@ -173,7 +176,8 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"consistency (seed 47 vs 1234): {c['verdict'].replace('_', ' ')}; mean per-layer Pearson "
         f"{f(c['mean_per_layer_pearson'])}, mean per-layer Spearman {f(c['mean_per_layer_spearman'])}, "
         f"global Spearman {f(c['global_spearman'])}",
-        f"pruning on {p['eval_samples']} held-out samples; unpruned loss {f(p['baseline']['loss'])}, "
+        f"pruning (heads ranked by {p['rank_by']}) on {p['eval_samples']} held-out samples; "
+        f"unpruned loss {f(p['baseline']['loss'])}, "
         f"accuracy {f(p['baseline']['accuracy'])}, exact match {f(p['baseline']['exact_match'])}",
     ]
     for metric, rows in p["at_fraction"].items():
@@ -189,7 +193,8 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         lines.append(f"most > random > least by more than {words}, at every fraction <= 0.3: {verdicts}")
     lines.append(
         f"single-head ablation vs scores: Spearman {f(p['single_head_spearman'])}, "
-        f"mean per layer {f(p['single_head_spearman_per_layer_mean'])}"
+        f"mean per layer {f(p['single_head_spearman_per_layer_mean'])}; vs |scores|: "
+        f"{f(p['single_head_spearman_abs'])}, mean per layer {f(p['single_head_spearman_abs_per_layer_mean'])}"
     )
     return lines
 
@@ -200,6 +205,7 @@ def run_demo(
     samples: int | None = None,
     ig_steps: int | None = None,
     prune_eval_samples: int | None = None,
+    rank_by: str = "score",
     quick: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -209,7 +215,8 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo into `out` and return where everything is (see the module docstring).
 
-    `samples`, `ig_steps` and `prune_eval_samples` override the size (`FULL`, or `QUICK` with `quick`).
+    `samples`, `ig_steps` and `prune_eval_samples` override the size (`FULL`, or `QUICK` with `quick`);
+    `rank_by` is how `prune` ranks heads (`score` or `abs`).
     `model_dir`/`data_file` default to the built-in model and data. `echo` receives one line per step
     (default: standard error when `progress`, else nothing).
     """
@@ -257,6 +264,7 @@ def run_demo(
         selection.samples,
         fractions=size.fractions,
         random_orders=size.random_orders,
+        rank_by=rank_by,
         single_head=True,
         decode=True,
         batch_size=256,

@@ -27,10 +27,12 @@ Example = dict[str, str]
 
 TASKS: tuple[str, ...] = ("kv", "copy", "reverse", "add")
 
-KV_PAIRS = (3, 5)  # inclusive range of key-value pairs in a retrieval prompt
+KV_PAIRS = (2, 4)  # inclusive range of key-value pairs in a retrieval prompt
 KV_VALUE_DIGITS = 2
 STRING_LENGTHS = (4, 8)  # inclusive range of string lengths for copy and reverse
-ADD_WIDTH = 3  # operands are 2-3 digit numbers written with 3 digits; the sum has 4
+ADD_WIDTH = 2  # operands have ADD_WIDTH digits; the sum is written with ADD_WIDTH + 1
+# Training mixes tasks in these proportions: retrieval and addition take the longest to learn.
+TRAIN_WEIGHTS: dict[str, float] = {"kv": 0.5, "copy": 0.15, "reverse": 0.2, "add": 0.15}
 HELDOUT_BUCKETS = 10  # one prompt in HELDOUT_BUCKETS is held out
 
 DATASET_SEED = 20240601  # seed of the shipped demo dataset; training streams use their own seeds
@@ -65,8 +67,8 @@ def reverse_example(rng: random.Random) -> Example:
 
 
 def add_example(rng: random.Random) -> Example:
-    """Add two numbers of 2-3 digits; operands and sum are zero-padded to fixed widths."""
-    low, high = 10, 10**ADD_WIDTH - 1
+    """Add two numbers of ADD_WIDTH digits; the sum is zero-padded to ADD_WIDTH + 1 digits."""
+    low, high = 10 ** (ADD_WIDTH - 1), 10**ADD_WIDTH - 1
     a, b = rng.randint(low, high), rng.randint(low, high)
     prompt = f"{a:0{ADD_WIDTH}d}+{b:0{ADD_WIDTH}d}="
     return {"prompt": prompt, "answer": f"{a + b:0{ADD_WIDTH + 1}d}", "task": "add"}
@@ -95,11 +97,13 @@ def sample(task: str, rng: random.Random, heldout: bool) -> Example:
             return example
 
 
-def stream(seed: int, heldout: bool = False, tasks: tuple[str, ...] = TASKS) -> Iterator[Example]:
-    """Endless seeded stream of examples, tasks drawn uniformly at random."""
+def stream(seed: int, heldout: bool = False, weights: dict[str, float] | None = None) -> Iterator[Example]:
+    """Endless seeded stream of examples, task drawn with probability `weights[task]` (uniform if None)."""
     rng = random.Random(seed)
+    names = list(weights or TASKS)
+    probs = [weights[name] for name in names] if weights else None
     while True:
-        yield sample(rng.choice(tasks), rng, heldout)
+        yield sample(rng.choices(names, probs)[0], rng, heldout)
 
 
 def heldout_examples(task: str, count: int, seed: int) -> list[Example]:

@@ -44,6 +44,7 @@ T_MIN = 1e-3
 EVAL_SEED = 777  # held-out evaluation examples (a different stream from training's and the dataset's)
 EVAL_MASK_RATE = 0.5
 WEIGHTS_FILE = "model.safetensors"
+BUCKET_POOL = 16  # training batches are formed from this many batches' worth of examples sorted by length
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainConfig:
     rope_theta: float = 10000.0
     max_positions: int = 256
     log_every: int = 250
+    eval_every: int = 1000  # log held-out accuracy every so many steps (0: never); training is unaffected
     threads: int = 1  # one: on a shared CPU two threads spin-wait and run ~10x slower; results are the same
 
 
@@ -248,11 +250,20 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def batches(seed: int, batch_size: int) -> Iterator[list[demo_tasks.Example]]:
-    """Endless mixed-task training batches from the training split."""
-    examples = demo_tasks.stream(seed, heldout=False)
+def batches(seed: int, batch_size: int, pool: int = BUCKET_POOL) -> Iterator[list[demo_tasks.Example]]:
+    """Endless training batches from the training split, of similar lengths to save padding.
+
+    `pool` batches' worth of examples are drawn, sorted by length (stably), cut into batches, and the
+    batches are yielded in a seeded random order; tasks of similar length still share batches.
+    """
+    examples = demo_tasks.stream(seed, heldout=False, weights=demo_tasks.TRAIN_WEIGHTS)
+    order_rng = random.Random(seed + 2)
     while True:
-        yield [next(examples) for _ in range(batch_size)]
+        drawn = sorted((next(examples) for _ in range(pool * batch_size)),
+                       key=lambda example: len(example["prompt"]) + len(example["answer"]))
+        chunks = [drawn[i : i + batch_size] for i in range(0, len(drawn), batch_size)]
+        order_rng.shuffle(chunks)
+        yield from chunks
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
@@ -286,6 +297,10 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
             print(f"step {step + 1:5d}  loss {running / count:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
                   f"elapsed {time.time() - start:6.1f}s", flush=True)
             running = 0.0
+        if log and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            print(f"step {step + 1:5d}  held-out masked_acc@0.5  {progress_report(model, tokenizer)}",
+                  flush=True)
+            model.train()
     model.eval()
     if out_dir is not None:
         save_checkpoint(model, tokenizer, out_dir, cfg)
@@ -350,6 +365,16 @@ def evaluate(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, per_ta
     return results
 
 
+def progress_report(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, per_task: int = 64) -> str:
+    """Held-out masked-token accuracy per task on one line, for the training log (own random streams)."""
+    model.eval()
+    parts = []
+    for task in demo_tasks.TASKS:
+        examples = demo_tasks.heldout_examples(task, per_task, EVAL_SEED + 1)
+        parts.append(f"{task} {masked_accuracy(model, tokenizer, examples, seed=EVAL_SEED + 1):.3f}")
+    return "  ".join(parts)
+
+
 def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase) -> float:
     """Largest change of position 0's logits when only the last token changes (0 would mean causal)."""
     ids = torch.tensor([encode(demo_tasks.copy_example(random.Random(0)), tokenizer)[0]])
@@ -362,7 +387,7 @@ def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerB
 # ---------------------------------------------------------------- command line
 
 CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size",
-              "log_every", "threads")
+              "log_every", "eval_every", "threads")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
