@@ -120,7 +120,9 @@ def check_output_dir(out: Path, overwrite: bool = False, resume: bool | None = N
     existing = out.is_dir() and any(out.iterdir())
     if existing and not (overwrite or resume):
         fix = "--overwrite to replace it, " + ("--resume to continue it, " if resume is not None else "")
-        raise HeadattrError(f"output directory {out} exists and is not empty; pass {fix}or choose another --out")
+        raise HeadattrError(
+            f"output directory {out} already exists and is not empty; pass {fix}or choose another --out"
+        )
     return existing
 
 
