@@ -237,7 +237,8 @@ def run_demo(
     timings: dict[str, float] = {}
     spec = load_model(model_dir)
     echo(
-        f"model {spec.name}: {spec.num_layers} layers x {spec.num_heads} heads, {spec.num_parameters:,} parameters; "
+        f"built-in model ({spec.family} format): {spec.num_layers} layers x {spec.num_heads} heads, "
+        f"{spec.num_parameters:,} parameters; "
         f"data {data_file}"
     )
     runs: list[Run] = []
