@@ -105,7 +105,7 @@ def test_logit_shift_by_family(dream, llada):
         at = v.positions - 1 if spec.logit_shift else v.positions
         expected = -torch.nn.functional.cross_entropy(logits[at], v.labels)
         rows = prepare_rows(spec, [v], 8, cache_layers=True)
-        got = objective(spec, rows, torch.tensor([0]), {}, 0, "mean-masked")
+        got = objective(spec, rows, torch.tensor([0]), 0, "mean-masked")
         torch.testing.assert_close(got[0], expected)
         torch.testing.assert_close(reference_objective(spec, v.input_ids, v.positions, v.labels), expected)
 
@@ -225,3 +225,15 @@ def test_masks_are_keyed_not_ordered():
     assert all(torch.equal(x.positions, y.positions) for x, y in zip(a[2:4], c[2:4], strict=True))
     assert a[4].positions.tolist() == list(range(*SPAN))  # p = 1 masks every answer token
     assert all(len(v.positions) >= 1 for v in make_variants(IDS, *SPAN, UID, [1e-9], 5, 0, 3))
+
+
+@pytest.mark.parametrize("family", ["dream", "llada"])
+def test_grad_checkpoint_changes_nothing(family, request):
+    spec = request.getfixturevalue(family)
+    plain = attribute_sample(spec, IDS, *SPAN, UID, small_cfg()).attributions
+    spec.set_grad_checkpoint(True)
+    try:
+        recomputed = attribute_sample(spec, IDS, *SPAN, UID, small_cfg()).attributions
+    finally:
+        spec.set_grad_checkpoint(False)
+    np.testing.assert_allclose(recomputed, plain, rtol=1e-12, atol=1e-15)

@@ -137,18 +137,15 @@ def _row_objective(
     return -loss
 
 
-def objective(
-    spec: ModelSpec,
-    rows: VariantRows,
-    v_idx: torch.Tensor,
-    gates: dict[int, torch.Tensor],
-    start: int,
-    normalize: str,
-) -> torch.Tensor:
-    """J for each row (row r is variant `v_idx[r]` with its own `gates`), starting at layer `start`."""
+def objective(spec: ModelSpec, rows: VariantRows, v_idx: torch.Tensor, start: int, normalize: str) -> torch.Tensor:
+    """J for each row (row r is variant `v_idx[r]`), starting at layer `start`, under the caller's gates.
+
+    Callers apply gates with `gates.gated` around this call *and* the backward pass: with gradient
+    checkpointing the layers are recomputed during backward and must see the same gates.
+    """
     owner, pos, labels = rows.gather(v_idx)
     owner, pos, labels = owner.to(spec.device), pos.to(spec.device), labels.to(spec.device)
-    with gated(spec, gates), autocast_for(spec):
+    with autocast_for(spec):
         if spec.stack is not None:
             h = spec.stack.run(rows.hidden_in[start][v_idx], start, spec.num_layers, rows.rope)
             logits = spec.stack.logits(h[owner, pos])
@@ -247,8 +244,9 @@ def attribute_sample(
         grads = np.zeros((len(v_idx), len(layers), n_heads))
         for sl in _chunks(len(v_idx), cfg.batch_size):
             g = a[sl, None, None].expand(-1, len(layers), n_heads).clone().requires_grad_(True)
-            j = objective(spec, rows, v_idx[sl], _path_gates(layers, g), start, cfg.loss_normalize)
-            (grad,) = torch.autograd.grad(j.sum(), g)
+            with gated(spec, _path_gates(layers, g)):
+                j = objective(spec, rows, v_idx[sl], start, cfg.loss_normalize)
+                (grad,) = torch.autograd.grad(j.sum(), g)
             _check_finite(j, grad, name)
             grads[sl] = grad.double().cpu().numpy()
         grads = grads.reshape(n_var, len(alphas), len(layers), n_heads)
@@ -273,7 +271,8 @@ def _no_grad_objective(
     out = []
     for sl in _chunks(len(v_idx), cfg.batch_size):
         chunk_gates = {layer: g[sl] for layer, g in gates.items()}
-        out.append(objective(spec, rows, v_idx[sl], chunk_gates, start, cfg.loss_normalize).double().cpu())
+        with gated(spec, chunk_gates):
+            out.append(objective(spec, rows, v_idx[sl], start, cfg.loss_normalize).double().cpu())
     return torch.cat(out).numpy()
 
 

@@ -198,8 +198,8 @@ def _variant_metrics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, accuracy) of each row: row r is variant `v_idx[r]` under gates `gates[r]` ([B, L, H])."""
     owner, pos, labels = rows.gather(v_idx)
-    with torch.no_grad(), _captured_logits(spec) as seen:
-        j = objective(spec, rows, v_idx, _layer_gates(gates, start), start, "mean-masked")
+    with torch.no_grad(), _captured_logits(spec) as seen, gated(spec, _layer_gates(gates, start)):
+        j = objective(spec, rows, v_idx, start, "mean-masked")
     logits = seen[-1]
     if logits.dim() == 3:  # whole-sequence logits of a generic model: keep the positions objective scored
         logits = logits[owner.to(logits.device), pos.to(logits.device)]
