@@ -53,8 +53,8 @@ class TrainConfig:
 
     seed: int = 0
     steps: int = 5000
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = 32
+    lr: float = 5e-4
     min_lr_ratio: float = 0.05
     warmup_steps: int = 200
     weight_decay: float = 0.01
