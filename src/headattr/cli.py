@@ -223,8 +223,7 @@ def attribute(
     }
     click.echo(
         f"{spec.name}: {spec.family}, {spec.num_layers} layers x {spec.num_heads} heads; "
-        f"{len(samples)} samples x {config.num_variants} masked variants; truncated: "
-        f"{report.prompt_truncated} prompts, {report.answer_truncated} answers; skipped: {report.skipped}",
+        f"{len(samples)} samples x {config.num_variants} masked variants; {report.summary()}",
         err=True,
     )
     result = attribute_api(

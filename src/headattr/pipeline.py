@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -266,8 +267,6 @@ def _load_checkpoint(ckpt_dir: Path, i: int, sample: Sample) -> SampleAttributio
 
 
 def _remove_checkpoints(ckpt_dir: Path | None) -> None:
-    if ckpt_dir is None or not ckpt_dir.is_dir():
-        return
-    for f in ckpt_dir.iterdir():
-        f.unlink()
-    ckpt_dir.rmdir()
+    """Drop the per-sample checkpoints once the final files are in place (they duplicate `attributions`)."""
+    if ckpt_dir is not None and ckpt_dir.is_dir():
+        shutil.rmtree(ckpt_dir)
