@@ -116,7 +116,7 @@ def test_task_answers_are_correct() -> None:
     rng = demo_tasks.random.Random(5)
     for _ in range(50):
         kv = demo_tasks.kv_example(rng)
-        pairs, query = kv["prompt"].split(";")
+        pairs, query = kv["prompt"].rstrip("?").split(";")
         assert dict(pair.split("=") for pair in pairs.split(","))[query] == kv["answer"]
         rev = demo_tasks.reverse_example(rng)
         assert rev["prompt"] == f"rev:{rev['answer'][::-1]}="
@@ -132,7 +132,7 @@ def test_task_answers_are_correct() -> None:
 
 def test_tokenizer_is_one_id_per_character() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(MODEL_DIR))
-    for text in ["a=31,k=72,x=15;k", "copy:hello=", " spaced  out ", "83+57=140"]:
+    for text in ["a=3,k=7,x=1;k?", "copy:hello=", " spaced  out ", "083+457=0540"]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == len(text)
         assert ids == [tokenizer.convert_tokens_to_ids(ch) for ch in text]
