@@ -17,9 +17,9 @@ from headattr.demo import train as demo_train
 
 MAX_WEIGHT_BYTES = 5_000_000
 # Per-task floors for masked-token accuracy at mask rate 0.5 on 40 held-out examples, about 0.1 below what the
-# shipped model measures there (kv 0.64, copy 0.70, reverse 0.87, add 0.86; chance is at most 0.1): a broken
+# shipped model measures there (kv 0.95, copy 0.99, reverse 0.96, add 0.98; chance is at most 0.1): a broken
 # loader, shift or mask token drops far below them.
-ACCURACY_FLOOR = {"kv": 0.5, "copy": 0.55, "reverse": 0.75, "add": 0.75}
+ACCURACY_FLOOR = {"kv": 0.85, "copy": 0.9, "reverse": 0.85, "add": 0.88}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_task_answers_are_correct() -> None:
     rng = demo_tasks.random.Random(5)
     for _ in range(50):
         kv = demo_tasks.kv_example(rng)
-        pairs, query = kv["prompt"].rstrip("?").split(";")
+        pairs, query = kv["prompt"].split(";")
         assert dict(pair.split("=") for pair in pairs.split(","))[query] == kv["answer"]
         rev = demo_tasks.reverse_example(rng)
         assert rev["prompt"] == f"rev:{rev['answer'][::-1]}="
@@ -132,7 +132,7 @@ def test_task_answers_are_correct() -> None:
 
 def test_tokenizer_is_one_id_per_character() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(MODEL_DIR))
-    for text in ["a=3,k=7,x=1;k?", "copy:hello=", " spaced  out ", "083+457=0540"]:
+    for text in ["a=31,k=72,x=15;k", "copy:hello=", " spaced  out ", "83+57=140"]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == len(text)
         assert ids == [tokenizer.convert_tokens_to_ids(ch) for ch in text]

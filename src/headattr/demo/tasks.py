@@ -1,14 +1,17 @@
 """Synthetic tasks of the demo model: small problems that cannot be solved without attention.
 
-Every answer token depends on prompt tokens at positions that change from example to example (the value
-bound to a queried key, the character at the mirrored position, the digits of both operands), so a model
-that solves them must route information between positions, which is what head attribution measures.
+Every answer token is a function of prompt tokens elsewhere in the sequence (the value bound to the queried
+key, wherever that pair sits; the character at the same or the mirrored place of a string of varying
+length; the digits of both operands and the carry), so a model that solves them must move information
+between positions, which is what attention heads do and what head attribution measures.
 
-- `kv`: key-value retrieval, `b=41,q=07,x=93;q?` -> `07`.
-- `copy`: copy a string, `copy:hgqe=` -> `hgqe`.
-- `reverse`: reverse a string, `rev:hgqe=` -> `eqgh`.
-- `add`: addition of 2-3 digit numbers, zero-padded to fixed width (`083+457=` -> `0540`) so that every digit
-  sits at a fixed offset from the `+` and `=` signs; the answer's length then leaks nothing about its value.
+- `kv`: key-value retrieval, `b=41,q=07,x=93;q` -> `07` (2-4 pairs): the queried key ends the prompt, so the
+  position that predicts the first answer token (logits are shifted) holds the key to look up.
+- `copy`: copy a string of 4-8 letters, `copy:hgqe=` -> `hgqe`.
+- `reverse`: reverse a string of 4-8 letters, `rev:hgqe=` -> `eqgh`.
+- `add`: addition of two-digit numbers, the sum written with three digits (`47+85=` -> `132`,
+  `12+30=` -> `042`) so that every digit sits at a fixed offset from the `+` and `=` signs and the answer's
+  length leaks nothing about its value.
 
 Train and held-out examples are kept apart by a hash of the prompt (`is_heldout`), not by seeds alone: the
 training stream rejects held-out prompts, and evaluation and the demo dataset use only held-out prompts.
@@ -31,8 +34,8 @@ KV_PAIRS = (2, 4)  # inclusive range of key-value pairs in a retrieval prompt
 KV_VALUE_DIGITS = 2
 STRING_LENGTHS = (4, 8)  # inclusive range of string lengths for copy and reverse
 ADD_WIDTH = 2  # operands have ADD_WIDTH digits; the sum is written with ADD_WIDTH + 1
-# Training mixes tasks in these proportions: retrieval and addition take the longest to learn.
-TRAIN_WEIGHTS: dict[str, float] = {"kv": 0.5, "copy": 0.15, "reverse": 0.2, "add": 0.15}
+# Training mixes tasks in these proportions: retrieval takes the longest to learn, addition the shortest.
+TRAIN_WEIGHTS: dict[str, float] = {"kv": 0.4, "copy": 0.2, "reverse": 0.25, "add": 0.15}
 HELDOUT_BUCKETS = 10  # one prompt in HELDOUT_BUCKETS is held out
 
 DATASET_SEED = 20240601  # seed of the shipped demo dataset; training streams use their own seeds
@@ -46,7 +49,7 @@ def kv_example(rng: random.Random) -> Example:
     values = ["".join(rng.choice(string.digits) for _ in range(KV_VALUE_DIGITS)) for _ in keys]
     query = rng.randrange(n_pairs)
     pairs = ",".join(f"{key}={value}" for key, value in zip(keys, values, strict=True))
-    return {"prompt": f"{pairs};{keys[query]}?", "answer": values[query], "task": "kv"}
+    return {"prompt": f"{pairs};{keys[query]}", "answer": values[query], "task": "kv"}
 
 
 def _random_string(rng: random.Random) -> str:
