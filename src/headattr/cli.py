@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
+from .aggregate import POSTPROCESS
 from .data import FORMATS, build_samples
-from .engine import LOSS_NORMALIZE, POSTPROCESS, SCOPES, GateIGConfig
+from .engine import LOSS_NORMALIZE, SCOPES, GateIGConfig
 from .errors import HeadattrError
 from .models import ModelSpec, load_model
 from .pipeline import attribute as attribute_api

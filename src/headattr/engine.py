@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .aggregate import POSTPROCESS
 from .errors import HeadattrError
 from .gates import gated
 from .masking import Variant, make_variants
@@ -31,7 +32,6 @@ from .quadrature import RULES, nodes_and_weights
 
 SCOPES = ("layer", "joint")
 LOSS_NORMALIZE = ("mean-masked", "sum")
-POSTPROCESS = ("signed", "abs", "relu")
 
 
 @dataclass
@@ -233,7 +233,8 @@ def attribute_sample(
     all_v = torch.arange(n_var, device=spec.device)
     paths = _paths(spec, cfg.scope)
     with torch.no_grad():
-        j_full = _no_grad_objective(spec, rows, all_v, {}, 0, cfg)
+        # all gates 1: start from the deepest cached layer input (layer 0 when nothing beyond it is cached)
+        j_full = _no_grad_objective(spec, rows, all_v, {}, max(len(rows.hidden_in) - 1, 0), cfg)
     attributions = np.zeros((n_var, spec.num_layers, n_heads))
     j_base = np.zeros((n_var, len(paths)))
     for p, layers in enumerate(paths):

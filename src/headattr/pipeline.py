@@ -40,14 +40,6 @@ class Attribution:
     config: GateIGConfig
     timings: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def variants(self) -> list[dict[str, float]]:
-        return [
-            {"prob": p, "draw": r}
-            for p in self.config.mask_probs
-            for r in range(self.config.mask_samples_per_prob)
-        ]
-
     def diagnostics(self) -> dict[str, Any]:
         """Per-variant J and completeness errors, with a summary that says whether `ig_steps` suffices."""
         err = np.abs(self.completeness_error)
