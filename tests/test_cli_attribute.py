@@ -63,6 +63,22 @@ def test_info_prints_what_was_detected(dream_dir, capsys):
     assert "dream" in out and "mask token id  3" in out and "on (position j predicted from j-1)" in out
 
 
+
+def test_threads_apply_to_one_command_only(dream_dir, capsys, monkeypatch):
+    import torch
+
+    import headattr.cli as cli
+
+    seen = []
+    real_load = cli.load_model
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: seen.append(torch.get_num_threads()) or real_load(*a, **k))
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    assert run_cli(["info", dream_dir, "--threads", wanted], capsys)[0] == 0
+    assert seen == [wanted] and torch.get_num_threads() == before
+    code, _, err = run_cli(["info", dream_dir, "--threads", 0], capsys)
+    assert code == 2 and "--threads" in err and "Traceback" not in err
+
 def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 4, *FAST]
     for name, extra in (("a", []), ("b", []), ("c", ["--batch-size", "1"])):
@@ -204,3 +220,17 @@ def test_every_input_error_is_one_line_with_exit_2(dream_dir, data_file, tmp_pat
         assert code == 2 and len(errors) == 1 and needle in errors[0] and "Traceback" not in err, (args, err)
     code, _, err = run_cli(["attribute", dream_dir, "--data", data_file, *base, "--out", existing], capsys)
     assert code == 2 and "--overwrite" in err and (existing / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("family", ["dream_dir", "llada_dir", "bert"])
+def test_meta_device_describes_without_reading_weights(family, request, tmp_path):
+    import torch
+
+    from headattr.models import load_model
+
+    root = _bert(tmp_path) if family == "bert" else request.getfixturevalue(family)
+    options = {"head_module": "attention.output.dense", "logit_shift": "off"} if family == "bert" else {}
+    full, meta = load_model(root, device="cpu", **options), load_model(root, device="meta", **options)
+    assert all(p.is_meta for p in meta.model.parameters())
+    assert meta.describe() | {"device": "cpu"} == full.describe()
+    assert all(isinstance(p, torch.Tensor) and not p.is_meta for p in full.model.parameters())

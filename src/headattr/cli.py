@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 
 from .aggregate import POSTPROCESS
 from .data import FORMATS, build_samples
@@ -40,12 +41,21 @@ def parse_floats(text: str, flag: str) -> tuple[float, ...]:
         ) from None
 
 
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine).",
+)
+
+
 def model_options(f):
     """Flags that say how to load a model (shared by every command that loads one)."""
     options = [
         click.option(
             "--trust-remote-code", is_flag=True, help="Run the checkpoint's own Python code (off by default)."
         ),
+        threads_option,
         click.option("--head-module", default=None, help="Name of each layer's attention output projection."),
         click.option(
             "--mask-token-id", type=int, default=None, help="Mask token id, when the config has none."
@@ -79,6 +89,8 @@ def model_options(f):
 
 
 def _load(model: str, o: dict) -> ModelSpec:
+    if o.get("threads") is not None:
+        torch.set_num_threads(o["threads"])  # `main` restores the previous count
     return load_model(
         model,
         dtype=o["dtype"],
@@ -249,8 +261,16 @@ def attribute(
 @click.argument("model")
 @model_options
 def info(model: str, **options) -> None:
-    """Print what headattr detects in MODEL (family, shape, mask token, shift) without attributing."""
-    spec = _load(model, options)
+    """Print what headattr detects in MODEL (family, shape, mask token, shift) without attributing.
+
+    Only the config, the tokenizer and the weights' names and shapes are read (a meta-device model), so this
+    takes a second on a 7B checkpoint; the dtype and device are those a run with the same flags would use.
+    """
+    device = options["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = options["dtype"]
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    spec = _load(model, {**options, "device": "meta", "dtype": dtype})
     d = spec.describe()
     shift = "on (position j predicted from j-1)" if spec.logit_shift else "off (position j predicted from j)"
     rows = [
@@ -267,8 +287,8 @@ def info(model: str, **options) -> None:
         ),
         ("logit shift", shift),
         ("parameters", f"{d['num_parameters']:,}"),
-        ("dtype", d["dtype"]),
-        ("device", d["device"]),
+        ("dtype", dtype),
+        ("device", device),
         ("layer reuse", "yes" if d["layer_reuse"] else "no (whole forward per layer)"),
         ("config hash", d["config_hash"][:16]),
     ]
@@ -489,12 +509,7 @@ def prune_cmd(
 @click.option("--ig-steps", type=int, default=None, help="IG steps [default: 8; --quick: 2].")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine).",
-)
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def demo_cmd(
     out: Path,
@@ -506,22 +521,16 @@ def demo_cmd(
     quiet: bool,
 ) -> None:
     """Attribute the built-in model with two seeds, compare the runs, and validate the scores by pruning."""
-    import torch
-
     from .demo.run import format_summary, run_demo
 
-    for flag, value in (("--samples", samples), ("--ig-steps", ig_steps), ("--threads", threads)):
+    for flag, value in (("--samples", samples), ("--ig-steps", ig_steps)):
         if value is not None and value < 1:
             raise HeadattrError(f"{flag} must be at least 1, got {value}")
-    previous_threads = torch.get_num_threads()
     if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        result = run_demo(
-            out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
-        )
-    finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(threads)  # `main` restores the previous count
+    result = run_demo(
+        out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
+    )
     for line in format_summary(result.summary):
         click.echo(line)
     click.echo(f"finished in {result.timings['total_s']:.0f} s; outputs:")
@@ -531,6 +540,7 @@ def demo_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; input errors become one line on stderr and exit status 2."""
+    threads = torch.get_num_threads()
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="headattr")
     except HeadattrError as exc:
@@ -543,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx_hint = " (see `headattr --help`)" if isinstance(exc, click.UsageError) else ""
         click.echo(f"headattr: error: {exc.format_message()}{ctx_hint}", err=True)
         return exc.exit_code
+    finally:
+        torch.set_num_threads(threads)  # `--threads` lasts one command, also when main is called in-process
     return 0
 
 

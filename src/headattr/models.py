@@ -154,7 +154,9 @@ def load_model(
     """Load a checkpoint directory (or hub id) with its tokenizer and describe it.
 
     `dtype` "auto" means bfloat16 on CUDA and float32 on CPU. `logit_shift` is "auto" (by family), "on"
-    or "off". Weights are frozen (`requires_grad=False`); the model is in eval mode.
+    or "off". Weights are frozen (`requires_grad=False`); the model is in eval mode. `device="meta"` reads
+    only the config and the weights' names and shapes (no tensor data): enough to describe a 7B checkpoint
+    in a second, not to run it.
     """
     root = _resolve_path(path)
     config = _read_config(root)
@@ -236,15 +238,22 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def iter_checkpoint_tensors(root: Path, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) from safetensors shards, or from `*.bin` files with `weights_only=True`."""
+    """Yield (name, tensor) from safetensors shards, or from `*.bin` files with `weights_only=True`.
+
+    On the `meta` device, safetensors shards yield empty tensors of the stored shapes (headers only).
+    """
     from safetensors import safe_open
 
     shards = sorted(root.glob("*.safetensors"))
     if shards:
+        meta = str(device) == "meta"
         for shard in shards:
-            with safe_open(str(shard), framework="pt", device=str(device)) as f:
+            with safe_open(str(shard), framework="pt", device="cpu" if meta else str(device)) as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    if meta:
+                        yield name, torch.empty(f.get_slice(name).get_shape(), device="meta")
+                    else:
+                        yield name, f.get_tensor(name)
         return
     bins = sorted(root.glob("*.bin"))
     if not bins:
@@ -252,7 +261,8 @@ def iter_checkpoint_tensors(root: Path, device: str = "cpu") -> Iterator[tuple[s
             f"{root} holds no weights (*.safetensors or *.bin); pass a complete checkpoint directory"
         )
     for shard in bins:
-        yield from torch.load(shard, map_location=device, weights_only=True).items()
+        for name, tensor in torch.load(shard, map_location="cpu", mmap=True, weights_only=True).items():
+            yield name, tensor.to(device)
 
 
 def _load_tokenizer(root: Path, trust_remote_code: bool) -> Any:
@@ -441,9 +451,13 @@ def _load_generic(
     model = None
     for auto in (AutoModelForMaskedLM, AutoModelForCausalLM):
         try:
-            model = auto.from_pretrained(
-                str(root), config=config, dtype=dtype, trust_remote_code=trust_remote_code
-            )
+            if str(device) == "meta":  # describe only: the architecture without reading any weight
+                with torch.device("meta"):
+                    model = auto.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+            else:
+                model = auto.from_pretrained(
+                    str(root), config=config, dtype=dtype, trust_remote_code=trust_remote_code
+                )
             break
         except (ValueError, KeyError):
             continue
