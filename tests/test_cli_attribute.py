@@ -234,3 +234,29 @@ def test_meta_device_describes_without_reading_weights(family, request, tmp_path
     assert all(p.is_meta for p in meta.model.parameters())
     assert meta.describe() | {"device": "cpu"} == full.describe()
     assert all(isinstance(p, torch.Tensor) and not p.is_meta for p in full.model.parameters())
+
+
+def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path, capsys, monkeypatch):
+    from headattr import pipeline
+
+    out = tmp_path / "run"
+    args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
+    assert run_cli(args, capsys)[0] == 0
+    old = (out / "scores.safetensors").read_bytes()
+    real, calls = pipeline.attribute_sample, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "attribute_sample", interrupted)
+    assert run_cli([*args, "--seed", 5, "--overwrite"], capsys)[0] == 130
+    assert (out / "scores.safetensors").read_bytes() == old  # the finished run is intact and readable
+    assert read_run(out).meta["config"]["seed"] == 47
+    monkeypatch.setattr(pipeline, "attribute_sample", real)
+    assert run_cli([*args, "--seed", 5, "--resume"], capsys)[0] == 0  # finishing the new run replaces it
+    assert run_cli([*args, "--seed", 5, "--out", tmp_path / "fresh"], capsys)[0] == 0
+    assert (out / "scores.safetensors").read_bytes() == (tmp_path / "fresh/scores.safetensors").read_bytes()
+    assert read_run(out).meta["config"]["seed"] == 5 and not (out / "checkpoints").exists()

@@ -85,10 +85,15 @@ def attribute(
     started = time.perf_counter()
     meta = _meta(spec, samples, config, run_info or {}, status="running")
     if out is not None:
-        out = rundir.prepare_output_dir(Path(out), overwrite=overwrite, resume=resume)
+        # --overwrite drops only stale checkpoints: a finished run already in `out` stays readable until this
+        # one has finished and replaces its files, so a failed or interrupted overwrite loses nothing.
+        out = rundir.prepare_output_dir(
+            Path(out), overwrite=overwrite, resume=resume, owned=(rundir.CHECKPOINT_DIR,)
+        )
         ckpt_dir = out / rundir.CHECKPOINT_DIR
         _check_resume(ckpt_dir, fingerprint, resume)
-        rundir.atomic_write_json(out / rundir.META_FILE, {"format": rundir.RUN_FORMAT, **meta})
+        if not _holds_finished_run(out):
+            rundir.atomic_write_json(out / rundir.META_FILE, {"format": rundir.RUN_FORMAT, **meta})
     results, computed = [], 0
     bar = tqdm(samples, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True)
     for i, sample in enumerate(bar):
@@ -120,6 +125,14 @@ def attribute(
         rundir.write_run(out, result.scores, result.attributions, meta)
         _remove_checkpoints(ckpt_dir)
     return result
+
+
+def _holds_finished_run(out: Path) -> bool:
+    """Whether `out` holds the run.json of a completed run (which an `--overwrite` keeps until it is done)."""
+    try:
+        return json.loads((out / rundir.META_FILE).read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _combine(results: list[SampleAttribution], samples: list[Sample], config: GateIGConfig) -> Attribution:
