@@ -53,7 +53,7 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert _finite([c["mean_per_layer_pearson"], c["global_spearman"], p["single_head_spearman"]])
     assert _finite(p["baseline"].values())
     for rows in p["at_fraction"].values():
-        assert set(rows) == {"0.1", "0.2", "0.3"}
+        assert set(rows) == {"0.05", "0.1", "0.2", "0.3"}
         assert all(_finite(r.values()) for r in rows.values())
 
     pruning = json.loads((out / "prune/pruning.json").read_text())

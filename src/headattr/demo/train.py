@@ -63,6 +63,7 @@ class TrainConfig:
     num_layers: int = 6
     num_heads: int = 8
     num_kv_heads: int = 4
+    head_dim: int | None = None  # None: hidden_size // num_heads (as in Dream); smaller heads share more work
     intermediate_size: int = 384
     rope_theta: float = 100.0  # sequences are < 40 tokens: a small base spreads RoPE's frequencies over them
     init_std: float = 0.02
@@ -84,6 +85,7 @@ def model_config(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2C
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim or cfg.hidden_size // cfg.num_heads,
         max_position_embeddings=cfg.max_positions,
         rope_theta=cfg.rope_theta,
         rms_norm_eps=1e-6,
@@ -133,6 +135,7 @@ def dream_config_dict(config: Qwen2Config, dtype: str = "float32") -> dict:
         "num_attention_heads": config.num_attention_heads,
         "num_hidden_layers": config.num_hidden_layers,
         "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
         "rms_norm_eps": config.rms_norm_eps,
         "rope_theta": config.rope_parameters["rope_theta"],
         "sliding_window": None,
