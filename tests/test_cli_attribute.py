@@ -260,3 +260,35 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
     assert run_cli([*args, "--seed", 5, "--out", tmp_path / "fresh"], capsys)[0] == 0
     assert (out / "scores.safetensors").read_bytes() == (tmp_path / "fresh/scores.safetensors").read_bytes()
     assert read_run(out).meta["config"]["seed"] == 5 and not (out / "checkpoints").exists()
+
+
+def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, data_file, tmp_path, capsys):
+    args = ["attribute", dream_dir, "--data", data_file, "--samples", 5, *FAST]
+    assert run_cli([*args, "--out", tmp_path / "one"], capsys)[0] == 0
+    expected = (tmp_path / "one/scores.safetensors").read_bytes()
+
+    out = tmp_path / "seq"
+    for i in range(3):
+        code, stdout, err = run_cli([*args, "--out", out, "--shard", f"{i}/3"], capsys)
+        assert code == 0, err
+        assert ("the shard that finishes last writes the run" in stdout) == (i < 2)
+        assert (out / "scores.safetensors").exists() == (i == 2)
+    assert (out / "scores.safetensors").read_bytes() == expected and not (out / "checkpoints").exists()
+    assert read_run(out).meta["status"] == "complete"
+
+    out = tmp_path / "parallel"
+    command = [sys.executable, "-m", "headattr.cli", *map(str, args), "--out", str(out), "--threads", "1"]
+    procs = [subprocess.Popen([*command, "--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    assert (out / "scores.safetensors").read_bytes() == expected
+
+
+def test_shard_errors_are_one_line(dream_dir, data_file, tmp_path, capsys):
+    args = ["attribute", dream_dir, "--data", data_file, "--samples", 2, "--out", tmp_path / "r", *FAST]
+    for shard, extra, words in (("3/3", [], "0 <= I < N"), ("one/two", [], "I/N"),
+                                ("0/2", ["--overwrite"], "--overwrite with --shard")):
+        code, _, err = run_cli([*args, "--shard", shard, *extra], capsys)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ from .engine import LOSS_NORMALIZE, SCOPES, GateIGConfig
 from .errors import HeadattrError
 from .models import ModelSpec, load_model
 from .pipeline import attribute as attribute_api
+from .pipeline import check_shard
 from .quadrature import RULES
 from .rundir import check_output_dir
 
@@ -47,6 +48,17 @@ threads_option = click.option(
     default=None,
     help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine).",
 )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'1/4' -> (1, 4); anything else is a one-line error."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise HeadattrError(f"--shard must be I/N, e.g. 0/4; got {text!r}") from None
+    if not 0 <= index < count:
+        raise HeadattrError(f"--shard {text}: give I/N with 0 <= I < N, e.g. 0/4 ... 3/4")
+    return index, count
 
 
 def model_options(f):
@@ -154,6 +166,13 @@ def data_options(f):
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in backward (long sequences).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Compute only every N-th sample from the I-th (0-based) into the shared --out; run I = 0..N-1 in "
+    "parallel processes; the last to finish writes the run.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @model_options
 def attribute(
@@ -174,10 +193,13 @@ def attribute(
     grad_checkpoint: bool,
     overwrite: bool,
     resume: bool,
+    shard: str | None,
     quiet: bool,
     **options,
 ) -> None:
     """Compute Gate-IG head scores of MODEL on --data and write a run directory."""
+    shard_spec = parse_shard(shard) if shard is not None else None
+    check_shard(shard_spec, out, overwrite)
     data_seed = seed if data_seed is None else data_seed
     config = GateIGConfig(
         ig_steps=ig_steps,
@@ -191,7 +213,7 @@ def attribute(
         postprocess=postprocess,
         batch_size=batch_size,
     )
-    check_output_dir(out, overwrite, resume)
+    check_output_dir(out, overwrite, resume or shard_spec is not None)
     data = {
         k: options.pop(k)
         for k in (
@@ -246,9 +268,16 @@ def attribute(
         out=out,
         overwrite=overwrite,
         resume=resume,
+        shard=shard_spec,
         progress=not quiet,
         run_info={"config": cli_config, "data_report": report.to_dict()},
     )
+    if result is None:
+        click.echo(
+            f"shard {shard}: its samples are done; the shard that finishes last writes the run in {out} "
+            "(or finish the missing samples in one process with --resume)"
+        )
+        return
     c = result.diagnostics()["completeness"]
     click.echo(
         f"completeness error: median {c['median_abs']:.3g}, max {c['max_abs']:.3g} "

@@ -2,6 +2,10 @@
 
 Each sample's result depends only on the model, the sample and the configuration, so samples are
 checkpointed as they finish and a resumed run ends with the same scores as an uninterrupted one.
+
+The same property splits a run across processes or machines (`shard=(i, n)`, `--shard i/n`): each process
+computes the samples at positions `i, i + n, i + 2n, ...` into the shared run directory's checkpoints, and the
+process that finds every checkpoint present when it finishes writes the run, byte-identical to a one-process run.
 """
 
 from __future__ import annotations
@@ -67,19 +71,23 @@ def attribute(
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
     run_info: dict[str, Any] | None = None,
-) -> Attribution:
+) -> Attribution | None:
     """Gate-IG head scores of `spec` over `samples`.
 
     With `out`, writes the run directory (see `headattr.rundir`): per-sample checkpoints while running,
     then `scores.safetensors`, `run.json`, `heads.csv`, `heatmap.png`. `resume` continues a run in `out`
     that was interrupted; the checkpoints must come from the same model, samples and configuration.
-    `run_info` adds entries (data report, CLI configuration) to run.json.
+    `shard=(i, n)` computes only this process's share into `out` (module docstring) and returns None while
+    other shards' samples are still missing. `run_info` adds entries (data report, CLI configuration) to
+    run.json.
     """
     config = config or GateIGConfig()
     if not samples:
         raise HeadattrError("no samples to attribute; check the dataset and --samples")
+    check_shard(shard, out, overwrite)
     fingerprint = _fingerprint(spec, samples, config)
     ckpt_dir = None
     started = time.perf_counter()
@@ -88,15 +96,17 @@ def attribute(
         # --overwrite drops only stale checkpoints: a finished run already in `out` stays readable until this
         # one has finished and replaces its files, so a failed or interrupted overwrite loses nothing.
         out = rundir.prepare_output_dir(
-            Path(out), overwrite=overwrite, resume=resume, owned=(rundir.CHECKPOINT_DIR,)
+            Path(out), overwrite=overwrite, resume=resume or shard is not None, owned=(rundir.CHECKPOINT_DIR,)
         )
         ckpt_dir = out / rundir.CHECKPOINT_DIR
         _check_resume(ckpt_dir, fingerprint, resume)
         if not _holds_finished_run(out):
             rundir.atomic_write_json(out / rundir.META_FILE, {"format": rundir.RUN_FORMAT, **meta})
-    results, computed = [], 0
-    bar = tqdm(samples, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True)
-    for i, sample in enumerate(bar):
+    mine = [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
+    results: dict[int, SampleAttribution] = {}
+    computed = 0
+    for i in tqdm(mine, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True):
+        sample = samples[i]
         result = _load_checkpoint(ckpt_dir, i, sample) if ckpt_dir is not None else None
         if result is None:
             result = attribute_sample(
@@ -111,9 +121,14 @@ def attribute(
             computed += 1
             if ckpt_dir is not None:
                 _save_checkpoint(ckpt_dir, i, sample, result)
-        results.append(result)
+        results[i] = result
+    if shard is not None:
+        others = _collect_other_shards(ckpt_dir, samples, results)
+        if others is None:
+            return None
+        results.update(others)
     elapsed = time.perf_counter() - started
-    result = _combine(results, samples, config)
+    result = _combine([results[i] for i in range(len(samples))], samples, config)
     result.timings = {
         "total_s": elapsed,
         "computed_samples": computed,
@@ -125,6 +140,47 @@ def attribute(
         rundir.write_run(out, result.scores, result.attributions, meta)
         _remove_checkpoints(ckpt_dir)
     return result
+
+
+def check_shard(shard: tuple[int, int] | None, out: str | Path | None, overwrite: bool) -> None:
+    """Raise unless `shard` (index, count) can run: a valid index, a shared `out`, no `overwrite`."""
+    if shard is None:
+        return
+    index, count = shard
+    if not 0 <= index < count:
+        raise HeadattrError(f"--shard {index}/{count}: give I/N with 0 <= I < N, e.g. 0/4 ... 3/4")
+    if out is None:
+        raise HeadattrError("sharded runs meet in a run directory; pass --out (the same one to every shard)")
+    if overwrite:
+        raise HeadattrError(
+            "--overwrite with --shard would delete the other shards' checkpoints; "
+            "empty the directory once before starting the shards, or choose another --out"
+        )
+
+
+def _collect_other_shards(
+    ckpt_dir: Path, samples: list[Sample], done: dict[int, SampleAttribution]
+) -> dict[int, SampleAttribution] | None:
+    """The other shards' results, when every one is checkpointed and this process wins the right to finish.
+
+    The claim is a file created exclusively, so of two shards finishing together exactly one writes the run;
+    None otherwise (results missing, or another shard is finishing).
+    """
+    others: dict[int, SampleAttribution] = {}
+    for i, sample in enumerate(samples):
+        if i not in done:
+            try:
+                result = _load_checkpoint(ckpt_dir, i, sample)
+            except OSError:  # removed meanwhile: another shard has just written the run
+                result = None
+            if result is None:
+                return None
+            others[i] = result
+    try:
+        (ckpt_dir / FINISH_CLAIM).open("x").close()
+    except FileExistsError:
+        return None
+    return others
 
 
 def _holds_finished_run(out: Path) -> bool:
@@ -229,6 +285,9 @@ def _fingerprint(spec: ModelSpec, samples: list[Sample], config: GateIGConfig) -
         "samples": [[s.uid, list(s.input_ids), s.answer_start, s.answer_end] for s in samples],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+FINISH_CLAIM = "finishing"  # created by the shard that writes the run; a single-process --resume ignores it
 
 
 def _check_resume(ckpt_dir: Path, fingerprint: str, resume: bool) -> None:
