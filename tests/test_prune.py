@@ -370,6 +370,10 @@ def test_cli_prune(dream_dir, run_dir, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "single-head ablation vs scores: Spearman" in printed
+    d = json.loads((out / "pruning.json").read_text())
+    loss_line = printed.split("random std, loss: ")[1].splitlines()[0]
+    for row in d["ordering"]["loss"]:  # the printed verdict is the recorded one
+        assert f"{row['fraction']:g} {'yes' if row['beyond_std'] else 'no'}" in loss_line
     for name in ("pruning.json", "pruning_curve.png", "head_mask.json"):
         assert (out / name).is_file() and f"wrote {out / name}" in printed
     d = json.loads((out / "pruning.json").read_text())

@@ -415,9 +415,11 @@ def _parse_orders(text: str) -> tuple[str, ...]:
 
 def _echo_prune(result, paths: dict) -> None:
     """Print the pruning table, the faithfulness line and where each output is."""
-    from .prune import format_faithfulness, format_table
+    from .prune import format_faithfulness, format_ordering, format_table
 
     click.echo(format_table(result))
+    for line in format_ordering(result):
+        click.echo(line)
     line = format_faithfulness(result)
     if line:
         click.echo(line)

@@ -775,6 +775,15 @@ def format_table(result: PruneResult) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in lines)
 
 
+def format_ordering(result: PruneResult) -> list[str]:
+    """Per metric, at which fractions most > random > least holds by more than the random orders' std."""
+    lines = []
+    for metric, rows in result.ordering().items():
+        marks = ", ".join(f"{row['fraction']:g} {'yes' if row['beyond_std'] else 'no'}" for row in rows)
+        lines.append(f"most > random > least by more than the random std, {metric}: {marks}")
+    return lines
+
+
 def format_faithfulness(result: PruneResult) -> str | None:
     """One line on the single-head ablation correlation, if it was measured."""
     sh = result.single_head
