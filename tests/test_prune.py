@@ -404,3 +404,19 @@ def test_decode_matches_unmask_decode(dream, run, eval_samples):
         )
         hits += int((decoded == ids).all())
     assert evaluate(dream, eval_samples, None, eval_config(run), decode=True).exact_match == hits / len(eval_samples)
+
+
+def test_cli_prune_exclude_run(dream, dream_dir, data_file, run_dir, tmp_path, capsys):
+    samples, _ = build_samples(data_file, dream.tokenizer, samples=RUN_SAMPLES, seed=2)
+    other = tmp_path / "other"
+    info = {"config": {"data": str(data_file), "format": "prompt-answer", "max_length": 2048}}
+    attribute(dream, samples, CONFIG, out=other, progress=False, run_info=info)
+    args = ["prune", str(dream_dir), "--scores", str(run_dir), "--orders", "most", "--fractions", "0.5",
+            "--eval-samples", "1000", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--exclude-run", str(other)]) == 0
+    capsys.readouterr()
+    uids = {name: set(json.loads((tmp_path / name / "pruning.json").read_text())["eval"]["uids"]) for name in "ab"}
+    other_uids = {s["hash"] for s in json.loads((other / "run.json").read_text())["samples"]}
+    assert other_uids & uids["a"] and not other_uids & uids["b"]  # the excluded run's samples are gone
+    assert uids["b"] == uids["a"] - other_uids  # and nothing else changed

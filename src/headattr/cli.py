@@ -449,6 +449,13 @@ def _echo_prune(result, paths: dict) -> None:
     type=click.Path(path_type=Path),
     help="Evaluate on this file instead (same format as the run's data; the run's samples are still excluded).",
 )
+@click.option(
+    "--exclude-run",
+    "exclude_runs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Also keep this run's samples out of the evaluation set (repeatable), e.g. the other seed's run.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the pruning outputs.")
 @click.option("--fractions", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Fractions of heads to remove.")
 @click.option("--orders", default="most,least,random", show_default=True, help="Removal orders.")
@@ -475,6 +482,7 @@ def prune_cmd(
     scores_run: Path,
     data_path: Path | None,
     eval_data: Path | None,
+    exclude_runs: tuple[Path, ...],
     out: Path,
     fractions: str,
     orders: str,
@@ -499,10 +507,11 @@ def prune_cmd(
     if batch_size < 1:
         raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
     run = read_run(scores_run)
+    excluded = [read_run(path) for path in exclude_runs]
     spec = _load(model, options)
     check_run_matches(spec, run)
     selection = select_eval_samples(
-        spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed
+        spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed, exclude_runs=excluded
     )
     click.echo(
         f"{spec.name}: {spec.num_layers} layers x {spec.num_heads} heads; evaluating on {len(selection.samples)} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-MODEL_DIR: Path = PACKAGE_DIR / "model"
+MODEL_DIR: Path = PACKAGE_DIR / "tiny-dream"
 DATA_FILE: Path = PACKAGE_DIR / "data" / "demo.jsonl"
 
 __all__ = ["DATA_FILE", "MODEL_DIR"]

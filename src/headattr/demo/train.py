@@ -52,19 +52,19 @@ class TrainConfig:
     """Architecture and optimisation settings; the defaults produce the shipped model."""
 
     seed: int = 0
-    steps: int = 6000
+    steps: int = 12000
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    hidden_size: int = 128
+    hidden_size: int = 64  # narrow: at 128 a few heads carry everything and the rest are interchangeable
     num_layers: int = 6
     num_heads: int = 8
     num_kv_heads: int = 4
     head_dim: int | None = None  # None: hidden_size // num_heads (as in Dream); smaller heads share more work
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     rope_theta: float = 100.0  # sequences are < 40 tokens: a small base spreads RoPE's frequencies over them
     init_std: float = 0.02
     max_positions: int = 256
@@ -391,7 +391,7 @@ def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerB
 
 # ---------------------------------------------------------------- command line
 
-CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "intermediate_size",
+CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "hidden_size", "intermediate_size",
               "log_every", "eval_every", "threads", "rope_theta", "init_std")
 
 
