@@ -156,11 +156,13 @@ def plot_pruning_curve(result, path: Path) -> None:
     """Write `pruning_curve.png`: each metric vs the fraction of heads removed, one line per order.
 
     `result` is a `headattr.prune.PruneResult`. The unpruned model is the point at fraction 0 of every line;
-    the random orders are drawn as their mean with a band from their minimum to their maximum.
+    the random orders are drawn as their mean, a band of one standard deviation around it (the spread the
+    ordering verdict uses) and a lighter band from their minimum to their maximum. The legend sits below the
+    panels, where it cannot hide a curve.
     """
     fractions = np.concatenate([[0.0], np.asarray(result.fractions, dtype=np.float64)])
     metrics = result.metrics
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         base = getattr(result.baseline, metric)
         for order in result.display_orders:
@@ -168,14 +170,11 @@ def plot_pruning_curve(result, path: Path) -> None:
             if order == "random":
                 summary = result.random_summary(metric)
                 n = result.curves["random"][metric].shape[0]
-                ax.fill_between(
-                    fractions,
-                    np.concatenate([[base], summary["min"]]),
-                    np.concatenate([[base], summary["max"]]),
-                    color=color,
-                    alpha=0.2,
-                    label=f"random min-max ({n} orders)",
-                )
+                low, high = summary["mean"] - summary["std"], summary["mean"] + summary["std"]
+                for lo, hi, alpha, label in ((summary["min"], summary["max"], 0.12, f"random min-max ({n} orders)"),
+                                            (low, high, 0.3, "random mean ± std")):
+                    ax.fill_between(fractions, np.concatenate([[base], lo]), np.concatenate([[base], hi]),
+                                    color=color, alpha=alpha, linewidth=0, label=label)
                 values, label = summary["mean"], f"random (mean of {n})"
             else:
                 values, label = result.curves[order][metric], f"{order} important first"
@@ -184,8 +183,9 @@ def plot_pruning_curve(result, path: Path) -> None:
         ax.set_ylabel(_PRUNE_LABELS[metric])
         ax.set_title(_PRUNE_LABELS[metric])
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", frameon=False)
     n_eval = result.eval_info.get("samples")
     fig.suptitle("Head pruning by Gate-IG score" + (f" ({n_eval} held-out samples)" if n_eval else ""))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
