@@ -93,35 +93,9 @@ def attribute(
     started = time.perf_counter()
     meta = _meta(spec, samples, config, run_info or {}, status="running")
     if out is not None:
-        # --overwrite drops only stale checkpoints: a finished run already in `out` stays readable until this
-        # one has finished and replaces its files, so a failed or interrupted overwrite loses nothing.
-        out = rundir.prepare_output_dir(
-            Path(out), overwrite=overwrite, resume=resume or shard is not None, owned=(rundir.CHECKPOINT_DIR,)
-        )
-        ckpt_dir = out / rundir.CHECKPOINT_DIR
-        _check_resume(ckpt_dir, fingerprint, resume)
-        if not _holds_finished_run(out):
-            rundir.atomic_write_json(out / rundir.META_FILE, {"format": rundir.RUN_FORMAT, **meta})
+        out, ckpt_dir = _open_run_dir(Path(out), fingerprint, meta, overwrite, resume, sharded=shard is not None)
     mine = [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
-    results: dict[int, SampleAttribution] = {}
-    computed = 0
-    for i in tqdm(mine, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True):
-        sample = samples[i]
-        result = _load_checkpoint(ckpt_dir, i, sample) if ckpt_dir is not None else None
-        if result is None:
-            result = attribute_sample(
-                spec,
-                sample.input_ids,
-                sample.answer_start,
-                sample.answer_end,
-                sample.uid,
-                config,
-                name=f"sample {sample.index} (uid {sample.uid})",
-            )
-            computed += 1
-            if ckpt_dir is not None:
-                _save_checkpoint(ckpt_dir, i, sample, result)
-        results[i] = result
+    results, computed = _attribute_samples(spec, samples, mine, config, ckpt_dir, progress)
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
@@ -140,6 +114,54 @@ def attribute(
         rundir.write_run(out, result.scores, result.attributions, meta)
         _remove_checkpoints(ckpt_dir)
     return result
+
+
+def _open_run_dir(
+    out: Path, fingerprint: str, meta: dict[str, Any], overwrite: bool, resume: bool, sharded: bool
+) -> tuple[Path, Path]:
+    """Prepare `out` for this run and return it with its checkpoint folder.
+
+    `--overwrite` drops only stale checkpoints: a finished run already in `out` stays readable until this one
+    has finished and replaces its files, so a failed or interrupted overwrite loses nothing. Shards join a
+    directory the others may have started, like a resume.
+    """
+    out = rundir.prepare_output_dir(out, overwrite=overwrite, resume=resume or sharded, owned=(rundir.CHECKPOINT_DIR,))
+    ckpt_dir = out / rundir.CHECKPOINT_DIR
+    _check_resume(ckpt_dir, fingerprint, resume)
+    if not _holds_finished_run(out):
+        rundir.atomic_write_json(out / rundir.META_FILE, {"format": rundir.RUN_FORMAT, **meta})
+    return out, ckpt_dir
+
+
+def _attribute_samples(
+    spec: ModelSpec,
+    samples: list[Sample],
+    indices: list[int],
+    config: GateIGConfig,
+    ckpt_dir: Path | None,
+    progress: bool,
+) -> tuple[dict[int, SampleAttribution], int]:
+    """Results of `samples[i]` for i in `indices`, from a checkpoint when one exists; and how many were computed."""
+    results: dict[int, SampleAttribution] = {}
+    computed = 0
+    for i in tqdm(indices, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True):
+        sample = samples[i]
+        result = _load_checkpoint(ckpt_dir, i, sample) if ckpt_dir is not None else None
+        if result is None:
+            result = attribute_sample(
+                spec,
+                sample.input_ids,
+                sample.answer_start,
+                sample.answer_end,
+                sample.uid,
+                config,
+                name=f"sample {sample.index} (uid {sample.uid})",
+            )
+            computed += 1
+            if ckpt_dir is not None:
+                _save_checkpoint(ckpt_dir, i, sample, result)
+        results[i] = result
+    return results, computed
 
 
 def check_shard(shard: tuple[int, int] | None, out: str | Path | None, overwrite: bool) -> None:
