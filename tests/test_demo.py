@@ -67,3 +67,24 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
     assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 2  # never silently overwrites
     assert "already exists" in capsys.readouterr().err
+
+
+def test_demo_on_another_model_and_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import shutil
+
+    model = tmp_path / "retrained"
+    shutil.copytree(MODEL_DIR, model)
+    rows = DATA_FILE.read_text().splitlines()[:160]
+    data = tmp_path / "subset.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--quiet", "--threads", "1", "--out", str(out)]
+    assert main([*args, "--model", str(model), "--data", str(data)]) == 0
+    meta = json.loads((out / "run-seed47/run.json").read_text())
+    assert meta["model"]["path"] == str(model) and meta["config"]["data"] == str(data)
+    pruning = json.loads((out / "prune/pruning.json").read_text())
+    assert pruning["eval"]["source"] == str(data) and pruning["eval"]["rows"] == len(rows)
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--data", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "does not exist" in err and (out / "summary.json").is_file()  # nothing lost

@@ -549,6 +549,20 @@ def prune_cmd(
 @click.option("--ig-steps", type=int, default=None, help="IG steps [default: 8; --quick: 2].")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="A checkpoint of the demo's kind, e.g. retrained by python -m headattr.demo.train [default: built-in].",
+)
+@click.option(
+    "--data",
+    "data_file",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="A prompt/answer JSONL with a task field [default: the built-in demo data].",
+)
 @threads_option
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def demo_cmd(
@@ -557,11 +571,17 @@ def demo_cmd(
     ig_steps: int | None,
     overwrite: bool,
     quick: bool,
+    model_dir: Path | None,
+    data_file: Path | None,
     threads: int | None,
     quiet: bool,
 ) -> None:
     """Attribute the built-in model with two seeds, compare the runs, and validate the scores by pruning."""
+    from .demo import DATA_FILE, MODEL_DIR
     from .demo.run import format_summary, run_demo
+
+    if data_file is not None and not data_file.is_file():
+        raise HeadattrError(f"--data {data_file} does not exist; pass a prompt/answer JSONL with a task field")
 
     for flag, value in (("--samples", samples), ("--ig-steps", ig_steps)):
         if value is not None and value < 1:
@@ -569,7 +589,14 @@ def demo_cmd(
     if threads is not None:
         torch.set_num_threads(threads)  # `main` restores the previous count
     result = run_demo(
-        out, samples=samples, ig_steps=ig_steps, quick=quick, overwrite=overwrite, progress=not quiet
+        out,
+        samples=samples,
+        ig_steps=ig_steps,
+        quick=quick,
+        overwrite=overwrite,
+        progress=not quiet,
+        model_dir=model_dir or MODEL_DIR,
+        data_file=data_file or DATA_FILE,
     )
     for line in format_summary(result.summary):
         click.echo(line)

@@ -318,7 +318,8 @@ def _check_resume(ckpt_dir: Path, fingerprint: str, resume: bool) -> None:
         if stamp.read_text().strip() != fingerprint:
             raise HeadattrError(
                 f"the checkpoints in {ckpt_dir} come from a different model, data or configuration; "
-                "rerun with the original flags, or pass --overwrite to start over"
+                "rerun with the original flags, or start over with --overwrite (without --shard: run it once, "
+                "then start the shards)"
             )
         return
     if resume and not (ckpt_dir.parent / rundir.META_FILE).is_file():

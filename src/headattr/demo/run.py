@@ -243,7 +243,7 @@ def run_demo(
     timings: dict[str, float] = {}
     spec = load_model(model_dir)
     echo(
-        f"built-in model ({spec.family} format): {spec.num_layers} layers x {spec.num_heads} heads, "
+        f"model {spec.name} ({spec.family} format): {spec.num_layers} layers x {spec.num_heads} heads, "
         f"{spec.num_parameters:,} parameters; "
         f"data {data_file}"
     )
