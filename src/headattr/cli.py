@@ -16,7 +16,7 @@ from .aggregate import POSTPROCESS
 from .data import FORMATS, build_samples
 from .engine import LOSS_NORMALIZE, SCOPES, GateIGConfig
 from .errors import HeadattrError
-from .models import ModelSpec, load_model
+from .models import ModelSpec, default_device, load_model, resolve_dtype
 from .pipeline import attribute as attribute_api
 from .pipeline import check_shard
 from .quadrature import RULES
@@ -42,23 +42,28 @@ def parse_floats(text: str, flag: str) -> tuple[float, ...]:
         ) from None
 
 
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        torch.set_num_threads(value)  # `main` restores the previous count
+
+
 threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
+    expose_value=False,
+    callback=_set_threads,
     help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine).",
 )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """'1/4' -> (1, 4); anything else is a one-line error."""
+    """'1/4' -> (1, 4); text that is not two integers is a one-line error."""
     try:
         index, count = (int(x) for x in text.split("/"))
     except ValueError:
         raise HeadattrError(f"--shard must be I/N, e.g. 0/4; got {text!r}") from None
-    if not 0 <= index < count:
-        raise HeadattrError(f"--shard {text}: give I/N with 0 <= I < N, e.g. 0/4 ... 3/4")
-    return index, count
+    return index, count  # the range is `check_shard`'s, shared with the Python API
 
 
 def model_options(f):
@@ -101,8 +106,6 @@ def model_options(f):
 
 
 def _load(model: str, o: dict) -> ModelSpec:
-    if o.get("threads") is not None:
-        torch.set_num_threads(o["threads"])  # `main` restores the previous count
     return load_model(
         model,
         dtype=o["dtype"],
@@ -295,10 +298,8 @@ def info(model: str, **options) -> None:
     Only the config, the tokenizer and the weights' names and shapes are read (a meta-device model), so this
     takes a second on a 7B checkpoint; the dtype and device are those a run with the same flags would use.
     """
-    device = options["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = options["dtype"]
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    device = options["device"] or default_device()
+    dtype = str(resolve_dtype(options["dtype"], device)).removeprefix("torch.")
     spec = _load(model, {**options, "device": "meta", "dtype": dtype})
     d = spec.describe()
     shift = "on (position j predicted from j-1)" if spec.logit_shift else "off (position j predicted from j)"
@@ -573,7 +574,6 @@ def demo_cmd(
     quick: bool,
     model_dir: Path | None,
     data_file: Path | None,
-    threads: int | None,
     quiet: bool,
 ) -> None:
     """Attribute the built-in model with two seeds, compare the runs, and validate the scores by pruning."""
@@ -586,8 +586,6 @@ def demo_cmd(
     for flag, value in (("--samples", samples), ("--ig-steps", ig_steps)):
         if value is not None and value < 1:
             raise HeadattrError(f"{flag} must be at least 1, got {value}")
-    if threads is not None:
-        torch.set_num_threads(threads)  # `main` restores the previous count
     result = run_demo(
         out,
         samples=samples,

@@ -160,8 +160,8 @@ def load_model(
     """
     root = _resolve_path(path)
     config = _read_config(root)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = _resolve_dtype(dtype, device)
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype, device)
     model_type = str(config.get("model_type", "")).lower()
     if model_type == "dream":
         spec = _load_dream(root, config, torch_dtype, device, attn_implementation)
@@ -229,7 +229,13 @@ def config_hash(root: Path) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def default_device() -> str:
+    """Where models run unless `--device` says otherwise: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The weights' dtype for a `--dtype` value on `device` ("auto": bfloat16 on CUDA, float32 elsewhere)."""
     if dtype == "auto":
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if dtype not in DTYPES:
