@@ -274,7 +274,11 @@ def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, 
         assert ("the shard that finishes last writes the run" in stdout) == (i < 2)
         assert (out / "scores.safetensors").exists() == (i == 2)
     assert (out / "scores.safetensors").read_bytes() == expected and not (out / "checkpoints").exists()
-    assert read_run(out).meta["status"] == "complete"
+    meta = read_run(out).meta
+    assert meta["status"] == "complete"
+    # the last shard (index 2 of 3: sample 2) computed its one sample and read the other four from its peers
+    assert meta["timings"]["computed_samples"] == 1 and meta["timings"]["resumed_samples"] == 0
+    assert meta["timings"]["other_shards_samples"] == 4
 
     out = tmp_path / "parallel"
     command = [sys.executable, "-m", "headattr.cli", *map(str, args), "--out", str(out), "--threads", "1"]

@@ -106,7 +106,8 @@ def attribute(
     result.timings = {
         "total_s": elapsed,
         "computed_samples": computed,
-        "resumed_samples": len(samples) - computed,
+        "resumed_samples": len(mine) - computed,  # this process's share, read back from its checkpoints
+        "other_shards_samples": len(samples) - len(mine),
         "per_sample_s": elapsed / max(computed, 1),
     }
     if out is not None:
