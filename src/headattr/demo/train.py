@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -391,8 +391,7 @@ def check_bidirectional(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerB
 
 # ---------------------------------------------------------------- command line
 
-CLI_FIELDS = ("seed", "steps", "batch_size", "lr", "warmup_steps", "num_layers", "hidden_size", "intermediate_size",
-              "log_every", "eval_every", "threads", "rope_theta", "init_std")
+CLI_FIELDS = tuple(field.name for field in fields(TrainConfig))  # every setting, so any variant is one command
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -404,8 +403,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out")
     parser.add_argument("--eval-per-task", type=int, default=200, help="held-out examples per task")
     for name in CLI_FIELDS:
-        value = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        value, flag = getattr(defaults, name), f"--{name.replace('_', '-')}"
+        if value is None:  # head_dim
+            parser.add_argument(flag, type=int, help="default: hidden size // heads")
+        else:
+            parser.add_argument(flag, type=type(value), default=value, help=f"default: {value}")
     return parser.parse_args(argv)
 
 
