@@ -167,9 +167,14 @@ def test_training_command_exposes_every_setting(tmp_path, capsys) -> None:
     assert demo_train.TrainConfig(**{name: getattr(args, name) for name in demo_train.CLI_FIELDS}) == (
         demo_train.TrainConfig()
     )
-    demo_train.main(["--out", str(tmp_path), "--no-data", "--eval-per-task", "2", "--steps", "2", "--batch-size", "4",
-                     "--hidden-size", "32", "--num-layers", "1", "--num-heads", "4", "--num-kv-heads", "4",
-                     "--head-dim", "4", "--intermediate-size", "32", "--warmup-steps", "1", "--weight-decay", "0"])
+    threads = torch.get_num_threads()
+    try:
+        demo_train.main(["--out", str(tmp_path), "--no-data", "--eval-per-task", "2", "--steps", "2",
+                         "--batch-size", "4", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "4",
+                         "--num-kv-heads", "4", "--head-dim", "4", "--intermediate-size", "32", "--warmup-steps", "1",
+                         "--weight-decay", "0"])
+    finally:
+        torch.set_num_threads(threads)  # main sets --threads for the whole process
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["head_dim"], config["num_key_value_heads"], config["num_hidden_layers"]) == (4, 4, 1)
     assert json.loads((tmp_path / "training_args.json").read_text())["weight_decay"] == 0.0

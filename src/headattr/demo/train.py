@@ -1,6 +1,8 @@
 """Train the demo masked diffusion LM from scratch and write it as a Dream-format checkpoint.
 
-    python -m headattr.demo.train [--out DIR] [--seed 0] [--steps N] [--data FILE | --no-data]
+    python -m headattr.demo.train [--out DIR] [--data FILE | --no-data] [--SETTING VALUE ...]
+
+Every field of `TrainConfig` is a SETTING (`--seed`, `--steps`, `--head-dim`, ...; `--help` lists them).
 
 Why: headattr needs a real, trained diffusion LM that runs on a CPU in seconds, ships inside the package
 and has heads that matter, so that attribution and pruning can be demonstrated and tested without a
