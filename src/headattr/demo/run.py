@@ -121,16 +121,21 @@ def _write_comparison(comparison: Comparison, out: Path, overwrite: bool) -> dic
     return paths
 
 
+def _judged(fraction: float) -> bool:
+    """Whether the acceptance covers `fraction` (up to ACCEPTANCE_MAX_FRACTION, within float rounding)."""
+    return fraction <= ACCEPTANCE_MAX_FRACTION + 1e-9
+
+
 def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
     """The measured numbers the demo prints: consistency of the two runs, pruning up to 0.3 of the heads."""
     pair = comparison.pairs[0]
     curves: dict[str, dict[str, dict[str, float]]] = {}
     for metric in ("loss", "accuracy"):
         curves[metric] = {}
+        rnd = result.random_summary(metric)
         for i, frac in enumerate(result.fractions):
-            if frac > ACCEPTANCE_MAX_FRACTION + 1e-9:
+            if not _judged(frac):
                 continue
-            rnd = result.random_summary(metric)
             curves[metric][f"{frac:g}"] = {
                 "most": float(result.curves["most"][metric][i]),
                 "random": float(rnd["mean"][i]),
@@ -139,8 +144,7 @@ def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
             }
     failing = {
         metric: {
-            test: [row["fraction"] for row in rows if row["fraction"] <= ACCEPTANCE_MAX_FRACTION + 1e-9
-                   and not row[test]]
+            test: [row["fraction"] for row in rows if _judged(row["fraction"]) and not row[test]]
             for test in ("beyond_std", "beyond_range")
         }
         for metric, rows in result.ordering().items()
