@@ -63,7 +63,6 @@ def test_info_prints_what_was_detected(dream_dir, capsys):
     assert "dream" in out and "mask token id  3" in out and "on (position j predicted from j-1)" in out
 
 
-
 def test_threads_apply_to_one_command_only(dream_dir, capsys, monkeypatch):
     import torch
 
@@ -78,6 +77,7 @@ def test_threads_apply_to_one_command_only(dream_dir, capsys, monkeypatch):
     assert seen == [wanted] and torch.get_num_threads() == before
     code, _, err = run_cli(["info", dream_dir, "--threads", 0], capsys)
     assert code == 2 and "--threads" in err and "Traceback" not in err
+
 
 def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 4, *FAST]
