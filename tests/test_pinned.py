@@ -1,0 +1,47 @@
+"""Gate-IG on the built-in model is pinned to numbers computed before the core was restructured.
+
+`fixtures/gate_ig_builtin.safetensors` holds, for 4 demo samples (seed 47, stratified by task), 4 IG steps
+and both scopes, every per-variant array one sample's attribution produces, as computed by the engine of
+commit f219245 with batch size 16. Restructuring the code must not change a single bit of them, at any
+batch size (rows never interact).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import headattr
+from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.engine import GateIGConfig, attribute_sample
+
+FIXTURE = Path(__file__).parent / "fixtures" / "gate_ig_builtin.safetensors"
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the fixture was computed with one thread
+    spec = headattr.load_model(MODEL_DIR)
+    samples, _ = headattr.build_samples(DATA_FILE, spec.tokenizer, samples=4, seed=47, stratify_by="task")
+    yield spec, samples
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("scope", ["layer", "joint"])
+@pytest.mark.parametrize("batch_size", [16, 7])
+def test_gate_ig_is_byte_identical_to_the_pinned_fixture(builtin, scope, batch_size):
+    spec, samples = builtin
+    pinned = load_file(str(FIXTURE))
+    cfg = GateIGConfig(ig_steps=4, scope=scope, mask_seed=47, batch_size=batch_size)
+    for i, s in enumerate(samples):
+        r = attribute_sample(spec, s.input_ids, s.answer_start, s.answer_end, s.uid, cfg)
+        for name in ("attributions", "j_full", "j_baseline", "completeness_error"):
+            expected = pinned[f"{scope}/{i}/{name}"]
+            got = np.asarray(getattr(r, name))
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert got.tobytes() == expected.tobytes(), f"{scope} sample {i} {name} (batch size {batch_size})"
