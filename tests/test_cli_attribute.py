@@ -66,11 +66,13 @@ def test_info_prints_what_was_detected(dream_dir, capsys):
 def test_threads_apply_to_one_command_only(dream_dir, capsys, monkeypatch):
     import torch
 
-    import headattr.cli as cli
+    from headattr.models import loading
 
     seen = []
-    real_load = cli.load_model
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: seen.append(torch.get_num_threads()) or real_load(*a, **k))
+    real_load = loading.load_model
+    monkeypatch.setattr(
+        loading, "load_model", lambda *a, **k: seen.append(torch.get_num_threads()) or real_load(*a, **k)
+    )
     before = torch.get_num_threads()
     wanted = 2 if before == 1 else 1
     assert run_cli(["info", dream_dir, "--threads", wanted], capsys)[0] == 0
@@ -111,12 +113,12 @@ def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_pa
     assert read_run(out).meta["timings"]["resumed_samples"] == done
 
 
-def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_file, tmp_path, capsys):
-    from headattr import pipeline
+def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_file, tmp_path, capsys, monkeypatch):
+    from headattr import attribution
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
-    real = pipeline.attribute_sample
+    real = attribution.attribute_sample
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -125,11 +127,9 @@ def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_f
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    pipeline.attribute_sample = flaky
-    try:
-        code, _, err = run_cli(args, capsys)  # Ctrl-C: exit 130, finished samples stay checkpointed
-    finally:
-        pipeline.attribute_sample = real
+    monkeypatch.setattr(attribution, "attribute_sample", flaky)
+    code, _, err = run_cli(args, capsys)  # Ctrl-C: exit 130, finished samples stay checkpointed
+    monkeypatch.setattr(attribution, "attribute_sample", real)
     assert code == 130 and "--resume" in err
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 1
     code, _, err = run_cli([*args, "--resume", "--ig-steps", "3"], capsys)
@@ -237,13 +237,13 @@ def test_meta_device_describes_without_reading_weights(family, request, tmp_path
 
 
 def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path, capsys, monkeypatch):
-    from headattr import pipeline
+    from headattr import attribution
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
     assert run_cli(args, capsys)[0] == 0
     old = (out / "scores.safetensors").read_bytes()
-    real, calls = pipeline.attribute_sample, {"n": 0}
+    real, calls = attribution.attribute_sample, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -251,11 +251,11 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "attribute_sample", interrupted)
+    monkeypatch.setattr(attribution, "attribute_sample", interrupted)
     assert run_cli([*args, "--seed", 5, "--overwrite"], capsys)[0] == 130
     assert (out / "scores.safetensors").read_bytes() == old  # the finished run is intact and readable
     assert read_run(out).meta["config"]["seed"] == 47
-    monkeypatch.setattr(pipeline, "attribute_sample", real)
+    monkeypatch.setattr(attribution, "attribute_sample", real)
     assert run_cli([*args, "--seed", 5, "--resume"], capsys)[0] == 0  # finishing the new run replaces it
     assert run_cli([*args, "--seed", 5, "--out", tmp_path / "fresh"], capsys)[0] == 0
     assert (out / "scores.safetensors").read_bytes() == (tmp_path / "fresh/scores.safetensors").read_bytes()

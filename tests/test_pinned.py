@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 import headattr
 from headattr.demo import DATA_FILE, MODEL_DIR
-from headattr.engine import GateIGConfig, attribute_sample
+from headattr.attribution import attribute_sample
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gate_ig_builtin.safetensors"
 
@@ -37,11 +37,12 @@ def builtin():
 def test_gate_ig_is_byte_identical_to_the_pinned_fixture(builtin, scope, batch_size):
     spec, samples = builtin
     pinned = load_file(str(FIXTURE))
-    cfg = GateIGConfig(ig_steps=4, scope=scope, mask_seed=47, batch_size=batch_size)
+    method, masking = headattr.GateIGConfig(ig_steps=4, scope=scope), headattr.MaskConfig(mask_seed=47)
     for i, s in enumerate(samples):
-        r = attribute_sample(spec, s.input_ids, s.answer_start, s.answer_end, s.uid, cfg)
+        r = attribute_sample(spec, s, method, masking, batch_size)
+        arrays = {"attributions": r.attributions, **r.diagnostics}
         for name in ("attributions", "j_full", "j_baseline", "completeness_error"):
             expected = pinned[f"{scope}/{i}/{name}"]
-            got = np.asarray(getattr(r, name))
+            got = np.asarray(arrays[name])
             assert got.dtype == expected.dtype and got.shape == expected.shape
             assert got.tobytes() == expected.tobytes(), f"{scope} sample {i} {name} (batch size {batch_size})"

@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
+from headattr import core
+from headattr.attribution import attribute, attribute_sample
 from headattr.cli import main
 from headattr.data import build_samples
 from headattr.decode import unmask_decode
-from headattr.engine import GateIGConfig, attribute_sample
 from headattr.errors import HeadattrError
-from headattr.masking import make_variants
+from headattr.masking import MaskConfig
+from headattr.methods import GateIGConfig
 from headattr.models import load_model
-from headattr.pipeline import attribute
+from headattr.reference import full_logits
 from headattr.prune import (
-    eval_config,
+    eval_masking,
     evaluate,
     gate_matrix,
     head_order,
@@ -37,7 +39,8 @@ from headattr.prune import (
 from headattr.rundir import read_run
 
 RUN_SAMPLES = 6
-CONFIG = GateIGConfig(ig_steps=2, mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
+METHOD = GateIGConfig(ig_steps=2)
+MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -59,11 +62,10 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(dream, dream_dir: Path, data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An attribution run of the tiny Dream model, recording its dataset as the CLI does."""
+    """An attribution run of the tiny Dream model made from the Python API (its samples record their data)."""
     samples, _ = build_samples(data_file, dream.tokenizer, samples=RUN_SAMPLES, seed=1)
     out = tmp_path_factory.mktemp("prune-run") / "run"
-    info = {"config": {"data": str(data_file), "format": "prompt-answer", "max_length": 2048}}
-    attribute(dream, samples, CONFIG, out=out, progress=False, run_info=info)
+    attribute(dream, samples, METHOD, MASKING, out=out, progress=False)
     return out
 
 
@@ -107,7 +109,7 @@ def test_head_order_random_is_seeded_permutation():
     assert a.tolist() != c.tolist()
     with pytest.raises(ValueError):
         head_order(scores, "random")
-    with pytest.raises(HeadattrError, match="unknown pruning order"):
+    with pytest.raises(ValueError, match="unknown pruning order"):
         head_order(scores, "biggest")
     with pytest.raises(HeadattrError, match="NaN"):
         head_order(np.array([[np.nan, 1.0]]), "most")
@@ -153,43 +155,22 @@ def test_random_removals_are_nested_across_fractions():
 
 def test_loss_is_the_attribution_objective(dream, run, eval_samples):
     """Unpruned loss = -J of the engine (mean over variants), i.e. what attribution computes as J(1)."""
-    cfg = eval_config(run)
+    cfg = eval_masking(run)
+    assert cfg == MASKING.replace(loss_normalize="mean-masked")  # read back from run.json
     sample = eval_samples[0]
-    result = attribute_sample(
-        dream,
-        sample.input_ids,
-        sample.answer_start,
-        sample.answer_end,
-        sample.uid,
-        GateIGConfig(
-            ig_steps=1,
-            mask_probs=cfg.mask_probs,
-            mask_samples_per_prob=cfg.mask_samples_per_prob,
-            mask_seed=cfg.mask_seed,
-        ),
-    )
+    result = attribute_sample(dream, sample, GateIGConfig(ig_steps=1), cfg)
     metrics = evaluate(dream, [sample], None, cfg)
-    assert metrics.loss == pytest.approx(-result.j_full.mean(), rel=1e-10)
+    assert metrics.loss == pytest.approx(-result.diagnostics["j_full"].mean(), rel=1e-10)
 
 
 def test_accuracy_is_argmax_at_shifted_positions(dream, run, eval_samples):
-    cfg = eval_config(run)
+    cfg = eval_masking(run)
     per_sample = []
     for sample in eval_samples:
-        variants = make_variants(
-            sample.input_ids,
-            sample.answer_start,
-            sample.answer_end,
-            sample.uid,
-            list(cfg.mask_probs),
-            cfg.mask_samples_per_prob,
-            cfg.mask_seed,
-            dream.mask_token_id,
-        )
         accs = []
-        for v in variants:
+        for v in core.variants(dream, sample, cfg):
             with torch.no_grad():
-                logits = dream.full_logits(v.input_ids[None])[0]
+                logits = full_logits(dream, v.input_ids[None])[0]
             predicted = logits[v.positions - 1].argmax(-1)  # Dream: position j predicted at j-1
             accs.append((predicted == v.labels).double().mean().item())
         per_sample.append(np.mean(accs))
@@ -198,7 +179,7 @@ def test_accuracy_is_argmax_at_shifted_positions(dream, run, eval_samples):
 
 def test_gates_remove_exactly_the_chosen_heads(dream, dream_dir, run, eval_samples):
     """evaluate() under the pruning gates equals the model with those heads' o_proj columns zeroed."""
-    cfg = eval_config(run)
+    cfg = eval_masking(run)
     for order, fraction, per_layer in [("most", 0.3, False), ("least", 0.5, False), ("most", 0.5, True)]:
         removed = heads_to_remove(run.scores, order, fraction, per_layer)
         gated_metrics = evaluate(dream, eval_samples, gate_matrix(3, 4, removed), cfg, decode=True)
@@ -222,7 +203,7 @@ def test_prune_curves_use_the_planned_heads(dream, dream_dir, run, eval_samples)
         progress=False,
         batch_size=7,
     )
-    cfg = eval_config(run)
+    cfg = eval_masking(run)
     assert result.num_removed == [1, 6]
     base = evaluate(dream, eval_samples, None, cfg, decode=True)
     assert result.baseline.loss == pytest.approx(base.loss, rel=1e-10)
@@ -279,7 +260,7 @@ def test_rank_by_abs(dream, run, eval_samples):
 
 def test_single_head_effects(dream, run, eval_samples):
     result = prune(dream, run, eval_samples[:3], fractions=(0.1,), orders=("most",), single_head=True, progress=False)
-    cfg = eval_config(run)
+    cfg = eval_masking(run)
     sh = result.single_head
     delta = np.array(sh["delta_loss"])
     assert delta.shape == (3, 4)
@@ -388,7 +369,7 @@ def test_cli_prune(dream_dir, run_dir, tmp_path, capsys):
 def test_cli_prune_errors(dream_dir, run_dir, tmp_path, capsys):
     base = ["prune", str(dream_dir), "--scores", str(run_dir), "--out", str(tmp_path / "x")]
     assert main([*base, "--orders", "most,top"]) == 2
-    assert "unknown order 'top'" in capsys.readouterr().err
+    assert "unknown pruning order 'top' in --orders" in capsys.readouterr().err
     assert main([*base, "--eval-data", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["prune", str(dream_dir), "--scores", str(tmp_path / "norun"), "--out", str(tmp_path / "y")]) == 2
@@ -400,17 +381,17 @@ def test_decode_matches_unmask_decode(dream, run, eval_samples):
     for s in eval_samples:
         ids = torch.tensor([s.input_ids])
         decoded = unmask_decode(
-            dream.full_logits, ids, list(range(s.answer_start, s.answer_end)), dream.mask_token_id, shift=True
+            lambda x: full_logits(dream, x), ids, list(range(s.answer_start, s.answer_end)), dream.mask_token_id,
+            shift=True,
         )
         hits += int((decoded == ids).all())
-    assert evaluate(dream, eval_samples, None, eval_config(run), decode=True).exact_match == hits / len(eval_samples)
+    assert evaluate(dream, eval_samples, None, eval_masking(run), decode=True).exact_match == hits / len(eval_samples)
 
 
 def test_cli_prune_exclude_run(dream, dream_dir, data_file, run_dir, tmp_path, capsys):
     samples, _ = build_samples(data_file, dream.tokenizer, samples=RUN_SAMPLES, seed=2)
     other = tmp_path / "other"
-    info = {"config": {"data": str(data_file), "format": "prompt-answer", "max_length": 2048}}
-    attribute(dream, samples, CONFIG, out=other, progress=False, run_info=info)
+    attribute(dream, samples, METHOD, MASKING, out=other, progress=False)
     args = ["prune", str(dream_dir), "--scores", str(run_dir), "--orders", "most", "--fractions", "0.5",
             "--eval-samples", "1000", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0

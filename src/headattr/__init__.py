@@ -4,18 +4,19 @@ The command line (`headattr ...`) is a thin layer over these functions:
 
     spec = headattr.load_model(path)                       # Dream, LLaDA or any HF model
     samples, report = headattr.build_samples(data, spec.tokenizer)
-    result = headattr.attribute(spec, samples, headattr.GateIGConfig(), out="run")
+    result = headattr.attribute(spec, samples, headattr.GateIGConfig(), headattr.MaskConfig(), out="run")
     headattr.compare(["run-a", "run-b"]);  headattr.prune(spec, headattr.read_run("run"), eval_samples)
 """
 
 from .aggregate import final_scores, sample_scores
+from .attribution import Attribution, attribute
 from .consistency import Comparison, compare
-from .data import Sample, build_samples
-from .engine import GateIGConfig
+from .data import DataConfig, Sample, build_samples
 from .ensemble import ensemble
 from .errors import HeadattrError
-from .models import ModelSpec, load_model
-from .pipeline import Attribution, attribute
+from .masking import MaskConfig
+from .methods import METHODS, GateIGConfig, MethodConfig
+from .models import ModelConfig, ModelSpec, load_model
 from .prune import prune
 from .rundir import Run, read_run, write_run
 
@@ -24,7 +25,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Attribution",
     "Comparison",
+    "DataConfig",
     "GateIGConfig",
+    "METHODS",
+    "MaskConfig",
+    "MethodConfig",
+    "ModelConfig",
     "ModelSpec",
     "Sample",
     "attribute",

@@ -13,12 +13,14 @@ import click
 import torch
 
 from .aggregate import POSTPROCESS
-from .data import FORMATS, build_samples
-from .engine import LOSS_NORMALIZE, SCOPES, GateIGConfig
+from .attribution import attribute as attribute_api
+from .attribution import check_shard
+from .data import FORMATS, DataConfig
 from .errors import HeadattrError
-from .models import ModelSpec, default_device, load_model, resolve_dtype
-from .pipeline import attribute as attribute_api
-from .pipeline import check_shard
+from .masking import LOSS_NORMALIZE, MaskConfig
+from .methods import SCOPES, GateIGConfig
+from .models import ModelConfig, default_device, resolve_dtype
+from .models.loading import ATTN_IMPLEMENTATIONS, DTYPE_CHOICES, LOGIT_SHIFT
 from .quadrature import RULES
 from .rundir import check_output_dir
 
@@ -29,7 +31,7 @@ def cli() -> None:
     """Gate-IG attention-head attribution for diffusion language models."""
 
 
-# ---------------------------------------------------------------- attribute / info (models, engine)
+# ---------------------------------------------------------------- attribute / info (models, methods)
 
 
 def parse_floats(text: str, flag: str) -> tuple[float, ...]:
@@ -37,9 +39,7 @@ def parse_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise HeadattrError(
-            f"{flag} must be comma-separated numbers, e.g. 0.15,0.3,0.5; got {text!r}"
-        ) from None
+        raise HeadattrError(f"{flag} must be comma-separated numbers, e.g. 0.15,0.3,0.5; got {text!r}") from None
 
 
 def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
@@ -67,26 +67,30 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def model_options(f):
-    """Flags that say how to load a model (shared by every command that loads one)."""
+    """Flags that say how to load a model (shared by every command that loads one): `ModelConfig`'s fields."""
     options = [
         click.option(
             "--trust-remote-code", is_flag=True, help="Run the checkpoint's own Python code (off by default)."
         ),
         threads_option,
-        click.option("--head-module", default=None, help="Name of each layer's attention output projection."),
         click.option(
-            "--mask-token-id", type=int, default=None, help="Mask token id, when the config has none."
+            "--head-module",
+            default=None,
+            help="Name of each layer's attention output projection (a family's own names work, e.g. attn_out).",
+        ),
+        click.option(
+            "--mask-token-id", type=click.IntRange(min=0), default=None, help="Mask token id, when the config has none."
         ),
         click.option(
             "--logit-shift",
-            type=click.Choice(["auto", "on", "off"]),
+            type=click.Choice(LOGIT_SHIFT),
             default="auto",
             show_default=True,
             help="on: position j is predicted from j-1 (Dream); off: from j (LLaDA); auto: by family.",
         ),
         click.option(
             "--dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16", "float64"]),
+            type=click.Choice(DTYPE_CHOICES),
             default="auto",
             show_default=True,
             help="Weights dtype; auto: bfloat16 on CUDA, float32 on CPU.",
@@ -94,7 +98,7 @@ def model_options(f):
         click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
         click.option(
             "--attn-implementation",
-            type=click.Choice(["sdpa", "eager"]),
+            type=click.Choice(ATTN_IMPLEMENTATIONS),
             default="sdpa",
             show_default=True,
             help="Attention kernel (results agree up to rounding).",
@@ -105,67 +109,93 @@ def model_options(f):
     return f
 
 
-def _load(model: str, o: dict) -> ModelSpec:
-    return load_model(
-        model,
-        dtype=o["dtype"],
-        device=o["device"],
-        trust_remote_code=o["trust_remote_code"],
-        head_module=o["head_module"],
-        mask_token_id=o["mask_token_id"],
-        logit_shift=o["logit_shift"],
-        attn_implementation=o["attn_implementation"],
+def model_config(options: dict, grad_checkpoint: bool = False) -> ModelConfig:
+    """The `ModelConfig` of a command's `model_options` (popped from `options`)."""
+    keys = (
+        "dtype",
+        "device",
+        "trust_remote_code",
+        "head_module",
+        "mask_token_id",
+        "logit_shift",
+        "attn_implementation",
     )
+    return ModelConfig(**{k: options.pop(k) for k in keys}, grad_checkpoint=grad_checkpoint)
 
 
 def data_options(f):
-    """Flags that say how to read and select samples."""
+    """Flags that say how to read and select samples: `DataConfig`'s fields."""
     options = [
         click.option(
             "--data",
             "data_path",
             required=True,
-            type=click.Path(path_type=Path),
+            type=click.Path(path_type=Path, exists=True, dir_okay=False),
             help="Dataset file: .jsonl, .json, .csv or .parquet.",
         ),
-        click.option(
-            "--format", "fmt", type=click.Choice(FORMATS), default="prompt-answer", show_default=True
-        ),
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default="prompt-answer", show_default=True),
         click.option("--prompt-field", default="prompt", show_default=True),
         click.option("--answer-field", default="answer", show_default=True),
+        click.option("--chat-template", is_flag=True, help="Format the prompt with the tokenizer's chat template."),
         click.option(
-            "--chat-template", is_flag=True, help="Format the prompt with the tokenizer's chat template."
-        ),
-        click.option(
-            "--samples", type=int, default=50, show_default=True, help="Number of samples (0: all rows)."
+            "--samples",
+            type=click.IntRange(min=0),
+            default=50,
+            show_default=True,
+            help="Number of samples (0: all rows).",
         ),
         click.option("--stratify-by", default=None, help="Field naming each row's group (e.g. task)."),
-        click.option("--samples-per-group", type=int, default=None, help="Samples drawn from each group."),
-        click.option("--max-length", type=int, default=2048, show_default=True),
+        click.option(
+            "--samples-per-group", type=click.IntRange(min=1), default=None, help="Samples drawn from each group."
+        ),
+        click.option("--max-length", type=click.IntRange(min=1), default=2048, show_default=True),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
+def data_config(options: dict, seed: int) -> DataConfig:
+    """The `DataConfig` of a command's `data_options` (popped from `options`)."""
+    return DataConfig(
+        path=str(options.pop("data_path")),
+        format=options.pop("fmt"),
+        prompt_field=options.pop("prompt_field"),
+        answer_field=options.pop("answer_field"),
+        chat_template=options.pop("chat_template"),
+        samples=options.pop("samples"),
+        seed=seed,
+        stratify_by=options.pop("stratify_by"),
+        samples_per_group=options.pop("samples_per_group"),
+        max_length=options.pop("max_length"),
+    )
+
+
+seed_type = click.IntRange(min=0)
+
+
 @cli.command()
 @click.argument("model")
 @data_options
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
-@click.option("--seed", type=int, default=47, show_default=True, help="Seeds everything not set below.")
-@click.option("--data-seed", type=int, default=None, help="Sample selection seed (default: --seed).")
-@click.option("--mask-seed", type=int, default=None, help="Masking seed (default: --seed).")
-@click.option("--ig-steps", type=int, default=8, show_default=True)
+@click.option("--seed", type=seed_type, default=47, show_default=True, help="Seeds everything not set below.")
+@click.option("--data-seed", type=seed_type, default=None, help="Sample selection seed (default: --seed).")
+@click.option("--mask-seed", type=seed_type, default=None, help="Masking seed (default: --seed).")
+@click.option("--ig-steps", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--rule", type=click.Choice(RULES), default="gauss-legendre", show_default=True)
 @click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True)
 @click.option(
-    "--baseline", type=float, default=0.0, show_default=True, help="Gate value at the path's start."
+    "--baseline",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Gate value at the path's start.",
 )
 @click.option("--mask-probs", default="0.15,0.3,0.5,0.7,0.9", show_default=True)
-@click.option("--mask-samples-per-prob", type=int, default=2, show_default=True)
+@click.option("--mask-samples-per-prob", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--loss-normalize", type=click.Choice(LOSS_NORMALIZE), default="mean-masked", show_default=True)
 @click.option("--postprocess", type=click.Choice(POSTPROCESS), default="signed", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Rows per forward pass.")
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in backward (long sequences).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
@@ -203,77 +233,37 @@ def attribute(
     """Compute Gate-IG head scores of MODEL on --data and write a run directory."""
     shard_spec = parse_shard(shard) if shard is not None else None
     check_shard(shard_spec, out, overwrite)
-    data_seed = seed if data_seed is None else data_seed
-    config = GateIGConfig(
-        ig_steps=ig_steps,
-        rule=rule,
-        scope=scope,
-        baseline=baseline,
+    method = GateIGConfig(ig_steps=ig_steps, rule=rule, scope=scope, baseline=baseline)
+    masking = MaskConfig(
         mask_probs=parse_floats(mask_probs, "--mask-probs"),
         mask_samples_per_prob=mask_samples_per_prob,
         mask_seed=seed if mask_seed is None else mask_seed,
         loss_normalize=loss_normalize,
-        postprocess=postprocess,
-        batch_size=batch_size,
     )
+    data = data_config(options, seed if data_seed is None else data_seed)
+    loading = model_config(options, grad_checkpoint)
     check_output_dir(out, overwrite, resume or shard_spec is not None)
-    data = {
-        k: options.pop(k)
-        for k in (
-            "data_path",
-            "fmt",
-            "prompt_field",
-            "answer_field",
-            "chat_template",
-            "samples",
-            "stratify_by",
-            "samples_per_group",
-            "max_length",
-        )
-    }
-    if not data["data_path"].is_file():
-        raise HeadattrError(
-            f"dataset file {data['data_path']} does not exist; pass an existing file to --data"
-        )
-    spec = _load(model, options)
-    spec.set_grad_checkpoint(grad_checkpoint)
-    samples, report = build_samples(
-        data["data_path"],
-        spec.tokenizer,
-        fmt=data["fmt"],
-        prompt_field=data["prompt_field"],
-        answer_field=data["answer_field"],
-        samples=data["samples"],
-        seed=data_seed,
-        stratify_by=data["stratify_by"],
-        samples_per_group=data["samples_per_group"],
-        max_length=data["max_length"],
-        chat_template=data["chat_template"],
-    )
-    data["data"] = str(data.pop("data_path"))
-    data["format"] = data.pop("fmt")
-    cli_config = {
-        "seed": seed,
-        "data_seed": data_seed,
-        **data,
-        "grad_checkpoint": grad_checkpoint,
-        **{k: options[k] for k in ("dtype", "attn_implementation", "logit_shift")},
-    }
+    spec = loading.load(model)
+    samples, report = data.build(spec.tokenizer)
     click.echo(
         f"{spec.name}: {spec.family}, {spec.num_layers} layers x {spec.num_heads} heads; "
-        f"{len(samples)} samples x {config.num_variants} masked variants; {report.summary()}",
+        f"{len(samples)} samples x {masking.num_variants} masked variants; {report.summary()}",
         err=True,
     )
     result = attribute_api(
         spec,
         samples,
-        config,
+        method,
+        masking,
+        postprocess=postprocess,
+        batch_size=batch_size,
+        seed=seed,
         out=out,
         overwrite=overwrite,
         resume=resume,
         shard=shard_spec,
         progress=not quiet,
-        run_info={"config": cli_config, "data_report": report.to_dict()},
+        data_report=report,
     )
     if result is None:
         click.echo(
@@ -298,9 +288,10 @@ def info(model: str, **options) -> None:
     Only the config, the tokenizer and the weights' names and shapes are read (a meta-device model), so this
     takes a second on a 7B checkpoint; the dtype and device are those a run with the same flags would use.
     """
-    device = options["device"] or default_device()
-    dtype = str(resolve_dtype(options["dtype"], device)).removeprefix("torch.")
-    spec = _load(model, {**options, "device": "meta", "dtype": dtype})
+    loading = model_config(options)
+    device = loading.device or default_device()
+    dtype = str(resolve_dtype(loading.dtype, device)).removeprefix("torch.")
+    spec = loading.replace(device="meta", dtype=dtype).load(model)
     d = spec.describe()
     shift = "on (position j predicted from j-1)" if spec.logit_shift else "off (position j predicted from j)"
     rows = [
@@ -310,7 +301,7 @@ def info(model: str, **options) -> None:
         ("query heads", d["num_heads"]),
         ("kv heads", d["num_kv_heads"]),
         ("head dim", d["head_dim"]),
-        ("head module", d["head_module"]),
+        ("head module", d["head_module_label"]),
         (
             "mask token id",
             d["mask_token_id"] if d["mask_token_id"] is not None else "unknown (pass --mask-token-id)",
@@ -338,19 +329,19 @@ def info(model: str, **options) -> None:
     type=click.Path(path_type=Path),
     help="Directory for report.md, metrics.json, layer_metrics.csv and consistency_analysis.png.",
 )
-@click.option(
-    "--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True, help="Language of report.md."
-)
+@click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True, help="Language of report.md.")
 @click.option("--top-k", default="5,10,15,20,25,30", show_default=True, help="K values of the top-K overlaps.")
 @click.option(
     "--good-threshold", type=float, default=0.9, show_default=True, help="Per-layer Pearson that counts as good."
 )
 @click.option("--bands", default=None, help="Layer bands FIRST-LAST,..., e.g. 0-5,6-15,16-27 (default: thirds).")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap replicates (0: skip).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and split-half draws.")
 @click.option(
-    "--target", type=float, default=0.9, show_default=True, help="Reliability the sample projections aim at."
+    "--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Bootstrap replicates (0: skip)."
 )
+@click.option(
+    "--seed", type=seed_type, default=0, show_default=True, help="Seed of the bootstrap and split-half draws."
+)
+@click.option("--target", type=float, default=0.9, show_default=True, help="Reliability the sample projections aim at.")
 @click.option("--overwrite", is_flag=True, help="Replace the report files in an existing --out.")
 def compare_cmd(
     runs: tuple[Path, ...],
@@ -404,13 +395,11 @@ def ensemble_cmd(runs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
 
 
 def _parse_orders(text: str) -> tuple[str, ...]:
-    """'most,least' -> ('most', 'least'); unknown names are a one-line error."""
-    from .prune import ORDERS
+    """'most,least' -> ('most', 'least'), checked by `prune.check_orders`."""
+    from .prune import check_orders
 
     orders = tuple(o.strip() for o in text.split(",") if o.strip())
-    for order in orders:
-        if order not in ORDERS:
-            raise HeadattrError(f"unknown order {order!r} in --orders; choose from {', '.join(ORDERS)}")
+    check_orders(orders)
     return orders
 
 
@@ -460,8 +449,10 @@ def _echo_prune(result, paths: dict) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the pruning outputs.")
 @click.option("--fractions", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Fractions of heads to remove.")
 @click.option("--orders", default="most,least,random", show_default=True, help="Removal orders.")
-@click.option("--random-orders", type=int, default=10, show_default=True, help="Number of random orders.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random orders.")
+@click.option(
+    "--random-orders", type=click.IntRange(min=0), default=10, show_default=True, help="Number of random orders."
+)
+@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of the random orders.")
 @click.option("--per-layer", is_flag=True, help="Remove the same fraction of heads in every layer.")
 @click.option(
     "--rank-by",
@@ -472,9 +463,15 @@ def _echo_prune(result, paths: dict) -> None:
 )
 @click.option("--single-head", is_flag=True, help="Also remove each head on its own; correlate with the scores.")
 @click.option("--exact-match", is_flag=True, help="Also decode each answer from a fully masked answer (slower).")
-@click.option("--eval-samples", type=int, default=100, show_default=True, help="Held-out samples to evaluate on.")
-@click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the held-out sample choice.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass.")
+@click.option(
+    "--eval-samples",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Held-out samples to evaluate on.",
+)
+@click.option("--eval-seed", type=seed_type, default=0, show_default=True, help="Seed of the held-out sample choice.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Rows per forward pass.")
 @click.option("--overwrite", is_flag=True, help="Replace the pruning files in an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @model_options
@@ -505,11 +502,12 @@ def prune_cmd(
     from .rundir import read_run
 
     check_output_dir(out, overwrite)
-    if batch_size < 1:
-        raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
+    prune_orders = _parse_orders(orders)
+    prune_fractions = parse_floats(fractions, "--fractions")
+    loading = model_config(options)
     run = read_run(scores_run)
     excluded = [read_run(path) for path in exclude_runs]
-    spec = _load(model, options)
+    spec = loading.load(model)
     check_run_matches(spec, run)
     selection = select_eval_samples(
         spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed, exclude_runs=excluded
@@ -523,8 +521,8 @@ def prune_cmd(
         spec,
         run,
         selection.samples,
-        fractions=parse_floats(fractions, "--fractions"),
-        orders=_parse_orders(orders),
+        fractions=prune_fractions,
+        orders=prune_orders,
         random_orders=random_orders,
         seed=seed,
         per_layer=per_layer,
@@ -546,8 +544,10 @@ def prune_cmd(
     type=click.Path(path_type=Path),
     help="Directory for every output of the demo.",
 )
-@click.option("--samples", type=int, default=None, help="Samples per attribution run [default: 50; --quick: 8].")
-@click.option("--ig-steps", type=int, default=None, help="IG steps [default: 8; --quick: 2].")
+@click.option(
+    "--samples", type=click.IntRange(min=1), default=None, help="Samples per attribution run [default: 50; --quick: 8]."
+)
+@click.option("--ig-steps", type=click.IntRange(min=1), default=None, help="IG steps [default: 8; --quick: 2].")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
 @click.option(
@@ -561,7 +561,7 @@ def prune_cmd(
     "--data",
     "data_file",
     default=None,
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="A prompt/answer JSONL with a task field [default: the built-in demo data].",
 )
 @threads_option
@@ -580,12 +580,6 @@ def demo_cmd(
     from .demo import DATA_FILE, MODEL_DIR
     from .demo.run import format_summary, run_demo
 
-    if data_file is not None and not data_file.is_file():
-        raise HeadattrError(f"--data {data_file} does not exist; pass a prompt/answer JSONL with a task field")
-
-    for flag, value in (("--samples", samples), ("--ig-steps", ig_steps)):
-        if value is not None and value < 1:
-            raise HeadattrError(f"{flag} must be at least 1, got {value}")
     result = run_demo(
         out,
         samples=samples,

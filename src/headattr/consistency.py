@@ -444,11 +444,6 @@ def rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.asarray(stats.pearsonr(x, y, axis=-1).statistic, dtype=np.float64)
 
 
-def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman along the last axis: Pearson of average ranks (scipy.stats.rankdata), as spearmanr does."""
-    return rowwise_pearson(stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1))
-
-
 def spearman_brown(r: Number, factor: float) -> Number:
     """Reliability of a measurement `factor` times as long as one with reliability `r`."""
     if r is None:

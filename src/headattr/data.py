@@ -1,7 +1,7 @@
 """Datasets of (prompt, answer) pairs: reading, sample selection and tokenization.
 
 This module implements the "Inputs" and "Tokens" sections of the Gate-IG definition
-(`spec/gate-ig.md`): which rows of a dataset become samples, and the exact token ids the engine sees.
+(`docs/gate-ig.md`): which rows of a dataset become samples, and the exact token ids the engine sees.
 
 Three steps, each usable on its own:
 
@@ -13,7 +13,9 @@ Three steps, each usable on its own:
 3. `tokenize_record` builds `[bos] + tok(prompt) + tok(answer)` and truncates to `max_length`.
 
 `build_samples` chains the three and returns a `DataReport` of everything that was dropped or cut, so
-that nothing is lost silently.
+that nothing is lost silently. `DataConfig` holds every option of the three steps: it is what run.json
+records (each `Sample` remembers the `DataConfig` it came from, so a run made from the Python API records its
+data too) and what `prune` reads back to draw held-out rows the same way.
 
 Rows are numbered from 0 in file order (`Record.index`), counting only rows that hold data (blank
 `.jsonl` lines are not rows); line numbers in messages are 1-based lines of the file.
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HeadattrError
+from .settings import Settings, at_least, choice
 
 FORMATS = ("prompt-answer", "gsm8k", "messages", "text")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
@@ -176,8 +179,7 @@ def _group_value(row: _Row, field_name: str) -> str:
     value = _get_field(row, field_name)
     if not isinstance(value, (str, int, float, bool)):
         raise HeadattrError(
-            f"{row.where}: field {field_name!r} is a {type(value).__name__}; --stratify-by needs a "
-            "string or number"
+            f"{row.where}: field {field_name!r} is a {type(value).__name__}; --stratify-by needs a string or number"
         )
     return str(value)
 
@@ -198,8 +200,7 @@ def _messages_fields(row: _Row) -> tuple[str, str, str]:
     users = [content for role, content in earlier if role == "user"]
     if not users:
         raise HeadattrError(
-            f"{row.where}: 'messages' has no user turn before the last assistant turn; "
-            "the prompt is taken from it"
+            f"{row.where}: 'messages' has no user turn before the last assistant turn; the prompt is taken from it"
         )
     prompt = "\n\n".join(content for _, content in earlier)
     return prompt, users[-1], turns[last_assistant][1]
@@ -228,8 +229,7 @@ def _read_rows(path: Path) -> list[_Row]:
     readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
     if suffix not in readers:
         raise HeadattrError(
-            f"{path}: unsupported file type {suffix or '(no extension)'!r}; "
-            f"use one of: {', '.join(EXTENSIONS)}"
+            f"{path}: unsupported file type {suffix or '(no extension)'!r}; use one of: {', '.join(EXTENSIONS)}"
         )
     if not path.exists():
         raise HeadattrError(f"{path}: data file not found; check the path")
@@ -238,9 +238,7 @@ def _read_rows(path: Path) -> list[_Row]:
     try:
         return readers[suffix](path)
     except OSError as exc:
-        raise HeadattrError(
-            f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions"
-        ) from exc
+        raise HeadattrError(f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions") from exc
     except UnicodeDecodeError as exc:
         raise HeadattrError(f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from exc
 
@@ -264,8 +262,7 @@ def _read_jsonl(path: Path) -> list[_Row]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise HeadattrError(
-                    f"{path} line {line_number}: not valid JSON ({exc.msg}); "
-                    "each line must hold one JSON object"
+                    f"{path} line {line_number}: not valid JSON ({exc.msg}); each line must hold one JSON object"
                 ) from exc
             rows.append(_object_row(len(rows), value, where))
     return rows
@@ -289,9 +286,7 @@ def _read_json(path: Path) -> list[_Row]:
             )
         value = lists[0]
     if not isinstance(value, list):
-        raise HeadattrError(
-            f"{path}: a .json dataset must be a list of objects, got a {type(value).__name__}"
-        )
+        raise HeadattrError(f"{path}: a .json dataset must be a list of objects, got a {type(value).__name__}")
     return [_object_row(index, item, f"{path} row {index}") for index, item in enumerate(value)]
 
 
@@ -314,9 +309,7 @@ def _read_csv(path: Path) -> list[_Row]:
                     )
                 rows.append(_Row(len(rows), dict(data), where))
         except csv.Error as exc:
-            raise HeadattrError(
-                f"{path} line {reader.line_num}: not valid CSV ({exc}); fix the file"
-            ) from exc
+            raise HeadattrError(f"{path} line {reader.line_num}: not valid CSV ({exc}); fix the file") from exc
     return rows
 
 
@@ -439,11 +432,10 @@ class Sample:
     answer_end: int
     prompt_truncated: int
     answer_truncated: int
+    source: DataConfig | None = field(default=None, compare=False, repr=False)  # where it was drawn from
 
 
-def tokenize_record(
-    record: Record, tokenizer: Any, max_length: int, chat_template: bool = False
-) -> Sample | None:
+def tokenize_record(record: Record, tokenizer: Any, max_length: int, chat_template: bool = False) -> Sample | None:
     """Tokenize `record` as the definition's "Tokens" section says; `None` if the answer has no tokens.
 
     Each part is tokenized with `add_special_tokens=False`. `bos` is prepended only when the tokenizer
@@ -533,46 +525,71 @@ class DataReport:
         return ", ".join(parts)
 
 
-def build_samples(
-    path: str | Path,
-    tokenizer: Any,
-    *,
-    fmt: str = "prompt-answer",
-    prompt_field: str = "prompt",
-    answer_field: str = "answer",
-    samples: int | None = 50,
-    seed: int = 47,
-    stratify_by: str | None = None,
-    samples_per_group: int | None = None,
-    max_length: int = 2048,
-    chat_template: bool = False,
-) -> tuple[list[Sample], DataReport]:
+@dataclass(frozen=True)
+class DataConfig(Settings):
+    """Which rows of which file become samples, and how they are tokenized (the `--data ...` flags).
+
+    `samples` 0 (or None) selects every row; `seed` is the selection seed (`--data-seed`).
+    """
+
+    path: str | None = None
+    format: str = "prompt-answer"
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    chat_template: bool = False
+    samples: int | None = 50
+    seed: int = 47
+    stratify_by: str | None = None
+    samples_per_group: int | None = None
+    max_length: int = 2048
+
+    META_NAMES = {"path": "data", "seed": "data_seed"}
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            object.__setattr__(self, "path", str(self.path))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        choice("--format", self.format, FORMATS)
+        at_least("--max-length", self.max_length, 1)
+        _check_selection_args(self.samples, self.seed, self.stratify_by, self.samples_per_group)
+
+    def build(self, tokenizer: Any) -> tuple[list[Sample], DataReport]:
+        """Load, select and tokenize (see `build_samples`)."""
+        if self.path is None:
+            raise HeadattrError("no dataset file given; pass --data FILE")
+        records = load_records(self.path, self.format, self.prompt_field, self.answer_field, self.stratify_by)
+        chosen = select_records(records, self.samples, self.seed, self.stratify_by, self.samples_per_group)
+        report = DataReport(str(self.path), self.format, rows=len(records), selected=len(chosen))
+        if self.stratify_by is not None:
+            report.groups = {name: len(members) for name, members in _groups(chosen, self.stratify_by).items()}
+        built: list[Sample] = []
+        for record in chosen:
+            sample = tokenize_record(record, tokenizer, self.max_length, self.chat_template)
+            if sample is None:
+                report.skipped += 1
+                report.skipped_reasons.append(f"row {record.index}: answer has no tokens")
+                continue
+            _count_truncation(report, sample)
+            built.append(dataclasses.replace(sample, source=self))
+        if not built:
+            raise HeadattrError(
+                f"{self.path}: none of the {len(chosen)} selected rows has an answer with tokens; "
+                "check the answer field and the tokenizer"
+            )
+        return built, report
+
+
+def build_samples(path: str | Path, tokenizer: Any, **options: Any) -> tuple[list[Sample], DataReport]:
     """Load, select, then tokenize; return the samples in row order and a report of every loss.
 
-    Selection comes before tokenization, so a skipped row (an answer with no tokens) never changes which
-    rows are chosen; it is counted and named in the report. If every selected row is skipped, that is
-    an error: there would be nothing to attribute.
+    `options` are `DataConfig` fields (`format`, `samples`, `seed`, `stratify_by`, ...). Selection comes
+    before tokenization, so a skipped row (an answer with no tokens) never changes which rows are chosen; it is
+    counted and named in the report. If every selected row is skipped, that is an error: there would be
+    nothing to attribute.
     """
-    records = load_records(path, fmt, prompt_field, answer_field, stratify_by)
-    chosen = select_records(records, samples, seed, stratify_by, samples_per_group)
-    report = DataReport(str(path), fmt, rows=len(records), selected=len(chosen))
-    if stratify_by is not None:
-        report.groups = {name: len(members) for name, members in _groups(chosen, stratify_by).items()}
-    built: list[Sample] = []
-    for record in chosen:
-        sample = tokenize_record(record, tokenizer, max_length, chat_template)
-        if sample is None:
-            report.skipped += 1
-            report.skipped_reasons.append(f"row {record.index}: answer has no tokens")
-            continue
-        _count_truncation(report, sample)
-        built.append(sample)
-    if not built:
-        raise HeadattrError(
-            f"{path}: none of the {len(chosen)} selected rows has an answer with tokens; "
-            "check the answer field and the tokenizer"
-        )
-    return built, report
+    return DataConfig(path=str(path), **options).build(tokenizer)
 
 
 def _count_truncation(report: DataReport, sample: Sample) -> None:

@@ -48,11 +48,6 @@ def ensemble(run_paths: Sequence[str | Path | Run], out: str | Path, overwrite: 
     inputs = [Path(r.path if isinstance(r, Run) else r).resolve() for r in run_paths]
     if out.resolve() in inputs:
         raise HeadattrError(f"--out {out} is one of the input runs; write the ensemble to a new directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HeadattrError(
-            f"output directory {out} already exists and is not empty; pass --overwrite to replace it, "
-            "or choose another --out"
-        )
     check_output_dir(out, overwrite)
     runs = [r if isinstance(r, Run) else read_run(r) for r in run_paths]
     check_poolable(runs)

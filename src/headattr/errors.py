@@ -12,9 +12,3 @@ class HeadattrError(Exception):
     """Bad input: the message names what is wrong, where, and how to fix it."""
 
     exit_code = 2
-
-
-def check(condition: bool, message: str) -> None:
-    """Raise `HeadattrError(message)` unless `condition` holds."""
-    if not condition:
-        raise HeadattrError(message)

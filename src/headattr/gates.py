@@ -38,22 +38,9 @@ def gated(spec: ModelSpec, gates: dict[int, torch.Tensor]) -> Iterator[None]:
     try:
         for layer, g in gates.items():
             if g.shape[-1] != spec.num_heads:
-                raise ValueError(
-                    f"gates for layer {layer} have {g.shape[-1]} heads, the model has {spec.num_heads}"
-                )
+                raise ValueError(f"gates for layer {layer} have {g.shape[-1]} heads, the model has {spec.num_heads}")
             handles.append(spec.head_modules[layer].register_forward_pre_hook(_gate_hook(g, spec.num_heads)))
         yield
     finally:
         for h in handles:
             h.remove()
-
-
-def head_mask_gates(
-    spec: ModelSpec, removed: list[tuple[int, int]], device: torch.device | None = None
-) -> dict[int, torch.Tensor]:
-    """Gates that remove the listed (layer, head) pairs and keep every other head (for pruning)."""
-    gates: dict[int, torch.Tensor] = {}
-    for layer, head in removed:
-        g = gates.setdefault(layer, torch.ones(spec.num_heads, device=device or spec.device))
-        g[head] = 0.0
-    return gates

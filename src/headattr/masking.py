@@ -11,6 +11,47 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import HeadattrError
+from .settings import Settings, at_least, choice
+
+LOSS_NORMALIZE = ("mean-masked", "sum")
+
+
+@dataclass(frozen=True)
+class MaskConfig(Settings):
+    """The masked-reconstruction objective J: which answer tokens are masked, and how their loss is pooled.
+
+    `mask_probs` x `mask_samples_per_prob` masked variants per sample (V of them), each drawn from the
+    stream keyed by (`mask_seed`, sample, rate, draw); J = -cross-entropy of the masked tokens, averaged
+    (`mean-masked`) or summed (`sum`). Defaults: the seed report's.
+    """
+
+    mask_probs: tuple[float, ...] = (0.15, 0.3, 0.5, 0.7, 0.9)
+    mask_samples_per_prob: int = 2
+    mask_seed: int = 47
+    loss_normalize: str = "mean-masked"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_probs", tuple(float(p) for p in self.mask_probs))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not self.mask_probs:
+            raise HeadattrError("--mask-probs is empty; give at least one probability, e.g. 0.5")
+        for p in self.mask_probs:
+            if not 0.0 < p <= 1.0:
+                raise HeadattrError(f"mask probability {p} is outside (0, 1]; fix --mask-probs")
+        at_least("--mask-samples-per-prob", self.mask_samples_per_prob, 1)
+        choice("--loss-normalize", self.loss_normalize, LOSS_NORMALIZE)
+
+    @property
+    def num_variants(self) -> int:
+        return len(self.mask_probs) * self.mask_samples_per_prob
+
+    def variant_keys(self) -> list[dict[str, float | int]]:
+        """run.json's `variants`: the (probability, draw) of each variant, in order."""
+        return [{"prob": p, "draw": r} for p in self.mask_probs for r in range(self.mask_samples_per_prob)]
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -42,18 +83,16 @@ def make_variants(
     answer_start: int,
     answer_end: int,
     uid: str,
-    mask_probs: list[float],
-    draws: int,
-    mask_seed: int,
+    masking: MaskConfig,
     mask_token_id: int,
 ) -> list[Variant]:
     """All variants of one sample, ordered by (probability, draw)."""
     ids = torch.as_tensor(input_ids, dtype=torch.long)
     span = torch.arange(answer_start, answer_end)
     variants = []
-    for pi, prob in enumerate(mask_probs):
-        for r in range(draws):
-            chosen = torch.from_numpy(draw_mask(mask_rng(mask_seed, uid, pi, r), len(span), prob))
+    for pi, prob in enumerate(masking.mask_probs):
+        for r in range(masking.mask_samples_per_prob):
+            chosen = torch.from_numpy(draw_mask(mask_rng(masking.mask_seed, uid, pi, r), len(span), prob))
             positions = span[chosen]
             masked = ids.clone()
             masked[positions] = mask_token_id

@@ -7,7 +7,7 @@ the model on held-out samples:
   summarised by their mean, standard deviation, minimum and maximum. Heads are ranked by the signed score
   (default: a negative score says removing the head helps) or, with `rank_by="abs"`, by its magnitude.
 - At each fraction of heads, over all heads at once or, with `per_layer`, the same number in every layer.
-- Metrics (`evaluate`): the masked-reconstruction loss, which is exactly the attribution objective (engine's
+- Metrics (`evaluate`): the masked-reconstruction loss, which is exactly the attribution objective (the core's
   `objective` with `mean-masked`, at the run's mask probabilities, draws and mask seed; loss = -J), averaged
   over a sample's masked variants and then over samples; masked-token accuracy (argmax of the very logits
   the loss used, with the model's logit shift), averaged the same way; optionally exact-match of the answer
@@ -22,10 +22,9 @@ in layer l starts from the cached input of layer l (unchanged by gates of later 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import Sample, load_records, select_records, tokenize_record
+from . import core
+from .data import DataConfig, Sample, load_records, select_records, tokenize_record
 from .decode import unmask_decode
-from .engine import GateIGConfig, VariantRows, autocast_for, objective, prepare_rows
 from .errors import HeadattrError
 from .gates import gated
-from .masking import make_variants
+from .masking import MaskConfig
 from .models import ModelSpec
 from .rundir import Run
 
@@ -73,7 +72,7 @@ def head_order(scores: np.ndarray, how: str, rng: np.random.Generator | None = N
         if rng is None:
             raise ValueError("order 'random' needs a random generator")
         return rng.permutation(flat.size)
-    raise HeadattrError(f"unknown pruning order {how!r}; choose one of {', '.join(ORDERS)}")
+    raise ValueError(f"unknown pruning order {how!r}; choose one of {', '.join(ORDERS)}")
 
 
 def num_to_remove(fraction: float, count: int) -> int:
@@ -140,41 +139,9 @@ class Metrics:
         return {"loss": self.loss, "accuracy": self.accuracy, "exact_match": self.exact_match}
 
 
-def eval_config(run: Run, batch_size: int = 64) -> GateIGConfig:
+def eval_masking(run: Run) -> MaskConfig:
     """The masking of the run (probabilities, draws, mask seed) with the `mean-masked` loss, for evaluation."""
-    cfg = run.meta.get("config", {})
-    defaults = GateIGConfig()
-    return GateIGConfig(
-        mask_probs=tuple(cfg.get("mask_probs", defaults.mask_probs)),
-        mask_samples_per_prob=int(cfg.get("mask_samples_per_prob", defaults.mask_samples_per_prob)),
-        mask_seed=int(cfg.get("mask_seed", defaults.mask_seed)),
-        loss_normalize="mean-masked",
-        batch_size=batch_size,
-    )
-
-
-@contextlib.contextmanager
-def _captured_logits(spec: ModelSpec) -> Iterator[list[torch.Tensor]]:
-    """Record the LM head's outputs, so that accuracy is read from the logits `engine.objective` scored."""
-    head = spec.stack.lm_head if spec.stack is not None else spec.model.get_output_embeddings()
-    if head is None:
-        raise HeadattrError(f"cannot find the LM head of {spec.name} to read predictions for accuracy")
-    seen: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda _module, _args, output: seen.append(output))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-def _answer_start(spec: ModelSpec, sample: Sample) -> int:
-    """The first answer position that can be predicted (with shifted logits, position 0 cannot)."""
-    start = sample.answer_start
-    if spec.logit_shift and start == 0:
-        start = 1
-    if sample.answer_end <= start:
-        raise HeadattrError(f"sample {sample.index} (uid {sample.uid}) has no answer token that can be predicted")
-    return start
+    return MaskConfig.from_meta(run.meta.get("config", {})).replace(loss_normalize="mean-masked")
 
 
 def _layer_gates(gates: torch.Tensor, start: int) -> dict[int, torch.Tensor]:
@@ -194,45 +161,31 @@ def _first_gated_layer(gates: torch.Tensor) -> torch.Tensor:
 
 
 def _variant_metrics(
-    spec: ModelSpec, rows: VariantRows, v_idx: torch.Tensor, gates: torch.Tensor, start: int
+    spec: ModelSpec, rows: core.Rows, v_idx: torch.Tensor, gates: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, accuracy) of each row: row r is variant `v_idx[r]` under gates `gates[r]` ([B, L, H])."""
-    owner, pos, labels = rows.gather(v_idx)
-    with torch.no_grad(), _captured_logits(spec) as seen, gated(spec, _layer_gates(gates, start)):
-        j = objective(spec, rows, v_idx, start, "mean-masked")
-    logits = seen[-1]
-    if logits.dim() == 3:  # whole-sequence logits of a generic model: keep the positions objective scored
-        logits = logits[owner.to(logits.device), pos.to(logits.device)]
-    correct = (logits.argmax(dim=-1).cpu() == labels).double()
-    n = len(v_idx)
+    with torch.no_grad(), gated(spec, _layer_gates(gates, start)):
+        out = core.objective(spec, rows, v_idx, start, with_logits=True)
+    correct = (out.logits.argmax(dim=-1) == out.labels).double().cpu()
+    owner, n = out.owner.cpu(), len(v_idx)
     hits = torch.zeros(n, dtype=torch.float64).index_add(0, owner, correct)
     counts = torch.zeros(n, dtype=torch.float64).index_add(0, owner, torch.ones_like(correct))
-    return -j.double().cpu(), hits / counts
+    return -out.j.double().cpu(), hits / counts
 
 
 def sample_metrics(
-    spec: ModelSpec, sample: Sample, gates: torch.Tensor, config: GateIGConfig
+    spec: ModelSpec, sample: Sample, gates: torch.Tensor, masking: MaskConfig, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loss and accuracy [C] of one sample under each of the [C, L, H] gate configurations.
 
     Each is the mean over the sample's masked variants (the run's masks, keyed by its uid). Rows are
-    (configuration, variant) pairs, grouped by the configuration's first gated layer so that a pass starts
-    there from the cached hidden states; `config.batch_size` rows per pass.
+    (configuration, variant) pairs, grouped by the layer their pass starts at (the configuration's first gated
+    layer, where the backbone can resume) so that a pass starts there from the cached hidden states;
+    `batch_size` rows per pass.
     """
-    answer_start = _answer_start(spec, sample)
-    variants = make_variants(
-        sample.input_ids,
-        answer_start,
-        sample.answer_end,
-        sample.uid,
-        list(config.mask_probs),
-        config.mask_samples_per_prob,
-        config.mask_seed,
-        spec.mask_token_id,
-    )
-    rows = prepare_rows(spec, variants, config.batch_size, cache_layers=spec.stack is not None)
-    n_conf, n_var = gates.shape[0], len(variants)
-    first = _first_gated_layer(gates) if spec.stack is not None else torch.zeros(n_conf, dtype=torch.long)
+    rows = core.prepare(spec, sample, masking, batch_size, cache_layers=True)
+    n_conf, n_var = gates.shape[0], rows.num_variants
+    first = torch.tensor([spec.backbone.entry_layer(int(f)) for f in _first_gated_layer(gates)])
     gates = gates.to(spec.device)
     loss = torch.zeros(n_conf, n_var, dtype=torch.float64)
     acc = torch.zeros(n_conf, n_var, dtype=torch.float64)
@@ -240,8 +193,8 @@ def sample_metrics(
         conf = torch.nonzero(first == start).squeeze(1)
         c_idx = conf.repeat_interleave(n_var)
         v_idx = torch.arange(n_var).repeat(len(conf))
-        for i in range(0, len(c_idx), config.batch_size):
-            c, v = c_idx[i : i + config.batch_size], v_idx[i : i + config.batch_size]
+        for sl in core.chunks(len(c_idx), batch_size):
+            c, v = c_idx[sl], v_idx[sl]
             row_loss, row_acc = _variant_metrics(spec, rows, v.to(spec.device), gates[c.to(spec.device)], start)
             loss[c, v], acc[c, v] = row_loss, row_acc
     return loss.mean(dim=1).numpy(), acc.mean(dim=1).numpy()
@@ -249,21 +202,21 @@ def sample_metrics(
 
 def sample_exact_match(spec: ModelSpec, sample: Sample, gates: torch.Tensor, batch_size: int) -> np.ndarray:
     """[C] whether the answer decoded from a fully masked answer is exact, under each configuration."""
-    start = _answer_start(spec, sample)
+    start, end = core.answer_span(spec, sample)
     ids = torch.tensor(sample.input_ids, dtype=torch.long, device=spec.device)
-    positions = torch.arange(start, sample.answer_end)
+    positions = torch.arange(start, end)
     gates = gates.to(spec.device)
     exact = np.zeros(gates.shape[0], dtype=bool)
-    for i in range(0, gates.shape[0], batch_size):
-        chunk = gates[i : i + batch_size]
+    for sl in core.chunks(gates.shape[0], batch_size):
+        chunk = gates[sl]
 
         def logits_fn(batch_ids: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
-            with gated(spec, _layer_gates(chunk, 0)), autocast_for(spec):
-                return spec.full_logits(batch_ids)
+            with gated(spec, _layer_gates(chunk, 0)):
+                return core.forward_logits(spec, batch_ids)
 
         batch = ids.expand(len(chunk), -1)
         decoded = unmask_decode(logits_fn, batch, positions, spec.mask_token_id, shift=spec.logit_shift)
-        exact[i : i + len(chunk)] = (decoded == batch).all(dim=1).cpu().numpy()
+        exact[sl] = (decoded == batch).all(dim=1).cpu().numpy()
     return exact
 
 
@@ -271,8 +224,9 @@ def evaluate_many(
     spec: ModelSpec,
     samples: Sequence[Sample],
     gates: np.ndarray | torch.Tensor,
-    config: GateIGConfig,
+    masking: MaskConfig,
     *,
+    batch_size: int = 64,
     decode: np.ndarray | bool = False,
     progress: bool = False,
     desc: str = "evaluate",
@@ -293,11 +247,11 @@ def evaluate_many(
     want = np.array(np.broadcast_to(np.asarray(decode, dtype=bool), (n_conf,)))
     loss, acc, exact = np.zeros(n_conf), np.zeros(n_conf), np.zeros(n_conf)
     for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True, leave=False):
-        s_loss, s_acc = sample_metrics(spec, sample, gates, config)
+        s_loss, s_acc = sample_metrics(spec, sample, gates, masking, batch_size)
         loss += s_loss
         acc += s_acc
         if want.any():
-            exact[want] += sample_exact_match(spec, sample, gates[torch.from_numpy(want)], config.batch_size)
+            exact[want] += sample_exact_match(spec, sample, gates[torch.from_numpy(want)], batch_size)
     n = len(samples)
     return {"loss": loss / n, "accuracy": acc / n, "exact_match": np.where(want, exact / n, np.nan)}
 
@@ -305,29 +259,18 @@ def evaluate_many(
 def evaluate(
     spec: ModelSpec,
     samples: Sequence[Sample],
-    gates: dict[int, torch.Tensor] | np.ndarray | None,
-    config: GateIGConfig,
+    gates: np.ndarray | None,
+    masking: MaskConfig,
     *,
+    batch_size: int = 64,
     decode: bool = False,
     progress: bool = False,
 ) -> Metrics:
-    """Loss, masked-token accuracy and (with `decode`) exact-match of the model under one gate setting.
-
-    `gates` is a `{layer: [H]}` dict (as `gates.head_mask_gates` returns), an [L, H] array, or None (the
-    unpruned model).
-    """
-    matrix = np.ones((spec.num_layers, spec.num_heads))
-    if isinstance(gates, dict):
-        for layer, g in gates.items():
-            matrix[layer] = torch.as_tensor(g).detach().float().cpu().numpy()
-    elif gates is not None:
-        matrix = np.asarray(gates, dtype=np.float64)
-    out = evaluate_many(spec, samples, matrix[None], config, decode=decode, progress=progress)
-    return Metrics(
-        float(out["loss"][0]),
-        float(out["accuracy"][0]),
-        float(out["exact_match"][0]) if decode else None,
-    )
+    """Loss, masked-token accuracy and (with `decode`) exact-match of the model under one [L, H] gate setting
+    (None: the unpruned model)."""
+    matrix = np.ones((spec.num_layers, spec.num_heads)) if gates is None else np.asarray(gates, dtype=np.float64)
+    out = evaluate_many(spec, samples, matrix[None], masking, batch_size=batch_size, decode=decode, progress=progress)
+    return Metrics(float(out["loss"][0]), float(out["accuracy"][0]), float(out["exact_match"][0]) if decode else None)
 
 
 # ---------------------------------------------------------------- evaluation samples
@@ -377,8 +320,8 @@ def select_eval_samples(
     answer) is a sample of `run` or of `exclude_runs` is dropped first, so the sets are disjoint by
     construction. The choice is `select_records(remaining, n, seed)`.
     """
-    cfg = run.meta.get("config", {})
-    path = eval_data or data or cfg.get("data")
+    recorded = DataConfig.from_meta(run.meta.get("config", {}))
+    path = eval_data or data or recorded.path
     if path is None:
         raise HeadattrError(f"run {run.path} does not record its dataset; pass --data or --eval-data")
     path = Path(path)
@@ -387,9 +330,7 @@ def select_eval_samples(
         raise HeadattrError(f"dataset file {path} does not exist; pass an existing file to {flag}")
     if n < 1:
         raise HeadattrError(f"--eval-samples must be at least 1, got {n}")
-    records = load_records(
-        path, cfg.get("format", "prompt-answer"), cfg.get("prompt_field", "prompt"), cfg.get("answer_field", "answer")
-    )
+    records = load_records(path, recorded.format, recorded.prompt_field, recorded.answer_field)
     used = run_uids(run).union(*(run_uids(r) for r in exclude_runs))
     remaining = [r for r in records if r.uid not in used]
     if not remaining:
@@ -398,9 +339,11 @@ def select_eval_samples(
             "pass --eval-data with other rows"
         )
     chosen = select_records(remaining, min(n, len(remaining)), seed)
-    max_length = int(cfg.get("max_length", 2048))
-    chat = bool(cfg.get("chat_template", False))
-    samples = [s for r in chosen if (s := tokenize_record(r, spec.tokenizer, max_length, chat)) is not None]
+    samples = [
+        s
+        for r in chosen
+        if (s := tokenize_record(r, spec.tokenizer, recorded.max_length, recorded.chat_template)) is not None
+    ]
     if not samples:
         raise HeadattrError(f"none of the chosen evaluation rows of {path} has an answer with tokens")
     return EvalSelection(samples, str(path), len(records), len(records) - len(remaining), len(chosen) - len(samples))
@@ -435,7 +378,7 @@ class PruneResult:
     baseline: Metrics
     curves: dict[str, dict[str, np.ndarray]]  # order -> metric -> [F] (most/least) or [R, F] (random)
     removed: dict[str, list[list[list[tuple[int, int]]]]]  # order -> repetition -> fraction -> heads
-    config: GateIGConfig
+    config: MaskConfig
     decode: bool
     scores: np.ndarray
     rank_by: str = "score"
@@ -452,7 +395,7 @@ class PruneResult:
 
     @property
     def metrics(self) -> list[str]:
-        return [m for m in METRICS if m != "exact_match" or self.decode]
+        return measured_metrics(self.decode)
 
     def random_summary(self, metric: str) -> dict[str, np.ndarray]:
         """Mean, standard deviation (population), minimum and maximum over the random orders, per fraction."""
@@ -588,16 +531,26 @@ def _removal_plan(
     return plan
 
 
+def measured_metrics(decode: bool) -> list[str]:
+    """The metrics a pruning run measures: exact match only when it decodes."""
+    return [m for m in METRICS if m != "exact_match" or decode]
+
+
+def check_orders(orders: Sequence[str]) -> None:
+    """Raise unless `orders` is a non-empty list of known orders."""
+    if not orders:
+        raise HeadattrError("--orders is empty; choose from most, least, random")
+    for order in orders:
+        if order not in ORDERS:
+            raise HeadattrError(f"unknown pruning order {order!r} in --orders; choose from {', '.join(ORDERS)}")
+
+
 def _check_options(fractions: Sequence[float], orders: Sequence[str], random_orders: int) -> None:
     if not fractions:
         raise HeadattrError("--fractions is empty; give at least one fraction, e.g. 0.1")
     for f in fractions:
         num_to_remove(f, 1)  # range check
-    for order in orders:
-        if order not in ORDERS:
-            raise HeadattrError(f"unknown pruning order {order!r}; choose from {', '.join(ORDERS)}")
-    if not orders:
-        raise HeadattrError("--orders is empty; choose from most, least, random")
+    check_orders(orders)
     if "random" in orders and random_orders < 1:
         raise HeadattrError(f"--random-orders must be at least 1, got {random_orders}")
 
@@ -655,7 +608,7 @@ def prune(
 
     Heads are ranked by their score (`rank_by="score"`: `least` removes the most negative first) or by its
     magnitude (`"abs"`: `least` removes the scores nearest zero first; see `ranking_scores`).
-    Masking follows the run (probabilities, draws, mask seed; `eval_config`). The unpruned model is the
+    Masking follows the run (probabilities, draws, mask seed; `eval_masking`). The unpruned model is the
     fraction-0 baseline. With `decode`, exact-match is measured for every pruned configuration; with
     `single_head`, every head is also removed on its own (see `single_head_effects`). All configurations
     are evaluated together, sample by sample (see `evaluate_many`).
@@ -672,15 +625,17 @@ def prune(
     _check_options(fractions, orders, random_orders)
     scores = np.asarray(run.scores, dtype=np.float64)
     num_layers, num_heads = scores.shape
-    config = eval_config(run, batch_size)
+    config = eval_masking(run)
     plan = _removal_plan(ranking_scores(scores, rank_by), orders, fractions, random_orders, seed, per_layer)
     # configurations: baseline, then every (order, repetition, fraction), then every single head
     pruned = [heads for order in orders for rep in plan[order] for heads in rep]
     singles = [[(layer, head)] for layer in range(num_layers) for head in range(num_heads)] if single_head else []
     gates = np.stack([gate_matrix(num_layers, num_heads, r) for r in [[], *pruned, *singles]])
     want_decode = np.array([decode] * (1 + len(pruned)) + [False] * len(singles))
-    out = evaluate_many(spec, eval_samples, gates, config, decode=want_decode, progress=progress, desc="prune")
-    metrics = [m for m in METRICS if m != "exact_match" or decode]
+    out = evaluate_many(
+        spec, eval_samples, gates, config, batch_size=batch_size, decode=want_decode, progress=progress, desc="prune"
+    )
+    metrics = measured_metrics(decode)
     baseline = Metrics(
         float(out["loss"][0]), float(out["accuracy"][0]), float(out["exact_match"][0]) if decode else None
     )

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..attribution import attribute
 from ..consistency import Comparison, compare
-from ..data import build_samples
-from ..engine import GateIGConfig
+from ..data import DataConfig
+from ..masking import MaskConfig
+from ..methods import GateIGConfig
 from ..models import ModelSpec, load_model
-from ..pipeline import attribute
 from ..prune import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
 from ..prune import write_outputs as write_prune_outputs
 from ..report import render_report, write_outputs
@@ -70,45 +71,24 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _run_info(seed: int, size: DemoSize, data_file: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """The run.json entries `headattr attribute` would write for the same settings."""
-    return {
-        "config": {
-            "seed": seed,
-            "data_seed": seed,
-            "data": str(data_file),
-            "format": "prompt-answer",
-            "prompt_field": "prompt",
-            "answer_field": "answer",
-            "chat_template": False,
-            "samples": size.samples,
-            "stratify_by": STRATIFY_BY,
-            "samples_per_group": None,
-            "max_length": 2048,
-            "grad_checkpoint": False,
-            "dtype": "auto",
-            "attn_implementation": "sdpa",
-            "logit_shift": "auto",
-        },
-        "data_report": report,
-        "demo": True,
-    }
-
-
 def _attribute_seed(
     spec: ModelSpec, seed: int, size: DemoSize, data_file: Path, out: Path, overwrite: bool, progress: bool
 ) -> Run:
-    """One attribution run, written to `out`, read back as every other command would read it."""
-    samples, report = build_samples(data_file, spec.tokenizer, samples=size.samples, seed=seed, stratify_by=STRATIFY_BY)
-    config = GateIGConfig(ig_steps=size.ig_steps, mask_seed=seed, batch_size=256)
+    """One attribution run (as `headattr attribute --seed SEED` makes it), read back as every command reads it."""
+    data = DataConfig(path=str(data_file), samples=size.samples, seed=seed, stratify_by=STRATIFY_BY)
+    samples, report = data.build(spec.tokenizer)
     attribute(
         spec,
         samples,
-        config,
+        GateIGConfig(ig_steps=size.ig_steps),
+        MaskConfig(mask_seed=seed),
+        batch_size=256,
+        seed=seed,
         out=out,
         overwrite=overwrite,
         progress=progress,
-        run_info=_run_info(seed, size, data_file, report.to_dict()),
+        data_report=report,
+        extra_meta={"demo": True},
     )
     return read_run(out)
 

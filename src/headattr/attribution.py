@@ -1,7 +1,9 @@
-"""`headattr.attribute`: Gate-IG over a set of samples, with per-sample checkpoints and a run directory.
+"""`headattr.attribute`: run an attribution method over a dataset's samples into a run directory.
 
-Each sample's result depends only on the model, the sample and the configuration, so samples are
-checkpointed as they finish and a resumed run ends with the same scores as an uninterrupted one.
+Generic over methods (`headattr.methods`): the method attributes one sample at a time through the core; this
+module checkpoints each sample's result, combines them, and writes the run. Each sample's result depends only
+on the model, the sample and the settings, so samples are checkpointed as they finish and a resumed run ends
+with the same scores as an uninterrupted one.
 
 The same property splits a run across processes or machines (`shard=(i, n)`, `--shard i/n`): each process
 computes the samples at positions `i, i + n, i + 2n, ...` into the shared run directory's checkpoints, and the
@@ -15,7 +17,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import rundir
-from .aggregate import final_scores
-from .data import Sample
-from .engine import GateIGConfig, SampleAttribution, attribute_sample
+from . import core, rundir
+from .aggregate import POSTPROCESS, final_scores
+from .data import DataConfig, Sample
 from .errors import HeadattrError
+from .masking import MaskConfig
+from .methods import GateIGConfig, MethodConfig, SampleAttribution
 from .models import ModelSpec
+from .settings import at_least, choice
 
 
 @dataclass
@@ -37,72 +41,72 @@ class Attribution:
 
     scores: np.ndarray  # [L, H] float32: mean over samples of postprocess(mean over variants)
     attributions: np.ndarray  # [N, V, L, H] float32, raw signed
-    j_full: np.ndarray  # [N, V]
-    j_baseline: np.ndarray  # [N, V, S]
-    completeness_error: np.ndarray  # [N, V, S]
+    per_variant: dict[str, np.ndarray]  # the method's diagnostics, [N, V, ...] each
     samples: list[Sample]
-    config: GateIGConfig
+    method: MethodConfig
+    masking: MaskConfig
+    postprocess: str = "signed"
     timings: dict[str, float] = field(default_factory=dict)
 
     def diagnostics(self) -> dict[str, Any]:
-        """Per-variant J and completeness errors, with a summary that says whether `ig_steps` suffices."""
-        err = np.abs(self.completeness_error)
-        gap = np.abs(self.j_full[..., None] - self.j_baseline)
-        rel = err / np.maximum(gap, 1e-12)
-        return {
-            "j_full": self.j_full.tolist(),
-            "j_baseline": self.j_baseline.tolist(),
-            "completeness_error": self.completeness_error.tolist(),
-            "completeness": {
-                "max_abs": float(err.max()),
-                "mean_abs": float(err.mean()),
-                "median_abs": float(np.median(err)),
-                "max_relative": float(rel.max()),
-                "median_relative": float(np.median(rel)),
-            },
-        }
+        """run.json's `diagnostics`: every per-variant array, and the method's summary of them."""
+        return {**{k: v.tolist() for k, v in self.per_variant.items()}, **self.method.summarize(self.per_variant)}
 
 
 def attribute(
     spec: ModelSpec,
     samples: list[Sample],
-    config: GateIGConfig | None = None,
+    method: MethodConfig | None = None,
+    masking: MaskConfig | None = None,
     *,
+    postprocess: str = "signed",
+    batch_size: int = 64,
+    seed: int | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
-    run_info: dict[str, Any] | None = None,
+    data_report: Any = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> Attribution | None:
-    """Gate-IG head scores of `spec` over `samples`.
+    """Head scores of `spec` over `samples` by `method` (default: Gate-IG with the seed report's settings).
 
-    With `out`, writes the run directory (see `headattr.rundir`): per-sample checkpoints while running,
-    then `scores.safetensors`, `run.json`, `heads.csv`, `heatmap.png`. `resume` continues a run in `out`
-    that was interrupted; the checkpoints must come from the same model, samples and configuration.
-    `shard=(i, n)` computes only this process's share into `out` (module docstring) and returns None while
-    other shards' samples are still missing. `run_info` adds entries (data report, CLI configuration) to
-    run.json.
+    `masking` defines the objective J (default `MaskConfig()`); `postprocess` (signed, abs, relu) is applied
+    per sample before the mean over samples; `batch_size` caps the rows of one forward pass (results do not
+    depend on it). With `out`, writes the run directory (see `headattr.rundir`): per-sample checkpoints while
+    running, then `scores.safetensors`, `run.json`, `heads.csv`, `heatmap.png`; run.json's `config` records
+    the method, masking, the samples' `DataConfig` and the model's `ModelConfig`, so that `prune` can draw
+    held-out rows without being told the data again. `resume` continues an interrupted run in `out` (same
+    model, samples and settings). `shard=(i, n)` computes only this process's share into `out` (module
+    docstring) and returns None while other shards' samples are still missing. `data_report` (a
+    `DataReport`) and `extra_meta` (top-level entries) are added to run.json; `seed` records the seed the
+    caller derived the data and mask seeds from.
     """
-    config = config or GateIGConfig()
+    method = method or GateIGConfig()
+    masking = masking or MaskConfig()
+    choice("--postprocess", postprocess, POSTPROCESS)
+    at_least("--batch-size", batch_size, 1)
     if not samples:
         raise HeadattrError("no samples to attribute; check the dataset and --samples")
     check_shard(shard, out, overwrite)
-    fingerprint = _fingerprint(spec, samples, config)
+    fingerprint = _fingerprint(spec, samples, method, masking, postprocess)
     ckpt_dir = None
     started = time.perf_counter()
-    meta = _meta(spec, samples, config, run_info or {}, status="running")
+    config = run_config(spec, samples, method, masking, postprocess, batch_size, seed)
+    meta = _meta(spec, samples, config, masking, data_report, extra_meta or {}, status="running")
     if out is not None:
         out, ckpt_dir = _open_run_dir(Path(out), fingerprint, meta, overwrite, resume, sharded=shard is not None)
     mine = [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
-    results, computed = _attribute_samples(spec, samples, mine, config, ckpt_dir, progress)
+    compute = _sample_runner(spec, method, masking, batch_size)
+    results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress)
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
             return None
         results.update(others)
     elapsed = time.perf_counter() - started
-    result = _combine([results[i] for i in range(len(samples))], samples, config)
+    result = _combine([results[i] for i in range(len(samples))], samples, method, masking, postprocess)
     result.timings = {
         "total_s": elapsed,
         "computed_samples": computed,
@@ -115,6 +119,24 @@ def attribute(
         rundir.write_run(out, result.scores, result.attributions, meta)
         _remove_checkpoints(ckpt_dir)
     return result
+
+
+def attribute_sample(
+    spec: ModelSpec,
+    sample: Sample,
+    method: MethodConfig | None = None,
+    masking: MaskConfig | None = None,
+    batch_size: int = 64,
+) -> SampleAttribution:
+    """One sample's per-variant attributions and diagnostics: its rows through the core, then the method."""
+    method, masking = method or GateIGConfig(), masking or MaskConfig()
+    rows = core.prepare(spec, sample, masking, batch_size, cache_layers=method.cache_layers)
+    return method.attribute(spec, rows, batch_size, where=f"sample {sample.index} (uid {sample.uid})")
+
+
+def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, batch_size: int):
+    """sample -> SampleAttribution, with this run's settings (what the per-sample loop calls)."""
+    return lambda sample: attribute_sample(spec, sample, method, masking, batch_size)
 
 
 def _open_run_dir(
@@ -135,10 +157,9 @@ def _open_run_dir(
 
 
 def _attribute_samples(
-    spec: ModelSpec,
     samples: list[Sample],
     indices: list[int],
-    config: GateIGConfig,
+    compute,
     ckpt_dir: Path | None,
     progress: bool,
 ) -> tuple[dict[int, SampleAttribution], int]:
@@ -149,15 +170,7 @@ def _attribute_samples(
         sample = samples[i]
         result = _load_checkpoint(ckpt_dir, i, sample) if ckpt_dir is not None else None
         if result is None:
-            result = attribute_sample(
-                spec,
-                sample.input_ids,
-                sample.answer_start,
-                sample.answer_end,
-                sample.uid,
-                config,
-                name=f"sample {sample.index} (uid {sample.uid})",
-            )
+            result = compute(sample)
             computed += 1
             if ckpt_dir is not None:
                 _save_checkpoint(ckpt_dir, i, sample, result)
@@ -214,16 +227,23 @@ def _holds_finished_run(out: Path) -> bool:
         return False
 
 
-def _combine(results: list[SampleAttribution], samples: list[Sample], config: GateIGConfig) -> Attribution:
+def _combine(
+    results: list[SampleAttribution],
+    samples: list[Sample],
+    method: MethodConfig,
+    masking: MaskConfig,
+    postprocess: str,
+) -> Attribution:
     attributions = np.stack([r.attributions for r in results]).astype(np.float32)
+    per_variant = {k: np.stack([r.diagnostics[k] for r in results]) for k in sorted(results[0].diagnostics)}
     return Attribution(
-        scores=final_scores(attributions, config.postprocess),
+        scores=final_scores(attributions, postprocess),
         attributions=attributions,
-        j_full=np.stack([r.j_full for r in results]),
-        j_baseline=np.stack([r.j_baseline for r in results]),
-        completeness_error=np.stack([r.completeness_error for r in results]),
+        per_variant=per_variant,
         samples=list(samples),
-        config=config,
+        method=method,
+        masking=masking,
+        postprocess=postprocess,
     )
 
 
@@ -262,20 +282,57 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _meta(
-    spec: ModelSpec, samples: list[Sample], config: GateIGConfig, run_info: dict[str, Any], status: str
+def data_config(samples: list[Sample]) -> DataConfig | None:
+    """The `DataConfig` every sample was drawn with, or None (samples built by hand, or from several)."""
+    sources = {s.source for s in samples}
+    return sources.pop() if len(sources) == 1 else None
+
+
+def run_config(
+    spec: ModelSpec,
+    samples: list[Sample],
+    method: MethodConfig,
+    masking: MaskConfig,
+    postprocess: str,
+    batch_size: int,
+    seed: int | None = None,
 ) -> dict[str, Any]:
+    """run.json's flat `config`: every settings object's fields under their run.json names."""
+    config: dict[str, Any] = {} if seed is None else {"seed": seed}
+    data = data_config(samples)
+    if data is not None:
+        config.update(data.to_meta())
+    config.update(method.to_meta())
+    config.update(masking.to_meta())
+    config.update(postprocess=postprocess, batch_size=batch_size)
+    if spec.load_config is not None:
+        config.update(spec.load_config.to_meta())
+    return config
+
+
+def device_record(spec: ModelSpec) -> dict[str, str]:
+    """run.json's `device`: its type and name."""
     import torch
 
     device = spec.device
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"type": device.type, "name": name}
+
+
+def _meta(
+    spec: ModelSpec,
+    samples: list[Sample],
+    config: dict[str, Any],
+    masking: MaskConfig,
+    data_report: Any,
+    extra: dict[str, Any],
+    status: str,
+) -> dict[str, Any]:
     tok = spec.tokenizer
     return {
         "status": status,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": {**asdict(config), "mask_probs": list(config.mask_probs), **run_info.get("config", {})},
+        "config": config,
         "model": spec.describe(),
         "tokenizer": {
             "name_or_path": getattr(tok, "name_or_path", None),
@@ -283,11 +340,10 @@ def _meta(
             "vocab_size": len(tok) if tok is not None else None,
         },
         "samples": [sample_record(s) for s in samples],
-        "variants": [
-            {"prob": p, "draw": r} for p in config.mask_probs for r in range(config.mask_samples_per_prob)
-        ],
-        **{k: v for k, v in run_info.items() if k != "config"},
-        "device": {"type": device.type, "name": device_name},
+        "variants": masking.variant_keys(),
+        "data_report": data_report.to_dict() if hasattr(data_report, "to_dict") else data_report,
+        **extra,
+        "device": device_record(spec),
         "versions": library_versions(),
     }
 
@@ -295,16 +351,16 @@ def _meta(
 # ---------------------------------------------------------------- checkpoints (resume)
 
 
-def _fingerprint(spec: ModelSpec, samples: list[Sample], config: GateIGConfig) -> str:
-    """What a checkpoint must match to be reused. `batch_size` is left out: it cannot change results."""
-    cfg = {k: v for k, v in asdict(config).items() if k != "batch_size"}
-    cfg["mask_probs"] = list(config.mask_probs)
+def _fingerprint(
+    spec: ModelSpec, samples: list[Sample], method: MethodConfig, masking: MaskConfig, postprocess: str
+) -> str:
+    """What a checkpoint must match to be reused. The batch size is left out: it cannot change results."""
     key = {
         "model": spec.config_hash,
         "mask_token_id": spec.mask_token_id,
         "shift": spec.logit_shift,
         "dtype": str(spec.dtype),
-        "config": cfg,
+        "config": {**method.to_meta(), **masking.to_meta(), "postprocess": postprocess},
         "samples": [[s.uid, list(s.input_ids), s.answer_start, s.answer_end] for s in samples],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -333,15 +389,8 @@ def _checkpoint_path(ckpt_dir: Path, i: int, sample: Sample) -> Path:
 
 
 def _save_checkpoint(ckpt_dir: Path, i: int, sample: Sample, r: SampleAttribution) -> None:
-    rundir.atomic_save_tensors(
-        _checkpoint_path(ckpt_dir, i, sample),
-        {
-            "attributions": r.attributions,
-            "j_full": r.j_full,
-            "j_baseline": r.j_baseline,
-            "completeness_error": r.completeness_error,
-        },
-    )
+    tensors = {"attributions": r.attributions, **{f"diagnostics.{k}": v for k, v in r.diagnostics.items()}}
+    rundir.atomic_save_tensors(_checkpoint_path(ckpt_dir, i, sample), tensors)
 
 
 def _load_checkpoint(ckpt_dir: Path, i: int, sample: Sample) -> SampleAttribution | None:
@@ -351,7 +400,8 @@ def _load_checkpoint(ckpt_dir: Path, i: int, sample: Sample) -> SampleAttributio
     if not path.is_file():
         return None
     t = load_file(str(path))
-    return SampleAttribution(t["attributions"], t["j_full"], t["j_baseline"], t["completeness_error"])
+    diagnostics = {k.removeprefix("diagnostics."): v for k, v in t.items() if k.startswith("diagnostics.")}
+    return SampleAttribution(t["attributions"], diagnostics)
 
 
 def _remove_checkpoints(ckpt_dir: Path | None) -> None:

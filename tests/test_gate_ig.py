@@ -1,4 +1,4 @@
-"""Gate-IG engine: gates, model formats, agreement with Captum and with the straightforward reference."""
+"""The core and Gate-IG: gates, model formats, the objective, agreement with Captum and with the reference."""
 
 from __future__ import annotations
 
@@ -6,19 +6,28 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.engine import GateIGConfig, attribute_sample, objective, prepare_rows
+from headattr import core
+from headattr.attribution import attribute_sample
+from headattr.data import Sample
 from headattr.gates import gated
-from headattr.masking import make_variants
-from headattr.reference import reference_attribution, reference_objective
+from headattr.masking import MaskConfig, make_variants
+from headattr.methods import GateIGConfig
+from headattr.reference import full_logits, reference_attribution, reference_objective
 
 IDS = [1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12]  # [bos] + prompt (7) + answer (5)
 SPAN = (8, 13)
 UID = "0123456789abcdef"
+SAMPLE = Sample(0, UID, None, tuple(IDS), *SPAN, 0, 0)
+MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
 
 
-def small_cfg(**kw) -> GateIGConfig:
-    base = {"ig_steps": 4, "mask_probs": (0.3, 0.7), "mask_samples_per_prob": 2, "mask_seed": 5}
-    return GateIGConfig(**{**base, **kw})
+def run(spec, batch_size: int = 64, masking: MaskConfig = MASKING, **method):
+    """Gate-IG of SAMPLE with 4 steps unless told otherwise."""
+    return attribute_sample(spec, SAMPLE, GateIGConfig(**{"ig_steps": 4, **method}), masking, batch_size)
+
+
+def masks(probs, draws, seed, mask_id=3):
+    return make_variants(IDS, *SPAN, UID, MaskConfig(mask_probs=probs, mask_samples_per_prob=draws, mask_seed=seed), mask_id)
 
 
 def ids() -> torch.Tensor:
@@ -31,10 +40,10 @@ def ids() -> torch.Tensor:
 @pytest.mark.parametrize("family", ["dream", "llada"])
 def test_all_ones_gates_reproduce_the_model_exactly(family, request):
     spec = request.getfixturevalue(family)
-    plain = spec.full_logits(ids())
+    plain = full_logits(spec, ids())
     ones = {layer: torch.ones(spec.num_heads, dtype=torch.float64) for layer in range(spec.num_layers)}
     with gated(spec, ones):
-        assert torch.equal(spec.full_logits(ids()), plain)
+        assert torch.equal(full_logits(spec, ids()), plain)
 
 
 def test_zero_gate_equals_zeroing_the_heads_columns(dream):
@@ -42,28 +51,28 @@ def test_zero_gate_equals_zeroing_the_heads_columns(dream):
     gates = torch.ones(dream.num_heads, dtype=torch.float64)
     gates[head] = 0
     with gated(dream, {layer: gates}):
-        gated_logits = dream.full_logits(ids())
+        gated_logits = full_logits(dream, ids())
     proj = dream.head_modules[layer]
     saved = proj.weight.detach().clone()
     try:
         with torch.no_grad():
             proj.weight[:, head * d : (head + 1) * d] = 0
-        zeroed = dream.full_logits(ids())
+        zeroed = full_logits(dream, ids())
     finally:
         with torch.no_grad():
             proj.weight.copy_(saved)
     torch.testing.assert_close(gated_logits, zeroed, rtol=0, atol=1e-12)
-    assert not torch.allclose(gated_logits, dream.full_logits(ids()))
+    assert not torch.allclose(gated_logits, full_logits(dream, ids()))
 
 
 def test_per_row_gates_in_one_batch_equal_separate_runs(dream):
     torch.manual_seed(0)
     g = torch.rand(3, dream.num_heads, dtype=torch.float64)
     with gated(dream, {0: g, 2: g.flip(0)}):
-        batched = dream.full_logits(ids().expand(3, -1))
+        batched = full_logits(dream, ids().expand(3, -1))
     for r in range(3):
         with gated(dream, {0: g[r], 2: g.flip(0)[r]}):
-            torch.testing.assert_close(batched[r], dream.full_logits(ids())[0], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(batched[r], full_logits(dream, ids())[0], rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- model formats
@@ -77,22 +86,23 @@ def test_loaded_models_are_bidirectional(family, attn, request):
     try:
         changed = ids().clone()
         changed[0, -1] = 20  # change the last token only
-        before, after = spec.full_logits(ids()), spec.full_logits(changed)
+        before, after = full_logits(spec, ids()), full_logits(spec, changed)
         assert (before[0, 0] - after[0, 0]).abs().max() > 1e-6, "position 0 must see the last token"
-        rope = spec.stack.position_embeddings(spec.stack.embed(ids()))
-        h1 = spec.stack.run(spec.stack.embed(ids()), 0, spec.num_layers, rope)
-        h2 = spec.stack.run(spec.stack.embed(changed), 0, spec.num_layers, rope)
+        stack = spec.backbone
+        ctx = stack.context(stack.embed(ids()))
+        h1 = stack.run(stack.embed(ids()), 0, spec.num_layers, ctx)
+        h2 = stack.run(stack.embed(changed), 0, spec.num_layers, ctx)
         assert (h1[0, 0] - h2[0, 0]).abs().max() > 1e-6
     finally:
         spec.model.set_attn_implementation("sdpa")
 
 
 def test_sdpa_and_eager_agree(dream):
-    sdpa = dream.full_logits(ids())
+    sdpa = full_logits(dream, ids())
     dream.model.set_attn_implementation("eager")
     try:
         # eager takes its softmax in float32, sdpa in the model dtype: agreement up to float32 rounding
-        torch.testing.assert_close(dream.full_logits(ids()), sdpa, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(full_logits(dream, ids()), sdpa, rtol=1e-5, atol=1e-6)
     finally:
         dream.model.set_attn_implementation("sdpa")
 
@@ -100,13 +110,17 @@ def test_sdpa_and_eager_agree(dream):
 def test_logit_shift_by_family(dream, llada):
     assert dream.logit_shift is True and llada.logit_shift is False
     for spec in (dream, llada):
-        v = make_variants(IDS, *SPAN, UID, [0.5], 1, 0, spec.mask_token_id)[0]
-        logits = spec.full_logits(v.input_ids[None])[0]
+        masking = MaskConfig(mask_probs=(0.5,), mask_samples_per_prob=1, mask_seed=0)
+        v = core.variants(spec, SAMPLE, masking)[0]
+        logits = full_logits(spec, v.input_ids[None])[0]
         at = v.positions - 1 if spec.logit_shift else v.positions
         expected = -torch.nn.functional.cross_entropy(logits[at], v.labels)
-        rows = prepare_rows(spec, [v], 8, cache_layers=True)
-        got = objective(spec, rows, torch.tensor([0]), 0, "mean-masked")
-        torch.testing.assert_close(got[0], expected)
+        rows = core.prepare(spec, SAMPLE, masking, 8, cache_layers=True)
+        for start in range(spec.num_layers):  # any cached layer input gives the same J
+            got = core.objective(spec, rows, torch.tensor([0]), start, with_logits=True)
+            torch.testing.assert_close(got.j[0], expected)
+            torch.testing.assert_close(got.logits, logits[at])  # the logits it returns are the ones it scored
+            assert torch.equal(got.labels, v.labels) and torch.equal(got.owner, torch.zeros_like(v.labels))
         torch.testing.assert_close(reference_objective(spec, v.input_ids, v.positions, v.labels), expected)
 
 
@@ -124,7 +138,7 @@ def test_llada_checkpoint_maps_onto_llama_exactly(llada_dir, llada):
     ref.load_state_dict({llada_to_llama_name(k): v for k, v in iter_checkpoint_tensors(llada_dir)})
     for layer in ref.model.layers:
         layer.self_attn.is_causal = False
-    torch.testing.assert_close(llada.full_logits(ids()), ref(ids()).logits, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(full_logits(llada, ids()), ref(ids()).logits, rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------- integrated gradients
@@ -135,9 +149,9 @@ def test_llada_checkpoint_maps_onto_llama_exactly(llada_dir, llada):
 def test_engine_equals_straightforward_reference(family, scope, request):
     """Batching, layer reuse and LM-head selection change nothing: engine == one-at-a-time full passes."""
     spec = request.getfixturevalue(family)
-    cfg = small_cfg(scope=scope, baseline=0.1)
-    fast = attribute_sample(spec, IDS, *SPAN, UID, cfg).attributions
-    slow = reference_attribution(spec, IDS, *SPAN, UID, cfg)
+    method = GateIGConfig(ig_steps=4, scope=scope, baseline=0.1)
+    fast = attribute_sample(spec, SAMPLE, method, MASKING).attributions
+    slow = reference_attribution(spec, SAMPLE, method, MASKING)
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
 
 
@@ -148,9 +162,9 @@ def test_engine_equals_straightforward_reference(family, scope, request):
 def test_agrees_with_captum(dream, rule, method):
     from captum.attr import IntegratedGradients
 
-    cfg = small_cfg(rule=rule, ig_steps=5, baseline=0.2, mask_probs=(0.5,), mask_samples_per_prob=1)
-    ours = attribute_sample(dream, IDS, *SPAN, UID, cfg).attributions[0]
-    v = make_variants(IDS, *SPAN, UID, [0.5], 1, cfg.mask_seed, dream.mask_token_id)[0]
+    masking = MaskConfig(mask_probs=(0.5,), mask_samples_per_prob=1, mask_seed=5)
+    ours = run(dream, masking=masking, rule=rule, ig_steps=5, baseline=0.2).attributions[0]
+    v = core.variants(dream, SAMPLE, masking)[0]
     for layer in range(dream.num_layers):
 
         def forward(g: torch.Tensor, layer: int = layer) -> torch.Tensor:
@@ -173,9 +187,9 @@ def test_agrees_with_captum(dream, rule, method):
 
 def test_completeness_gauss_legendre_beats_riemann(dream):
     def error(rule: str, steps: int) -> float:
-        r = attribute_sample(dream, IDS, *SPAN, UID, small_cfg(rule=rule, ig_steps=steps))
-        gap = np.abs(r.j_full[:, None] - r.j_baseline)
-        return float(np.median(np.abs(r.completeness_error) / gap))
+        d = run(dream, rule=rule, ig_steps=steps).diagnostics
+        gap = np.abs(d["j_full"][:, None] - d["j_baseline"])
+        return float(np.median(np.abs(d["completeness_error"]) / gap))
 
     gl, rr = error("gauss-legendre", 8), error("riemann-right", 8)
     assert gl < rr / 100, (gl, rr)
@@ -184,30 +198,28 @@ def test_completeness_gauss_legendre_beats_riemann(dream):
 
 def test_completeness_error_is_the_identity_gap(dream):
     """sum_h A[l, h] - (J(1) - J(b at layer l)), with J recomputed independently by full passes."""
-    cfg = small_cfg(baseline=0.25)
-    r = attribute_sample(dream, IDS, *SPAN, UID, cfg)
-    v = make_variants(IDS, *SPAN, UID, list(cfg.mask_probs), 2, cfg.mask_seed, dream.mask_token_id)[3]
+    r = run(dream, baseline=0.25)
+    d = r.diagnostics
+    v = core.variants(dream, SAMPLE, MASKING)[3]
     j1 = reference_objective(dream, v.input_ids, v.positions, v.labels).item()
     with gated(dream, {2: torch.full((dream.num_heads,), 0.25, dtype=torch.float64)}):
         jb = reference_objective(dream, v.input_ids, v.positions, v.labels).item()
-    assert r.j_full[3] == pytest.approx(j1, rel=1e-10)
-    assert r.j_baseline[3, 2] == pytest.approx(jb, rel=1e-10)
-    assert r.completeness_error[3, 2] == pytest.approx(r.attributions[3, 2].sum() - (j1 - jb), abs=1e-12)
+    assert d["j_full"][3] == pytest.approx(j1, rel=1e-10)
+    assert d["j_baseline"][3, 2] == pytest.approx(jb, rel=1e-10)
+    assert d["completeness_error"][3, 2] == pytest.approx(r.attributions[3, 2].sum() - (j1 - jb), abs=1e-12)
 
 
 def test_batch_size_does_not_change_results(dream):
-    big = attribute_sample(dream, IDS, *SPAN, UID, small_cfg(batch_size=64)).attributions
+    big = run(dream, batch_size=64).attributions
     for bs in (1, 3):
-        np.testing.assert_allclose(attribute_sample(dream, IDS, *SPAN, UID, small_cfg(batch_size=bs)).attributions,
-                                   big, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(run(dream, batch_size=bs).attributions, big, rtol=1e-10, atol=1e-14)
 
 
 def test_lm_head_only_at_masked_positions_and_weights_frozen(dream):
     seen = []
-    hook = dream.stack.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    hook = dream.backbone.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     try:
-        cfg = small_cfg(mask_probs=(1.0,), mask_samples_per_prob=1, ig_steps=2)
-        attribute_sample(dream, IDS, *SPAN, UID, cfg)
+        run(dream, masking=MaskConfig(mask_probs=(1.0,), mask_samples_per_prob=1), ig_steps=2)
     finally:
         hook.remove()
     n_answer = SPAN[1] - SPAN[0]
@@ -216,24 +228,26 @@ def test_lm_head_only_at_masked_positions_and_weights_frozen(dream):
 
 
 def test_masks_are_keyed_not_ordered():
-    a = make_variants(IDS, *SPAN, UID, [0.15, 0.5, 1.0], 2, 7, 3)
-    b = make_variants(IDS, *SPAN, UID, [0.5], 2, 7, 3)
-    assert [v.positions.tolist() for v in a[2:4]] != [] and all(
-        torch.equal(x.positions, y.positions) is not None for x, y in zip(a, b, strict=False))
+    a = masks([0.15, 0.5, 1.0], 2, 7)
+    # adding probabilities after the first leaves its draws unchanged: nothing depends on how many follow
+    b = masks([0.15], 2, 7)
+    assert all(torch.equal(x.positions, y.positions) for x, y in zip(a[:2], b, strict=True))
     # the draws of probability index 1 depend on (seed, uid, index, draw) only
-    c = make_variants(IDS, *SPAN, UID, [0.9, 0.5], 2, 7, 3)
+    c = masks([0.9, 0.5], 2, 7)
     assert all(torch.equal(x.positions, y.positions) for x, y in zip(a[2:4], c[2:4], strict=True))
+    # another seed draws other masks (20 draws of 5 tokens at p = 0.5 cannot all coincide by chance here)
+    assert any(not torch.equal(x.positions, y.positions) for x, y in zip(masks([0.5], 20, 7), masks([0.5], 20, 8)))
     assert a[4].positions.tolist() == list(range(*SPAN))  # p = 1 masks every answer token
-    assert all(len(v.positions) >= 1 for v in make_variants(IDS, *SPAN, UID, [1e-9], 5, 0, 3))
+    assert all(len(v.positions) >= 1 for v in masks([1e-9], 5, 0))
 
 
 @pytest.mark.parametrize("family", ["dream", "llada"])
 def test_grad_checkpoint_changes_nothing(family, request):
     spec = request.getfixturevalue(family)
-    plain = attribute_sample(spec, IDS, *SPAN, UID, small_cfg()).attributions
-    spec.set_grad_checkpoint(True)
+    plain = run(spec).attributions
+    spec.backbone.set_grad_checkpoint(True)
     try:
-        recomputed = attribute_sample(spec, IDS, *SPAN, UID, small_cfg()).attributions
+        recomputed = run(spec).attributions
     finally:
-        spec.set_grad_checkpoint(False)
+        spec.backbone.set_grad_checkpoint(False)
     np.testing.assert_allclose(recomputed, plain, rtol=1e-12, atol=1e-15)

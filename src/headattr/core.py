@@ -1,0 +1,180 @@
+"""The gated-evaluation core: every consumer (attribution methods, pruning, generation) runs the model here.
+
+One sample becomes a `Rows` object: its masked variants as a batch, where each variant's loss is taken, and
+(for backbones that can start at any layer) the input of every layer computed once with all gates at 1. A
+batch is a set of rows, each a variant with its own gates; a pass starts at any cached layer and returns J per
+row and, when asked, the logits at the positions that predict a masked token:
+
+    rows = core.prepare(spec, sample, masking, batch_size, cache_layers=True)
+    with gated(spec, {layer: g}):                                # g: [R, H], one row of gates per row
+        out = core.objective(spec, rows, v_idx, start, with_logits=True)
+    out.j                                                        # [R] J of each row
+    out.logits, out.labels, out.owner                            # [K, V], [K], [K]: row of each masked token
+
+Gradients, when a caller wants them, flow only to the gates: the weights are frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import Sample
+from .errors import HeadattrError
+from .masking import MaskConfig, Variant, make_variants
+from .models import LayerContext, ModelSpec
+
+
+def autocast_for(spec: ModelSpec) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when the weights are bf16; plain precision otherwise."""
+    if spec.device.type == "cuda" and spec.dtype == torch.bfloat16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def answer_span(spec: ModelSpec, sample: Sample) -> tuple[int, int]:
+    """[start, end) of the answer tokens the model can predict.
+
+    With shifted logits (Dream) position j is predicted from j-1, so position 0 has no predictor.
+    """
+    start = 1 if spec.logit_shift and sample.answer_start == 0 else sample.answer_start
+    if sample.answer_end <= start:
+        raise HeadattrError(
+            f"sample {sample.index} (uid {sample.uid}) has no answer token that can be predicted; check the dataset row"
+        )
+    return start, sample.answer_end
+
+
+def variants(spec: ModelSpec, sample: Sample, masking: MaskConfig) -> list[Variant]:
+    """The masked variants of `sample` (V = probabilities x draws), keyed by its uid."""
+    if spec.mask_token_id is None:
+        raise HeadattrError("no mask token known for this model; pass --mask-token-id")
+    start, end = answer_span(spec, sample)
+    return make_variants(sample.input_ids, start, end, sample.uid, masking, spec.mask_token_id)
+
+
+@dataclass
+class Rows:
+    """The variants of one sample as batched tensors, where each variant's loss is taken and how it is pooled."""
+
+    ids: torch.Tensor  # [V, T]
+    normalize: str  # how J pools the masked tokens' losses (MaskConfig.loss_normalize)
+    predict_at: list[torch.Tensor]  # per variant: positions whose logits predict a masked token
+    labels: list[torch.Tensor]  # per variant: the original tokens there
+    hidden_in: list[torch.Tensor] = field(default_factory=list)  # per layer l: input of layer l, [V, T, d]
+    ctx: LayerContext = field(default_factory=LayerContext)
+
+    @property
+    def num_variants(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def deepest_cached(self) -> int:
+        """The deepest layer whose input is cached (0 when only the embeddings are)."""
+        return len(self.hidden_in) - 1
+
+    def gather(self, v_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flattened (row, position, label) of the masked tokens of the rows whose variants are `v_idx`."""
+        rows, pos, lab = [], [], []
+        for r, v in enumerate(v_idx.tolist()):
+            rows.append(torch.full_like(self.predict_at[v], r))
+            pos.append(self.predict_at[v])
+            lab.append(self.labels[v])
+        return torch.cat(rows), torch.cat(pos), torch.cat(lab)
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` covering range(n)."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def prepare(spec: ModelSpec, sample: Sample, masking: MaskConfig, batch_size: int, cache_layers: bool) -> Rows:
+    """The sample's masked variants as `Rows`; when the backbone can resume and `cache_layers`, with every
+    layer's input (all gates 1) cached, computed `batch_size` rows at a time."""
+    return stack_variants(spec, variants(spec, sample, masking), masking.loss_normalize, batch_size, cache_layers)
+
+
+def stack_variants(
+    spec: ModelSpec, variants: list[Variant], normalize: str, batch_size: int, cache_layers: bool
+) -> Rows:
+    """`prepare` for variants already drawn."""
+    shift = 1 if spec.logit_shift else 0
+    rows = Rows(
+        ids=torch.stack([v.input_ids for v in variants]).to(spec.device),
+        normalize=normalize,
+        predict_at=[v.positions - shift for v in variants],
+        labels=[v.labels for v in variants],
+    )
+    backbone, n = spec.backbone, len(variants)
+    with torch.no_grad(), autocast_for(spec):
+        h = torch.cat([backbone.embed(rows.ids[sl]) for sl in chunks(n, batch_size)])
+        rows.ctx = backbone.context(h)
+        rows.hidden_in = [h]
+        if cache_layers and backbone.resumable:
+            for layer in range(spec.num_layers - 1):
+                h = torch.cat([backbone.run(h[sl], layer, layer + 1, rows.ctx) for sl in chunks(n, batch_size)])
+                rows.hidden_in.append(h)
+    return rows
+
+
+@dataclass
+class Objective:
+    """J per row and, when asked, the logits of the masked tokens (`owner[k]`: the row of token k)."""
+
+    j: torch.Tensor  # [R]
+    logits: torch.Tensor | None = None  # [K, V]
+    labels: torch.Tensor | None = None  # [K]
+    owner: torch.Tensor | None = None  # [K]
+
+
+def row_objective(
+    logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, n_rows: int, normalize: str
+) -> torch.Tensor:
+    """J per row: minus the cross-entropy of its masked tokens, averaged (`mean-masked`) or summed."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: loss in float32
+    nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    loss = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add(0, owner, nll)
+    if normalize == "mean-masked":
+        count = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add(0, owner, torch.ones_like(nll))
+        loss = loss / count
+    return -loss
+
+
+def objective(spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, start: int, with_logits: bool = False) -> Objective:
+    """J for each row (row r is variant `v_idx[r]`), starting at layer `start`, under the caller's gates.
+
+    `start` must be a layer the backbone can start at (`backbone.entry_layer`) whose input is cached. Callers
+    apply gates with `gates.gated` around this call *and* any backward pass: with gradient checkpointing the
+    layers are recomputed during backward and must see the same gates.
+    """
+    owner, pos, labels = (t.to(spec.device) for t in rows.gather(v_idx))
+    backbone = spec.backbone
+    with autocast_for(spec):
+        h = backbone.run(rows.hidden_in[start][v_idx], start, spec.num_layers, rows.ctx.rows(v_idx))
+        logits = backbone.logits(h[owner, pos])
+    j = row_objective(logits, labels, owner, len(v_idx), rows.normalize)
+    if not with_logits:
+        return Objective(j)
+    return Objective(j, logits, labels, owner)
+
+
+def forward_logits(
+    spec: ModelSpec,
+    ids: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    start: int = 0,
+    h: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits [B, T, V] at every position of [B, T] `ids` (no shift applied), under the caller's gates.
+
+    `key_mask` [B, T] (True = real token) keeps queries from attending to padding. With `h`, the pass starts
+    at layer `start` from those hidden states instead of embedding `ids`.
+    """
+    backbone = spec.backbone
+    with autocast_for(spec):
+        if h is None:
+            h, start = backbone.embed(ids), 0
+        ctx = backbone.context(h, key_mask)
+        return backbone.logits(backbone.run(h, start, spec.num_layers, ctx))

@@ -1,0 +1,73 @@
+"""The method interface: how a head-attribution method plugs into the core and the attribution runner.
+
+A method is a settings dataclass (`MethodConfig`) that also knows how to attribute one sample:
+
+    result = method.attribute(spec, rows, batch_size, where)   # rows: core.Rows of the sample's variants
+    result.attributions                                       # [V, L, H] float64, raw signed
+    result.diagnostics                                        # name -> array with leading axis V
+
+The runner (`headattr.attribution`) is generic over methods: it checkpoints `SampleAttribution`s, stacks
+them over samples ([N, V, ...]), asks the method to `summarize` the stacked diagnostics for run.json, and
+records `method` and the method's settings in run.json's `config`. `register` makes a method available to
+`--method NAME` and to `method_from_meta`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import HeadattrError
+from ..models import ModelSpec
+from ..settings import Settings
+
+
+@dataclass
+class SampleAttribution:
+    """One sample's attributions [V, L, H] and its per-variant diagnostics (arrays with leading axis V)."""
+
+    attributions: np.ndarray
+    diagnostics: dict[str, np.ndarray]
+
+
+class MethodConfig(Settings):
+    """Base of every method's settings (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    cache_layers: ClassVar[bool] = True  # whether the core should cache every layer's input for this method
+
+    def attribute(self, spec: ModelSpec, rows: Any, batch_size: int, where: str) -> SampleAttribution:
+        raise NotImplementedError
+
+    def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
+        """run.json's diagnostics summary from the stacked per-variant diagnostics ([N, V, ...])."""
+        return {}
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"method": self.name, **super().to_meta()}
+
+
+METHODS: dict[str, type[MethodConfig]] = {}
+
+
+def register(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: make `cls` the method called `cls.name`."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_config(name: str, **settings: Any) -> MethodConfig:
+    """The settings of method `name` (unknown name: a one-line error listing the methods)."""
+    if name not in METHODS:
+        raise HeadattrError(f"unknown --method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](**settings)
+
+
+def method_from_meta(config: dict[str, Any]) -> MethodConfig:
+    """The method and its settings recorded in a run.json `config` (runs before `method` existed: gate-ig)."""
+    name = config.get("method", "gate-ig")
+    if name not in METHODS:
+        raise HeadattrError(f"run.json names method {name!r}, which this headattr does not know")
+    return METHODS[name].from_meta(config)

@@ -1,0 +1,40 @@
+"""Models: one adapter module per family, a registry, and the loader that picks the adapter.
+
+- `dream`: Dream checkpoints as transformers' Qwen2 (bidirectional, shifted logits).
+- `llada`: LLaDA's OLMo-style checkpoints mapped onto transformers' Llama (bidirectional, no shift).
+- `generic`: anything else through the Auto classes (its own code only with `trust_remote_code`).
+
+`load_model(path, ModelConfig(...))` returns a `ModelSpec`; its `backbone` runs the forward pass from any layer
+(`LayerStack`) or as a whole (`WholeModel`). A new family is one module calling `registry.register` (imported
+below).
+"""
+
+from . import dream, llada  # noqa: F401  (registers the native families)
+from .backbone import LayerContext, LayerStack, WholeModel
+from .files import config_hash, iter_checkpoint_tensors
+from .llada import LLADA_DEFAULT_MASK_ID, LLADA_RENAMES, llada_llama_config, llada_to_llama_name
+from .loading import DTYPES, ModelConfig, default_device, load_model, resolve_dtype
+from .registry import FAMILIES, Family, register
+from .spec import ModelSpec, find_head_modules
+
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "LLADA_DEFAULT_MASK_ID",
+    "LLADA_RENAMES",
+    "Family",
+    "LayerContext",
+    "LayerStack",
+    "ModelConfig",
+    "ModelSpec",
+    "WholeModel",
+    "config_hash",
+    "default_device",
+    "find_head_modules",
+    "iter_checkpoint_tensors",
+    "llada_llama_config",
+    "llada_to_llama_name",
+    "load_model",
+    "register",
+    "resolve_dtype",
+]

@@ -1,0 +1,148 @@
+"""How a forward pass runs: from token ids through the layers to logits, starting at any layer it can.
+
+Two backbones share one interface, so no caller asks which kind it has:
+
+- `LayerStack` (Dream, LLaDA, any native family): transformers' embedding, decoder layers, final norm and LM
+  head, called directly. A pass may start at any layer from that layer's input, and the LM head runs only on
+  the hidden states the caller selects.
+- `WholeModel` (generic checkpoints): the model's own forward. A pass always starts at layer 0 (its "hidden
+  states" are the token ids), and `run` returns every position's logits.
+
+    h = backbone.embed(ids)                    # [B, T, d] (WholeModel: the ids)
+    ctx = backbone.context(h)                  # rotary embeddings, attention mask
+    h = backbone.run(h, start, stop, ctx)      # layers start..stop-1 (WholeModel: 0..L, giving logits)
+    logits = backbone.logits(h[rows, pos])     # [K, V]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import HeadattrError
+
+
+@dataclass
+class LayerContext:
+    """What every layer of one batch needs besides its input: rotary embeddings and the attention mask.
+
+    `attention_mask` is None (every token attends to every token: bidirectional, unpadded) or a mask in the
+    form the attention kernel takes, built by `LayerStack.context` from a [B, T] key-padding mask.
+    """
+
+    position_embeddings: Any = None
+    attention_mask: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor | slice) -> LayerContext:
+        """The context of a subset of the batch's rows (rotary embeddings are shared by every row)."""
+        rope = self.position_embeddings
+        if rope is not None and rope[0].shape[0] > 1:
+            rope = tuple(r[index] for r in rope)
+        mask = None if self.attention_mask is None else self.attention_mask[index]
+        return LayerContext(rope, mask)
+
+
+@dataclass
+class LayerStack:
+    """The pieces of a native decoder, so that a pass can start at any layer (see the module docstring)."""
+
+    embed_tokens: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    lm_head: nn.Module
+    rotary_emb: nn.Module
+    attn_implementation: str = "sdpa"
+    grad_checkpoint: bool = False
+
+    resumable = True
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, d] embeddings."""
+        return self.embed_tokens(input_ids)
+
+    def context(
+        self,
+        h: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> LayerContext:
+        """Rotary embeddings for positions 0..T-1 (or `position_ids` [B, T]) and, with `key_mask` [B, T]
+        (True = a real token), the mask that keeps every query from attending to padding."""
+        if position_ids is None:
+            position_ids = torch.arange(h.shape[1], device=h.device)[None]
+        rope = self.rotary_emb(h, position_ids)
+        mask = None
+        if key_mask is not None:
+            keep = key_mask.to(device=h.device, dtype=torch.bool)[:, None, None, :]  # [B, 1, 1, T]
+            if self.attn_implementation == "eager":  # eager adds the mask to the scores
+                mask = torch.zeros(keep.shape, dtype=h.dtype, device=h.device).masked_fill(
+                    ~keep, torch.finfo(h.dtype).min
+                )
+            else:  # sdpa takes a boolean "may attend" mask
+                mask = keep
+        return LayerContext(rope, mask)
+
+    def run(self, h: torch.Tensor, start: int, stop: int, ctx: LayerContext) -> torch.Tensor:
+        """Apply layers `start..stop-1` to [B, T, d] hidden states; attention is bidirectional."""
+        kwargs = {"attention_mask": ctx.attention_mask, "position_embeddings": ctx.position_embeddings}
+        for layer in self.layers[start:stop]:
+            if self.grad_checkpoint and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(layer, h, use_reentrant=False, is_causal=False, **kwargs)
+            else:
+                h = layer(h, is_causal=False, **kwargs)
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on selected hidden states [..., d] -> [..., V]."""
+        return self.lm_head(self.norm(h))
+
+    def entry_layer(self, layer: int) -> int:
+        """The layer a pass that changes `layer` starts from: that layer itself."""
+        return layer
+
+    def set_grad_checkpoint(self, on: bool) -> None:
+        self.grad_checkpoint = on
+
+
+@dataclass
+class WholeModel:
+    """A model run only as a whole (generic checkpoints): layer 0 in, every position's logits out."""
+
+    model: nn.Module
+
+    resumable = False
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids
+
+    def context(
+        self,
+        h: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> LayerContext:
+        if position_ids is not None:
+            raise HeadattrError("this model runs only as a whole; it cannot take explicit position ids")
+        return LayerContext(attention_mask=None if key_mask is None else key_mask.long())
+
+    def run(self, h: torch.Tensor, start: int, stop: int, ctx: LayerContext) -> torch.Tensor:
+        """The whole forward pass of [B, T] ids: [B, T, V] logits (no shift applied)."""
+        if start != 0:
+            raise ValueError("a WholeModel pass starts at layer 0; ask entry_layer() where to start")
+        return self.model(input_ids=h, attention_mask=ctx.attention_mask).logits
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """`run` already produced logits: selected rows pass through."""
+        return h
+
+    def entry_layer(self, layer: int) -> int:
+        return 0
+
+    def set_grad_checkpoint(self, on: bool) -> None:
+        if on:  # transformers checkpoints only in training mode, which would also switch dropout on
+            raise HeadattrError(
+                "--grad-checkpoint needs a native family (Dream, LLaDA); this model runs as a whole, without it"
+            )

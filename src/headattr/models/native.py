@@ -1,0 +1,94 @@
+"""Native families: a transformers decoder architecture filled with a checkpoint's own tensors.
+
+No checkpoint code runs: the family module maps config and weight names onto a transformers class (Qwen2 for
+Dream, Llama for LLaDA), `build` instantiates it on the meta device and adopts the tensors, and `native_spec`
+describes it with a `LayerStack`, so the core can start a pass at any layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import HeadattrError
+from .backbone import LayerStack
+from .files import config_hash
+from .spec import ModelSpec
+
+
+def rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:
+    """transformers 5's `rope_parameters` from a checkpoint's `rope_theta` and (old-style) `rope_scaling`.
+
+    Passing them explicitly is what transformers 5 asks for; the old keys print a FutureWarning on every load.
+    """
+    params: dict[str, Any] = {"rope_type": "default"}
+    if scaling:
+        params.update({("rope_type" if k == "type" else k): v for k, v in scaling.items()})
+    params["rope_theta"] = float(theta)
+    return params
+
+
+def build(
+    cls: type, config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: str, attn: str
+) -> nn.Module:
+    """Instantiate `cls` without allocating random weights, then adopt the checkpoint's tensors."""
+    config.is_causal = False  # transformers 5.x: bidirectional masks for the whole-model forward
+    config._attn_implementation = attn
+    with torch.device("meta"):
+        model = cls(config)
+    if config.tie_word_embeddings and "lm_head.weight" not in weights:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(weights), set(weights) - expected
+    if missing or unexpected:
+        detail = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
+        raise HeadattrError(
+            f"checkpoint weights do not match the {config.model_type} layout ({detail}); "
+            "is config.json from the same checkpoint?"
+        )
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in weights.items()}, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    with torch.device(device):  # non-persistent RoPE buffers are not in the checkpoint: rebuild them
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    for layer in model.model.layers:
+        layer.self_attn.is_causal = False  # sdpa reads the module flag when no mask is given
+    return model
+
+
+def native_spec(
+    model: nn.Module,
+    root: Path,
+    family: str,
+    mask_id: int | None,
+    logit_shift: bool,
+    head_module_label: str = "",
+) -> ModelSpec:
+    """Describe a model built by `build`; the gates sit on every layer's `self_attn.o_proj`."""
+    c, base = model.config, model.model
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    stack = LayerStack(
+        base.embed_tokens, base.layers, base.norm, model.lm_head, base.rotary_emb, c._attn_implementation
+    )
+    return ModelSpec(
+        model=model,
+        tokenizer=None,
+        family=family,
+        name=root.name,
+        path=str(root),
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        head_dim=head_dim,
+        head_modules=[layer.self_attn.o_proj for layer in base.layers],
+        head_module="self_attn.o_proj",
+        head_module_label=head_module_label,
+        mask_token_id=mask_id,
+        logit_shift=logit_shift,
+        config_hash=config_hash(root),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        backbone=stack,
+    )

@@ -1,0 +1,108 @@
+"""`ModelSpec`: everything the core needs to know about a loaded model, and what `headattr info` prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbone import LayerStack, WholeModel
+
+
+@dataclass
+class ModelSpec:
+    """A loaded model with its shape, its head projections and the conventions of its family.
+
+    `head_modules[l]` is layer l's attention output projection (its input is the concatenated head outputs,
+    where gates act); `head_module` is its module name (data: what `--head-module` takes), `head_module_label`
+    how `info` shows it. `backbone` runs the forward pass (see `models.backbone`). `load_config` is the
+    `ModelConfig` it was loaded with (recorded in run.json).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    family: str
+    name: str
+    path: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    head_modules: list[nn.Linear]
+    head_module: str
+    mask_token_id: int | None
+    logit_shift: bool
+    config_hash: str
+    num_parameters: int
+    backbone: LayerStack | WholeModel
+    head_module_label: str = ""
+    load_config: Any = None
+
+    def __post_init__(self) -> None:
+        self.head_module_label = self.head_module_label or self.head_module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identity and shape, recorded in run.json and printed by `headattr info`."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "family": self.family,
+            "config_hash": self.config_hash,
+            "num_parameters": self.num_parameters,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "head_module": self.head_module,
+            "head_module_label": self.head_module_label,
+            "mask_token_id": self.mask_token_id,
+            "logit_shift": self.logit_shift,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "layer_reuse": self.backbone.resumable,
+        }
+
+
+HEAD_MODULE_CANDIDATES = ("o_proj", "attn_out", "out_proj", "c_proj", "dense", "wo")
+
+
+def find_head_modules(model: nn.Module, num_layers: int, name: str | None) -> tuple[list[nn.Linear], str]:
+    """The per-layer attention output projections, in layer order, and the name that found them.
+
+    With `name`, modules whose qualified name ends with it; otherwise the first candidate suffix that
+    matches exactly one `nn.Linear` per layer. Failing that, the error lists the Linear module names seen.
+    """
+    import re
+
+    from ..errors import HeadattrError
+
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names = [name] if name else list(HEAD_MODULE_CANDIDATES)
+    for suffix in names:
+        found = [(n, m) for n, m in linears if n == suffix or n.endswith("." + suffix)]
+        if len(found) == num_layers:
+            return [m for _, m in found], suffix
+    suffixes: dict[str, int] = {}
+    for n, _ in linears:
+        short = re.sub(r"^.*?\.\d+\.", "", n)
+        suffixes[short] = suffixes.get(short, 0) + 1
+    per_layer = sorted(s for s, k in suffixes.items() if k == num_layers)
+    what = f"--head-module {name!r} matches no single Linear per layer" if name else "cannot locate the heads"
+    raise HeadattrError(
+        f"{what} ({num_layers} layers); pass --head-module NAME, one of the per-layer Linear modules: "
+        f"{', '.join(per_layer) or 'none found'}"
+    )
