@@ -8,8 +8,8 @@ Each implementation runs in its own fresh process on the same model and the same
 - reference: one layer, one quadrature node, one masked variant at a time; whole forward pass; full logits
   (`headattr.reference`);
 - batched:   headattr's batching of nodes and variants, but whole forward passes and full logits
-  (the engine without its layer `Stack`);
-- headattr:  the engine as shipped (batching + reuse of the layers below the gated one + LM head only at
+  (the model's backbone swapped for a `WholeModel`);
+- headattr:  Gate-IG as shipped (batching + reuse of the layers below the gated one + LM head only at
   masked positions).
 
 Printed: wall time per implementation, the speed ratio against the reference, the largest difference of the
@@ -59,16 +59,20 @@ def _peak_rss_mb() -> float:
 
 
 def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, queue: mp.Queue) -> None:
-    from headattr.engine import GateIGConfig, attribute_sample
-    from headattr.models import load_model
+    from headattr.attribution import attribute_sample
+    from headattr.data import Sample
+    from headattr.masking import MaskConfig
+    from headattr.methods import GateIGConfig
+    from headattr.models import WholeModel, load_model
     from headattr.reference import reference_attribution
 
-    torch.set_num_threads(torch.get_num_threads())
     spec = load_model(model_dir, dtype="float32")
-    cfg = GateIGConfig(**cfg_kw)
+    method = GateIGConfig(ig_steps=cfg_kw["ig_steps"])
+    masking = MaskConfig(mask_probs=cfg_kw["mask_probs"], mask_samples_per_prob=cfg_kw["mask_samples_per_prob"])
+    sample = Sample(0, "00ff00ff00ff00ff", None, tuple(ids), *span, 0, 0)
     cuda = spec.device.type == "cuda"
     if kind == "batched":
-        spec.stack = None
+        spec.backbone = WholeModel(spec.model)
     base_rss = _peak_rss_mb()
     if cuda:
         torch.cuda.synchronize()
@@ -76,9 +80,9 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
         base_cuda = torch.cuda.memory_allocated()
     start = time.perf_counter()
     if kind == "reference":
-        attr = reference_attribution(spec, ids, *span, "00ff00ff00ff00ff", cfg)
+        attr = reference_attribution(spec, sample, method, masking)
     else:
-        attr = attribute_sample(spec, ids, *span, "00ff00ff00ff00ff", cfg).attributions
+        attr = attribute_sample(spec, sample, method, masking, cfg_kw["batch_size"]).attributions
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -140,7 +140,7 @@ def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_f
 
 
 def _broken_models(tmp_path: Path, dream_dir: Path) -> dict[str, Path]:
-    from conftest import make_dream_checkpoint
+    from headattr.testing import make_dream_checkpoint
 
     no_config = tmp_path / "no-config"
     shutil.copytree(dream_dir, no_config)
@@ -160,8 +160,9 @@ def _broken_models(tmp_path: Path, dream_dir: Path) -> dict[str, Path]:
 
 
 def _bert(tmp_path: Path) -> Path:
-    from conftest import write_char_tokenizer
     from transformers import BertConfig, BertForMaskedLM
+
+    from headattr.testing import write_char_tokenizer
 
     root = tmp_path / "bert"
     vocab = write_char_tokenizer(root)

@@ -1,7 +1,7 @@
 """Consistency metrics (consistency.py) and ensembles (ensemble.py), checked against SciPy/NumPy and against
 synthetic runs whose true reliability is known.
 
-`make_run` writes a run directory the way `headattr attribute` does: per-sample attributions are
+`headattr.testing.make_run` writes a run directory the way `headattr attribute` does: per-sample attributions are
 `signal + noise` (noise of known standard deviation per layer, independent across samples), spread over the
 masked variants so that each sample's mean over variants is exactly that value.
 """
@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,98 +44,8 @@ from headattr.consistency import (
 )
 from headattr.ensemble import ensemble
 from headattr.errors import HeadattrError
-from headattr.rundir import prepare_output_dir, read_run, write_run
-
-HASH = "ab" * 32
-
-
-def make_run(
-    path: Path,
-    signal: np.ndarray,
-    noise: float | np.ndarray,
-    n: int = 20,
-    v: int = 2,
-    seed: int = 0,
-    config: dict | None = None,
-    config_hash: str = HASH,
-    sample_ids: list[str] | None = None,
-    heatmap: bool = False,
-) -> Path:
-    """Write a complete run directory: per-sample attributions = signal + noise[layer] * N(0, 1)."""
-    rng = np.random.default_rng(seed)
-    num_layers, num_heads = signal.shape
-    sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), (num_layers,))[None, :, None]
-    per_sample = signal[None] + sigma * rng.standard_normal((n, num_layers, num_heads))
-    offsets = np.linspace(-1.0, 1.0, v) if v > 1 else np.zeros(1)  # variants differ, mean unchanged
-    att = (per_sample[:, None] + offsets[None, :, None, None] * 0.01).astype(np.float32)
-    cfg = {
-        "seed": seed,
-        "data_seed": seed,
-        "mask_seed": seed,
-        "samples": n,
-        "ig_steps": 8,
-        "rule": "gauss-legendre",
-        "scope": "layer",
-        "baseline": 0.0,
-        "mask_probs": [round(0.1 + 0.8 * i / max(v - 1, 1), 3) for i in range(v)],
-        "mask_samples_per_prob": 1,
-        "max_length": 2048,
-        "loss_normalize": "mean-masked",
-        "postprocess": "signed",
-        "batch_size": 64,
-        "dtype": "float32",
-    }
-    cfg.update(config or {})
-    ids = sample_ids or [f"{seed}-{i}" for i in range(n)]
-    j_full = rng.normal(size=(n, v))
-    j_base = j_full[..., None] - rng.uniform(1.0, 2.0, size=(n, v, num_layers))
-    err = 0.001 * rng.normal(size=(n, v, num_layers))
-    meta = {
-        "status": "complete",
-        "created": "2025-12-28T00:00:00+00:00",
-        "config": cfg,
-        "model": {
-            "name": "toy-dream",
-            "path": "/models/toy",
-            "family": "dream",
-            "config_hash": config_hash,
-            "num_parameters": 123,
-            "num_layers": num_layers,
-            "num_heads": num_heads,
-            "num_kv_heads": 2,
-            "head_dim": 8,
-            "mask_token_id": 3,
-            "logit_shift": True,
-        },
-        "samples": [
-            {"index": i, "hash": hashlib.sha256(s.encode()).hexdigest()[:16], "prompt_tokens": 5, "answer_tokens": 3}
-            for i, s in enumerate(ids)
-        ],
-        "variants": [{"prob": p, "draw": 0} for p in cfg["mask_probs"]],
-        "diagnostics": {
-            "j_full": j_full.tolist(),
-            "j_baseline": j_base.tolist(),
-            "completeness_error": err.tolist(),
-            "completeness": {
-                "max_abs": float(np.abs(err).max()),
-                "mean_abs": float(np.abs(err).mean()),
-                "median_abs": float(np.median(np.abs(err))),
-            },
-        },
-        "data_report": {},
-        "timings": {},
-        "device": "cpu",
-        "versions": {},
-    }
-    prepare_output_dir(path)
-    write_run(path, final_scores(att, cfg["postprocess"]), att, meta, heatmap=heatmap)
-    return path
-
-
-def standard_signal(num_layers: int, num_heads: int, seed: int = 1) -> np.ndarray:
-    """Per layer: head signals with mean 0 and population variance exactly 1."""
-    s = np.random.default_rng(seed).standard_normal((num_layers, num_heads))
-    return (s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True)
+from headattr.rundir import read_run
+from headattr.testing import make_run, standard_signal
 
 
 @pytest.fixture
@@ -345,16 +254,6 @@ def test_bootstrap_without_noise_collapses(tmp_path: Path) -> None:
     for key in ("global_pearson", "mean_layer_pearson", "global_overlap_top5"):
         iv = p.bootstrap[key]
         assert iv.low == pytest.approx(iv.high, abs=1e-9) and iv.low == pytest.approx(iv.estimate, abs=1e-6)
-
-
-def test_compare_is_fast_on_seed_sized_runs(tmp_path: Path) -> None:
-    sig = standard_signal(28, 28)
-    a = make_run(tmp_path / "a", sig, 3.0, n=50, v=10, seed=1)
-    b = make_run(tmp_path / "b", sig, 3.0, n=50, v=10, seed=2)
-    start = time.perf_counter()
-    comp = compare([a, b], bootstrap=1000)
-    assert time.perf_counter() - start < 15
-    assert comp.pairs[0].bootstrap["mean_layer_pearson"].replicates == 1000
 
 
 # ---------------------------------------------------------------- compare on runs

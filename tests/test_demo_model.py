@@ -84,10 +84,9 @@ def test_loads_as_plain_qwen2_and_is_bidirectional(demo) -> None:
 
 
 def test_loads_through_headattr_models() -> None:
-    models = pytest.importorskip("headattr.models")
-    if not hasattr(models, "load_model"):
-        pytest.skip("headattr.models.load_model is not available")
-    spec = models.load_model(MODEL_DIR, device="cpu")
+    from headattr.models import load_model
+
+    spec = load_model(MODEL_DIR, device="cpu")
     assert spec.logit_shift is True
     assert spec.mask_token_id == json.loads((MODEL_DIR / "config.json").read_text())["mask_token_id"]
     assert (spec.num_layers, spec.num_heads) == (6, 8)

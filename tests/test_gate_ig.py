@@ -27,7 +27,8 @@ def run(spec, batch_size: int = 64, masking: MaskConfig = MASKING, **method):
 
 
 def masks(probs, draws, seed, mask_id=3):
-    return make_variants(IDS, *SPAN, UID, MaskConfig(mask_probs=probs, mask_samples_per_prob=draws, mask_seed=seed), mask_id)
+    masking = MaskConfig(mask_probs=probs, mask_samples_per_prob=draws, mask_seed=seed)
+    return make_variants(IDS, *SPAN, UID, masking, mask_id)
 
 
 def ids() -> torch.Tensor:
@@ -236,7 +237,8 @@ def test_masks_are_keyed_not_ordered():
     c = masks([0.9, 0.5], 2, 7)
     assert all(torch.equal(x.positions, y.positions) for x, y in zip(a[2:4], c[2:4], strict=True))
     # another seed draws other masks (20 draws of 5 tokens at p = 0.5 cannot all coincide by chance here)
-    assert any(not torch.equal(x.positions, y.positions) for x, y in zip(masks([0.5], 20, 7), masks([0.5], 20, 8)))
+    other_seed = zip(masks([0.5], 20, 7), masks([0.5], 20, 8), strict=True)
+    assert any(not torch.equal(x.positions, y.positions) for x, y in other_seed)
     assert a[4].positions.tolist() == list(range(*SPAN))  # p = 1 masks every answer token
     assert all(len(v.positions) >= 1 for v in masks([1e-9], 5, 0))
 

@@ -16,8 +16,8 @@ import torch
 from safetensors.numpy import load_file
 
 import headattr
-from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.attribution import attribute_sample
+from headattr.demo import DATA_FILE, MODEL_DIR
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gate_ig_builtin.safetensors"
 

@@ -23,7 +23,6 @@ from headattr.errors import HeadattrError
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
-from headattr.reference import full_logits
 from headattr.prune import (
     eval_masking,
     evaluate,
@@ -36,6 +35,7 @@ from headattr.prune import (
     run_uids,
     select_eval_samples,
 )
+from headattr.reference import full_logits
 from headattr.rundir import read_run
 
 RUN_SAMPLES = 6

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_consistency import make_run, standard_signal
 
 from headattr import compare
 from headattr.cli import main
 from headattr.consistency import Comparison
 from headattr.figures import plot_consistency
 from headattr.report import STRINGS, _Renderer, fmt_score, render_report, write_outputs
+from headattr.testing import make_run, standard_signal
 
 EN_HEADINGS = [
     "## Configuration",

@@ -18,7 +18,6 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -329,23 +328,22 @@ def _meta(
     status: str,
 ) -> dict[str, Any]:
     tok = spec.tokenizer
-    return {
-        "status": status,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config,
-        "model": spec.describe(),
-        "tokenizer": {
+    return rundir.run_meta(
+        status=status,
+        config=config,
+        model=spec.describe(),
+        tokenizer={
             "name_or_path": getattr(tok, "name_or_path", None),
             "class": type(tok).__name__,
             "vocab_size": len(tok) if tok is not None else None,
         },
-        "samples": [sample_record(s) for s in samples],
-        "variants": masking.variant_keys(),
-        "data_report": data_report.to_dict() if hasattr(data_report, "to_dict") else data_report,
+        samples=[sample_record(s) for s in samples],
+        variants=masking.variant_keys(),
+        data_report=data_report.to_dict() if hasattr(data_report, "to_dict") else data_report,
+        device=device_record(spec),
+        versions=library_versions(),
         **extra,
-        "device": device_record(spec),
-        "versions": library_versions(),
-    }
+    )
 
 
 # ---------------------------------------------------------------- checkpoints (resume)

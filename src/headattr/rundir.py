@@ -208,6 +208,47 @@ def write_run(
     return out
 
 
+def run_meta(
+    *,
+    config: dict[str, Any],
+    model: dict[str, Any],
+    samples: list[dict[str, Any]],
+    variants: list[dict[str, Any]],
+    status: str = "complete",
+    tokenizer: dict[str, Any] | None = None,
+    data_report: dict[str, Any] | None = None,
+    diagnostics: dict[str, Any] | None = None,
+    timings: dict[str, Any] | None = None,
+    device: dict[str, str] | None = None,
+    versions: dict[str, str] | None = None,
+    created: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """run.json's content, in its one layout (every writer of a run directory builds it here).
+
+    `config` is the flat settings object (see `headattr.settings`), `model` a `ModelSpec.describe()`,
+    `samples` one record per sample (index, hash, tokens, ...), `variants` the (prob, draw) of each masked
+    variant, `device` {"type", "name"}. `extra` adds top-level entries (`demo`, `ensemble`, ...).
+    """
+    from datetime import datetime, timezone
+
+    return {
+        "status": status,
+        "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "model": model,
+        "tokenizer": tokenizer,
+        "samples": samples,
+        "variants": variants,
+        "data_report": data_report,
+        "diagnostics": diagnostics,
+        "timings": timings or {},
+        **extra,
+        "device": device,
+        "versions": versions or {},
+    }
+
+
 def read_run(path: str | Path) -> Run:
     """Load a run directory written by `headattr attribute` (or `ensemble`)."""
     path = Path(path)

@@ -94,15 +94,19 @@ def _safetensors_tensors(shard: Path, device: str) -> Iterator[tuple[str, torch.
         ) from None
 
 
-def load_tokenizer(root: Path, trust_remote_code: bool) -> Any:
-    """AutoTokenizer; when the checkpoint's tokenizer class needs remote code, fall back to tokenizer.json."""
+def load_tokenizer(root: Path, trust_remote_code: bool, config: Any = None) -> Any:
+    """AutoTokenizer; when the checkpoint's tokenizer class needs remote code, fall back to tokenizer.json.
+
+    `config` is the transformers config the model was built with: given, AutoTokenizer does not parse
+    config.json again (for Dream and LLaDA that would read their old-style RoPE keys and warn).
+    """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # silence "model of type Dream" notices: the config is read on purpose
     try:
-        return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code, config=config)
     except Exception as exc:
         if (root / "tokenizer.json").is_file():
             return PreTrainedTokenizerFast.from_pretrained(str(root))
