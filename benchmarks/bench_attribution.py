@@ -1,4 +1,4 @@
-"""Speed and memory of headattr's Gate-IG engine against the straightforward reference, in one run.
+"""Speed and memory of headattr's Gate-IG against the straightforward reference, in one run.
 
     python benchmarks/bench_attribution.py                  # synthetic Dream-format model, CPU
     python benchmarks/bench_attribution.py --model DIR      # a real checkpoint (CUDA if available)

@@ -148,7 +148,7 @@ def test_llada_checkpoint_maps_onto_llama_exactly(llada_dir, llada):
 @pytest.mark.parametrize("family", ["dream", "llada"])
 @pytest.mark.parametrize("scope", ["layer", "joint"])
 def test_engine_equals_straightforward_reference(family, scope, request):
-    """Batching, layer reuse and LM-head selection change nothing: engine == one-at-a-time full passes."""
+    """Batching, layer reuse and LM-head selection change nothing: Gate-IG == one-at-a-time full passes."""
     spec = request.getfixturevalue(family)
     method = GateIGConfig(ig_steps=4, scope=scope, baseline=0.1)
     fast = attribute_sample(spec, SAMPLE, method, MASKING).attributions

@@ -154,7 +154,7 @@ def test_random_removals_are_nested_across_fractions():
 
 
 def test_loss_is_the_attribution_objective(dream, run, eval_samples):
-    """Unpruned loss = -J of the engine (mean over variants), i.e. what attribution computes as J(1)."""
+    """Unpruned loss = -J of the core (mean over variants), i.e. what attribution computes as J(1)."""
     cfg = eval_masking(run)
     assert cfg == MASKING.replace(loss_normalize="mean-masked")  # read back from run.json
     sample = eval_samples[0]

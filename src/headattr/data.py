@@ -1,7 +1,7 @@
 """Datasets of (prompt, answer) pairs: reading, sample selection and tokenization.
 
 This module implements the "Inputs" and "Tokens" sections of the Gate-IG definition
-(`docs/gate-ig.md`): which rows of a dataset become samples, and the exact token ids the engine sees.
+(`docs/gate-ig.md`): which rows of a dataset become samples, and the exact token ids the core sees.
 
 Three steps, each usable on its own:
 
@@ -418,7 +418,7 @@ def _draw(records: Sequence[Record], count: int, rng: np.random.Generator, group
 
 @dataclass(frozen=True)
 class Sample:
-    """One tokenized sample, ready for the engine.
+    """One tokenized sample, ready for the core.
 
     `input_ids = [bos] + prompt tokens + answer tokens` after truncation; the answer span is
     `input_ids[answer_start:answer_end]` (here `answer_end == len(input_ids)`).
