@@ -230,7 +230,7 @@ def test_outputs_and_figure(tmp_path: Path, comp2: Comparison, comp3: Comparison
     write_outputs(comp3, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     assert len((tmp_path / "out" / "layer_metrics.csv").read_text().splitlines()) == 1 + 3 * 9
-    plot_consistency(comp3, 1, 2, tmp_path / "fig.png")
+    (tmp_path / "fig.png").write_bytes(plot_consistency(comp3, 1, 2))
     assert (tmp_path / "fig.png").stat().st_size > 10_000
 
 

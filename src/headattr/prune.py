@@ -736,14 +736,14 @@ PRUNE_FILES = (PRUNING_FILE, CURVE_FILE, HEAD_MASK_FILE)
 def write_outputs(result: PruneResult, out: str | Path) -> dict[str, Path]:
     """Write pruning.json, pruning_curve.png and head_mask.json into `out` (each atomically)."""
     from .figures import plot_pruning_curve
-    from .rundir import atomic_write_json
+    from .rundir import atomic_write_bytes, atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in PRUNE_FILES}
     atomic_write_json(paths[PRUNING_FILE], result.to_dict())
     atomic_write_json(paths[HEAD_MASK_FILE], result.head_mask())
-    plot_pruning_curve(result, paths[CURVE_FILE])
+    atomic_write_bytes(paths[CURVE_FILE], plot_pruning_curve(result))
     return paths
 
 

@@ -31,7 +31,8 @@ from typing import Any
 
 from .consistency import Comparison, Interval, PairMetrics, Summary
 from .errors import HeadattrError
-from .rundir import atomic_write_json, atomic_write_text, prepare_output_dir
+from .figures import plot_consistency
+from .rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
 
 REPORT_FILE = "report.md"
 FIGURE_FILE = "consistency_analysis.png"
@@ -1176,14 +1177,12 @@ def write_outputs(
     comparison: Comparison, out: str | Path, lang: str = "en", overwrite: bool = False
 ) -> dict[str, Path]:
     """Write report.md, metrics.json, layer_metrics.csv and consistency_analysis.png into `out`."""
-    from .figures import plot_consistency
-
     if lang not in LANGS:
         raise HeadattrError(f"unknown report language {lang!r}; choose one of {', '.join(LANGS)}")
     out = prepare_output_dir(Path(out), overwrite, owned=OUTPUT_FILES)
     paths = {name: out / name for name in OUTPUT_FILES}
     atomic_write_json(paths[METRICS_FILE], comparison.to_dict())
     atomic_write_text(paths[LAYER_CSV_FILE], layer_metrics_csv(comparison))
-    plot_consistency(comparison, 0, 1, paths[FIGURE_FILE])
+    atomic_write_bytes(paths[FIGURE_FILE], plot_consistency(comparison, 0, 1))
     atomic_write_text(paths[REPORT_FILE], render_report(comparison, lang))
     return paths

@@ -31,6 +31,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .errors import HeadattrError
+from .figures import plot_heatmap
 
 RUN_FORMAT = "headattr-run"
 RUN_VERSION = 1
@@ -193,8 +194,6 @@ def write_run(
     heatmap: bool = True,
 ) -> Path:
     """Write the final files of a run directory (atomically). `out` must already be prepared."""
-    from .figures import plot_heatmap
-
     out = Path(out)
     scores = np.asarray(scores, dtype=np.float32)
     attributions = np.asarray(attributions, dtype=np.float32)
@@ -202,7 +201,7 @@ def write_run(
     atomic_write_text(out / HEADS_FILE, heads_csv(scores))
     if heatmap:
         title = f"Gate-IG head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
-        plot_heatmap(scores, out / HEATMAP_FILE, title=title)
+        atomic_write_bytes(out / HEATMAP_FILE, plot_heatmap(scores, title=title))
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, **meta}
     atomic_write_json(out / META_FILE, meta)
     return out
