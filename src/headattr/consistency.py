@@ -76,6 +76,7 @@ import numpy as np
 from scipy import stats
 
 from .aggregate import sample_scores
+from .diagnostics import completeness_from_diagnostics
 from .errors import HeadattrError
 from .rundir import Run, read_run
 
@@ -641,25 +642,15 @@ def _shared_samples(a: Run, b: Run) -> int | None:
 
 
 def completeness_summary(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """run.json's completeness summary plus `relative_total` = sum|err| / sum|J(1) - J(b)| when available.
-
-    The total ratio is robust to variants whose gap J(1) - J(b) is close to zero (where the per-variant
-    relative error explodes).
-    """
+    """The run's completeness summary (`diagnostics.completeness_summary`), recomputed from run.json's
+    per-variant diagnostics so that every run is summarised by the same rule, whatever version wrote it;
+    run.json's stored summary only when the per-variant values are absent; None when neither exists."""
     diag = meta.get("diagnostics") or {}
-    summary = dict(diag.get("completeness") or {})
-    try:
-        err = np.abs(np.asarray(diag["completeness_error"], dtype=np.float64))
-        j_full = np.asarray(diag["j_full"], dtype=np.float64)
-        j_base = np.asarray(diag["j_baseline"], dtype=np.float64)
-        gap = np.abs(j_full[..., None] - j_base)
-        total = float(gap.sum())
-        summary["relative_total"] = float(err.sum()) / total if total > 0 else None
-    except (KeyError, TypeError, ValueError):
+    summary = completeness_from_diagnostics(diag)
+    if summary is None and diag.get("completeness"):
+        summary = {**diag["completeness"]}
         summary.setdefault("relative_total", None)
-    if not summary or all(v is None for v in summary.values()):
-        return None
-    return {k: _jsonable(v) for k, v in summary.items()}
+    return None if summary is None else {k: _jsonable(v) for k, v in summary.items()}
 
 
 # ---------------------------------------------------------------- per run

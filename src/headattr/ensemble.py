@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .consistency import check_same_model
+from .diagnostics import completeness_from_diagnostics
 from .errors import HeadattrError
 from .rundir import SCORES_FILE, Run, check_output_dir, prepare_output_dir, read_run, write_run
 
@@ -106,21 +107,7 @@ def merged_diagnostics(runs: Sequence[Run]) -> dict[str, Any]:
     if not all(all(k in d for k in DIAGNOSTIC_ARRAYS) for d in diags):
         return {"completeness": None}
     merged = {k: [row for d in diags for row in d[k]] for k in DIAGNOSTIC_ARRAYS}
-    try:
-        err = np.abs(np.asarray(merged["completeness_error"], dtype=np.float64))
-        gap = np.abs(
-            np.asarray(merged["j_full"], dtype=np.float64)[..., None] - np.asarray(merged["j_baseline"], dtype=float)
-        )
-    except ValueError:  # ragged: runs with different scopes
-        return {**merged, "completeness": None}
-    rel = err / np.maximum(gap, 1e-12)
-    merged["completeness"] = {
-        "max_abs": float(err.max()),
-        "mean_abs": float(err.mean()),
-        "median_abs": float(np.median(err)),
-        "max_relative": float(rel.max()),
-        "median_relative": float(np.median(rel)),
-    }
+    merged["completeness"] = completeness_from_diagnostics(merged)  # None when ragged (runs of other scopes)
     return merged
 
 

@@ -134,9 +134,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_cmax": "Completeness error, max abs",
         "d_cmean": "Completeness error, mean abs",
         "d_crel": "Completeness error / gap (total)",
-        "dist_note": "Completeness error: sum of a layer's head attributions minus J(1) - J(baseline), per "
-        "masked variant (run.json diagnostics); the last row divides the summed absolute errors by the "
-        "summed absolute gaps.",
+        "d_cpath": "Completeness error / gap, largest path",
+        "dist_note": "Completeness error: sum of a layer's head attributions minus the gap J(1) - J(baseline), "
+        "per masked variant (run.json diagnostics). \"Total\" divides the summed absolute errors by the summed "
+        "absolute gaps (the number the threshold uses); \"largest path\" is the largest per-path ratio over "
+        "paths whose gap is at least 1% of the run's median gap (smaller gaps would make the ratio explode).",
         "h_chance": "### 5. Chance levels",
         "chance_text": "Two top-K sets drawn at random from N heads share K/N of their members on average (the "
         "mean of the hypergeometric distribution, K·K/N heads, divided by K). The Kuncheva index "
@@ -348,8 +350,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_cmax": "完备性误差，最大绝对值",
         "d_cmean": "完备性误差，平均绝对值",
         "d_crel": "完备性误差 / 差值（总和）",
-        "dist_note": "完备性误差：每个 mask 变体中，一层所有头归因之和减去 J(1) - J(baseline)（来自 run.json "
-        "diagnostics）；最后一行为绝对误差总和除以绝对差值总和。",
+        "d_cpath": "完备性误差 / 差值，最大单条路径",
+        "dist_note": "完备性误差：每个 mask 变体中，一层所有头归因之和减去差值 J(1) - J(baseline)（来自 run.json "
+        "diagnostics）。“总和”为绝对误差总和除以绝对差值总和（阈值所用的数值）；“最大单条路径”为差值不小于该运行"
+        "差值中位数 1% 的路径中最大的单条比值（差值更小的路径会使比值失去意义）。",
         "h_chance": "### 5. 随机水平",
         "chance_text": "从 N 个头中随机抽取的两个 Top-K 集合平均共享 K/N 的成员（超几何分布的期望 K·K/N 个头，"
         "除以 K）。"
@@ -856,7 +860,8 @@ class _Renderer:
         ]
         for key, field_name in (("d_cmax", "max_abs"), ("d_cmean", "mean_abs")):
             rows.append([f"**{self.t(key)}**"] + [fmt_score((r.completeness or {}).get(field_name)) for r in runs])
-        rows.append([f"**{self.t('d_crel')}**"] + [fmt_pct((r.completeness or {}).get("relative_total")) for r in runs])
+        for key, field_name in (("d_crel", "relative_total"), ("d_cpath", "max_relative")):
+            rows.append([f"**{self.t(key)}**"] + [fmt_pct((r.completeness or {}).get(field_name)) for r in runs])
         return _table([""] + [r.label for r in runs], rows) + ["", self.t("dist_note")]
 
     def chance(self) -> list[str]:
