@@ -23,6 +23,8 @@ from headattr import compare
 from headattr.aggregate import final_scores, sample_scores
 from headattr.cli import main
 from headattr.consistency import (
+    NA_NON_POSITIVE,
+    NA_ONE_SAMPLE,
     chance_overlap,
     correlate,
     default_bands,
@@ -311,9 +313,24 @@ def test_split_half_odd_n_and_no_signal(tmp_path: Path) -> None:
     rel = split_half(sample_scores(run.attributions), 10, np.random.default_rng(0), target=0.9)
     assert rel.half == 10
     assert rel.full_layer[0] == pytest.approx(spearman_brown(rel.split_layer[0], 21 / 10))
-    assert abs(rel.full_layer[1]) < 0.2
+    assert abs(rel.split_layer[1]) < 0.2
+    if rel.full_layer[1] is None:  # r <= 0: N/A with the reason, never a value below -1
+        assert rel.split_layer[1] <= 0 and rel.reason_layer[1] == NA_NON_POSITIVE
+    else:
+        assert 0 < rel.full_layer[1] < 0.2 and rel.reason_layer[1] is None
     one = split_half(np.zeros((1, 2, 3)), 5, np.random.default_rng(0), 0.9)
-    assert one.full_layer == [None, None] and one.needed_global is None
+    assert one.full_layer == [None, None] and one.needed_global is None and one.reason_layer == [NA_ONE_SAMPLE] * 2
+
+
+def test_split_half_negative_half_correlation_is_na_with_raw_r() -> None:
+    """Two samples x and -x: every split correlates its halves at exactly -1; Spearman-Brown would give -inf."""
+    x = np.random.default_rng(0).normal(size=(1, 2, 6))
+    rel = split_half(np.concatenate([x, -x]), 5, np.random.default_rng(0), 0.9)
+    assert rel.split_layer == pytest.approx([-1.0, -1.0]) and rel.split_global == pytest.approx(-1.0)
+    assert rel.full_layer == [None, None] and rel.full_global is None and rel.needed_layer == [None, None]
+    assert rel.reason_layer == [NA_NON_POSITIVE] * 2 and rel.reason_global == NA_NON_POSITIVE
+    for r in np.linspace(-1, 0, 11):
+        assert spearman_brown(float(r), 2.0) is None  # the formula gives r < -1 for r < -1/3
 
 
 def test_bootstrap_known_noise(tmp_path: Path) -> None:

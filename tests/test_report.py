@@ -252,3 +252,25 @@ def test_cli_compare_and_ensemble(tmp_path: Path, runs: list[Path], capsys) -> N
     assert f"wrote {ens}/" in capsys.readouterr().out
     assert main(["compare", str(ens), str(runs[2]), "--out", str(tmp_path / "c2"), "--bootstrap", "0"]) == 0
     assert "Bootstrap skipped" in (tmp_path / "c2" / "report.md").read_text()
+
+
+def test_reliability_with_non_positive_half_correlation_is_na_with_r(tmp_path: Path) -> None:
+    """A layer whose halves anti-correlate: N/A with the raw r in both languages and null in metrics.json."""
+    sig = standard_signal(2, 12)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 2, 12))
+    a = make_run(tmp_path / "a", sig, 0.1, n=20, seed=1)
+    b = make_run(tmp_path / "b", sig, 0.1, n=20, seed=2)
+    comp = compare([a, b], bootstrap=0)
+    rel = comp.runs[0].reliability
+    assert rel.full_layer[1] is not None
+    from headattr.consistency import split_half
+
+    anti = split_half(np.concatenate([x, -x]), 4, np.random.default_rng(0), 0.9)  # r = -1 in both layers
+    comp.runs[0].reliability = anti
+    assert "| Layer 1 | N/A (half r = -1.0000) |" in render_report(comp, "en")
+    assert "N/A（分半 r = -1.0000）" in render_report(comp, "zh")
+    d = json.loads(json.dumps(comp.to_dict()))
+    assert d["runs"][0]["reliability"]["full_layer"] == [None, None]
+    assert d["runs"][0]["reliability"]["split_layer"] == pytest.approx([-1.0, -1.0])
+    assert d["runs"][0]["reliability"]["reason_layer"][0].startswith("half correlation r <= 0")

@@ -226,6 +226,10 @@ class Reliability:
     full_global: Number
     needed_global: int | None
     below_target: int  # layers whose full_layer is N/A or below the target
+    # why full_layer[i] / full_global is N/A (None where it is defined): no per-sample attributions, fewer
+    # than two samples, constant scores in the halves, or a half correlation r <= 0 (split_layer keeps r)
+    reason_layer: list[str | None] = field(default_factory=list)
+    reason_global: str | None = None
 
 
 @dataclass
@@ -451,8 +455,12 @@ def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def spearman_brown(r: Number, factor: float) -> Number:
-    """Reliability of a measurement `factor` times as long as one with reliability `r`."""
-    if r is None:
+    """Reliability of a measurement `factor` times as long as one with reliability `r`.
+
+    None for r <= 0: the formula assumes a positive true-score share, and for negative r it leaves [-1, 1]
+    (r = -0.6, factor 2 gives -3), so no reliability is claimed there (`split_half` gives the reason).
+    """
+    if r is None or r <= 0:
         return None
     denom = 1.0 + (factor - 1.0) * r
     return factor * r / denom if denom > 0 else None
@@ -656,13 +664,41 @@ def completeness_summary(meta: dict[str, Any]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- per run
 
 
-def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, target: float) -> Reliability:
-    """Split-half reliability of per-sample scores [N, L, H] (see module docstring)."""
+NA_NO_SAMPLES = "no per-sample attributions (scores-only run)"
+NA_ONE_SAMPLE = "fewer than two samples"
+NA_CONSTANT = "constant scores in the halves"
+NA_NON_POSITIVE = "half correlation r <= 0: Spearman-Brown is undefined"
+
+
+def _reliability_reason(split_r: Number, full_r: Number) -> str | None:
+    if full_r is not None:
+        return None
+    return NA_CONSTANT if split_r is None else NA_NON_POSITIVE
+
+
+def unavailable_reliability(n: int, num_layers: int, splits: int, reason: str) -> Reliability:
+    """A Reliability with every value N/A for `reason` (scores-only runs, a single sample)."""
+    none: list[Any] = [None] * num_layers
+    return Reliability(
+        n, n // 2, splits, none, list(none), list(none), None, None, None, num_layers, [reason] * num_layers, reason
+    )
+
+
+def split_half(
+    per_sample: np.ndarray | None, splits: int, rng: np.random.Generator, target: float, num_layers: int | None = None
+) -> Reliability:
+    """Split-half reliability of per-sample scores [N, L, H] (see module docstring).
+
+    `per_sample` None (a scores-only run; then `num_layers` is required) or N < 2 gives N/A with its reason.
+    A layer whose mean half correlation r is <= 0 gets `full_layer` None (never a value below -1) and
+    keeps r in `split_layer`.
+    """
+    if per_sample is None:
+        return unavailable_reliability(0, int(num_layers or 0), splits, NA_NO_SAMPLES)
     n, num_layers, num_heads = per_sample.shape
     half = n // 2
     if half < 1:
-        none: list[Any] = [None] * num_layers
-        return Reliability(n, half, splits, none, list(none), list(none), None, None, None, num_layers)
+        return unavailable_reliability(n, num_layers, splits, NA_ONE_SAMPLE)
     weights = np.zeros((2, splits, n))
     for s in range(splits):
         perm = rng.permutation(n)
@@ -688,6 +724,8 @@ def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, ta
         full_global=full_global,
         needed_global=samples_needed(full_global, n, target),
         below_target=sum(r is None or r < target for r in full_layer),
+        reason_layer=[_reliability_reason(r, f) for r, f in zip(split_layer, full_layer, strict=True)],
+        reason_global=_reliability_reason(split_global, full_global),
     )
 
 

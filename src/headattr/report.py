@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .consistency import Comparison, Interval, PairMetrics, Summary
+from .consistency import NA_NO_SAMPLES, NA_NON_POSITIVE, Comparison, Interval, PairMetrics, Reliability, Summary
 from .errors import HeadattrError
 from .figures import plot_consistency
 from .rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
@@ -136,8 +136,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_crel": "Completeness error / gap (total)",
         "d_cpath": "Completeness error / gap, largest path",
         "dist_note": "Completeness error: sum of a layer's head attributions minus the gap J(1) - J(baseline), "
-        "per masked variant (run.json diagnostics). \"Total\" divides the summed absolute errors by the summed "
-        "absolute gaps (the number the threshold uses); \"largest path\" is the largest per-path ratio over "
+        'per masked variant (run.json diagnostics). "Total" divides the summed absolute errors by the summed '
+        'absolute gaps (the number the threshold uses); "largest path" is the largest per-path ratio over '
         "paths whose gap is at least 1% of the run's median gap (smaller gaps would make the ratio explode).",
         "h_chance": "### 5. Chance levels",
         "chance_text": "Two top-K sets drawn at random from N heads share K/N of their members on average (the "
@@ -193,8 +193,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "rel_text": "Each run's samples are split at random into two halves of {half} ({splits} splits, seed "
         "{seed}); the correlation r of the half-means is averaged over splits and corrected to the full "
         "run with Spearman-Brown (2r/(1+r) for equal halves). The projected number of samples for "
-        "reliability {target} is N·R(1-r)/(r(1-R)) (Spearman-Brown prophecy); N/A where r <= 0. Two runs "
+        "reliability {target} is N·R(1-r)/(r(1-R)) (Spearman-Brown prophecy). Where the half correlation is "
+        "r <= 0 the correction is undefined (it would leave [-1, 1]): the cell says N/A with the raw half "
+        "correlation, and no sample count can be projected. Two runs "
         'with reliabilities r_A and r_B are expected to correlate at √(r_A·r_B) ("expected").',
+        "rel_na_negative": "N/A (half r = {r})",
+        "rel_na_samples": "N/A (scores only)",
         "col_rel": "Reliability {label}",
         "col_need": "Samples needed {label}",
         "col_expected": "Expected Pearson",
@@ -405,8 +409,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "rel_text": "每个运行的样本被随机分成两半，每半 {half} 个（{splits} 次随机划分，"
         "种子 {seed}）；两半均值的相关 r "
         "在各次划分上取平均，并用 Spearman-Brown 公式校正到完整运行（等分时为 2r/(1+r)）。达到信度 {target} "
-        "所需的样本数为 N·R(1-r)/(r(1-R))（Spearman-Brown 预测公式）；r <= 0 时为 N/A。信度分别为 r_A 与 r_B "
+        "所需的样本数为 N·R(1-r)/(r(1-R))（Spearman-Brown 预测公式）。分半相关 r <= 0 时校正公式无定义（结果会超出 "
+        "[-1, 1]）：表中记为 N/A 并给出原始分半相关，也无法推算所需样本数。信度分别为 r_A 与 r_B "
         "的两个运行，其相关的期望值为 √(r_A·r_B)（“期望”）。",
+        "rel_na_negative": "N/A（分半 r = {r}）",
+        "rel_na_samples": "N/A（仅有分数）",
         "col_rel": "信度 {label}",
         "col_need": "所需样本数 {label}",
         "col_expected": "期望 Pearson",
@@ -985,17 +992,30 @@ class _Renderer:
         for i in range(c.num_layers):
             row = [self.t("layer_name", i=i)]
             for r in c.runs:
-                row += [fmt_corr(r.reliability.full_layer[i]), fmt_int(r.reliability.needed_layer[i])]
+                row += [self.rel_cell(r.reliability, i), fmt_int(r.reliability.needed_layer[i])]
             if two:
                 row += [fmt_corr(c.pairs[0].predicted_pearson[i]), fmt_corr(c.pairs[0].layers[i].pearson)]
             rows.append(row)
         row = [f"**{self.t('global_row')}**"]
         for r in c.runs:
-            row += [fmt_corr(r.reliability.full_global), fmt_int(r.reliability.needed_global)]
+            row += [self.rel_cell(r.reliability, None), fmt_int(r.reliability.needed_global)]
         if two:
             row += [fmt_corr(c.pairs[0].predicted_global), fmt_corr(c.pairs[0].global_metrics.pearson)]
         rows.append(row)
         return lines + _table(header, rows) + [""]
+
+    def rel_cell(self, rel: Reliability, layer: int | None) -> str:
+        """A reliability, or N/A with what makes it so (the raw half correlation when r <= 0)."""
+        full = rel.full_global if layer is None else rel.full_layer[layer]
+        if full is not None:
+            return fmt_corr(full)
+        reason = rel.reason_global if layer is None else rel.reason_layer[layer]
+        split = rel.split_global if layer is None else rel.split_layer[layer]
+        if reason == NA_NON_POSITIVE:
+            return self.t("rel_na_negative", r=fmt_corr(split))
+        if reason == NA_NO_SAMPLES:
+            return self.t("rel_na_samples")
+        return NA
 
     def recommendations(self) -> list[str]:
         items = self.c.recommendations
