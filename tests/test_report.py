@@ -27,7 +27,7 @@ EN_HEADINGS = [
     "### 3. Top-K head overlap",
     "### 4. Score distribution",
     "### 5. Chance levels",
-    "### 6. Uncertainty (bootstrap)",
+    "### 6. Uncertainty (jackknife)",
     "## Per-layer analysis",
     "### Most consistent layers",
     "### Least consistent layers",
@@ -67,12 +67,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def comp2(runs: list[Path]) -> Comparison:
-    return compare(runs[:2], bootstrap=100)
+    return compare(runs[:2])
 
 
 @pytest.fixture(scope="module")
 def comp3(runs: list[Path]) -> Comparison:
-    return compare(runs, bootstrap=50, top_k="5,10,15")
+    return compare(runs, top_k="5,10,15")
 
 
 def positions(text: str, headings: list[str]) -> list[int]:
@@ -105,7 +105,7 @@ def test_chinese_report_carries_seed_headings(which: str, request: pytest.Fixtur
     text = render_report(comp, "zh")
     pos = positions(text, SEED_HEADINGS)
     assert pos == sorted(pos)
-    for extra in ("### 5. 随机水平", "### 6. 不确定性（自助法区间）", "## 运行内可靠性（分半信度）"):
+    for extra in ("### 5. 随机水平", "### 6. 不确定性（刀切法区间）", "## 运行内可靠性（分半信度）"):
         assert extra in text
     assert "N/A" in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
     assert "总体评估" in text
@@ -251,7 +251,7 @@ def test_cli_compare_and_ensemble(tmp_path: Path, runs: list[Path], capsys) -> N
     assert main(["ensemble", str(runs[0]), str(runs[1]), "--out", str(ens)]) == 0
     assert f"wrote {ens}/" in capsys.readouterr().out
     assert main(["compare", str(ens), str(runs[2]), "--out", str(tmp_path / "c2"), "--bootstrap", "0"]) == 0
-    assert "Bootstrap skipped" in (tmp_path / "c2" / "report.md").read_text()
+    assert "Intervals skipped" in (tmp_path / "c2" / "report.md").read_text()
 
 
 def test_reliability_with_non_positive_half_correlation_is_na_with_r(tmp_path: Path) -> None:

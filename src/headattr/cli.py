@@ -346,8 +346,9 @@ def info(model: str, **options) -> None:
     "--good-threshold", type=float, default=0.9, show_default=True, help="Per-layer Pearson that counts as good."
 )
 @click.option("--bands", default=None, help="Layer bands FIRST-LAST,..., e.g. 0-5,6-15,16-27 (default: thirds).")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap replicates (0: skip).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and split-half draws.")
+@click.option("--intervals/--no-intervals", default=True, show_default=True, help="Jackknife 95% intervals.")
+@click.option("--bootstrap", type=int, default=None, help="Former bootstrap replicates; 0 = --no-intervals.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split-half draws.")
 @click.option(
     "--target", type=float, default=0.9, show_default=True, help="Reliability the sample projections aim at."
 )
@@ -359,7 +360,8 @@ def compare_cmd(
     top_k: str,
     good_threshold: float,
     bands: str | None,
-    bootstrap: int,
+    intervals: bool,
+    bootstrap: int | None,
     seed: int,
     target: float,
     overwrite: bool,
@@ -377,6 +379,7 @@ def compare_cmd(
         bootstrap=bootstrap,
         seed=seed,
         target=target,
+        intervals=intervals,
     )
     paths = write_outputs(comparison, out, lang=lang, overwrite=overwrite)
     v = comparison.verdict
