@@ -419,10 +419,10 @@ def _parse_orders(text: str) -> tuple[str, ...]:
 
 def _echo_prune(result, paths: dict) -> None:
     """Print the pruning table, the faithfulness line and where each output is."""
-    from .prune import format_faithfulness, format_ordering, format_table
+    from .prune import format_faithfulness, format_table, format_verdicts
 
     click.echo(format_table(result))
-    for line in format_ordering(result):
+    for line in format_verdicts(result):
         click.echo(line)
     line = format_faithfulness(result)
     if line:

@@ -176,9 +176,9 @@ def plot_pruning_curve(result) -> bytes:
     """`pruning_curve.png` (PNG bytes): each metric vs the fraction of heads removed, one line per order.
 
     `result` is a `headattr.prune.PruneResult`. The unpruned model is the point at fraction 0 of every line;
-    the random orders are drawn as their mean, a band of one standard deviation around it (the spread the
-    ordering verdict uses) and a lighter band from their minimum to their maximum. The legend sits below the
-    panels, where it cannot hide a curve.
+    the random orders are drawn as their mean, a band for the 95% interval of that mean (the interval the
+    verdicts use, `result.random_interval`) and a lighter band from their minimum to their maximum. The legend
+    sits below the panels, where it cannot hide a curve.
     """
     fractions = np.concatenate([[0.0], np.asarray(result.fractions, dtype=np.float64)])
     metrics = result.metrics
@@ -191,11 +191,12 @@ def plot_pruning_curve(result) -> bytes:
             if order == "random":
                 summary = result.random_summary(metric)
                 n = result.curves["random"][metric].shape[0]
-                low, high = summary["mean"] - summary["std"], summary["mean"] + summary["std"]
-                for lo, hi, alpha, label in (
+                low, high = result.random_interval(metric)
+                bands = (
                     (summary["min"], summary["max"], 0.12, f"random min-max ({n} orders)"),
-                    (low, high, 0.3, "random mean ± std"),
-                ):
+                    (low, high, 0.35, "random mean, 95% interval"),
+                )
+                for lo, hi, alpha, label in bands:
                     ax.fill_between(
                         fractions,
                         np.concatenate([[base], lo]),
