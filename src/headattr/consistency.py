@@ -610,11 +610,11 @@ def check_same_model(runs: Sequence[Run]) -> None:
                 f"run {run.path}: scores {tuple(run.scores.shape)} and attributions "
                 f"{tuple(run.attributions.shape)} do not fit together ([L, H] and [N, V, L, H])"
             )
-        if run.attributions.shape[0] < 1 and "imported" not in run.meta and "ensemble" not in run.meta:
+        if run.attributions.shape[0] < 1 and not _scores_only_by_design(run):
             raise HeadattrError(f"run {run.path} has no samples")
         if not np.all(np.isfinite(run.scores)):
             raise HeadattrError(f"run {run.path} has non-finite scores; rerun `headattr attribute`")
-        if not run.meta.get("model", {}).get("config_hash") and "imported" not in run.meta:
+        if not run.meta.get("model", {}).get("config_hash") and not _scores_only_by_design(run):
             raise HeadattrError(f"{run.path}/run.json lacks model.config_hash; it was not written by headattr")
     for run in runs[1:]:
         if run.scores.shape != first.scores.shape:
@@ -630,6 +630,11 @@ def check_same_model(runs: Sequence[Run]) -> None:
                 f"runs come from different models: {first.path} has config_hash {ha[:12]}, "
                 f"{run.path} has {hb[:12]}; compare runs of the same model"
             )
+
+
+def _scores_only_by_design(run: Run) -> bool:
+    """Imported runs and ensembles of them have no samples and may lack the model's config hash."""
+    return "imported" in run.meta or bool((run.meta.get("ensemble") or {}).get("scores_only"))
 
 
 def _shape(run: Run) -> str:

@@ -416,6 +416,8 @@ def select_eval_samples(
 def check_run_matches(spec: ModelSpec, run: Run) -> None:
     """Raise unless the run was computed on this model (same config hash and shape)."""
     run_hash = run.meta.get("model", {}).get("config_hash")
+    if run_hash is None and "imported" in run.meta:
+        raise HeadattrError(f"run {run.path} was imported without a model identity; import it again with --model MODEL")
     if run_hash != spec.config_hash:
         raise HeadattrError(
             f"run {run.path} was computed on another model (config hash {str(run_hash)[:12]}, "
