@@ -500,27 +500,50 @@ def _fisher_z(r: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12))
 
 
+def interaction_variance(
+    full: float, left_out_a: np.ndarray, left_out_b: np.ndarray, left_out_both: np.ndarray
+) -> float:
+    """The part of the two-run jackknife variance that comes from the interaction of the runs' noises.
+
+    On z scale: D_ij = z_(ij) - z_(i) - z_(j) + z, with `left_out_both[i, j]` the statistic without sample i
+    of A and sample j of B. A function of one run's mean alone gives D = 0; the cross term c(x_i, y_j) of
+    the statistic gives D_ij ~ c_ij / ((n_a - 1)(n_b - 1)). Each run's delete-one variance contains that
+    term's variance once (Var c / (n_a n_b)), the true variance contains it once, so one copy is removed:
+    returned as ((n_a - 1)(n_b - 1) / (n_a n_b))^2 * sum D_ij^2.
+    """
+    n_a, n_b = left_out_both.shape
+    d = _fisher_z(left_out_both) - _fisher_z(left_out_a)[:, None] - _fisher_z(left_out_b)[None, :]
+    d = d + float(_fisher_z(np.asarray(full)))
+    return ((n_a - 1) * (n_b - 1) / (n_a * n_b)) ** 2 * float((d**2).sum())
+
+
 def jackknife_interval(
-    estimate: Number, left_out_a: np.ndarray, left_out_b: np.ndarray, level: float = CI_LEVEL
+    estimate: Number,
+    left_out_a: np.ndarray,
+    left_out_b: np.ndarray,
+    level: float = CI_LEVEL,
+    interaction: float = 0.0,
 ) -> Interval:
     """The two-run delete-one jackknife interval of a correlation-like statistic in [-1, 1].
 
     `left_out_a` [n_a]: the statistic with each sample of run A left out (B whole); `left_out_b` [n_b]
-    likewise. On z = atanh(r): var = sum over runs of (n - 1)/n * sum_i (z_i - mean z)^2, Welch-Satterthwaite
-    df = var^2 / sum(v_r^2 / (n_r - 1)), interval tanh(z_hat -/+ t(df) * se). N/A when the estimate is
-    undefined, a run has fewer than two samples, or a left-out statistic is undefined.
+    likewise. On z = atanh(r): v_r = (n_r - 1)/n_r * sum_i (z_i - mean z)^2 per run, var = v_a + v_b -
+    `interaction` (`interaction_variance`, counted in both v_r; never below max(v_a, v_b), each of which
+    contains it once), Welch-Satterthwaite df = (v_a + v_b)^2 / sum(v_r^2 / (n_r - 1)), interval
+    tanh(z_hat -/+ t(df) * se). N/A when the estimate is undefined, a run has fewer than two samples, or a
+    left-out statistic is undefined.
     """
     count = int(left_out_a.size + left_out_b.size)
     na = Interval(estimate, None, None, None, None, count)
     parts = [np.asarray(x, dtype=np.float64) for x in (left_out_a, left_out_b)]
-    if estimate is None or any(x.size < 2 or not np.isfinite(x).all() for x in parts):
+    if estimate is None or any(x.size < 2 or not np.isfinite(x).all() for x in parts) or not math.isfinite(interaction):
         return na
     z_hat = float(_fisher_z(np.asarray(estimate)))
     v = [(x.size - 1) / x.size * float(((_fisher_z(x) - _fisher_z(x).mean()) ** 2).sum()) for x in parts]
-    var = v[0] + v[1]
+    var = max(v[0] + v[1] - interaction, v[0], v[1])
     if var <= 0:  # no sample moves the statistic: nothing is uncertain at this precision
         return Interval(estimate, estimate, estimate, 0.0, None, count)
-    df = var**2 / sum(vr**2 / (x.size - 1) for vr, x in zip(v, parts, strict=True))
+    df = (v[0] + v[1]) ** 2 / sum(vr**2 / (x.size - 1) for vr, x in zip(v, parts, strict=True))
     half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(var)
     return Interval(estimate, math.tanh(z_hat - half), math.tanh(z_hat + half), math.sqrt(var), df, count)
 
@@ -945,9 +968,30 @@ def pair_intervals(
     point = {k: _finite_or_none(v[0]) for k, v in _interval_statistics(ma, mb, shape, defined).items()}
     point.update({k: v for k, v in (estimates or {}).items() if k in point})
     nan = {k: np.full(1, np.nan) for k in INTERVAL_STATISTICS}
-    drop_a = _interval_statistics(leave_one_out_means(a), mb, shape, defined) if len(a) > 1 else nan
-    drop_b = _interval_statistics(ma, leave_one_out_means(b), shape, defined) if len(b) > 1 else nan
-    return {k: jackknife_interval(point[k], drop_a[k], drop_b[k], level) for k in INTERVAL_STATISTICS}
+    if len(a) < 2 or len(b) < 2:
+        return {k: jackknife_interval(point[k], nan[k], nan[k], level) for k in INTERVAL_STATISTICS}
+    loo_a, loo_b = leave_one_out_means(a), leave_one_out_means(b)
+    full = _interval_statistics(ma, mb, shape, defined)
+    drop_a = _interval_statistics(loo_a, mb, shape, defined)
+    drop_b = _interval_statistics(ma, loo_b, shape, defined)
+    # both left out: [n_a * n_b] statistics, in blocks of A's rows so that memory stays near 2e6 values
+    step = max(1, int(2e6 // (len(b) * a.shape[1])))
+    blocks = [
+        _interval_statistics(
+            np.repeat(loo_a[i : i + step], len(b), axis=0),
+            np.tile(loo_b, (len(loo_a[i : i + step]), 1)),
+            shape,
+            defined,
+        )
+        for i in range(0, len(a), step)
+    ]
+    both = {k: np.concatenate([blk[k] for blk in blocks]).reshape(len(a), len(b)) for k in INTERVAL_STATISTICS}
+    out = {}
+    for k in INTERVAL_STATISTICS:
+        finite = np.isfinite(both[k]).all() and np.isfinite(full[k]).all()
+        inter = interaction_variance(float(full[k][0]), drop_a[k], drop_b[k], both[k]) if finite else math.nan
+        out[k] = jackknife_interval(point[k], drop_a[k], drop_b[k], level, inter)
+    return out
 
 
 def pair_metrics(
