@@ -25,7 +25,8 @@ Definitions (see docs/compare.md for the metrics.json schema):
 - Intervals (delete-one jackknife over the samples of both runs): the statistic is recomputed with each
   sample of run A left out (run B whole), then with each sample of run B left out. On Fisher's z scale
   (atanh), the variance of the statistic is the sum over the two runs of (n - 1)/n * sum (z_i - z_mean)^2,
-  with Welch-Satterthwaite degrees of freedom; the 95% interval is z_hat +/- t(df) * se, transformed back
+  less the interaction of the runs' noises that both terms contain (`interaction_variance`), with
+  Welch-Satterthwaite degrees of freedom; the 95% interval is z_hat +/- t(df) * se, transformed back
   (so it stays inside [-1, 1]). It is centred on the estimate because what it covers is the expected
   between-run statistic at these run sizes (the mean of the statistic over repeated pairs of runs), of
   which the estimate is one draw; docs/compare.md gives its measured coverage. Defined for the global

@@ -4,8 +4,8 @@ The ensemble is an ordinary run directory (`scores.safetensors`, `run.json`, `he
 so `compare`, and anything else that reads a run, takes it as input:
 
 - `scores`: the mean of the input runs' scores, each run weighted equally.
-- `attributions`: the input runs' attributions concatenated along samples ([sum N, V, L, H]), so bootstrap
-  and split-half analyses of the ensemble resample the pooled samples. When every run has the same number
+- `attributions`: the input runs' attributions concatenated along samples ([sum N, V, L, H]), so jackknife
+  and split-half analyses of the ensemble use the pooled samples. When every run has the same number
   of samples, `aggregate.final_scores(attributions)` equals `scores` (up to float32 rounding); otherwise
   the pooled samples weight runs by their sample counts, and `run.json` says so (`ensemble.equal_weights`).
 - `run.json`: `config` holds the settings the runs share, and for a setting that differs, the list of the

@@ -7,7 +7,7 @@ decimal, and a metric that is not defined (a constant layer, K >= N) as "N/A".
 
 Sections follow the hand-written seed report (configuration, key findings, correlation table, global
 consistency, top-K overlap, score distribution, most/least consistent layers, layer trend, practical
-recommendations, conclusion) and add chance levels, bootstrap intervals and split-half reliability.
+recommendations, conclusion) and add chance levels, jackknife intervals and split-half reliability.
 
 Recommendations are the rules of `consistency.recommendations`, each rendered from its measured numbers:
 
@@ -155,7 +155,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "h_boot": "### 6. Uncertainty (jackknife)",
         "boot_text": "Delete-one jackknife over the samples of both runs: each statistic is recomputed with one "
         "sample of one run left out ({n} recomputations per statistic), the variance on Fisher's z scale is the "
-        "sum over the two runs of (n-1)/n · Σ(z_i - z̄)², and the interval is z ± t(df)·SE transformed back "
+        "sum over the two runs of (n-1)/n · Σ(z_i - z̄)² less the interaction of the two runs' noises (counted in both; "
+        "estimated with one sample of each run left out), and the interval is z ± t(df)·SE transformed back "
         "(Welch-Satterthwaite df). It is centred on the estimate and covers the expected between-run value at "
         "these sample counts (the mean over repeated pairs of runs; measured coverage in docs/compare.md). "
         "Top-K overlaps get no interval: they change in steps, and the jackknife does not estimate their "
@@ -386,7 +387,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "h_boot": "### 6. 不确定性（刀切法区间）",
         "boot_text": "对两个运行的样本做留一刀切法（delete-one jackknife）：每次去掉其中一个运行的一个样本"
         "并重新计算统计量（每个统计量共 {n} 次），在 Fisher z 尺度上方差为两个运行各自 "
-        "(n-1)/n · Σ(z_i - z̄)² 之和，区间为 z ± t(df)·SE 再变换回相关系数"
+        "(n-1)/n · Σ(z_i - z̄)² 之和减去两个运行噪声的交互项（两项中各含一次；"
+        "由同时去掉两个运行各一个样本估计），区间为 z ± t(df)·SE 再变换回相关系数"
         "（Welch-Satterthwaite 自由度）。区间以估计值为中心，"
         "覆盖的是在当前样本数下跨运行统计量的期望值"
         "（重复成对运行的平均；实测覆盖率见 docs/compare.md）。"
@@ -820,7 +822,7 @@ class _Renderer:
             n = sorted({r.num_samples for r in self.c.runs if not r.scores_only})
             n_text = "+".join(str(x) for x in n) if len(n) != 1 else f"{n[0]}+{n[0]}"
             lines += [self.t("boot_text", n=n_text), ""]
-            lines += self.pair_blocks(self.bootstrap_block)
+            lines += self.pair_blocks(self.intervals_block)
         else:
             lines += [self.t("boot_off"), ""]
         return lines
@@ -911,7 +913,7 @@ class _Renderer:
         header = [self.t("col_k"), self.t("col_chance_layer", h=c.num_heads), self.t("col_chance_global", n=n_all)]
         return [self.t("chance_text"), ""] + _table(header, rows)
 
-    def bootstrap_block(self, p: PairMetrics) -> list[str]:
+    def intervals_block(self, p: PairMetrics) -> list[str]:
         if p.intervals is None:
             return [self.t("boot_na", reason=self.reason(p.intervals_note))]
         rows = []
