@@ -1292,7 +1292,14 @@ def compare(
             }
             p.intervals = pair_intervals(pa, pb, estimates, settings.ci_level)
     matrix, means = pair_matrix(pairs, len(loaded), settings.focus_k)
-    common, diffs = config_differences([s.config for s in summaries])
+    # scores-only (imported) runs record no settings: compare the settings of the other runs only
+    full = [i for i, summary in enumerate(summaries) if not summary.scores_only]
+    common, diffs = config_differences([summaries[i].config for i in full] or [{}])
+    for d in diffs:
+        values: list[Any] = [None] * len(summaries)
+        for pos, i in enumerate(full):
+            values[i] = d["values"][pos]
+        d["values"] = values
     model = dict(loaded[0].meta.get("model", {}))
     model.update(num_layers=int(num_layers), num_heads=int(num_heads))
     comp = Comparison(
