@@ -41,6 +41,7 @@ from .rundir import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_output_dir,
     heads_csv,
     prepare_output_dir,
     read_run,
@@ -283,8 +284,6 @@ def import_head_importance(
     scores, file_meta, ignored = load_head_importance(path)
     scores = -scores if negate else scores
     model_section = _model_section(model, scores.shape, file_meta)
-    from .rundir import check_output_dir
-
     check_output_dir(out, overwrite)
     meta = {
         "status": "complete",
