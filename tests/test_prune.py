@@ -24,8 +24,12 @@ from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
 from headattr.prune import (
+    Metrics,
+    PruneResult,
+    curve_area,
     eval_masking,
     evaluate,
+    format_verdict_row,
     gate_matrix,
     head_order,
     heads_to_remove,
@@ -224,7 +228,8 @@ def test_prune_curves_use_the_planned_heads(dream, dream_dir, run, eval_samples)
     assert summary["mean"] == pytest.approx(result.curves["random"]["loss"].mean(0))
     d = json.loads(json.dumps(result.to_dict()))
     assert d["curves"]["random"]["loss"]["runs"][1] == pytest.approx(result.curves["random"]["loss"][1].tolist())
-    assert {row["fraction"] for row in d["ordering"]["loss"]} == {0.1, 0.5}
+    assert {row["fraction"] for row in d["verdicts"]["metrics"]["loss"]["fractions"]} == {0.1, 0.5}
+    assert d["verdicts"]["metrics"]["loss"]["area"]["upto"] == 0.1  # the area stops at 0.3
     mask = result.head_mask()
     assert mask["orders"]["most"]["0.5"] == [list(h) for h in result.removed["most"][0][1]]
     assert len(mask["orders"]["random"]) == 2
@@ -352,9 +357,9 @@ def test_cli_prune(dream_dir, run_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "single-head ablation vs scores: Spearman" in printed
     d = json.loads((out / "pruning.json").read_text())
-    loss_line = printed.split("random std, loss: ")[1].splitlines()[0]
-    for row in d["ordering"]["loss"]:  # the printed verdict is the recorded one
-        assert f"{row['fraction']:g} {'yes' if row['beyond_std'] else 'no'}" in loss_line
+    for row in d["verdicts"]["metrics"]["loss"]["fractions"]:  # the printed verdict is the recorded one
+        assert f"  {row['fraction']:g}: {format_verdict_row(row)}" in printed
+    assert f"  area 0-0.3: {format_verdict_row(d['verdicts']['metrics']['loss']['area'])}" in printed
     for name in ("pruning.json", "pruning_curve.png", "head_mask.json"):
         assert (out / name).is_file() and f"wrote {out / name}" in printed
     d = json.loads((out / "pruning.json").read_text())
@@ -401,3 +406,69 @@ def test_cli_prune_exclude_run(dream, dream_dir, data_file, run_dir, tmp_path, c
     other_uids = {s["hash"] for s in json.loads((other / "run.json").read_text())["samples"]}
     assert other_uids & uids["a"] and not other_uids & uids["b"]  # the excluded run's samples are gone
     assert uids["b"] == uids["a"] - other_uids  # and nothing else changed
+
+
+# ---------------------------------------------------------------- verdicts (no model needed)
+
+
+def _result(random_loss: np.ndarray, most: list[float], least: list[float], fractions: list[float]) -> PruneResult:
+    """A PruneResult with given loss curves; accuracy mirrors loss (1 - loss / 10)."""
+    curves = {
+        "random": {"loss": random_loss, "accuracy": 1 - random_loss / 10},
+        "most": {"loss": np.array(most), "accuracy": 1 - np.array(most) / 10},
+        "least": {"loss": np.array(least), "accuracy": 1 - np.array(least) / 10},
+    }
+    return PruneResult(
+        fractions=fractions,
+        orders=["most", "least", "random"],
+        per_layer=False,
+        seed=3,
+        num_removed=[1] * len(fractions),
+        baseline=Metrics(0.1, 0.99),
+        curves=curves,
+        removed={},
+        config=MASKING,
+        decode=False,
+        scores=np.zeros((2, 2)),
+    )
+
+
+def test_verdicts_against_a_direct_computation():
+    rng = np.random.default_rng(0)
+    fractions = [0.05, 0.1, 0.3, 0.5]
+    random_loss = rng.exponential(1.0, size=(40, 4)) * np.array([0.3, 0.7, 2.0, 3.0])  # skewed, like pairs of heads
+    result = _result(random_loss, most=[1.2, 3.0, 5.0, 6.0], least=[0.25, 0.11, 0.12, 0.2], fractions=fractions)
+    v = result.verdicts()
+    assert v == result.verdicts()  # seeded: deterministic
+    loss = v["metrics"]["loss"]
+    for i, row in enumerate(loss["fractions"]):
+        col = random_loss[:, i]
+        assert row["random_mean"] == pytest.approx(col.mean())
+        assert row["most_percentile"] == pytest.approx(100 * np.mean(col < row["most"]))
+        assert row["least_percentile"] == pytest.approx(100 * np.mean(col < row["least"]))
+        # the interval is a bootstrap of the mean: it lies around the mean, within the orders' range
+        assert col.min() < row["random_low"] < col.mean() < row["random_high"] < col.max()
+        assert row["holds"] == (row["most"] > row["random_high"] and row["least"] < row["random_low"])
+    # fraction 0.05: least (0.25) is close to the skewed random mean (0.3): inside its interval, so "no"
+    assert loss["fractions"][0]["random_low"] < 0.25 and not loss["fractions"][0]["holds"]
+    assert all(row["holds"] for row in loss["fractions"][1:])
+    # area: trapezoid from (0, baseline 0.1) over 0.05, 0.1, 0.3 (0.5 is beyond 0.3), by hand
+    x = [0.0, 0.05, 0.1, 0.3]
+    by_hand = lambda y: sum((x[j + 1] - x[j]) * (y[j] + y[j + 1]) / 2 for j in range(3))  # noqa: E731
+    area = loss["area"]
+    assert area["upto"] == 0.3 and area["most"] == pytest.approx(by_hand([0.1, 1.2, 3.0, 5.0]))
+    per_order = [by_hand([0.1, *r[:3]]) for r in random_loss]
+    assert area["random_mean"] == pytest.approx(np.mean(per_order))
+    np.testing.assert_allclose(curve_area(fractions, 0.1, random_loss, 0.3), per_order)
+    # accuracy: lower is worse, so the same ordering gives the same verdicts
+    acc = v["metrics"]["accuracy"]
+    assert [r["holds"] for r in acc["fractions"]] == [r["holds"] for r in loss["fractions"]]
+    assert acc["area"]["holds"] == area["holds"]
+    low, high = result.random_interval("loss")  # the figure's band is the verdicts' interval
+    assert low.tolist() == [r["random_low"] for r in loss["fractions"]]
+
+
+def test_verdicts_need_all_three_orders():
+    result = _result(np.ones((3, 1)), [2.0], [0.5], [0.1])
+    result.orders = ["most", "random"]
+    assert result.verdicts() == {}

@@ -27,7 +27,7 @@ EN_HEADINGS = [
     "### 3. Top-K head overlap",
     "### 4. Score distribution",
     "### 5. Chance levels",
-    "### 6. Uncertainty (bootstrap)",
+    "### 6. Uncertainty (jackknife)",
     "## Per-layer analysis",
     "### Most consistent layers",
     "### Least consistent layers",
@@ -67,12 +67,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def comp2(runs: list[Path]) -> Comparison:
-    return compare(runs[:2], bootstrap=100)
+    return compare(runs[:2])
 
 
 @pytest.fixture(scope="module")
 def comp3(runs: list[Path]) -> Comparison:
-    return compare(runs, bootstrap=50, top_k="5,10,15")
+    return compare(runs, top_k="5,10,15")
 
 
 def positions(text: str, headings: list[str]) -> list[int]:
@@ -105,7 +105,7 @@ def test_chinese_report_carries_seed_headings(which: str, request: pytest.Fixtur
     text = render_report(comp, "zh")
     pos = positions(text, SEED_HEADINGS)
     assert pos == sorted(pos)
-    for extra in ("### 5. 随机水平", "### 6. 不确定性（自助法区间）", "## 运行内可靠性（分半信度）"):
+    for extra in ("### 5. 随机水平", "### 6. 不确定性（刀切法区间）", "## 运行内可靠性（分半信度）"):
         assert extra in text
     assert "N/A" in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
     assert "总体评估" in text
@@ -230,7 +230,7 @@ def test_outputs_and_figure(tmp_path: Path, comp2: Comparison, comp3: Comparison
     write_outputs(comp3, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     assert len((tmp_path / "out" / "layer_metrics.csv").read_text().splitlines()) == 1 + 3 * 9
-    plot_consistency(comp3, 1, 2, tmp_path / "fig.png")
+    (tmp_path / "fig.png").write_bytes(plot_consistency(comp3, 1, 2))
     assert (tmp_path / "fig.png").stat().st_size > 10_000
 
 
@@ -251,4 +251,26 @@ def test_cli_compare_and_ensemble(tmp_path: Path, runs: list[Path], capsys) -> N
     assert main(["ensemble", str(runs[0]), str(runs[1]), "--out", str(ens)]) == 0
     assert f"wrote {ens}/" in capsys.readouterr().out
     assert main(["compare", str(ens), str(runs[2]), "--out", str(tmp_path / "c2"), "--bootstrap", "0"]) == 0
-    assert "Bootstrap skipped" in (tmp_path / "c2" / "report.md").read_text()
+    assert "Intervals skipped" in (tmp_path / "c2" / "report.md").read_text()
+
+
+def test_reliability_with_non_positive_half_correlation_is_na_with_r(tmp_path: Path) -> None:
+    """A layer whose halves anti-correlate: N/A with the raw r in both languages and null in metrics.json."""
+    sig = standard_signal(2, 12)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 2, 12))
+    a = make_run(tmp_path / "a", sig, 0.1, n=20, seed=1)
+    b = make_run(tmp_path / "b", sig, 0.1, n=20, seed=2)
+    comp = compare([a, b], bootstrap=0)
+    rel = comp.runs[0].reliability
+    assert rel.full_layer[1] is not None
+    from headattr.consistency import split_half
+
+    anti = split_half(np.concatenate([x, -x]), 4, np.random.default_rng(0), 0.9)  # r = -1 in both layers
+    comp.runs[0].reliability = anti
+    assert "| Layer 1 | N/A (half r = -1.0000) |" in render_report(comp, "en")
+    assert "N/A（分半 r = -1.0000）" in render_report(comp, "zh")
+    d = json.loads(json.dumps(comp.to_dict()))
+    assert d["runs"][0]["reliability"]["full_layer"] == [None, None]
+    assert d["runs"][0]["reliability"]["split_layer"] == pytest.approx([-1.0, -1.0])
+    assert d["runs"][0]["reliability"]["reason_layer"][0].startswith("half correlation r <= 0")

@@ -6,14 +6,18 @@ The command line (`headattr ...`) is a thin layer over these functions:
     samples, report = headattr.build_samples(data, spec.tokenizer)
     result = headattr.attribute(spec, samples, headattr.GateIGConfig(), headattr.MaskConfig(), out="run")
     headattr.compare(["run-a", "run-b"]);  headattr.prune(spec, headattr.read_run("run"), eval_samples)
+    headattr.export_run("run", "adaptive-dllm", "head_importance.pt");  headattr.import_head_importance(...)
+    headattr.attention_budget("run", rule=headattr.BudgetRule(select=0.3))
 """
 
 from .aggregate import final_scores, sample_scores
 from .attribution import Attribution, attribute
+from .budget import BudgetRule, attention_budget, keep_ratios
 from .consistency import Comparison, compare
 from .data import DataConfig, Sample, build_samples
 from .ensemble import ensemble
 from .errors import HeadattrError
+from .interop import export_run, import_head_importance, load_head_importance
 from .masking import MaskConfig
 from .methods import METHODS, GateIGConfig, MethodConfig
 from .models import ModelConfig, ModelSpec, load_model
@@ -24,6 +28,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attribution",
+    "BudgetRule",
+    "attention_budget",
+    "export_run",
+    "import_head_importance",
+    "keep_ratios",
+    "load_head_importance",
     "Comparison",
     "DataConfig",
     "GateIGConfig",

@@ -1,6 +1,6 @@
 """From raw per-variant attributions to head scores (spec: Aggregation).
 
-Kept apart from the methods so that analysis code (bootstrap, split halves, ensembles) recomputes scores
+Kept apart from the methods so that analysis code (jackknife intervals, split halves, ensembles) recomputes scores
 from stored attributions exactly as `attribute` does.
 """
 

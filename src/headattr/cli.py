@@ -272,9 +272,10 @@ def attribute(
         )
         return
     c = result.diagnostics()["completeness"]
+    total = "n/a" if c["relative_total"] is None else f"{c['relative_total']:.2%}"
     click.echo(
-        f"completeness error: median {c['median_abs']:.3g}, max {c['max_abs']:.3g} "
-        f"(max relative {c['max_relative']:.3g})"
+        f"completeness error: {total} of the total gap |J(1) - J(b)|; per path median {c['median_abs']:.3g}, "
+        f"max {c['max_abs']:.3g}"
     )
     click.echo(f"wrote {out}/ (scores.safetensors, run.json, heads.csv, heatmap.png)")
 
@@ -336,11 +337,12 @@ def info(model: str, **options) -> None:
 )
 @click.option("--bands", default=None, help="Layer bands FIRST-LAST,..., e.g. 0-5,6-15,16-27 (default: thirds).")
 @click.option(
-    "--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Bootstrap replicates (0: skip)."
+    "--intervals/--no-intervals", default=True, show_default=True, help="Jackknife 95% intervals."
 )
 @click.option(
-    "--seed", type=seed_type, default=0, show_default=True, help="Seed of the bootstrap and split-half draws."
+    "--bootstrap", type=click.IntRange(min=0), default=None, help="Former bootstrap replicates; 0 = --no-intervals."
 )
+@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of the split-half draws.")
 @click.option("--target", type=float, default=0.9, show_default=True, help="Reliability the sample projections aim at.")
 @click.option("--overwrite", is_flag=True, help="Replace the report files in an existing --out.")
 def compare_cmd(
@@ -350,7 +352,8 @@ def compare_cmd(
     top_k: str,
     good_threshold: float,
     bands: str | None,
-    bootstrap: int,
+    intervals: bool,
+    bootstrap: int | None,
     seed: int,
     target: float,
     overwrite: bool,
@@ -368,6 +371,7 @@ def compare_cmd(
         bootstrap=bootstrap,
         seed=seed,
         target=target,
+        intervals=intervals,
     )
     paths = write_outputs(comparison, out, lang=lang, overwrite=overwrite)
     v = comparison.verdict
@@ -405,10 +409,10 @@ def _parse_orders(text: str) -> tuple[str, ...]:
 
 def _echo_prune(result, paths: dict) -> None:
     """Print the pruning table, the faithfulness line and where each output is."""
-    from .prune import format_faithfulness, format_ordering, format_table
+    from .prune import format_faithfulness, format_table, format_verdicts
 
     click.echo(format_table(result))
-    for line in format_ordering(result):
+    for line in format_verdicts(result):
         click.echo(line)
     line = format_faithfulness(result)
     if line:
@@ -595,6 +599,71 @@ def demo_cmd(
     click.echo(f"finished in {result.timings['total_s']:.0f} s; outputs:")
     for name, path in result.paths.items():
         click.echo(f"  {name:<26} {path}")
+
+
+# ---------------------------------------------------------------- export / import / budget (interoperability)
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["adaptive-dllm", "npy", "csv", "json", "head-mask"]),
+    help="adaptive-dllm: head_importance.pt; npy [L, H]; csv heads table; json; head-mask: 0/1 keep masks.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="File (head-mask: OUT.safetensors + OUT.json)."
+)
+@click.option("--keep", default="0.5", show_default=True, help="head-mask: fractions of heads to keep, e.g. 0.5,0.7.")
+@click.option("--per-layer", is_flag=True, help="head-mask: keep the fraction in every layer.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+def export_cmd(run: Path, fmt: str, out: Path, keep: str, per_layer: bool, overwrite: bool) -> None:
+    """Write RUN's head scores for other tools (larger = more important in every format)."""
+    from .interop import export_run
+
+    for path in export_run(run, fmt, out, keep=keep, per_layer=per_layer, overwrite=overwrite):
+        click.echo(f"wrote {path}")
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
+@click.option("--negate", is_flag=True, help="Negate the scores (files that attribute the loss: useful heads < 0).")
+@click.option("--model", default=None, help="The scores' model (directory or hub id), so that `prune` accepts the run.")
+@click.option("--overwrite", is_flag=True, help="Replace the run files in an existing --out.")
+def import_cmd(file: Path, out: Path, negate: bool, model: str | None, overwrite: bool) -> None:
+    """Turn a head_importance.pt (loaded weights-only: no code runs) into a scores-only run directory."""
+    from .interop import import_head_importance
+
+    path = import_head_importance(file, out, negate=negate, model=model, overwrite=overwrite)
+    sign = ", negated" if negate else ""
+    click.echo(f"wrote {path}/ (scores.safetensors, run.json, heads.csv, heatmap.png): scores only{sign}")
+
+
+@cli.command("budget")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON file to write.")
+@click.option("--select", type=float, default=0.3, show_default=True, help="Mean keep ratio.")
+@click.option("--min-keep", type=float, default=0.1, show_default=True, help="Smallest keep ratio of a head.")
+@click.option("--gqa", type=click.Choice(["q", "kv"]), default="q", show_default=True, help="Per query or KV head.")
+@click.option("--kv-heads", type=int, default=None, help="KV heads per layer (default: the run's model).")
+@click.option("--low-percentile", type=float, default=5.0, show_default=True, help="Score percentile mapped to 0.")
+@click.option("--high-percentile", type=float, default=95.0, show_default=True, help="Score percentile mapped to 1.")
+@click.option("--slope", type=float, default=2.0 / 3.0, show_default=True, help="w = 1 + slope * 2 * (s - 0.5).")
+@click.option("--min-weight", type=float, default=0.1, show_default=True, help="Weights clamped below at this.")
+@click.option("--max-weight", type=float, default=10.0, show_default=True, help="Weights clamped above at this.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def budget_cmd(run: Path, out: Path, gqa: str, kv_heads: int | None, overwrite: bool, **rule) -> None:
+    """Per-head keep ratios for block-sparse attention from RUN's scores (the rule: headattr.budget)."""
+    from .budget import BudgetRule, attention_budget, write_budget
+
+    doc = attention_budget(run, rule=BudgetRule(**rule), gqa=gqa, num_kv_heads=kv_heads)
+    path = write_budget(doc, out, overwrite=overwrite)
+    rows, cols = doc["shape"]
+    click.echo(f"mean keep ratio {doc['mean_keep_ratio']:.4f} over {rows} x {cols} {doc['heads']} heads")
+    click.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

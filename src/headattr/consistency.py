@@ -22,11 +22,18 @@ Definitions (see docs/compare.md for the metrics.json schema):
 - Bands: contiguous layer ranges (default: thirds, `numpy.array_split`, named shallow/middle/deep).
   Trend: Spearman correlation of layer index vs per-layer Pearson (defined layers), with its p-value;
   "rises"/"falls" when p < 0.05, else "none". Band means are also labelled increasing/decreasing/mixed.
-- Bootstrap: for each run independently, resample its samples with replacement (B replicates, seeded),
-  recompute its scores as `aggregate` does (mean over samples of the per-sample scores), and recompute the
-  statistic. Intervals are percentile intervals (2.5 and 97.5 percentiles). Each replicate adds resampling
-  noise on top of the runs' own noise, so intervals tend to lie slightly below the point estimate: read the
-  lower bound as a conservative value.
+- Intervals (delete-one jackknife over the samples of both runs): the statistic is recomputed with each
+  sample of run A left out (run B whole), then with each sample of run B left out. On Fisher's z scale
+  (atanh), the variance of the statistic is the sum over the two runs of (n - 1)/n * sum (z_i - z_mean)^2,
+  less the interaction of the runs' noises that both terms contain (`interaction_variance`), with
+  Welch-Satterthwaite degrees of freedom; the 95% interval is z_hat +/- t(df) * se, transformed back
+  (so it stays inside [-1, 1]). It is centred on the estimate because what it covers is the expected
+  between-run statistic at these run sizes (the mean of the statistic over repeated pairs of runs), of
+  which the estimate is one draw; docs/compare.md gives its measured coverage. Defined for the global
+  Pearson and Spearman and the mean per-layer Pearson and Spearman; not for top-K overlaps (a step
+  function of the scores, whose variance the jackknife does not estimate). The bootstrap it replaces
+  resampled each run's samples, which adds a second dose of sample noise to both runs, so its intervals
+  lay below the estimate (demo: Pearson 0.9766, interval [0.9057, 0.9780]).
 - Split-half reliability within a run: the samples are split at random into two halves of floor(N/2)
   (`splits` random splits, seeded); per layer (and globally) the Pearson correlation of the two half-means
   is averaged over splits (r). Spearman-Brown gives the reliability of the full run,
@@ -59,6 +66,8 @@ Recommendation rules (`recommendations`; each produces a structured item, render
 8. `completeness_ok` (ok) / `completeness_high` (caution): the relative completeness error
    (sum |error| / sum |J(1) - J(baseline)|, from run.json diagnostics) is at most / above
    COMPLETENESS_RTOL (0.05) in every / some run; above it, raise --ig-steps.
+9. `scores_only_runs` (caution): runs without per-sample attributions (imported): their reliability and
+   the pairs' intervals are N/A, and rules 2-4 use the other runs only.
 """
 
 from __future__ import annotations
@@ -76,8 +85,9 @@ import numpy as np
 from scipy import stats
 
 from .aggregate import sample_scores
+from .diagnostics import completeness_from_diagnostics
 from .errors import HeadattrError
-from .rundir import Run, read_run
+from .rundir import Run, has_samples, read_run, run_sign
 
 DEFAULT_TOP_K: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
 FOCUS_K = 10
@@ -139,14 +149,15 @@ class GlobalMetrics:
 
 @dataclass
 class Interval:
-    """A bootstrap percentile interval around a point estimate."""
+    """A 95% jackknife interval around a point estimate (`jackknife_interval`); se and df on Fisher's z scale."""
 
     estimate: Number
     low: Number
     high: Number
-    mean: Number
     se: Number
-    replicates: int
+    df: Number
+    leave_one_out: int  # statistics recomputed: one per left-out sample of either run
+    method: str = "jackknife (delete-one over both runs' samples, Fisher z, t interval)"
 
 
 @dataclass
@@ -204,11 +215,12 @@ class PairMetrics:
     undefined_layers: list[int]
     bands: list[BandMetrics]
     trend: Trend
-    bootstrap: dict[str, Interval] | None
+    intervals: dict[str, Interval] | None
     predicted_pearson: list[Number]
     predicted_pearson_mean: Number
     predicted_global: Number
     verdict: Verdict
+    intervals_note: str | None = None  # why `intervals` is None
 
 
 @dataclass
@@ -225,6 +237,10 @@ class Reliability:
     full_global: Number
     needed_global: int | None
     below_target: int  # layers whose full_layer is N/A or below the target
+    # why full_layer[i] / full_global is N/A (None where it is defined): no per-sample attributions, fewer
+    # than two samples, constant scores in the halves, or a half correlation r <= 0 (split_layer keeps r)
+    reason_layer: list[str | None] = field(default_factory=list)
+    reason_global: str | None = None
 
 
 @dataclass
@@ -238,6 +254,9 @@ class RunSummary:
     num_samples: int
     num_variants: int
     postprocess: str
+    sign: str  # rundir.run_sign: which sign convention the run's scores follow
+    scores_only: bool  # no per-sample attributions (an imported run): no reliability, no intervals
+    imported_from: str | None  # the file an imported run came from
     distribution: dict[str, float]
     completeness: dict[str, Any] | None
     reliability: Reliability
@@ -253,7 +272,7 @@ class Settings:
     good_threshold: float
     bands: list[tuple[int, int]]
     band_names: list[str]
-    bootstrap: int
+    intervals: bool
     seed: int
     target: float
     splits: int
@@ -432,7 +451,7 @@ def verdict_level(pearson_mean: Number, spearman_mean: Number) -> str:
     return "low"
 
 
-# ---------------------------------------------------------------- row-wise statistics (bootstrap, split-half)
+# ---------------------------------------------------------------- row-wise statistics (intervals, split-half)
 
 
 def rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -445,8 +464,12 @@ def rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def spearman_brown(r: Number, factor: float) -> Number:
-    """Reliability of a measurement `factor` times as long as one with reliability `r`."""
-    if r is None:
+    """Reliability of a measurement `factor` times as long as one with reliability `r`.
+
+    None for r <= 0: the formula assumes a positive true-score share, and for negative r it leaves [-1, 1]
+    (r = -0.6, factor 2 gives -3), so no reliability is claimed there (`split_half` gives the reason).
+    """
+    if r is None or r <= 0:
         return None
     denom = 1.0 + (factor - 1.0) * r
     return factor * r / denom if denom > 0 else None
@@ -461,31 +484,64 @@ def samples_needed(r_full: Number, n: int, target: float) -> int | None:
     return max(1, int(math.ceil(n * target * (1 - r_full) / (r_full * (1 - target)) - 1e-9)))
 
 
-def resample_indices(n: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
-    """[replicates, n] sample indices drawn with replacement."""
-    return rng.integers(0, n, size=(replicates, n))
+def leave_one_out_means(per_sample: np.ndarray) -> np.ndarray:
+    """[N, D] means of `per_sample` ([N, D]) with sample i left out, in float64: (N * mean - x_i) / (N - 1)."""
+    x = np.asarray(per_sample, dtype=np.float64)
+    n = x.shape[0]
+    return (x.sum(axis=0, keepdims=True) - x) / (n - 1)
 
 
-def replicate_scores(per_sample: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Scores of each resampled run, [B, L*H]: the mean of `per_sample[idx[b]]`, via a counts matrix.
+def _fisher_z(r: np.ndarray) -> np.ndarray:
+    # correlations of exactly +-1 would give infinite z; 1 - 1e-12 keeps them finite and ordered
+    return np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12))
 
-    Equal to `aggregate.final_scores(attributions[idx[b]], how)` (in float64), without copying samples.
+
+def interaction_variance(
+    full: float, left_out_a: np.ndarray, left_out_b: np.ndarray, left_out_both: np.ndarray
+) -> float:
+    """The part of the two-run jackknife variance that comes from the interaction of the runs' noises.
+
+    On z scale: D_ij = z_(ij) - z_(i) - z_(j) + z, with `left_out_both[i, j]` the statistic without sample i
+    of A and sample j of B. A function of one run's mean alone gives D = 0; the cross term c(x_i, y_j) of
+    the statistic gives D_ij ~ c_ij / ((n_a - 1)(n_b - 1)). Each run's delete-one variance contains that
+    term's variance once (Var c / (n_a n_b)), the true variance contains it once, so one copy is removed:
+    returned as ((n_a - 1)(n_b - 1) / (n_a n_b))^2 * sum D_ij^2.
     """
-    n = per_sample.shape[0]
-    counts = np.zeros((idx.shape[0], n))
-    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
-    return counts @ per_sample.reshape(n, -1) / idx.shape[1]
+    n_a, n_b = left_out_both.shape
+    d = _fisher_z(left_out_both) - _fisher_z(left_out_a)[:, None] - _fisher_z(left_out_b)[None, :]
+    d = d + float(_fisher_z(np.asarray(full)))
+    return ((n_a - 1) * (n_b - 1) / (n_a * n_b)) ** 2 * float((d**2).sum())
 
 
-def percentile_interval(estimate: Number, replicates: np.ndarray, level: float = CI_LEVEL) -> Interval:
-    """Percentile bootstrap interval of the finite replicates."""
-    finite = replicates[np.isfinite(replicates)]
-    if finite.size == 0:
-        return Interval(estimate, None, None, None, None, 0)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    se = float(finite.std(ddof=1)) if finite.size > 1 else None
-    return Interval(estimate, float(low), float(high), float(finite.mean()), se, int(finite.size))
+def jackknife_interval(
+    estimate: Number,
+    left_out_a: np.ndarray,
+    left_out_b: np.ndarray,
+    level: float = CI_LEVEL,
+    interaction: float = 0.0,
+) -> Interval:
+    """The two-run delete-one jackknife interval of a correlation-like statistic in [-1, 1].
+
+    `left_out_a` [n_a]: the statistic with each sample of run A left out (B whole); `left_out_b` [n_b]
+    likewise. On z = atanh(r): v_r = (n_r - 1)/n_r * sum_i (z_i - mean z)^2 per run, var = v_a + v_b -
+    `interaction` (`interaction_variance`, counted in both v_r; never below max(v_a, v_b), each of which
+    contains it once), Welch-Satterthwaite df = (v_a + v_b)^2 / sum(v_r^2 / (n_r - 1)), interval
+    tanh(z_hat -/+ t(df) * se). N/A when the estimate is undefined, a run has fewer than two samples, or a
+    left-out statistic is undefined.
+    """
+    count = int(left_out_a.size + left_out_b.size)
+    na = Interval(estimate, None, None, None, None, count)
+    parts = [np.asarray(x, dtype=np.float64) for x in (left_out_a, left_out_b)]
+    if estimate is None or any(x.size < 2 or not np.isfinite(x).all() for x in parts) or not math.isfinite(interaction):
+        return na
+    z_hat = float(_fisher_z(np.asarray(estimate)))
+    v = [(x.size - 1) / x.size * float(((_fisher_z(x) - _fisher_z(x).mean()) ** 2).sum()) for x in parts]
+    var = max(v[0] + v[1] - interaction, v[0], v[1])
+    if var <= 0:  # no sample moves the statistic: nothing is uncertain at this precision
+        return Interval(estimate, estimate, estimate, 0.0, None, count)
+    df = (v[0] + v[1]) ** 2 / sum(vr**2 / (x.size - 1) for vr, x in zip(v, parts, strict=True))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(var)
+    return Interval(estimate, math.tanh(z_hat - half), math.tanh(z_hat + half), math.sqrt(var), df, count)
 
 
 # ---------------------------------------------------------------- option parsing
@@ -573,11 +629,11 @@ def check_same_model(runs: Sequence[Run]) -> None:
                 f"run {run.path}: scores {tuple(run.scores.shape)} and attributions "
                 f"{tuple(run.attributions.shape)} do not fit together ([L, H] and [N, V, L, H])"
             )
-        if run.attributions.shape[0] < 1:
+        if run.attributions.shape[0] < 1 and not _scores_only_by_design(run):
             raise HeadattrError(f"run {run.path} has no samples")
         if not np.all(np.isfinite(run.scores)):
             raise HeadattrError(f"run {run.path} has non-finite scores; rerun `headattr attribute`")
-        if not run.meta.get("model", {}).get("config_hash"):
+        if not run.meta.get("model", {}).get("config_hash") and not _scores_only_by_design(run):
             raise HeadattrError(f"{run.path}/run.json lacks model.config_hash; it was not written by headattr")
     for run in runs[1:]:
         if run.scores.shape != first.scores.shape:
@@ -585,12 +641,19 @@ def check_same_model(runs: Sequence[Run]) -> None:
                 f"runs have different score shapes: {first.path} is {_shape(first)}, {run.path} is {_shape(run)}"
                 "; compare runs of the same model"
             )
-        ha, hb = first.meta["model"]["config_hash"], run.meta["model"]["config_hash"]
+        ha, hb = first.meta.get("model", {}).get("config_hash"), run.meta.get("model", {}).get("config_hash")
+        if ha is None or hb is None:
+            continue  # a run imported without --model: only its shape identifies the model
         if ha != hb:
             raise HeadattrError(
                 f"runs come from different models: {first.path} has config_hash {ha[:12]}, "
                 f"{run.path} has {hb[:12]}; compare runs of the same model"
             )
+
+
+def _scores_only_by_design(run: Run) -> bool:
+    """Imported runs and ensembles of them have no samples and may lack the model's config hash."""
+    return "imported" in run.meta or bool((run.meta.get("ensemble") or {}).get("scores_only"))
 
 
 def _shape(run: Run) -> str:
@@ -636,37 +699,55 @@ def _shared_samples(a: Run, b: Run) -> int | None:
 
 
 def completeness_summary(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """run.json's completeness summary plus `relative_total` = sum|err| / sum|J(1) - J(b)| when available.
-
-    The total ratio is robust to variants whose gap J(1) - J(b) is close to zero (where the per-variant
-    relative error explodes).
-    """
+    """The run's completeness summary (`diagnostics.completeness_summary`), recomputed from run.json's
+    per-variant diagnostics so that every run is summarised by the same rule, whatever version wrote it;
+    run.json's stored summary only when the per-variant values are absent; None when neither exists."""
     diag = meta.get("diagnostics") or {}
-    summary = dict(diag.get("completeness") or {})
-    try:
-        err = np.abs(np.asarray(diag["completeness_error"], dtype=np.float64))
-        j_full = np.asarray(diag["j_full"], dtype=np.float64)
-        j_base = np.asarray(diag["j_baseline"], dtype=np.float64)
-        gap = np.abs(j_full[..., None] - j_base)
-        total = float(gap.sum())
-        summary["relative_total"] = float(err.sum()) / total if total > 0 else None
-    except (KeyError, TypeError, ValueError):
+    summary = completeness_from_diagnostics(diag)
+    if summary is None and diag.get("completeness"):
+        summary = {**diag["completeness"]}
         summary.setdefault("relative_total", None)
-    if not summary or all(v is None for v in summary.values()):
-        return None
-    return {k: _jsonable(v) for k, v in summary.items()}
+    return None if summary is None else {k: _jsonable(v) for k, v in summary.items()}
 
 
 # ---------------------------------------------------------------- per run
 
 
-def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, target: float) -> Reliability:
-    """Split-half reliability of per-sample scores [N, L, H] (see module docstring)."""
+NA_NO_SAMPLES = "no per-sample attributions (scores-only run)"
+NA_ONE_SAMPLE = "fewer than two samples"
+NA_CONSTANT = "constant scores in the halves"
+NA_NON_POSITIVE = "half correlation r <= 0: Spearman-Brown is undefined"
+
+
+def _reliability_reason(split_r: Number, full_r: Number) -> str | None:
+    if full_r is not None:
+        return None
+    return NA_CONSTANT if split_r is None else NA_NON_POSITIVE
+
+
+def unavailable_reliability(n: int, num_layers: int, splits: int, reason: str) -> Reliability:
+    """A Reliability with every value N/A for `reason` (scores-only runs, a single sample)."""
+    none: list[Any] = [None] * num_layers
+    return Reliability(
+        n, n // 2, splits, none, list(none), list(none), None, None, None, num_layers, [reason] * num_layers, reason
+    )
+
+
+def split_half(
+    per_sample: np.ndarray | None, splits: int, rng: np.random.Generator, target: float, num_layers: int | None = None
+) -> Reliability:
+    """Split-half reliability of per-sample scores [N, L, H] (see module docstring).
+
+    `per_sample` None (a scores-only run; then `num_layers` is required) or N < 2 gives N/A with its reason.
+    A layer whose mean half correlation r is <= 0 gets `full_layer` None (never a value below -1) and
+    keeps r in `split_layer`.
+    """
+    if per_sample is None:
+        return unavailable_reliability(0, int(num_layers or 0), splits, NA_NO_SAMPLES)
     n, num_layers, num_heads = per_sample.shape
     half = n // 2
     if half < 1:
-        none: list[Any] = [None] * num_layers
-        return Reliability(n, half, splits, none, list(none), list(none), None, None, None, num_layers)
+        return unavailable_reliability(n, num_layers, splits, NA_ONE_SAMPLE)
     weights = np.zeros((2, splits, n))
     for s in range(splits):
         perm = rng.permutation(n)
@@ -692,6 +773,8 @@ def split_half(per_sample: np.ndarray, splits: int, rng: np.random.Generator, ta
         full_global=full_global,
         needed_global=samples_needed(full_global, n, target),
         below_target=sum(r is None or r < target for r in full_layer),
+        reason_layer=[_reliability_reason(r, f) for r, f in zip(split_layer, full_layer, strict=True)],
+        reason_global=_reliability_reason(split_global, full_global),
     )
 
 
@@ -711,20 +794,24 @@ def _distribution(scores: np.ndarray) -> dict[str, float]:
     }
 
 
-def _summarize_run(run: Run, label: str, per_sample: np.ndarray, settings: Settings, index: int) -> RunSummary:
+def _summarize_run(run: Run, label: str, per_sample: np.ndarray | None, settings: Settings, index: int) -> RunSummary:
     config = dict(run.meta.get("config", {}))
     rng = np.random.default_rng([settings.seed, 0, index])
+    scores_only = per_sample is None
     return RunSummary(
         label=label,
         path=str(run.path),
         model_name=run.meta.get("model", {}).get("name"),
         config=config,
-        num_samples=int(run.attributions.shape[0]),
-        num_variants=int(run.attributions.shape[1]),
+        num_samples=0 if scores_only else int(run.attributions.shape[0]),
+        num_variants=0 if scores_only else int(run.attributions.shape[1]),
         postprocess=str(config.get("postprocess", "signed")),
+        sign=run_sign(run.meta),
+        scores_only=scores_only,
+        imported_from=(run.meta.get("imported") or {}).get("source"),
         distribution=_distribution(run.scores),
         completeness=completeness_summary(run.meta),
-        reliability=split_half(per_sample, settings.splits, rng, settings.target),
+        reliability=split_half(per_sample, settings.splits, rng, settings.target, num_layers=run.num_layers),
         scores=np.asarray(run.scores, dtype=np.float64),
     )
 
@@ -833,63 +920,80 @@ def _predicted(ra: Reliability, rb: Reliability) -> tuple[list[Number], Number]:
     return per_layer, _mean(per_layer)
 
 
-@dataclass
-class _Replicates:
-    """Bootstrap replicates of one run's scores and their derived ranks, computed once per run."""
-
-    flat: np.ndarray  # [B, L*H]
-    global_ranks: np.ndarray  # [B, L*H]
-    layer_ranks: np.ndarray  # [B, L, H]
-    top: dict[int, np.ndarray]  # K -> [B, L*H] membership of the global top-K
-
-
-def _replicates(per_sample: np.ndarray, settings: Settings, index: int, ks: Sequence[int]) -> _Replicates:
-    n, num_layers, num_heads = per_sample.shape
-    rng = np.random.default_rng([settings.seed, 1, index])
-    flat = replicate_scores(per_sample, resample_indices(n, settings.bootstrap, rng))
-    order = np.argsort(-flat, axis=1, kind="stable")
-    top = {}
-    for k in ks:
-        member = np.zeros(flat.shape, dtype=bool)
-        np.put_along_axis(member, order[:, :k], True, axis=1)
-        top[k] = member
-    return _Replicates(
-        flat=flat,
-        global_ranks=stats.rankdata(flat, axis=1),
-        layer_ranks=stats.rankdata(flat.reshape(-1, num_layers, num_heads), axis=-1),
-        top=top,
-    )
-
-
-def pair_bootstrap(
-    ra: _Replicates, rb: _Replicates, point: PairMetrics, shape: tuple[int, int], level: float = CI_LEVEL
-) -> dict[str, Interval]:
-    """Percentile intervals of the global correlations, mean per-layer correlations and global top-K overlap."""
-    b = ra.flat.shape[0]
-    defined = [m.layer for m in point.layers if m.pearson is not None]
-    layer_p = rowwise_pearson(ra.flat.reshape(b, *shape), rb.flat.reshape(b, *shape))[:, defined]
-    layer_s = rowwise_pearson(ra.layer_ranks, rb.layer_ranks)[:, defined]
+def _interval_statistics(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], defined: list[int]) -> dict:
+    """The four interval statistics of rows of [B, L*H] scores `a` against `b` (broadcast), each [B]."""
+    rows = np.broadcast_shapes(a.shape, b.shape)[0]
+    a, b = np.broadcast_to(a, (rows, a.shape[1])), np.broadcast_to(b, (rows, b.shape[1]))
+    la, lb = a.reshape(rows, *shape), b.reshape(rows, *shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean_p = np.nanmean(layer_p, axis=1) if defined else np.full(b, np.nan)
-        mean_s = np.nanmean(layer_s, axis=1) if defined else np.full(b, np.nan)
-    g = point.global_metrics
-    out = {
-        "global_pearson": percentile_interval(g.pearson, rowwise_pearson(ra.flat, rb.flat), level),
-        "global_spearman": percentile_interval(g.spearman, rowwise_pearson(ra.global_ranks, rb.global_ranks), level),
-        "mean_layer_pearson": percentile_interval(point.summary["pearson"].mean, mean_p, level),
-        "mean_layer_spearman": percentile_interval(point.summary["spearman"].mean, mean_s, level),
-    }
-    for k, member in ra.top.items():
-        shared = (member & rb.top[k]).sum(axis=1) / k
-        out[f"global_overlap_top{k}"] = percentile_interval(g.overlap[k], shared.astype(np.float64), level)
+        layer_p = rowwise_pearson(la, lb)[:, defined]
+        layer_s = rowwise_pearson(stats.rankdata(la, axis=-1), stats.rankdata(lb, axis=-1))[:, defined]
+        nan = np.full(rows, np.nan)
+        return {
+            "global_pearson": rowwise_pearson(a, b),
+            "global_spearman": rowwise_pearson(stats.rankdata(a, axis=1), stats.rankdata(b, axis=1)),
+            # a layer undefined in some left-out replicate makes that replicate undefined (never a silent drop)
+            "mean_layer_pearson": layer_p.mean(axis=1) if defined else nan,
+            "mean_layer_spearman": layer_s.mean(axis=1) if defined else nan,
+        }
+
+
+INTERVAL_STATISTICS = ("global_pearson", "global_spearman", "mean_layer_pearson", "mean_layer_spearman")
+
+
+def pair_intervals(
+    per_sample_a: np.ndarray,
+    per_sample_b: np.ndarray,
+    estimates: dict[str, Number] | None = None,
+    level: float = CI_LEVEL,
+) -> dict[str, Interval]:
+    """Jackknife intervals (`jackknife_interval`) of the global and mean per-layer correlations of two runs.
+
+    `per_sample_a` [n_a, L, H] and `per_sample_b` [n_b, L, H] are the runs' per-sample scores (their means
+    are the runs' scores). `estimates` are the reported point values (default: computed from the means).
+    Layers constant in either run's scores are left out of the per-layer means, as in the point metrics.
+    """
+    shape = per_sample_a.shape[1:]
+    a = np.asarray(per_sample_a, dtype=np.float64).reshape(per_sample_a.shape[0], -1)
+    b = np.asarray(per_sample_b, dtype=np.float64).reshape(per_sample_b.shape[0], -1)
+    ma, mb = a.mean(axis=0, keepdims=True), b.mean(axis=0, keepdims=True)
+    defined = [
+        i for i in range(shape[0]) if not (_is_constant(ma.reshape(shape)[i]) or _is_constant(mb.reshape(shape)[i]))
+    ]
+    point = {k: _finite_or_none(v[0]) for k, v in _interval_statistics(ma, mb, shape, defined).items()}
+    point.update({k: v for k, v in (estimates or {}).items() if k in point})
+    nan = {k: np.full(1, np.nan) for k in INTERVAL_STATISTICS}
+    if len(a) < 2 or len(b) < 2:
+        return {k: jackknife_interval(point[k], nan[k], nan[k], level) for k in INTERVAL_STATISTICS}
+    loo_a, loo_b = leave_one_out_means(a), leave_one_out_means(b)
+    full = _interval_statistics(ma, mb, shape, defined)
+    drop_a = _interval_statistics(loo_a, mb, shape, defined)
+    drop_b = _interval_statistics(ma, loo_b, shape, defined)
+    # both left out: [n_a * n_b] statistics, in blocks of A's rows so that memory stays near 2e6 values
+    step = max(1, int(2e6 // (len(b) * a.shape[1])))
+    blocks = [
+        _interval_statistics(
+            np.repeat(loo_a[i : i + step], len(b), axis=0),
+            np.tile(loo_b, (len(loo_a[i : i + step]), 1)),
+            shape,
+            defined,
+        )
+        for i in range(0, len(a), step)
+    ]
+    both = {k: np.concatenate([blk[k] for blk in blocks]).reshape(len(a), len(b)) for k in INTERVAL_STATISTICS}
+    out = {}
+    for k in INTERVAL_STATISTICS:
+        finite = np.isfinite(both[k]).all() and np.isfinite(full[k]).all()
+        inter = interaction_variance(float(full[k][0]), drop_a[k], drop_b[k], both[k]) if finite else math.nan
+        out[k] = jackknife_interval(point[k], drop_a[k], drop_b[k], level, inter)
     return out
 
 
 def pair_metrics(
     runs: Sequence[Run], summaries: Sequence[RunSummary], a: int, b: int, settings: Settings
 ) -> PairMetrics:
-    """All point metrics of runs `a` and `b` (bootstrap added by `compare`)."""
+    """All point metrics of runs `a` and `b` (intervals added by `compare`)."""
     sa, sb = summaries[a].scores, summaries[b].scores
     ks = settings.top_k
     num_heads = sa.shape[1]
@@ -920,7 +1024,7 @@ def pair_metrics(
         undefined_layers=undefined,
         bands=bands,
         trend=depth_trend(layers, bands),
-        bootstrap=None,
+        intervals=None,
         predicted_pearson=predicted,
         predicted_pearson_mean=predicted_mean,
         predicted_global=_expected_correlation(
@@ -1013,7 +1117,12 @@ def _rule_threshold(comp: Comparison) -> list[dict[str, Any]]:
 def _rule_reliability(comp: Comparison) -> list[dict[str, Any]]:
     target = comp.settings.target
     items: list[dict[str, Any]] = []
-    rel = [r.reliability for r in comp.runs]
+    scores_only = [r.label for r in comp.runs if r.scores_only]
+    if scores_only:
+        items.append({"rule": "scores_only_runs", "kind": "caution", "runs": scores_only})
+    rel = [r.reliability for r in comp.runs if not r.scores_only]  # scores-only runs have no reliability
+    if not rel:
+        return items
     no_signal = [i for i in range(comp.num_layers) if any(r.full_layer[i] is None or r.full_layer[i] <= 0 for r in rel)]
     short = [
         i
@@ -1056,7 +1165,7 @@ def _rule_reliability(comp: Comparison) -> list[dict[str, Any]]:
 
 def _rule_ensemble(comp: Comparison, short: list[int]) -> list[dict[str, Any]]:
     """Projected reliability of pooling every run's samples, from the lowest per-run reliability."""
-    rel = [r.reliability for r in comp.runs]
+    rel = [r.reliability for r in comp.runs if not r.scores_only]
     total = sum(r.n_samples for r in rel)
     target = comp.settings.target
     projected: dict[int, Number] = {}
@@ -1116,19 +1225,24 @@ def compare(
     top_k: str | Sequence[int] = DEFAULT_TOP_K,
     good_threshold: float = GOOD_THRESHOLD,
     bands: str | Sequence[Sequence[int]] | None = None,
-    bootstrap: int = 1000,
+    bootstrap: int | None = None,
     seed: int = 0,
     target: float = 0.9,
     splits: int = SPLITS,
+    intervals: bool = True,
 ) -> Comparison:
     """Compare two or more runs of the same model; every number of `headattr compare` is in the result.
 
-    `runs` are `Run` objects or run directories. `bootstrap=0` skips the bootstrap intervals.
+    `runs` are `Run` objects or run directories; scores-only runs (imported, no per-sample attributions)
+    are compared on their scores, with reliability and intervals N/A. `intervals=False` skips the jackknife
+    intervals; `bootstrap` is kept for callers of the former bootstrap: 0 means `intervals=False`, any other
+    count is accepted and unused (the jackknife needs no replicates).
     Raises `HeadattrError` for bad input (fewer than two runs, different models, bad options).
     """
     ks = parse_top_k(top_k)
     band_ranges = parse_bands(bands)
     _check_options(good_threshold, bootstrap, target, splits)
+    intervals = bool(intervals) and bootstrap != 0
     loaded = _load(runs)
     check_same_model(loaded)
     num_layers, num_heads = loaded[0].scores.shape
@@ -1143,26 +1257,44 @@ def compare(
         good_threshold=float(good_threshold),
         bands=band_ranges,
         band_names=band_names,
-        bootstrap=int(bootstrap),
+        intervals=intervals,
         seed=int(seed),
         target=float(target),
         splits=int(splits),
     )
     per_sample = [
-        sample_scores(r.attributions, str(r.meta.get("config", {}).get("postprocess", "signed"))) for r in loaded
+        sample_scores(r.attributions, str(r.meta.get("config", {}).get("postprocess", "signed")))
+        if has_samples(r)
+        else None
+        for r in loaded
     ]
     labels = _labels(loaded)
     summaries = [_summarize_run(r, labels[i], per_sample[i], settings, i) for i, r in enumerate(loaded)]
     pairs = [
         pair_metrics(loaded, summaries, a, b, settings) for a in range(len(loaded)) for b in range(a + 1, len(loaded))
     ]
-    if settings.bootstrap > 0:
-        global_ks = [k for k in ks if k < num_layers * num_heads]
-        reps = [_replicates(ps, settings, i, global_ks) for i, ps in enumerate(per_sample)]
+    if settings.intervals:
         for p in pairs:
-            p.bootstrap = pair_bootstrap(reps[p.a], reps[p.b], p, (num_layers, num_heads), settings.ci_level)
+            pa, pb = per_sample[p.a], per_sample[p.b]
+            if pa is None or pb is None:
+                p.intervals_note = NA_NO_SAMPLES
+                continue
+            estimates = {
+                "global_pearson": p.global_metrics.pearson,
+                "global_spearman": p.global_metrics.spearman,
+                "mean_layer_pearson": p.summary["pearson"].mean,
+                "mean_layer_spearman": p.summary["spearman"].mean,
+            }
+            p.intervals = pair_intervals(pa, pb, estimates, settings.ci_level)
     matrix, means = pair_matrix(pairs, len(loaded), settings.focus_k)
-    common, diffs = config_differences([s.config for s in summaries])
+    # scores-only (imported) runs record no settings: compare the settings of the other runs only
+    full = [i for i, summary in enumerate(summaries) if not summary.scores_only]
+    common, diffs = config_differences([summaries[i].config for i in full] or [{}])
+    for d in diffs:
+        values: list[Any] = [None] * len(summaries)
+        for pos, i in enumerate(full):
+            values[i] = d["values"][pos]
+        d["values"] = values
     model = dict(loaded[0].meta.get("model", {}))
     model.update(num_layers=int(num_layers), num_heads=int(num_heads))
     comp = Comparison(
@@ -1190,11 +1322,11 @@ def compare(
     return comp
 
 
-def _check_options(good_threshold: float, bootstrap: int, target: float, splits: int) -> None:
+def _check_options(good_threshold: float, bootstrap: int | None, target: float, splits: int) -> None:
     if not (math.isfinite(good_threshold) and -1.0 <= good_threshold <= 1.0):
         raise HeadattrError(f"--good-threshold {good_threshold}: give a correlation between -1 and 1")
-    if bootstrap < 0:
-        raise HeadattrError(f"--bootstrap {bootstrap}: give a number of replicates >= 0 (0 skips the bootstrap)")
+    if bootstrap is not None and bootstrap < 0:
+        raise HeadattrError(f"--bootstrap {bootstrap}: give a number >= 0 (0 skips the intervals)")
     if not 0.0 < target < 1.0:
         raise HeadattrError(f"--target {target}: give a reliability strictly between 0 and 1")
     if splits < 1:

@@ -4,8 +4,8 @@ The ensemble is an ordinary run directory (`scores.safetensors`, `run.json`, `he
 so `compare`, and anything else that reads a run, takes it as input:
 
 - `scores`: the mean of the input runs' scores, each run weighted equally.
-- `attributions`: the input runs' attributions concatenated along samples ([sum N, V, L, H]), so bootstrap
-  and split-half analyses of the ensemble resample the pooled samples. When every run has the same number
+- `attributions`: the input runs' attributions concatenated along samples ([sum N, V, L, H]), so jackknife
+  and split-half analyses of the ensemble use the pooled samples. When every run has the same number
   of samples, `aggregate.final_scores(attributions)` equals `scores` (up to float32 rounding); otherwise
   the pooled samples weight runs by their sample counts, and `run.json` says so (`ensemble.equal_weights`).
 - `run.json`: `config` holds the settings the runs share, and for a setting that differs, the list of the
@@ -14,13 +14,15 @@ so `compare`, and anything else that reads a run, takes it as input:
   `ensemble.inputs` records the provenance of every input run (path, creation time, sha256 of its scores
   file, configuration, data report, device, versions, and its own `ensemble` section when it is one).
 
+A scores-only input (an imported run, no per-sample attributions) makes a scores-only ensemble: the mean of
+the scores, no attributions, `ensemble.scores_only: true`; `sign` is the inputs' common convention or `mixed`.
+
 Only runs that can be pooled are accepted: the same model (config hash and score shape), the same masked
 variants (probabilities and draws, so that attributions line up along V) and the same post-processing.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from collections.abc import Sequence
@@ -30,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from .consistency import check_same_model
+from .diagnostics import completeness_from_diagnostics
 from .errors import HeadattrError
-from .rundir import SCORES_FILE, Run, check_output_dir, prepare_output_dir, read_run, write_run
+from .rundir import SCORES_FILE, Run, check_output_dir, prepare_output_dir, read_run, run_meta, run_sign, write_run
 
 DIAGNOSTIC_ARRAYS = ("j_full", "j_baseline", "completeness_error")
 
@@ -52,7 +55,10 @@ def ensemble(run_paths: Sequence[str | Path | Run], out: str | Path, overwrite: 
     runs = [r if isinstance(r, Run) else read_run(r) for r in run_paths]
     check_poolable(runs)
     scores = np.mean([r.scores.astype(np.float64) for r in runs], axis=0).astype(np.float32)
-    attributions = np.concatenate([r.attributions for r in runs], axis=0)
+    if all(r.has_samples for r in runs):
+        attributions = np.concatenate([r.attributions for r in runs], axis=0)
+    else:  # a scores-only input (imported): the ensemble is scores-only too, its scores still the mean
+        attributions = np.zeros((0, 0, *scores.shape), dtype=np.float32)
     meta = ensemble_meta(runs)
     prepare_output_dir(out, overwrite=overwrite)
     write_run(out, scores, attributions, meta)
@@ -63,8 +69,9 @@ def check_poolable(runs: Sequence[Run]) -> None:
     """Raise unless the runs share model, score shape, masked variants and post-processing."""
     check_same_model(runs)
     first = runs[0]
+    scores_only = not all(r.has_samples for r in runs)  # then only the scores are pooled
     for run in runs[1:]:
-        if (
+        if not scores_only and (
             run.meta.get("variants") != first.meta.get("variants")
             or run.attributions.shape[1:] != (first.attributions.shape[1:])
         ):
@@ -101,21 +108,7 @@ def merged_diagnostics(runs: Sequence[Run]) -> dict[str, Any]:
     if not all(all(k in d for k in DIAGNOSTIC_ARRAYS) for d in diags):
         return {"completeness": None}
     merged = {k: [row for d in diags for row in d[k]] for k in DIAGNOSTIC_ARRAYS}
-    try:
-        err = np.abs(np.asarray(merged["completeness_error"], dtype=np.float64))
-        gap = np.abs(
-            np.asarray(merged["j_full"], dtype=np.float64)[..., None] - np.asarray(merged["j_baseline"], dtype=float)
-        )
-    except ValueError:  # ragged: runs with different scopes
-        return {**merged, "completeness": None}
-    rel = err / np.maximum(gap, 1e-12)
-    merged["completeness"] = {
-        "max_abs": float(err.max()),
-        "mean_abs": float(err.mean()),
-        "median_abs": float(np.median(err)),
-        "max_relative": float(rel.max()),
-        "median_relative": float(np.median(rel)),
-    }
+    merged["completeness"] = completeness_from_diagnostics(merged)  # None when ragged (runs of other scopes)
     return merged
 
 
@@ -147,23 +140,22 @@ def ensemble_meta(runs: Sequence[Run]) -> dict[str, Any]:
     counts = [int(r.attributions.shape[0]) for r in runs]
     total = sum(counts)
     first = runs[0].meta
-    return {
-        "status": "complete",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": merged_config([r.meta.get("config", {}) for r in runs], total),
-        "model": first.get("model"),
-        "tokenizer": first.get("tokenizer"),
-        "samples": [{**s, "run": i} for i, r in enumerate(runs) for s in r.meta.get("samples", [])],
-        "variants": first.get("variants"),
-        "diagnostics": merged_diagnostics(runs),
-        "data_report": None,
-        "timings": {},
-        "device": None,
-        "versions": {"headattr": __version__, "numpy": np.__version__},
-        "ensemble": {
+    signs = {run_sign(r.meta) for r in runs}
+    scores_only = not all(r.has_samples for r in runs)
+    return run_meta(
+        config=merged_config([r.meta.get("config", {}) for r in runs], total),
+        model=first.get("model"),
+        tokenizer=first.get("tokenizer"),
+        samples=[{**s, "run": i} for i, r in enumerate(runs) for s in r.meta.get("samples", [])],
+        variants=[] if scores_only else first.get("variants"),
+        diagnostics=merged_diagnostics(runs),
+        versions={"headattr": __version__, "numpy": np.__version__},
+        sign=signs.pop() if len(signs) == 1 else "mixed",
+        ensemble={
             "rule": "scores: mean of the input runs' scores, each run weighted equally; "
             "attributions: the input runs' attributions concatenated along samples",
             "equal_weights": len(set(counts)) == 1,
+            "scores_only": scores_only,
             "inputs": [provenance(r) for r in runs],
         },
-    }
+    )

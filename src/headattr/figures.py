@@ -1,27 +1,35 @@
-"""Matplotlib figures written by the commands. Non-interactive backend; text in English."""
+"""Matplotlib figures of the commands, as PNG bytes; text in English.
+
+No pyplot and no global backend: every figure is a `matplotlib.figure.Figure` rendered by its own
+`FigureCanvasAgg`, so importing headattr leaves a notebook's or an application's backend alone, and nothing
+is kept in pyplot's figure registry. The callers (`rundir.write_run`, `report.write_outputs`,
+`prune.write_outputs`) write the bytes atomically; this module writes no file and imports no headattr module.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas (no pyplot state)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    """Save atomically: render to bytes, then write-and-rename."""
-    import io
-
-    from .rundir import atomic_write_bytes
-
+def _png(fig: Figure) -> bytes:
+    """Render `fig` to PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    return buf.getvalue()
 
 
 def _diverging_limits(scores: np.ndarray) -> float:
@@ -29,7 +37,7 @@ def _diverging_limits(scores: np.ndarray) -> float:
     return lim if lim > 0 else 1.0
 
 
-def draw_heatmap(ax: plt.Axes, scores: np.ndarray, title: str = "") -> matplotlib.image.AxesImage:
+def draw_heatmap(ax: Axes, scores: np.ndarray, title: str = "") -> AxesImage:
     """Draw a layers x heads score map on `ax`, diverging colours centred on zero."""
     lim = _diverging_limits(scores)
     im = ax.imshow(scores, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
@@ -42,18 +50,19 @@ def draw_heatmap(ax: plt.Axes, scores: np.ndarray, title: str = "") -> matplotli
     return im
 
 
-def plot_heatmap(scores: np.ndarray, path: Path, title: str = "Gate-IG head scores") -> None:
-    """Write `heatmap.png`: one cell per head, layer 0 at the top."""
+def plot_heatmap(scores: np.ndarray, title: str = "Gate-IG head scores") -> bytes:
+    """`heatmap.png` of [L, H] scores as PNG bytes: one cell per head, layer 0 at the top."""
     scores = np.asarray(scores, dtype=np.float64)
     num_layers, num_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(min(2 + 0.3 * num_heads, 14), min(1.5 + 0.25 * num_layers, 12)))
+    fig = _new_figure((min(2 + 0.3 * num_heads, 14), min(1.5 + 0.25 * num_layers, 12)))
+    ax = fig.subplots()
     im = draw_heatmap(ax, scores, title)
-    fig.colorbar(im, ax=ax, label="score (positive = helps reconstruction)")
-    _save(fig, path)
+    fig.colorbar(im, ax=ax, label="score (larger = more important)")
+    return _png(fig)
 
 
-def plot_consistency(comparison, run_a: int, run_b: int, path: Path) -> None:
-    """Write `consistency_analysis.png` for runs `run_a` and `run_b` of a `consistency.Comparison`.
+def plot_consistency(comparison, run_a: int, run_b: int) -> bytes:
+    """`consistency_analysis.png` (PNG bytes) for runs `run_a` and `run_b` of a `consistency.Comparison`.
 
     Six panels, each backing a claim of the report: per-layer Pearson and Spearman with the threshold;
     every head score of run A against run B, coloured by layer; top-K overlap against K with its chance
@@ -63,7 +72,8 @@ def plot_consistency(comparison, run_a: int, run_b: int, path: Path) -> None:
     ra, rb = comparison.runs[run_a], comparison.runs[run_b]
     settings = comparison.settings
     layers = np.arange(comparison.num_layers)
-    fig, axes = plt.subplots(2, 3, figsize=(19, 11))
+    fig = _new_figure((19, 11))
+    axes = fig.subplots(2, 3)
     fig.suptitle(f"Consistency of head scores: {ra.label} vs {rb.label} ({comparison.model.get('name', '')})")
     _panel_layer_correlations(axes[0, 0], pair, layers, settings.good_threshold)
     _panel_scatter(fig, axes[0, 1], ra, rb, pair)
@@ -74,7 +84,7 @@ def plot_consistency(comparison, run_a: int, run_b: int, path: Path) -> None:
         im.set_clim(-lim, lim)
     fig.colorbar(im, ax=axes[1, :2].tolist(), label="score (same scale in both maps)", shrink=0.9)
     _panel_reliability(axes[1, 2], comparison, (ra, rb), layers)
-    _save(fig, path)
+    return _png(fig)
 
 
 def _nan(values) -> np.ndarray:
@@ -82,7 +92,7 @@ def _nan(values) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _panel_layer_correlations(ax: plt.Axes, pair, layers: np.ndarray, threshold: float) -> None:
+def _panel_layer_correlations(ax: Axes, pair, layers: np.ndarray, threshold: float) -> None:
     ax.plot(layers, _nan(m.pearson for m in pair.layers), "o-", label="Pearson")
     ax.plot(layers, _nan(m.spearman for m in pair.layers), "s--", label="Spearman")
     ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:g}")
@@ -96,7 +106,7 @@ def _panel_layer_correlations(ax: plt.Axes, pair, layers: np.ndarray, threshold:
     ax.grid(alpha=0.3)
 
 
-def _panel_scatter(fig: plt.Figure, ax: plt.Axes, ra, rb, pair) -> None:
+def _panel_scatter(fig: Figure, ax: Axes, ra, rb, pair) -> None:
     num_layers, num_heads = ra.scores.shape
     colour = np.repeat(np.arange(num_layers), num_heads)
     sc = ax.scatter(ra.scores.ravel(), rb.scores.ravel(), c=colour, cmap="viridis", s=10, alpha=0.8)
@@ -112,16 +122,26 @@ def _panel_scatter(fig: plt.Figure, ax: plt.Axes, ra, rb, pair) -> None:
     fig.colorbar(sc, ax=ax, label="layer")
 
 
-def _panel_overlap(ax: plt.Axes, comparison, pair) -> None:
+def _panel_overlap(ax: Axes, comparison, pair) -> None:
     ks = np.array(comparison.settings.top_k)
     layer_mean = _nan(pair.overlap_summary[k].mean for k in ks)
     glob = _nan(pair.global_metrics.overlap[k] for k in ks)
     ax.plot(ks, 100 * layer_mean, "o-", label="mean per layer")
-    ax.plot(ks, 100 * _nan(pair.chance_layer[k] for k in ks), ":", color="C0",
-            label=f"chance per layer (K/{comparison.num_heads})")
+    ax.plot(
+        ks,
+        100 * _nan(pair.chance_layer[k] for k in ks),
+        ":",
+        color="C0",
+        label=f"chance per layer (K/{comparison.num_heads})",
+    )
     ax.plot(ks, 100 * glob, "s-", color="C1", label="global")
-    ax.plot(ks, 100 * _nan(pair.global_metrics.chance[k] for k in ks), ":", color="C1",
-            label=f"chance global (K/{comparison.num_layers * comparison.num_heads})")
+    ax.plot(
+        ks,
+        100 * _nan(pair.global_metrics.chance[k] for k in ks),
+        ":",
+        color="C1",
+        label=f"chance global (K/{comparison.num_layers * comparison.num_heads})",
+    )
     ax.set_xlabel("K")
     ax.set_ylabel("top-K overlap (%)")
     ax.set_ylim(0, 105)
@@ -130,7 +150,7 @@ def _panel_overlap(ax: plt.Axes, comparison, pair) -> None:
     ax.grid(alpha=0.3)
 
 
-def _panel_reliability(ax: plt.Axes, comparison, runs, layers: np.ndarray) -> None:
+def _panel_reliability(ax: Axes, comparison, runs, layers: np.ndarray) -> None:
     target = comparison.settings.target
     for i, run in enumerate(runs):
         rel = run.reliability
@@ -152,17 +172,18 @@ _PRUNE_LABELS = {"loss": "masked-token loss", "accuracy": "masked-token accuracy
 _PRUNE_STYLE = {"most": ("C3", "o-"), "least": ("C2", "s-"), "random": ("C0", "^-")}
 
 
-def plot_pruning_curve(result, path: Path) -> None:
-    """Write `pruning_curve.png`: each metric vs the fraction of heads removed, one line per order.
+def plot_pruning_curve(result) -> bytes:
+    """`pruning_curve.png` (PNG bytes): each metric vs the fraction of heads removed, one line per order.
 
     `result` is a `headattr.prune.PruneResult`. The unpruned model is the point at fraction 0 of every line;
-    the random orders are drawn as their mean, a band of one standard deviation around it (the spread the
-    ordering verdict uses) and a lighter band from their minimum to their maximum. The legend sits below the
-    panels, where it cannot hide a curve.
+    the random orders are drawn as their mean, a band for the 95% interval of that mean (the interval the
+    verdicts use, `result.random_interval`) and a lighter band from their minimum to their maximum. The legend
+    sits below the panels, where it cannot hide a curve.
     """
     fractions = np.concatenate([[0.0], np.asarray(result.fractions, dtype=np.float64)])
     metrics = result.metrics
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.2), squeeze=False)
+    fig = _new_figure((4.6 * len(metrics), 4.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         base = getattr(result.baseline, metric)
         for order in result.display_orders:
@@ -170,11 +191,21 @@ def plot_pruning_curve(result, path: Path) -> None:
             if order == "random":
                 summary = result.random_summary(metric)
                 n = result.curves["random"][metric].shape[0]
-                low, high = summary["mean"] - summary["std"], summary["mean"] + summary["std"]
-                for lo, hi, alpha, label in ((summary["min"], summary["max"], 0.12, f"random min-max ({n} orders)"),
-                                            (low, high, 0.3, "random mean ± std")):
-                    ax.fill_between(fractions, np.concatenate([[base], lo]), np.concatenate([[base], hi]),
-                                    color=color, alpha=alpha, linewidth=0, label=label)
+                low, high = result.random_interval(metric)
+                bands = (
+                    (summary["min"], summary["max"], 0.12, f"random min-max ({n} orders)"),
+                    (low, high, 0.35, "random mean, 95% interval"),
+                )
+                for lo, hi, alpha, label in bands:
+                    ax.fill_between(
+                        fractions,
+                        np.concatenate([[base], lo]),
+                        np.concatenate([[base], hi]),
+                        color=color,
+                        alpha=alpha,
+                        linewidth=0,
+                        label=label,
+                    )
                 values, label = summary["mean"], f"random (mean of {n})"
             else:
                 values, label = result.curves[order][metric], f"{order} important first"
@@ -188,4 +219,4 @@ def plot_pruning_curve(result, path: Path) -> None:
     n_eval = result.eval_info.get("samples")
     fig.suptitle("Head pruning by Gate-IG score" + (f" ({n_eval} held-out samples)" if n_eval else ""))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    _save(fig, path)
+    return _png(fig)

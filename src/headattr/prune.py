@@ -4,7 +4,8 @@
 the model on held-out samples:
 
 - `most`: highest score first; `least`: lowest score first; `random`: `random_orders` seeded random orders,
-  summarised by their mean, standard deviation, minimum and maximum. Heads are ranked by the signed score
+  summarised by their mean (with a 95% bootstrap interval over orders), standard deviation, minimum and
+  maximum. Heads are ranked by the signed score
   (default: a negative score says removing the head helps) or, with `rank_by="abs"`, by its magnitude.
 - At each fraction of heads, over all heads at once or, with `per_layer`, the same number in every layer.
 - Metrics (`evaluate`): the masked-reconstruction loss, which is exactly the attribution objective (the core's
@@ -12,6 +13,12 @@ the model on held-out samples:
   over a sample's masked variants and then over samples; masked-token accuracy (argmax of the very logits
   the loss used, with the model's logit shift), averaged the same way; optionally exact-match of the answer
   decoded from a fully masked answer by `headattr.decode.unmask_decode` under the same gates.
+- Verdicts (`pruning_verdicts`): per metric and fraction, and for the area under the curve from fraction 0
+  (the unpruned model) to 0.3 (trapezoid), `most` must be worse than random removal and `least` better,
+  beyond the 95% interval of the random orders' mean (a bootstrap over orders, seeded); the empirical
+  percentiles of `most` and `least` among the random orders are given beside it. The mean, not one order's
+  spread, is the reference: a single random pair of heads out of 48 is a lottery whose spread says nothing
+  about whether the scores rank heads better than chance.
 - `single_head`: each head's own ablation effect (loss increase with only that head removed), and its
   Spearman rank correlation with the scores (faithfulness).
 
@@ -352,6 +359,8 @@ def select_eval_samples(
 def check_run_matches(spec: ModelSpec, run: Run) -> None:
     """Raise unless the run was computed on this model (same config hash and shape)."""
     run_hash = run.meta.get("model", {}).get("config_hash")
+    if run_hash is None and "imported" in run.meta:
+        raise HeadattrError(f"run {run.path} was imported without a model identity; import it again with --model MODEL")
     if run_hash != spec.config_hash:
         raise HeadattrError(
             f"run {run.path} was computed on another model (config hash {str(run_hash)[:12]}, "
@@ -402,35 +411,17 @@ class PruneResult:
         runs = self.curves["random"][metric]
         return {"mean": runs.mean(0), "std": runs.std(0), "min": runs.min(0), "max": runs.max(0)}
 
-    def ordering(self) -> dict[str, list[dict[str, Any]]]:
-        """Per metric and fraction: how far removing the `most` and `least` heads lies from random removal.
+    def random_interval(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """[F] bounds of the 95% bootstrap interval of the random orders' mean (the verdicts' interval)."""
+        _, low, high = mean_interval(self.curves["random"][metric], verdict_rng(self.seed, self.metrics.index(metric)))
+        return low, high
 
-        Values are oriented so that positive means worse (higher loss, lower accuracy or exact match):
-        `most_minus_random` = worse(most) - mean worse(random), `random_minus_least` likewise. `beyond_std`:
-        both margins exceed the random orders' standard deviation; `beyond_range`: `most` is worse than every
-        random order and `least` better than every one (the margins exceed the random orders' full spread).
-        """
+    def verdicts(self) -> dict[str, Any]:
+        """Per metric: is `most` worse than random removal and `least` better, beyond the random mean's 95%
+        interval? See `pruning_verdicts` (empty when `most`, `least` or `random` was not measured)."""
         if not {"most", "least", "random"} <= set(self.orders):
             return {}
-        out: dict[str, list[dict[str, Any]]] = {}
-        for metric in self.metrics:
-            sign = 1.0 if metric == "loss" else -1.0
-            runs = sign * self.curves["random"][metric]  # [R, F], worse = larger
-            most, least = sign * self.curves["most"][metric], sign * self.curves["least"][metric]
-            mean, std = runs.mean(0), runs.std(0)
-            out[metric] = [
-                {
-                    "fraction": frac,
-                    "most_minus_random": float(most[i] - mean[i]),
-                    "random_minus_least": float(mean[i] - least[i]),
-                    "random_std": float(std[i]),
-                    "random_range": float(runs[:, i].max() - runs[:, i].min()),
-                    "beyond_std": bool(min(most[i] - mean[i], mean[i] - least[i]) > std[i]),
-                    "beyond_range": bool(most[i] > runs[:, i].max() and least[i] < runs[:, i].min()),
-                }
-                for i, frac in enumerate(self.fractions)
-            ]
-        return out
+        return pruning_verdicts(self, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready `pruning.json` (NaN never appears: unmeasured values are null)."""
@@ -467,7 +458,7 @@ class PruneResult:
             "eval": self.eval_info,
             "baseline": self.baseline.to_dict(),
             "curves": curves,
-            "ordering": self.ordering(),
+            "verdicts": self.verdicts(),
             "single_head": self.single_head,
             "timings": self.timings,
         }
@@ -498,6 +489,122 @@ class PruneResult:
 
 def _floats(x: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(x, dtype=np.float64).reshape(-1)]
+
+
+# ---------------------------------------------------------------- verdicts
+
+VERDICT_LEVEL = 0.95
+VERDICT_RESAMPLES = 2000
+AREA_MAX_FRACTION = 0.3
+VERDICT_RULE = (
+    "most is worse than random removal and least is better, where the 95% interval of the random orders' mean "
+    "(bootstrap over orders) excludes both; per fraction and for the area under the curve over fractions "
+    "0 to 0.3 (trapezoid, from the unpruned model at 0)"
+)
+
+
+def verdict_rng(seed: int, metric_index: int) -> np.random.Generator:
+    """The bootstrap stream of a metric's verdicts, keyed by (seed, metric) only, so figure and JSON agree."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 7919, metric_index]))
+
+
+def worse_sign(metric: str) -> float:
+    """+1 where a larger value is worse (loss), -1 where a smaller one is (accuracy, exact match)."""
+    return 1.0 if metric == "loss" else -1.0
+
+
+def mean_interval(
+    values: np.ndarray, rng: np.random.Generator, level: float = VERDICT_LEVEL, resamples: int = VERDICT_RESAMPLES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the rows of [R, K] `values` and its percentile bootstrap interval (rows resampled), each [K]."""
+    values = np.asarray(values, dtype=np.float64)
+    idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
+    means = values[idx].mean(axis=1)  # [resamples, K]
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return values.mean(axis=0), low, high
+
+
+def empirical_percentile(x: float, values: np.ndarray) -> float:
+    """Percent of `values` below `x`, ties counted half (0: below every value, 100: above every value)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(100 * ((values < x).sum() + 0.5 * (values == x).sum()) / values.size)
+
+
+def curve_area(fractions: Sequence[float], baseline: float, values: np.ndarray, upto: float) -> np.ndarray | None:
+    """Trapezoid area under `values` ([..., F] at `fractions`) from fraction 0 (`baseline`) to `upto`.
+
+    Only measured fractions in (0, upto] count (within 1e-9); None when there is none.
+    """
+    fr = np.asarray(fractions, dtype=np.float64)
+    keep = (fr > 0) & (fr <= upto + 1e-9)
+    if not keep.any():
+        return None
+    order = np.argsort(fr[keep])
+    x = np.concatenate([[0.0], fr[keep][order]])
+    v = np.asarray(values, dtype=np.float64)[..., keep][..., order]
+    y = np.concatenate([np.full(v.shape[:-1] + (1,), baseline), v], axis=-1)
+    return ((x[1:] - x[:-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(axis=-1)
+
+
+def _verdict_row(
+    most: float, least: float, random: np.ndarray, mean: float, low: float, high: float, sign: float
+) -> dict[str, Any]:
+    """One verdict: the three numbers, the percentiles of most and least among the random orders, the test."""
+    # on the "worse" scale (sign * value), the interval is [sign*low, sign*high] or, reversed, [-high, -low]
+    worse_low, worse_high = sorted((sign * low, sign * high))
+    most_worse = bool(sign * most > worse_high)
+    least_better = bool(sign * least < worse_low)
+    return {
+        "most": float(most),
+        "random_mean": float(mean),
+        "random_low": float(low),
+        "random_high": float(high),
+        "least": float(least),
+        "most_percentile": empirical_percentile(most, random),
+        "least_percentile": empirical_percentile(least, random),
+        "most_worse": most_worse,
+        "least_better": least_better,
+        "holds": most_worse and least_better,
+    }
+
+
+def pruning_verdicts(result: PruneResult, seed: int) -> dict[str, Any]:
+    """The pruning verdicts of `result` (VERDICT_RULE), per metric and fraction and for the area.
+
+    Numbers are in the metric's own units; a percentile is the percent of random orders whose value is
+    below that of `most` (or `least`). The bootstrap over random orders is seeded by (seed, metric), so the
+    verdicts are deterministic; fractions and area share its resamples.
+    """
+    out: dict[str, Any] = {
+        "rule": VERDICT_RULE,
+        "level": VERDICT_LEVEL,
+        "resamples": VERDICT_RESAMPLES,
+        "area_max_fraction": AREA_MAX_FRACTION,
+        "random_orders": int(result.curves["random"][result.metrics[0]].shape[0]),
+        "metrics": {},
+    }
+    for m_index, metric in enumerate(result.metrics):
+        sign = worse_sign(metric)
+        random = np.asarray(result.curves["random"][metric], dtype=np.float64)  # [R, F]
+        most = np.asarray(result.curves["most"][metric], dtype=np.float64)
+        least = np.asarray(result.curves["least"][metric], dtype=np.float64)
+        base = float(getattr(result.baseline, metric))
+        area = curve_area(result.fractions, base, random, AREA_MAX_FRACTION)  # [R] or None
+        table = random if area is None else np.concatenate([random, area[:, None]], axis=1)
+        mean, low, high = mean_interval(table, verdict_rng(seed, m_index))
+        rows = [
+            {"fraction": f, **_verdict_row(most[i], least[i], random[:, i], mean[i], low[i], high[i], sign)}
+            for i, f in enumerate(result.fractions)
+        ]
+        area_row = None
+        if area is not None:
+            a_most = float(curve_area(result.fractions, base, most, AREA_MAX_FRACTION))
+            a_least = float(curve_area(result.fractions, base, least, AREA_MAX_FRACTION))
+            upto = max(f for f in result.fractions if 0 < f <= AREA_MAX_FRACTION + 1e-9)
+            area_row = {"upto": upto, **_verdict_row(a_most, a_least, area, mean[-1], low[-1], high[-1], sign)}
+        out["metrics"][metric] = {"fractions": rows, "area": area_row}
+    return out
 
 
 def ranking_scores(scores: np.ndarray, rank_by: str) -> np.ndarray:
@@ -691,14 +798,14 @@ PRUNE_FILES = (PRUNING_FILE, CURVE_FILE, HEAD_MASK_FILE)
 def write_outputs(result: PruneResult, out: str | Path) -> dict[str, Path]:
     """Write pruning.json, pruning_curve.png and head_mask.json into `out` (each atomically)."""
     from .figures import plot_pruning_curve
-    from .rundir import atomic_write_json
+    from .rundir import atomic_write_bytes, atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in PRUNE_FILES}
     atomic_write_json(paths[PRUNING_FILE], result.to_dict())
     atomic_write_json(paths[HEAD_MASK_FILE], result.head_mask())
-    plot_pruning_curve(result, paths[CURVE_FILE])
+    atomic_write_bytes(paths[CURVE_FILE], plot_pruning_curve(result))
     return paths
 
 
@@ -730,12 +837,29 @@ def format_table(result: PruneResult) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in lines)
 
 
-def format_ordering(result: PruneResult) -> list[str]:
-    """Per metric, at which fractions most > random > least holds by more than the random orders' std."""
-    lines = []
-    for metric, rows in result.ordering().items():
-        marks = ", ".join(f"{row['fraction']:g} {'yes' if row['beyond_std'] else 'no'}" for row in rows)
-        lines.append(f"most > random > least by more than the random std, {metric}: {marks}")
+def format_verdict_row(row: dict[str, Any]) -> str:
+    """`yes`/`no` with the numbers behind it: most, random mean [95% interval], least, and the percentiles."""
+    return (
+        f"{'yes' if row['holds'] else 'no'} (most {row['most']:.4f} [pct {row['most_percentile']:.0f}], random "
+        f"{row['random_mean']:.4f} [{row['random_low']:.4f}, {row['random_high']:.4f}], least {row['least']:.4f} "
+        f"[pct {row['least_percentile']:.0f}])"
+    )
+
+
+def format_verdicts(result: PruneResult) -> list[str]:
+    """Per metric and fraction, and for the area up to 0.3: does most > random > least hold beyond the random
+    mean's 95% interval (in the metric's worse direction), with the numbers it rests on."""
+    verdicts = result.verdicts()
+    if not verdicts:
+        return []
+    lines = [f"verdict: {verdicts['rule']}; pct = percentile among the {verdicts['random_orders']} random orders"]
+    for metric, v in verdicts["metrics"].items():
+        worse = "higher" if worse_sign(metric) > 0 else "lower"
+        lines.append(f"{metric} ({worse} is worse):")
+        for row in v["fractions"]:
+            lines.append(f"  {row['fraction']:g}: {format_verdict_row(row)}")
+        if v["area"] is not None:
+            lines.append(f"  area 0-{v['area']['upto']:g}: {format_verdict_row(v['area'])}")
     return lines
 
 

@@ -7,7 +7,7 @@ decimal, and a metric that is not defined (a constant layer, K >= N) as "N/A".
 
 Sections follow the hand-written seed report (configuration, key findings, correlation table, global
 consistency, top-K overlap, score distribution, most/least consistent layers, layer trend, practical
-recommendations, conclusion) and add chance levels, bootstrap intervals and split-half reliability.
+recommendations, conclusion) and add chance levels, jackknife intervals and split-half reliability.
 
 Recommendations are the rules of `consistency.recommendations`, each rendered from its measured numbers:
 
@@ -29,9 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .consistency import Comparison, Interval, PairMetrics, Summary
+from .consistency import NA_NO_SAMPLES, NA_NON_POSITIVE, Comparison, Interval, PairMetrics, Reliability, Summary
 from .errors import HeadattrError
-from .rundir import atomic_write_json, atomic_write_text, prepare_output_dir
+from .figures import plot_consistency
+from .rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
 
 REPORT_FILE = "report.md"
 FIGURE_FILE = "consistency_analysis.png"
@@ -51,6 +52,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "baseline": "baseline {value}",
         "runs": "- **Runs compared**:",
         "run_line": "  - **{label}**: `{path}`: {seeds}; {samples} samples x {variants} masked variants",
+        "run_line_imported": "  - **{label}**: `{path}`: imported from `{source}`, scores only (no per-sample "
+        "attributions)",
+        "run_sign": "    - scores: {sign}",
+        "sign_headattr": "Gate-IG of the reconstruction objective J = -loss: larger = more useful",
+        "sign_imported": "imported as stored in the file, taken as larger = more important",
+        "sign_imported-negated": "imported and negated (the file attributed the loss): larger = more important",
+        "sign_mixed": "an ensemble of runs with different sign conventions",
+        "reason_no_samples": "a run has no per-sample attributions (scores only, e.g. imported)",
         "common": "- **Common settings**:",
         "other_common": "  - Other common settings: {items}",
         "differences": "- **Settings that differ**:",
@@ -69,8 +78,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "rule_low": "not both above {t}, so low",
         "rule_undetermined": "not defined, so no verdict",
         "f_good": "- {good}/{layers} layers ({share}) have Pearson > {t}.",
-        "f_global": "- All {n} heads together: Pearson {p} (bootstrap 95% interval {ci}, conservative: see 6.), "
-        "Spearman {s}.",
+        "f_global": "- All {n} heads together: Pearson {p} (95% interval {ci}, see 6.), Spearman {s}.",
         "f_overlap": "- Top-{k} overlap, mean per layer: {o}; chance level {c}; Kuncheva index {ki}.",
         "f_trend": "- Depth: {trend}.",
         "f_reliability": "- Split-half reliability of {label} (Spearman-Brown): {lo} to {hi} over layers; "
@@ -108,7 +116,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "r_undefined": "- Layers with constant scores in a run (correlation N/A, left out of the summaries): {layers}.",
         "h_global": "### 2. Global consistency",
         "col_value": "Value",
-        "col_ci": "95% bootstrap interval",
+        "col_ci": "95% interval (jackknife)",
         "global_pearson": "Global Pearson",
         "global_spearman": "Global Spearman",
         "global_kendall": "Global Kendall tau-b",
@@ -133,30 +141,36 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_cmax": "Completeness error, max abs",
         "d_cmean": "Completeness error, mean abs",
         "d_crel": "Completeness error / gap (total)",
-        "dist_note": "Completeness error: sum of a layer's head attributions minus J(1) - J(baseline), per "
-        "masked variant (run.json diagnostics); the last row divides the summed absolute errors by the "
-        "summed absolute gaps.",
+        "d_cpath": "Completeness error / gap, largest path",
+        "dist_note": "Completeness error: sum of a layer's head attributions minus the gap J(1) - J(baseline), "
+        'per masked variant (run.json diagnostics). "Total" divides the summed absolute errors by the summed '
+        'absolute gaps (the number the threshold uses); "largest path" is the largest per-path ratio over '
+        "paths whose gap is at least 1% of the run's median gap (smaller gaps would make the ratio explode).",
         "h_chance": "### 5. Chance levels",
         "chance_text": "Two top-K sets drawn at random from N heads share K/N of their members on average (the "
         "mean of the hypergeometric distribution, K·K/N heads, divided by K). The Kuncheva index "
         "(r·N - K²)/(K·(N - K)), with r shared heads, is 0 at chance and 1 for identical sets.",
         "col_chance_layer": "Per layer (N = {h})",
         "col_chance_global": "Global (N = {n})",
-        "h_boot": "### 6. Uncertainty (bootstrap)",
-        "boot_text": "{b} bootstrap replicates (seed {seed}): each run's samples are resampled with replacement, "
-        "independently per run, and the scores recomputed from the stored attributions. Percentile "
-        "intervals; resampling adds noise on top of each run's own, so intervals tend to lie below the "
-        "estimate: read the lower bound as conservative.",
-        "boot_off": "Bootstrap skipped (--bootstrap 0).",
+        "h_boot": "### 6. Uncertainty (jackknife)",
+        "boot_text": "Delete-one jackknife over the samples of both runs: each statistic is recomputed with one "
+        "sample of one run left out ({n} recomputations per statistic), the variance on Fisher's z scale is the "
+        "sum over the two runs of (n-1)/n · Σ(z_i - z̄)² less the interaction of the two runs' noises (counted in both; "
+        "estimated with one sample of each run left out), and the interval is z ± t(df)·SE transformed back "
+        "(Welch-Satterthwaite df). It is centred on the estimate and covers the expected between-run value at "
+        "these sample counts (the mean over repeated pairs of runs; measured coverage in docs/compare.md). "
+        "Top-K overlaps get no interval: they change in steps, and the jackknife does not estimate their "
+        "variance.",
+        "boot_off": "Intervals skipped (--no-intervals).",
+        "boot_na": "No intervals: {reason}.",
         "col_stat": "Statistic",
         "col_estimate": "Estimate",
-        "col_se": "Bootstrap SE",
-        "col_boot_mean": "Bootstrap mean",
+        "col_se": "SE (Fisher z)",
+        "col_df": "df",
         "b_global_pearson": "Global Pearson",
         "b_global_spearman": "Global Spearman",
         "b_mean_layer_pearson": "Mean per-layer Pearson",
         "b_mean_layer_spearman": "Mean per-layer Spearman",
-        "b_overlap": "Global top-{k} overlap",
         "h_layers": "## Per-layer analysis",
         "h_best": "### Most consistent layers",
         "h_worst": "### Least consistent layers",
@@ -190,8 +204,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "rel_text": "Each run's samples are split at random into two halves of {half} ({splits} splits, seed "
         "{seed}); the correlation r of the half-means is averaged over splits and corrected to the full "
         "run with Spearman-Brown (2r/(1+r) for equal halves). The projected number of samples for "
-        "reliability {target} is N·R(1-r)/(r(1-R)) (Spearman-Brown prophecy); N/A where r <= 0. Two runs "
+        "reliability {target} is N·R(1-r)/(r(1-R)) (Spearman-Brown prophecy). Where the half correlation is "
+        "r <= 0 the correction is undefined (it would leave [-1, 1]): the cell says N/A with the raw half "
+        "correlation, and no sample count can be projected. Two runs "
         'with reliabilities r_A and r_B are expected to correlate at √(r_A·r_B) ("expected").',
+        "rel_na_negative": "N/A (half r = {r})",
+        "rel_na_samples": "N/A (scores only)",
         "col_rel": "Reliability {label}",
         "col_need": "Samples needed {label}",
         "col_expected": "Expected Pearson",
@@ -222,6 +240,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "selecting (e.g. pruning) these top-K heads from one run gives nearly the same heads.",
         "rec_unstable_top_k": "- **Less stable head selection**: global top-K overlap below {t} for {items}; "
         "check such selections with another seed or an ensemble.",
+        "rec_scores_only_runs": "- **Scores-only runs** ({runs}): no per-sample attributions, so their "
+        "split-half reliability and the intervals of their pairs are N/A; the reliability rules use the other runs.",
         "rec_config_differences": "- **Settings differ besides the seeds**: {keys}; part of the disagreement may "
         "come from these settings rather than from the random draws.",
         "rec_shared_samples": "- **Shared samples**: {items}; agreement there is partly agreement on the same data.",
@@ -267,6 +287,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "baseline": "baseline {value}",
         "runs": "- **对比组**:",
         "run_line": "  - **{label}**: `{path}`：{seeds}；{samples} 个样本 x {variants} 个 mask 变体",
+        "run_line_imported": "  - **{label}**: `{path}`：导入自 `{source}`，仅有分数（无逐样本归因）",
+        "run_sign": "    - 分数符号：{sign}",
+        "sign_headattr": "Gate-IG，归因对象为重建目标 J = -loss：越大越有用",
+        "sign_imported": "按文件原样导入，视为越大越重要",
+        "sign_imported-negated": "导入时取负（文件归因的是 loss）：越大越重要",
+        "sign_mixed": "由符号约定不同的运行集成而来",
+        "reason_no_samples": "有运行没有逐样本归因（仅有分数，例如导入的结果）",
         "common": "- **共同参数**:",
         "other_common": "  - 其他共同参数: {items}",
         "differences": "- **不同的参数**:",
@@ -285,7 +312,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "rule_low": "未能二者均高于 {t}，因此为“低”",
         "rule_undetermined": "无定义，无法判定",
         "f_good": "- {good}/{layers} 层（{share}）的 Pearson > {t}。",
-        "f_global": "- 全部 {n} 个头合并：Pearson {p}（自助法 95% 区间 {ci}，偏保守，见第 6 节），Spearman {s}。",
+        "f_global": "- 全部 {n} 个头合并：Pearson {p}（95% 区间 {ci}，见第 6 节），Spearman {s}。",
         "f_overlap": "- 逐层 Top-{k} 平均重叠率：{o}；随机水平 {c}；Kuncheva 指数 {ki}。",
         "f_trend": "- 层深：{trend}。",
         "f_reliability": "- {label} 的运行内分半信度（Spearman-Brown 校正）：各层在 {lo} 到 {hi} 之间；"
@@ -322,7 +349,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "r_undefined": "- 分数为常数的层（相关系数 N/A，不计入统计）：{layers}。",
         "h_global": "### 2. 全局一致性",
         "col_value": "数值",
-        "col_ci": "95% 自助法区间",
+        "col_ci": "95% 区间（刀切法）",
         "global_pearson": "全局 Pearson 相关",
         "global_spearman": "全局 Spearman 相关",
         "global_kendall": "全局 Kendall tau-b",
@@ -347,27 +374,35 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_cmax": "完备性误差，最大绝对值",
         "d_cmean": "完备性误差，平均绝对值",
         "d_crel": "完备性误差 / 差值（总和）",
-        "dist_note": "完备性误差：每个 mask 变体中，一层所有头归因之和减去 J(1) - J(baseline)（来自 run.json "
-        "diagnostics）；最后一行为绝对误差总和除以绝对差值总和。",
+        "d_cpath": "完备性误差 / 差值，最大单条路径",
+        "dist_note": "完备性误差：每个 mask 变体中，一层所有头归因之和减去差值 J(1) - J(baseline)（来自 run.json "
+        "diagnostics）。“总和”为绝对误差总和除以绝对差值总和（阈值所用的数值）；“最大单条路径”为差值不小于该运行"
+        "差值中位数 1% 的路径中最大的单条比值（差值更小的路径会使比值失去意义）。",
         "h_chance": "### 5. 随机水平",
         "chance_text": "从 N 个头中随机抽取的两个 Top-K 集合平均共享 K/N 的成员（超几何分布的期望 K·K/N 个头，"
         "除以 K）。"
         "Kuncheva 指数 (r·N - K²)/(K·(N - K))（r 为共享头数）在随机水平时为 0，完全相同时为 1。",
         "col_chance_layer": "逐层 (N = {h})",
         "col_chance_global": "全局 (N = {n})",
-        "h_boot": "### 6. 不确定性（自助法区间）",
-        "boot_text": "{b} 次自助法重抽样（种子 {seed}）：每个运行的样本独立地有放回重抽样，并由保存的归因重新计算分数。"
-        "区间为百分位区间；重抽样在每个运行自身噪声之上又增加了噪声，因此区间往往略低于估计值：下界可视为保守值。",
-        "boot_off": "已跳过自助法（--bootstrap 0）。",
+        "h_boot": "### 6. 不确定性（刀切法区间）",
+        "boot_text": "对两个运行的样本做留一刀切法（delete-one jackknife）：每次去掉其中一个运行的一个样本"
+        "并重新计算统计量（每个统计量共 {n} 次），在 Fisher z 尺度上方差为两个运行各自 "
+        "(n-1)/n · Σ(z_i - z̄)² 之和减去两个运行噪声的交互项（两项中各含一次；"
+        "由同时去掉两个运行各一个样本估计），区间为 z ± t(df)·SE 再变换回相关系数"
+        "（Welch-Satterthwaite 自由度）。区间以估计值为中心，"
+        "覆盖的是在当前样本数下跨运行统计量的期望值"
+        "（重复成对运行的平均；实测覆盖率见 docs/compare.md）。"
+        "Top-K 重叠率不给出区间：它随分数阶跃变化，刀切法无法估计其方差。",
+        "boot_off": "已跳过区间（--no-intervals）。",
+        "boot_na": "无区间：{reason}。",
         "col_stat": "统计量",
         "col_estimate": "估计值",
-        "col_se": "自助法标准误",
-        "col_boot_mean": "自助法均值",
+        "col_se": "标准误（Fisher z）",
+        "col_df": "自由度",
         "b_global_pearson": "全局 Pearson",
         "b_global_spearman": "全局 Spearman",
         "b_mean_layer_pearson": "逐层 Pearson 平均",
         "b_mean_layer_spearman": "逐层 Spearman 平均",
-        "b_overlap": "全局 Top-{k} 重叠率",
         "h_layers": "## 逐层分析",
         "h_best": "### 一致性最高的层",
         "h_worst": "### 一致性较低的层",
@@ -400,8 +435,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "rel_text": "每个运行的样本被随机分成两半，每半 {half} 个（{splits} 次随机划分，"
         "种子 {seed}）；两半均值的相关 r "
         "在各次划分上取平均，并用 Spearman-Brown 公式校正到完整运行（等分时为 2r/(1+r)）。达到信度 {target} "
-        "所需的样本数为 N·R(1-r)/(r(1-R))（Spearman-Brown 预测公式）；r <= 0 时为 N/A。信度分别为 r_A 与 r_B "
+        "所需的样本数为 N·R(1-r)/(r(1-R))（Spearman-Brown 预测公式）。分半相关 r <= 0 时校正公式无定义（结果会超出 "
+        "[-1, 1]）：表中记为 N/A 并给出原始分半相关，也无法推算所需样本数。信度分别为 r_A 与 r_B "
         "的两个运行，其相关的期望值为 √(r_A·r_B)（“期望”）。",
+        "rel_na_negative": "N/A（分半 r = {r}）",
+        "rel_na_samples": "N/A（仅有分数）",
         "col_rel": "信度 {label}",
         "col_need": "所需样本数 {label}",
         "col_expected": "期望 Pearson",
@@ -431,6 +469,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "据单次运行选出（例如剪枝）这些 Top-K 头，结果几乎相同。",
         "rec_unstable_top_k": "- **头选择较不稳定**: {items} 的全局 Top-K 重叠率低于 {t}；"
         "建议用其他种子或集成结果复核。",
+        "rec_scores_only_runs": "- **仅有分数的运行**（{runs}）：没有逐样本归因，因此其分半信度以及相关对比的区间均为 "
+        "N/A；信度相关的规则只使用其他运行。",
         "rec_config_differences": "- **除种子外参数不同**: {keys}；部分差异可能来自这些参数而非随机抽样。",
         "rec_shared_samples": "- **共享样本**: {items}；这部分一致性部分来自相同的数据。",
         "shared_item": "{a} 与 {b} 共享 {count} 个",
@@ -618,16 +658,20 @@ class _Renderer:
         lines.append(self.t("runs"))
         for r in c.runs:
             seeds = ", ".join(f"{k}={r.config.get(k)}" for k in ("seed", "data_seed", "mask_seed") if k in r.config)
-            lines.append(
-                self.t(
-                    "run_line",
-                    label=r.label,
-                    path=r.path,
-                    seeds=seeds or NA,
-                    samples=r.num_samples,
-                    variants=r.num_variants,
+            if r.imported_from is not None:
+                lines.append(self.t("run_line_imported", label=r.label, path=r.path, source=r.imported_from))
+            else:
+                lines.append(
+                    self.t(
+                        "run_line",
+                        label=r.label,
+                        path=r.path,
+                        seeds=seeds or NA,
+                        samples=r.num_samples,
+                        variants=r.num_variants,
+                    )
                 )
-            )
+            lines.append(self.t("run_sign", sign=self.t("sign_" + r.sign)))
         lines.append(self.t("common"))
         names = COMMON_KEYS[self.lang]
         for key, name in names.items():
@@ -675,7 +719,7 @@ class _Renderer:
 
     def pair_findings(self, p: PairMetrics) -> list[str]:
         c, g = self.c, p.global_metrics
-        boot = p.bootstrap or {}
+        boot = p.intervals or {}
         lines = [
             self.t(
                 "f_good",
@@ -774,9 +818,11 @@ class _Renderer:
         lines += [self.t("h_dist"), ""] + self.distribution() + [""]
         lines += [self.t("h_chance"), ""] + self.chance() + [""]
         lines += [self.t("h_boot"), ""]
-        if self.c.settings.bootstrap > 0:
-            lines += [self.t("boot_text", b=self.c.settings.bootstrap, seed=self.c.settings.seed), ""]
-            lines += self.pair_blocks(self.bootstrap_block)
+        if self.c.settings.intervals:
+            n = sorted({r.num_samples for r in self.c.runs if not r.scores_only})
+            n_text = "+".join(str(x) for x in n) if len(n) != 1 else f"{n[0]}+{n[0]}"
+            lines += [self.t("boot_text", n=n_text), ""]
+            lines += self.pair_blocks(self.intervals_block)
         else:
             lines += [self.t("boot_off"), ""]
         return lines
@@ -805,7 +851,7 @@ class _Renderer:
         return lines
 
     def global_block(self, p: PairMetrics) -> list[str]:
-        g, boot = p.global_metrics, p.bootstrap or {}
+        g, boot = p.global_metrics, p.intervals or {}
         rows = [
             [f"**{self.t('global_pearson')}**", fmt_corr(g.pearson), fmt_interval(boot.get("global_pearson"))],
             [f"**{self.t('global_spearman')}**", fmt_corr(g.spearman), fmt_interval(boot.get("global_spearman"))],
@@ -855,7 +901,8 @@ class _Renderer:
         ]
         for key, field_name in (("d_cmax", "max_abs"), ("d_cmean", "mean_abs")):
             rows.append([f"**{self.t(key)}**"] + [fmt_score((r.completeness or {}).get(field_name)) for r in runs])
-        rows.append([f"**{self.t('d_crel')}**"] + [fmt_pct((r.completeness or {}).get("relative_total")) for r in runs])
+        for key, field_name in (("d_crel", "relative_total"), ("d_cpath", "max_relative")):
+            rows.append([f"**{self.t(key)}**"] + [fmt_pct((r.completeness or {}).get(field_name)) for r in runs])
         return _table([""] + [r.label for r in runs], rows) + ["", self.t("dist_note")]
 
     def chance(self) -> list[str]:
@@ -866,35 +913,21 @@ class _Renderer:
         header = [self.t("col_k"), self.t("col_chance_layer", h=c.num_heads), self.t("col_chance_global", n=n_all)]
         return [self.t("chance_text"), ""] + _table(header, rows)
 
-    def bootstrap_block(self, p: PairMetrics) -> list[str]:
-        boot = p.bootstrap or {}
+    def intervals_block(self, p: PairMetrics) -> list[str]:
+        if p.intervals is None:
+            return [self.t("boot_na", reason=self.reason(p.intervals_note))]
         rows = []
         for key in ("global_pearson", "global_spearman", "mean_layer_pearson", "mean_layer_spearman"):
-            iv = boot.get(key)
+            iv = p.intervals.get(key)
             if iv is not None:
-                rows.append(
-                    [self.t("b_" + key), fmt_corr(iv.estimate), fmt_interval(iv), fmt_corr(iv.mean), fmt_corr(iv.se)]
-                )
-        for k in self.c.settings.top_k:
-            iv = boot.get(f"global_overlap_top{k}")
-            if iv is not None:
-                rows.append(
-                    [
-                        self.t("b_overlap", k=k),
-                        fmt_pct(iv.estimate),
-                        fmt_interval(iv, fmt_pct),
-                        fmt_pct(iv.mean),
-                        fmt_pct(iv.se),
-                    ]
-                )
-        header = [
-            self.t("col_stat"),
-            self.t("col_estimate"),
-            self.t("col_ci"),
-            self.t("col_boot_mean"),
-            self.t("col_se"),
-        ]
+                df = NA if iv.df is None else f"{iv.df:.1f}"
+                rows.append([self.t("b_" + key), fmt_corr(iv.estimate), fmt_interval(iv), fmt_corr(iv.se), df])
+        header = [self.t("col_stat"), self.t("col_estimate"), self.t("col_ci"), self.t("col_se"), self.t("col_df")]
         return _table(header, rows)
+
+    def reason(self, note: str | None) -> str:
+        """An N/A reason in the report's language."""
+        return self.t("reason_no_samples") if note == NA_NO_SAMPLES else (note or NA)
 
     def per_layer(self) -> list[str]:
         lines = [self.t("h_layers"), "", self.t("h_best"), ""]
@@ -979,17 +1012,30 @@ class _Renderer:
         for i in range(c.num_layers):
             row = [self.t("layer_name", i=i)]
             for r in c.runs:
-                row += [fmt_corr(r.reliability.full_layer[i]), fmt_int(r.reliability.needed_layer[i])]
+                row += [self.rel_cell(r.reliability, i), fmt_int(r.reliability.needed_layer[i])]
             if two:
                 row += [fmt_corr(c.pairs[0].predicted_pearson[i]), fmt_corr(c.pairs[0].layers[i].pearson)]
             rows.append(row)
         row = [f"**{self.t('global_row')}**"]
         for r in c.runs:
-            row += [fmt_corr(r.reliability.full_global), fmt_int(r.reliability.needed_global)]
+            row += [self.rel_cell(r.reliability, None), fmt_int(r.reliability.needed_global)]
         if two:
             row += [fmt_corr(c.pairs[0].predicted_global), fmt_corr(c.pairs[0].global_metrics.pearson)]
         rows.append(row)
         return lines + _table(header, rows) + [""]
+
+    def rel_cell(self, rel: Reliability, layer: int | None) -> str:
+        """A reliability, or N/A with what makes it so (the raw half correlation when r <= 0)."""
+        full = rel.full_global if layer is None else rel.full_layer[layer]
+        if full is not None:
+            return fmt_corr(full)
+        reason = rel.reason_global if layer is None else rel.reason_layer[layer]
+        split = rel.split_global if layer is None else rel.split_layer[layer]
+        if reason == NA_NON_POSITIVE:
+            return self.t("rel_na_negative", r=fmt_corr(split))
+        if reason == NA_NO_SAMPLES:
+            return self.t("rel_na_samples")
+        return NA
 
     def recommendations(self) -> list[str]:
         items = self.c.recommendations
@@ -1043,6 +1089,8 @@ class _Renderer:
         if rule in ("stable_top_k", "unstable_top_k"):
             parts = ", ".join(f"top-{x['k']} ({fmt_pct(x['min_overlap'])})" for x in item["ks"])
             return [self.t("rec_" + rule, t=fmt_pct(item["threshold"]), items=parts)]
+        if rule == "scores_only_runs":
+            return [self.t("rec_" + rule, runs=", ".join(item["runs"]))]
         if rule == "config_differences":
             return [self.t("rec_" + rule, keys=", ".join(f"`{k}`" for k in item["keys"]))]
         if rule == "shared_samples":
@@ -1176,14 +1224,12 @@ def write_outputs(
     comparison: Comparison, out: str | Path, lang: str = "en", overwrite: bool = False
 ) -> dict[str, Path]:
     """Write report.md, metrics.json, layer_metrics.csv and consistency_analysis.png into `out`."""
-    from .figures import plot_consistency
-
     if lang not in LANGS:
         raise HeadattrError(f"unknown report language {lang!r}; choose one of {', '.join(LANGS)}")
     out = prepare_output_dir(Path(out), overwrite, owned=OUTPUT_FILES)
     paths = {name: out / name for name in OUTPUT_FILES}
     atomic_write_json(paths[METRICS_FILE], comparison.to_dict())
     atomic_write_text(paths[LAYER_CSV_FILE], layer_metrics_csv(comparison))
-    plot_consistency(comparison, 0, 1, paths[FIGURE_FILE])
+    atomic_write_bytes(paths[FIGURE_FILE], plot_consistency(comparison, 0, 1))
     atomic_write_text(paths[REPORT_FILE], render_report(comparison, lang))
     return paths

@@ -31,6 +31,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .errors import HeadattrError
+from .figures import plot_heatmap
 
 RUN_FORMAT = "headattr-run"
 RUN_VERSION = 1
@@ -40,6 +41,9 @@ HEADS_FILE = "heads.csv"
 HEATMAP_FILE = "heatmap.png"
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILES = (SCORES_FILE, META_FILE, HEADS_FILE, HEATMAP_FILE, CHECKPOINT_DIR)
+
+# run.json `sign`: which convention a run's scores follow; every one of them stores larger = more important
+SIGNS = ("headattr", "imported", "imported-negated", "mixed")
 
 
 @dataclass
@@ -56,8 +60,30 @@ class Run:
         return int(self.scores.shape[0])
 
     @property
+    def has_samples(self) -> bool:
+        """Whether per-sample attributions are stored (not so for scores-only runs, e.g. imported ones)."""
+        return has_samples(self)
+
+    @property
     def num_heads(self) -> int:
         return int(self.scores.shape[1])
+
+
+def has_samples(run: Run) -> bool:
+    """True when `run.attributions` holds at least one sample's [V, L, H] attributions."""
+    a = run.attributions
+    return a.ndim == 4 and a.shape[0] > 0 and a.shape[1] > 0
+
+
+def run_sign(meta: dict[str, Any]) -> str:
+    """The sign convention of a run's scores (one of SIGNS); runs written by `attribute` are `headattr`.
+
+    `headattr`: Gate-IG of the reconstruction objective J = -loss, so a head that helps scores positive;
+    `imported`: taken as they were in an imported file (assumed larger = more important); `imported-negated`:
+    negated on import (the file attributed the loss); `mixed`: an ensemble of runs with different conventions.
+    """
+    sign = meta.get("sign", "headattr")
+    return sign if sign in SIGNS else "headattr"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -88,9 +114,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def atomic_save_tensors(
-    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
-) -> None:
+def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Save numpy arrays as safetensors, atomically (write to a temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +150,9 @@ def check_output_dir(out: Path, overwrite: bool = False, resume: bool | None = N
     return existing
 
 
-def prepare_output_dir(out: Path, overwrite: bool = False, resume: bool | None = None,
-                       owned: tuple[str, ...] = RUN_FILES) -> Path:
+def prepare_output_dir(
+    out: Path, overwrite: bool = False, resume: bool | None = None, owned: tuple[str, ...] = RUN_FILES
+) -> Path:
     """`check_output_dir`, then create `out`.
 
     With `overwrite`, the entries a command writes (`owned`: files or folders) are removed now; anything else
@@ -193,8 +218,6 @@ def write_run(
     heatmap: bool = True,
 ) -> Path:
     """Write the final files of a run directory (atomically). `out` must already be prepared."""
-    from .figures import plot_heatmap
-
     out = Path(out)
     scores = np.asarray(scores, dtype=np.float32)
     attributions = np.asarray(attributions, dtype=np.float32)
@@ -202,7 +225,7 @@ def write_run(
     atomic_write_text(out / HEADS_FILE, heads_csv(scores))
     if heatmap:
         title = f"Gate-IG head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
-        plot_heatmap(scores, out / HEATMAP_FILE, title=title)
+        atomic_write_bytes(out / HEATMAP_FILE, plot_heatmap(scores, title=title))
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, **meta}
     atomic_write_json(out / META_FILE, meta)
     return out
@@ -253,9 +276,7 @@ def read_run(path: str | Path) -> Run:
     """Load a run directory written by `headattr attribute` (or `ensemble`)."""
     path = Path(path)
     if not path.is_dir():
-        raise HeadattrError(
-            f"run directory {path} does not exist; pass a directory written by `headattr attribute`"
-        )
+        raise HeadattrError(f"run directory {path} does not exist; pass a directory written by `headattr attribute`")
     scores_path, meta_path = path / SCORES_FILE, path / META_FILE
     for p in (scores_path, meta_path):
         if not p.is_file():
@@ -276,6 +297,13 @@ def read_run(path: str | Path) -> Run:
         tensors = load_file(str(scores_path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise HeadattrError(f"cannot read {scores_path}: {exc}") from None
-    if "scores" not in tensors or "attributions" not in tensors:
-        raise HeadattrError(f"{scores_path} lacks the `scores` or `attributions` tensor")
-    return Run(path=path, scores=tensors["scores"], attributions=tensors["attributions"], meta=meta)
+    if "scores" not in tensors:
+        raise HeadattrError(f"{scores_path} lacks the `scores` tensor")
+    scores = tensors["scores"]
+    if scores.ndim != 2:
+        raise HeadattrError(f"{scores_path}: `scores` must be [layers, heads], got shape {tuple(scores.shape)}")
+    # a scores-only run (imported) stores an empty [0, 0, L, H] `attributions` tensor or none at all
+    attributions = tensors.get("attributions")
+    if attributions is None or attributions.size == 0:
+        attributions = np.zeros((0, 0, *scores.shape), dtype=np.float32)
+    return Run(path=path, scores=scores, attributions=attributions, meta=meta)

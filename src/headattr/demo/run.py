@@ -39,7 +39,7 @@ SEEDS = (47, 1234)
 STRATIFY_BY = "task"
 SUMMARY_FILE = "summary.json"
 REPORT_ZH_FILE = "report.zh.md"
-ACCEPTANCE_MAX_FRACTION = 0.3  # the ordering must hold at every fraction up to this one
+ACCEPTANCE_MAX_FRACTION = 0.3  # the summary covers the fractions up to this one (and the area up to it)
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,11 @@ class DemoSize:
     # 50, not prune's default 10: at 5% of 48 heads random removal is heavy-tailed (a pair hits one of the few
     # individually needed heads about a third of the time), and 10 draws leave the verdict to chance
     random_orders: int = 50
-    bootstrap: int = 1000
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
 
 
 FULL = DemoSize()
-QUICK = DemoSize(samples=8, ig_steps=2, prune_eval_samples=12, random_orders=3, bootstrap=50)
+QUICK = DemoSize(samples=8, ig_steps=2, prune_eval_samples=12, random_orders=3)
 
 
 @dataclass
@@ -106,30 +105,48 @@ def _judged(fraction: float) -> bool:
     return fraction <= ACCEPTANCE_MAX_FRACTION + 1e-9
 
 
-def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
-    """The measured numbers the demo prints: consistency of the two runs, pruning up to 0.3 of the heads."""
-    pair = comparison.pairs[0]
-    curves: dict[str, dict[str, dict[str, float]]] = {}
+ROW_KEYS = ("most", "random_mean", "random_low", "random_high", "least", "most_percentile", "least_percentile")
+
+
+def _pruning_verdicts(result: PruneResult) -> dict[str, Any]:
+    """Per metric (loss, accuracy): the verdict rows up to ACCEPTANCE_MAX_FRACTION and the area row."""
+    out: dict[str, Any] = {}
+    verdicts = result.verdicts()["metrics"]
     for metric in ("loss", "accuracy"):
-        curves[metric] = {}
-        rnd = result.random_summary(metric)
-        for i, frac in enumerate(result.fractions):
-            if not _judged(frac):
-                continue
-            curves[metric][f"{frac:g}"] = {
-                "most": float(result.curves["most"][metric][i]),
-                "random": float(rnd["mean"][i]),
-                "random_std": float(rnd["std"][i]),
-                "least": float(result.curves["least"][metric][i]),
+        rows = [r for r in verdicts[metric]["fractions"] if _judged(r["fraction"])]
+        out[metric] = {"rows": rows, "area": verdicts[metric]["area"]}
+    return out
+
+
+def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
+    """The measured numbers the demo prints: consistency of the two runs, pruning up to 0.3 of the heads.
+
+    Pruning uses the verdicts of `prune` (`PruneResult.verdicts`): at each fraction and for the area up to
+    0.3, most worse than random and least better, beyond the 95% interval of the random orders' mean.
+    """
+    pair = comparison.pairs[0]
+    verdicts = _pruning_verdicts(result)
+    at_fraction: dict[str, dict[str, dict[str, float]]] = {}
+    for metric, v in verdicts.items():
+        std = result.random_summary(metric)["std"]
+        at_fraction[metric] = {
+            f"{r['fraction']:g}": {
+                **{k: r[k] for k in ROW_KEYS},
+                "random_std": float(std[result.fractions.index(r["fraction"])]),
             }
-    failing = {
-        metric: {
-            test: [row["fraction"] for row in rows if _judged(row["fraction"]) and not row[test]]
-            for test in ("beyond_std", "beyond_range")
+            for r in v["rows"]
         }
-        for metric, rows in result.ordering().items()
+    holds = {
+        metric: {
+            "fractions": {f"{r['fraction']:g}": r["holds"] for r in v["rows"]},
+            "area": None if v["area"] is None else v["area"]["holds"],
+        }
+        for metric, v in verdicts.items()
     }
-    holds = {metric: {test: not fracs for test, fracs in tests.items()} for metric, tests in failing.items()}
+    area = {
+        metric: None if v["area"] is None else {k: v["area"][k] for k in ("upto", *ROW_KEYS)}
+        for metric, v in verdicts.items()
+    }
     sh = result.single_head or {}
     return {
         "consistency": {
@@ -141,9 +158,10 @@ def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
         },
         "pruning": {
             "baseline": result.baseline.to_dict(),
-            "at_fraction": curves,
-            "most_random_least_holds_up_to_0.3": holds,
-            "most_random_least_fails_at": failing,
+            "at_fraction": at_fraction,
+            "area": area,
+            "verdict": holds,
+            "verdict_rule": result.verdicts()["rule"],
             "rank_by": result.rank_by,
             "single_head_spearman": sh.get("spearman"),
             "single_head_spearman_per_layer_mean": sh.get("spearman_per_layer_mean"),
@@ -160,6 +178,13 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     def f(x: float | None, spec: str = ".4f") -> str:
         return "N/A" if x is None else format(x, spec)
 
+    def row_text(r: dict[str, float]) -> str:
+        return (
+            f"most {f(r['most'])} (pct {f(r['most_percentile'], '.0f')})  random {f(r['random_mean'])} "
+            f"[{f(r['random_low'])}, {f(r['random_high'])}]  least {f(r['least'])} "
+            f"(pct {f(r['least_percentile'], '.0f')})"
+        )
+
     c, p = summary["consistency"], summary["pruning"]
     lines = [
         f"consistency (seed 47 vs 1234): {c['verdict'].replace('_', ' ')}; mean per-layer Pearson "
@@ -168,21 +193,26 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"pruning (heads ranked by {p['rank_by']}) on {p['eval_samples']} held-out samples; "
         f"unpruned loss {f(p['baseline']['loss'])}, "
         f"accuracy {f(p['baseline']['accuracy'])}, exact match {f(p['baseline']['exact_match'])}",
+        "random = mean of the random orders [95% interval]; pct = percentile among the random orders",
     ]
     for metric, rows in p["at_fraction"].items():
         for frac, r in rows.items():
-            lines.append(
-                f"  {metric} with {frac} of heads removed: most {f(r['most'])}  random {f(r['random'])} "
-                f"(±{f(r['random_std'])})  least {f(r['least'])}"
-            )
-    for test, words in (("beyond_std", "the random orders' std"), ("beyond_range", "every random order")):
-        verdicts = "; ".join(
-            f"{metric} " + ("yes" if not fracs else "no (fails at " + ", ".join(f"{x:g}" for x in fracs) + ")")
-            for metric, fracs in ((m, t[test]) for m, t in p["most_random_least_fails_at"].items())
-        )
-        lines.append(
-            f"most > random > least by more than {words}, at every fraction <= {ACCEPTANCE_MAX_FRACTION:g}: {verdicts}"
-        )
+            ok = "yes" if p["verdict"][metric]["fractions"][frac] else "no"
+            lines.append(f"  {metric} with {frac} of heads removed: {row_text(r)}: {ok}")
+        a = p["area"][metric]
+        if a is not None:
+            ok = "yes" if p["verdict"][metric]["area"] else "no"
+            lines.append(f"  {metric} area over fractions 0-{a['upto']:g}: {row_text(a)}: {ok}")
+    parts = []
+    for metric, v in p["verdict"].items():
+        failing = [frac for frac, ok in v["fractions"].items() if not ok]
+        text = "every fraction" if not failing else "fails at " + ", ".join(failing)
+        area = "N/A" if v["area"] is None else ("yes" if v["area"] else "no")
+        parts.append(f"{metric}: {text}; area {area}")
+    lines.append(
+        f"most worse than random and least better, beyond the random mean's 95% interval, at fractions <= "
+        f"{ACCEPTANCE_MAX_FRACTION:g}: " + "; ".join(parts)
+    )
     lines.append(
         f"single-head ablation vs scores: Spearman {f(p['single_head_spearman'])}, "
         f"mean per layer {f(p['single_head_spearman_per_layer_mean'])}; vs |scores|: "
@@ -220,7 +250,6 @@ def run_demo(
         ig_steps=ig_steps or base.ig_steps,
         prune_eval_samples=prune_eval_samples or base.prune_eval_samples,
         random_orders=base.random_orders,
-        bootstrap=base.bootstrap,
         fractions=base.fractions,
     )
     out, data_file = Path(out), Path(data_file)
@@ -241,7 +270,7 @@ def run_demo(
         timings[f"attribute_seed{seed}_s"] = time.perf_counter() - t
     echo("[3/4] compare the two runs (report in English and Chinese)")
     t = time.perf_counter()
-    comparison = compare(runs, bootstrap=size.bootstrap)
+    comparison = compare(runs)
     paths: dict[str, Path] = {f"run-seed{seed}": out / f"run-seed{seed}" for seed in SEEDS}
     paths.update(_write_comparison(comparison, out / "compare", overwrite))
     timings["compare_s"] = time.perf_counter() - t

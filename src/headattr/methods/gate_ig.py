@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..core import Rows, chunks, objective
+from ..diagnostics import completeness_from_diagnostics
 from ..errors import HeadattrError
 from ..gates import gated
 from ..models import ModelSpec
@@ -95,21 +96,7 @@ class GateIGConfig(MethodConfig):
         return SampleAttribution(attributions, diagnostics)
 
     def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"completeness": completeness_summary(diagnostics)}
-
-
-def completeness_summary(diagnostics: dict[str, np.ndarray]) -> dict[str, float]:
-    """How far sum_h A is from J(1) - J(b), over every (sample, variant, path)."""
-    err = np.abs(diagnostics["completeness_error"])
-    gap = np.abs(diagnostics["j_full"][..., None] - diagnostics["j_baseline"])
-    rel = err / np.maximum(gap, 1e-12)
-    return {
-        "max_abs": float(err.max()),
-        "mean_abs": float(err.mean()),
-        "median_abs": float(np.median(err)),
-        "max_relative": float(rel.max()),
-        "median_relative": float(np.median(rel)),
-    }
+        return {"completeness": completeness_from_diagnostics(diagnostics)}
 
 
 def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tensor]:
