@@ -14,6 +14,7 @@ import torch
 
 from .aggregate import POSTPROCESS
 from .data import FORMATS, build_samples
+from .devices import check_device
 from .engine import LOSS_NORMALIZE, SCOPES, GateIGConfig
 from .errors import HeadattrError
 from .models import ModelSpec, default_device, load_model, resolve_dtype
@@ -109,7 +110,7 @@ def _load(model: str, o: dict) -> ModelSpec:
     return load_model(
         model,
         dtype=o["dtype"],
-        device=o["device"],
+        device=check_device(o["device"]),
         trust_remote_code=o["trust_remote_code"],
         head_module=o["head_module"],
         mask_token_id=o["mask_token_id"],
@@ -298,7 +299,7 @@ def info(model: str, **options) -> None:
     Only the config, the tokenizer and the weights' names and shapes are read (a meta-device model), so this
     takes a second on a 7B checkpoint; the dtype and device are those a run with the same flags would use.
     """
-    device = options["device"] or default_device()
+    device = check_device(options["device"]) or default_device()
     dtype = str(resolve_dtype(options["dtype"], device)).removeprefix("torch.")
     spec = _load(model, {**options, "device": "meta", "dtype": dtype})
     d = spec.describe()
