@@ -90,10 +90,11 @@ def test_cancelling_heads_are_refined_by_the_per_head_estimate():
 
 
 @pytest.mark.parametrize("rule", ["gauss-legendre", "riemann-right", "riemann-trapezoid"])
-def test_tol_zero_is_the_engines_fixed_rule_byte_for_byte(rule):
+@pytest.mark.parametrize("n", [1, 3, 8, 17])
+def test_tol_zero_is_the_engines_fixed_rule_byte_for_byte(rule, n):
     # the engine: attributions[:, layers] = (1 - b) * np.einsum("k,vklh->vlh", weights, grads)
-    rng = np.random.default_rng(0)
-    n, n_var, n_layers, n_heads, b = 8, 5, 3, 4, 0.25
+    rng = np.random.default_rng(n)
+    n_var, n_layers, n_heads, b = 5, 3, 4, 0.25
     grads = rng.standard_normal((n_var, n, n_layers, n_heads)) * np.exp(3 * rng.standard_normal((n_var, n, 1, 1)))
     nodes, weights = nodes_and_weights(rule, n)
     engine = (1.0 - b) * np.einsum("k,vklh->vlh", weights, grads)
