@@ -89,20 +89,58 @@ def run_sign(meta: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_dir(path: Path) -> Path:
+    """Create `path` and its parents; a directory that cannot be created is a one-line `HeadattrError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeadattrError(f"cannot create directory {path}: {exc.strerror or exc}; choose another --out") from None
+    return path
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file next to `path`, with the permissions an ordinary new file gets.
+
+    `mkstemp` creates it 0600; the run files would then stay unreadable to the user's group on a shared
+    cluster after the rename, so the mode is set to what `open()` would give: 0666 minus the umask.
+    """
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise HeadattrError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _write_failed(path: Path, tmp: str, exc: BaseException) -> None:
+    """Remove the temporary file; an OSError (disk full, permissions) becomes a one-line error."""
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    if isinstance(exc, OSError):
+        raise HeadattrError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is either the old file or the complete new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as exc:
+        _write_failed(path, tmp, exc)
         raise
 
 
@@ -117,15 +155,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Save numpy arrays as safetensors, atomically (write to a temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_file(path)
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes a file of its own, 0600 again
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as exc:
+        _write_failed(path, tmp, exc)
         raise
 
 
@@ -141,6 +178,7 @@ def check_output_dir(out: Path, overwrite: bool = False, resume: bool | None = N
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HeadattrError(f"output path {out} exists and is not a directory; choose another --out")
+    _check_creatable(out)
     existing = out.is_dir() and any(out.iterdir())
     if existing and not (overwrite or resume):
         fix = "--overwrite to replace it, " + ("--resume to continue it, " if resume is not None else "")
@@ -167,8 +205,24 @@ def prepare_output_dir(
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return make_dir(out)
+
+
+def _check_creatable(out: Path) -> None:
+    """Raise if `out` cannot be created: its nearest existing ancestor is a file or not writable.
+
+    Only what can be seen without creating anything (root can write everywhere by permissions, so a
+    directory such as /proc still fails only at creation, which `make_dir` reports on one line).
+    """
+    ancestor = out.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == out.absolute():
+        return
+    if not ancestor.is_dir():
+        raise HeadattrError(f"cannot create {out}: {ancestor} is not a directory; choose another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise HeadattrError(f"cannot create {out}: {ancestor} is not writable; choose another --out")
 
 
 # ---------------------------------------------------------------- reading and writing runs

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import check_device
 from ..errors import HeadattrError
 from ..settings import Settings, choice
 from . import generic
@@ -52,6 +53,7 @@ class ModelConfig(Settings):
     grad_checkpoint: bool = False
 
     def validate(self) -> None:
+        check_device(self.device)  # before anything loads: `--device cuda` on a CPU machine is one line
         choice("--dtype", self.dtype, DTYPE_CHOICES)
         choice("--logit-shift", self.logit_shift, LOGIT_SHIFT)
         choice("--attn-implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)

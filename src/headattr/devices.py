@@ -1,0 +1,63 @@
+"""Validation of `--device`: a device that cannot be used is a one-line error before anything loads.
+
+Without it, `--device cuda` on a machine without CUDA fails deep inside loading (a `pin_memory` RuntimeError
+with a traceback), after the user has waited for the checkpoint to be read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import HeadattrError
+
+
+def _parse(device: str) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise HeadattrError(
+            f"--device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps"
+        ) from None
+
+
+def _check_cuda(device: torch.device, text: str) -> None:
+    if not torch.cuda.is_available():
+        raise HeadattrError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise HeadattrError(
+            f"--device {text}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+        )
+
+
+def _check_mps(text: str) -> None:
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        raise HeadattrError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+
+
+def _check_other(device: torch.device, text: str) -> None:
+    # other accelerators (xpu, ...) expose `torch.<type>.is_available()`; types without one are left to torch
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type not in ("cpu", "meta") and callable(available) and not available():
+        raise HeadattrError(f"--device {text}: {device.type} is not available on this machine; use --device cpu")
+
+
+def check_device(device: str | None) -> str | None:
+    """Return `device` unchanged if this machine can run on it (None: the default, always fine).
+
+    Raises `HeadattrError` for text torch cannot parse, CUDA without CUDA or with an index past the device
+    count, MPS (or another accelerator type) where it is unavailable. `meta` (shapes only, used by
+    `headattr info`) is accepted.
+    """
+    if device is None:
+        return None
+    parsed = _parse(device)
+    if parsed.type == "cuda":
+        _check_cuda(parsed, device)
+    elif parsed.type == "mps":
+        _check_mps(device)
+    else:
+        _check_other(parsed, device)
+    return device
