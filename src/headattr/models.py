@@ -56,20 +56,30 @@ class Stack:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
 
-    def position_embeddings(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(h.shape[1], device=h.device)[None]
+    def position_embeddings(
+        self, h: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for `h` [B, T, d]; `positions` [B, T] (default 0..T-1), e.g. to skip left padding."""
+        if positions is None:
+            positions = torch.arange(h.shape[1], device=h.device)[None]
         return self.rotary_emb(h, positions)
 
     def run(
-        self, h: torch.Tensor, start: int, stop: int, rope: tuple[torch.Tensor, torch.Tensor]
+        self,
+        h: torch.Tensor,
+        start: int,
+        stop: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Layers `start..stop-1` on `h`; `attention_mask` is an additive float [B, 1, T, T] mask (None: full)."""
         for layer in self.layers[start:stop]:
             if self.grad_checkpoint and torch.is_grad_enabled():
                 h = torch.utils.checkpoint.checkpoint(
-                    layer, h, None, None, None, False, rope, use_reentrant=False, is_causal=False
+                    layer, h, attention_mask, None, None, False, rope, use_reentrant=False, is_causal=False
                 )
             else:
-                h = layer(h, attention_mask=None, position_embeddings=rope, is_causal=False)
+                h = layer(h, attention_mask=attention_mask, position_embeddings=rope, is_causal=False)
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
