@@ -135,7 +135,10 @@ class HeadattrLM(LM):
     def __init__(self, pretrained: str, **kwargs: Any) -> None:
         super().__init__()
         options = {k: kwargs.pop(k) for k in MODEL_ARGS if k in kwargs}
-        self.spec = load_model(pretrained, dtype=str(options.get("dtype", "auto")), device=options.get("device"),
+        device = options.get("device")
+        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = None  # lm-eval's command line passes "cuda" by default: the CPU when there is no GPU
+        self.spec = load_model(pretrained, dtype=str(options.get("dtype", "auto")), device=device,
                                trust_remote_code=bool(options.get("trust_remote_code", False)))
         self.settings = dict(kwargs)
         resolve_settings(self.spec, self.settings)  # a wrong-family or bad setting fails here, in one line
