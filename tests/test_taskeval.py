@@ -162,3 +162,16 @@ def test_cli_prune_eval_generate(demo_run, tmp_path, capsys):
     assert "need --eval generate" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--eval", "generate", "--task", "nope"]) == 2
     assert "unknown --task" in capsys.readouterr().err
+
+
+def test_cli_generate_scores_with_task(tmp_path, capsys):
+    args = ["generate", str(MODEL_DIR), "--threads", "1", "--data", str(DATA_FILE), "--samples", "4",
+            "--max-new-tokens", "4", "--steps", "2", "--task", "contains", "--group-by", "task"]
+    out = tmp_path / "scored.jsonl"
+    assert main([*args, "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    hits = sum(r["answer"] in r["completion"] for r in rows)
+    assert lines[1].startswith(f"contains contains all: {hits / 4:.3f} ({hits}/4;") and "95% Wilson" in lines[1]
+    assert len(lines) == 2 + len({r["group"] for r in rows})
+    assert main(["generate", str(MODEL_DIR), "--prompt", "x", "--task", "exact"]) == 2

@@ -687,14 +687,15 @@ def _generation_inputs(spec: ModelSpec, prompts: tuple[str, ...], data: dict) ->
     path = data["data_path"]
     if not path.is_file():
         raise HeadattrError(f"dataset file {path} does not exist; pass an existing file to --data")
-    records = load_records(path, data["fmt"], data["prompt_field"], data["answer_field"])
+    records = load_records(path, data["fmt"], data["prompt_field"], data["answer_field"], data["group_by"])
     if data["samples"]:
         records = sorted(select_records(records, min(data["samples"], len(records)), data["seed"]),
                          key=lambda r: r.index)
     rows = []
     for r in records:
         text = r.chat_prompt if chat and r.chat_prompt is not None else r.prompt
-        rows.append({"index": r.index, "prompt": text, "answer": r.answer, "prompt_ids": _prompt_ids(spec, text, chat)})
+        row = {"index": r.index, "prompt": text, "answer": r.answer, "prompt_ids": _prompt_ids(spec, text, chat)}
+        rows.append({**row, "group": r.group} if r.group is not None else row)
     return rows
 
 
@@ -716,6 +717,8 @@ def _generation_inputs(spec: ModelSpec, prompts: tuple[str, ...], data: dict) ->
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling (and of --samples).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Prompts per batch.")
+@click.option("--task", default=None, help="With --data: score against the answers (gsm8k, exact, contains, regex:P).")
+@click.option("--group-by", default=None, help="With --task: also report accuracy per value of this field.")
 @model_options
 def generate_cmd(
     model: str,
@@ -728,6 +731,8 @@ def generate_cmd(
     overwrite: bool,
     seed: int,
     batch_size: int,
+    task: str | None,
+    group_by: str | None,
     **options,
 ) -> None:
     """Generate with MODEL's own sampler (Dream or LLaDA), optionally with heads removed; text cut at EOS."""
@@ -736,6 +741,7 @@ def generate_cmd(
     from .generate import completion_ids, completion_text, generate
     from .headmask import read_head_mask
     from .rundir import atomic_write_text
+    from .scoring import parse_task
 
     if bool(prompts) == (options["data_path"] is not None):
         raise HeadattrError("give --prompt TEXT or --data FILE (one of them)")
@@ -745,7 +751,11 @@ def generate_cmd(
         raise HeadattrError(f"{out} already exists; pass --overwrite to replace it")
     if batch_size < 1:
         raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
+    if (task is not None or group_by is not None) and options["data_path"] is None:
+        raise HeadattrError("--task and --group-by score answers: they need --data")
+    scorer = parse_task(task) if task is not None else None
     data = {k: options.pop(k) for k in ("data_path", "fmt", "prompt_field", "answer_field", "samples", "chat_template")}
+    data["group_by"] = group_by
     gen_flags = {k: options.pop(k) for k in GENERATION_FLAGS}
     spec = _load(model, options)
     settings = generation_settings(spec, gen_flags)
@@ -759,12 +769,32 @@ def generate_cmd(
             r["generated_ids"] = row[width:].tolist()
             r["completion_ids"] = completion_ids(spec, row[width:])
             r["completion"] = completion_text(spec, row[width:])
-    if out is None:
+    if scorer is not None:
+        for r in rows:
+            r["correct"] = scorer.score(r["completion"], r["answer"])
+    if out is None and scorer is None:
         for r in rows:
             click.echo(r["completion"])
-        return
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    click.echo(f"wrote {out} ({len(rows)} completions)")
+    if out is not None:
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        click.echo(f"wrote {out} ({len(rows)} completions)")
+    if scorer is not None:
+        for line in _accuracy_lines(scorer, rows):
+            click.echo(line)
+
+
+def _accuracy_lines(scorer, rows: list[dict]) -> list[str]:
+    """Accuracy with its 95% Wilson interval per metric, over all rows and per group."""
+    from .scoring import accuracy
+
+    groups = sorted({r["group"] for r in rows if "group" in r})
+    lines = []
+    for metric in scorer.metrics:
+        for name, members in [("all", rows)] + [(g, [r for r in rows if r.get("group") == g]) for g in groups]:
+            a = accuracy([r["correct"][metric] for r in members])
+            lines.append(f"{scorer.name} {metric} {name}: {a['accuracy']:.3f} ({a['correct']}/{a['n']}; "
+                         f"95% Wilson [{a['low']:.3f}, {a['high']:.3f}])")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
