@@ -175,3 +175,12 @@ def test_cli_generate_scores_with_task(tmp_path, capsys):
     assert lines[1].startswith(f"contains contains all: {hits / 4:.3f} ({hits}/4;") and "95% Wilson" in lines[1]
     assert len(lines) == 2 + len({r["group"] for r in rows})
     assert main(["generate", str(MODEL_DIR), "--prompt", "x", "--task", "exact"]) == 2
+
+
+def test_demo_judges_generated_answers_only_for_a_model_trained_with_eos(tmp_path):
+    from headattr.demo.run import demo_generation
+
+    assert demo_generation(MODEL_DIR) is None  # the shipped model never learned to end an answer
+    (tmp_path / "training_args.json").write_text(json.dumps({"eos_window": 12}))
+    evaluation = demo_generation(tmp_path)
+    assert evaluation.task.name == "exact" and evaluation.settings["max_new_tokens"] == 12
