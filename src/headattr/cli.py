@@ -19,7 +19,7 @@ from .data import FORMATS, DataConfig
 from .errors import HeadattrError
 from .masking import LOSS_NORMALIZE, MaskConfig
 from .methods import SCOPES, GateIGConfig
-from .models import ModelConfig, default_device, resolve_dtype
+from .models import ModelConfig, ModelSpec, default_device, resolve_dtype
 from .models.loading import ATTN_IMPLEMENTATIONS, DTYPE_CHOICES, LOGIT_SHIFT
 from .quadrature import RULES
 from .rundir import check_output_dir
@@ -395,6 +395,48 @@ def ensemble_cmd(runs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     click.echo(f"wrote {path}/ (scores.safetensors, run.json, heads.csv, heatmap.png) from {len(runs)} runs")
 
 
+# ---------------------------------------------------------------- generation settings (prune, generate)
+
+GENERATION_FLAGS = ("length", "steps", "alg", "temperature", "top_p", "top_k", "alg_temp", "eps", "block_length",
+                    "cfg_scale", "remasking")
+
+
+def generation_options(f):
+    """Sampler settings (None: the family's official default); a flag of the other family is an error."""
+    from .generate import DREAM_ALGS, LLADA_REMASKING
+
+    options = [
+        click.option("--max-new-tokens", "--gen-length", "length", type=int, default=None,
+                     help="Tokens to generate (Dream's max_new_tokens, LLaDA's gen_length: the same setting)."),
+        click.option("--steps", type=int, default=None, help="Sampling steps."),
+        click.option("--alg", type=click.Choice(DREAM_ALGS), default=None, help="Dream: confidence algorithm."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature (0: greedy)."),
+        click.option("--top-p", type=float, default=None, help="Dream: nucleus filter."),
+        click.option("--top-k", type=int, default=None, help="Dream: top-k filter."),
+        click.option("--alg-temp", type=float, default=None, help="Dream: temperature of the position choice."),
+        click.option("--eps", type=float, default=None, help="Dream: final time of the schedule."),
+        click.option("--block-length", type=int, default=None, help="LLaDA: semi-autoregressive block length."),
+        click.option("--cfg-scale", type=float, default=None, help="LLaDA: classifier-free guidance scale."),
+        click.option("--remasking", type=click.Choice(LLADA_REMASKING), default=None, help="LLaDA: remasking."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def generation_settings(spec: ModelSpec, options: dict) -> dict:
+    """Pop the generation flags from `options` into the family's setting names (only those given)."""
+    from .generate import LENGTH_SETTING, resolve_settings
+
+    given = {k: options.pop(k) for k in GENERATION_FLAGS}
+    settings = {k: v for k, v in given.items() if v is not None and k != "length"}
+    if given["length"] is not None and spec.family in LENGTH_SETTING:
+        settings[LENGTH_SETTING[spec.family]] = given["length"]
+    resolve_settings(spec, settings)  # one-line errors now, before any work
+    return settings
+
+
+
 # ---------------------------------------------------------------- prune / demo (validation)
 
 
@@ -409,10 +451,10 @@ def _parse_orders(text: str) -> tuple[str, ...]:
 
 def _echo_prune(result, paths: dict) -> None:
     """Print the pruning table, the faithfulness line and where each output is."""
-    from .prune import format_faithfulness, format_table, format_verdicts
+    from .prune import format_faithfulness, format_table, format_task, format_verdicts
 
     click.echo(format_table(result))
-    for line in format_verdicts(result):
+    for line in format_verdicts(result) + format_task(result):
         click.echo(line)
     line = format_faithfulness(result)
     if line:
@@ -476,6 +518,17 @@ def _echo_prune(result, paths: dict) -> None:
 )
 @click.option("--eval-seed", type=seed_type, default=0, show_default=True, help="Seed of the held-out sample choice.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Rows per forward pass.")
+@click.option(
+    "--eval",
+    "eval_kind",
+    type=click.Choice(["loss", "generate"]),
+    default="loss",
+    show_default=True,
+    help="generate: also generate every held-out answer with the model's sampler and score it with --task.",
+)
+@click.option("--task", default="exact", show_default=True, help="gsm8k, exact, contains or regex:PATTERN.")
+@click.option("--generation-seed", type=seed_type, default=0, show_default=True, help="Seed of the sampler.")
+@generation_options
 @click.option("--overwrite", is_flag=True, help="Replace the pruning files in an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @model_options
@@ -497,6 +550,9 @@ def prune_cmd(
     eval_samples: int,
     eval_seed: int,
     batch_size: int,
+    eval_kind: str,
+    task: str,
+    generation_seed: int,
     overwrite: bool,
     quiet: bool,
     **options,
@@ -511,8 +567,17 @@ def prune_cmd(
     loading = model_config(options)
     run = read_run(scores_run)
     excluded = [read_run(path) for path in exclude_runs]
+    gen_flags = {k: options.pop(k) for k in GENERATION_FLAGS}
+    if eval_kind != "generate" and any(v is not None for v in gen_flags.values()):
+        raise HeadattrError("generation settings (--steps, --alg, ...) need --eval generate")
     spec = loading.load(model)
     check_run_matches(spec, run)
+    generation = None
+    if eval_kind == "generate":
+        from .taskeval import GenerationEval
+
+        settings = generation_settings(spec, gen_flags)
+        generation = GenerationEval.from_text(task, settings, batch_size, generation_seed)
     selection = select_eval_samples(
         spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed, exclude_runs=excluded
     )
@@ -535,6 +600,7 @@ def prune_cmd(
         decode=exact_match,
         batch_size=batch_size,
         progress=not quiet,
+        generation=generation,
     )
     result.eval_info.update(selection.to_dict(), eval_seed=eval_seed)
     _echo_prune(result, write_outputs(result, out))
@@ -664,6 +730,138 @@ def budget_cmd(run: Path, out: Path, gqa: str, kv_heads: int | None, overwrite: 
     rows, cols = doc["shape"]
     click.echo(f"mean keep ratio {doc['mean_keep_ratio']:.4f} over {rows} x {cols} {doc['heads']} heads")
     click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- generate (downstream evaluation)
+
+def _prompt_ids(spec: ModelSpec, text: str, chat_template: bool) -> list[int]:
+    """`[bos] + tokens` as `headattr.data` builds prompts (no bos with a chat template)."""
+    from .data import Record, _bos, _prompt_text
+
+    record = Record(0, text, "", None, "")
+    return _bos(spec.tokenizer, chat_template) + spec.tokenizer.encode(
+        _prompt_text(record, spec.tokenizer, chat_template), add_special_tokens=False
+    )
+
+
+def _generation_inputs(spec: ModelSpec, prompts: tuple[str, ...], data: dict) -> list[dict]:
+    """Rows to generate for: {"prompt", "prompt_ids"} (+ "index", "answer" from --data)."""
+    from .data import load_records, select_records
+
+    chat = data["chat_template"]
+    if prompts:
+        return [{"prompt": p, "prompt_ids": _prompt_ids(spec, p, chat)} for p in prompts]
+    path = data["data_path"]
+    if not path.is_file():
+        raise HeadattrError(f"dataset file {path} does not exist; pass an existing file to --data")
+    records = load_records(path, data["fmt"], data["prompt_field"], data["answer_field"], data["group_by"])
+    if data["samples"]:
+        records = sorted(select_records(records, min(data["samples"], len(records)), data["seed"]),
+                         key=lambda r: r.index)
+    rows = []
+    for r in records:
+        text = r.chat_prompt if chat and r.chat_prompt is not None else r.prompt
+        row = {"index": r.index, "prompt": text, "answer": r.answer, "prompt_ids": _prompt_ids(spec, text, chat)}
+        rows.append({**row, "group": r.group} if r.group is not None else row)
+    return rows
+
+
+@cli.command("generate")
+@click.argument("model")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeatable).")
+@click.option("--data", "data_path", default=None, type=click.Path(path_type=Path), help="Prompts from a dataset.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="prompt-answer", show_default=True)
+@click.option("--prompt-field", default="prompt", show_default=True)
+@click.option("--answer-field", default="answer", show_default=True)
+@click.option("--samples", type=int, default=0, show_default=True, help="Rows of --data to use (0: all).")
+@click.option("--chat-template", is_flag=True, help="Format each prompt with the tokenizer's chat template.")
+@generation_options
+@click.option("--head-mask", default=None, type=click.Path(path_type=Path), help="head_mask.json from prune.")
+@click.option("--fraction", type=float, default=None, help="Which fraction of --head-mask to remove.")
+@click.option("--order", type=click.Choice(["most", "least", "random"]), default="most", show_default=True)
+@click.option("--random-order", type=int, default=0, show_default=True, help="Which random order of --head-mask.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Write JSONL here instead of printing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling (and of --samples).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Prompts per batch.")
+@click.option("--task", default=None, help="With --data: score against the answers (gsm8k, exact, contains, regex:P).")
+@click.option("--group-by", default=None, help="With --task: also report accuracy per value of this field.")
+@model_options
+def generate_cmd(
+    model: str,
+    prompts: tuple[str, ...],
+    head_mask: Path | None,
+    fraction: float | None,
+    order: str,
+    random_order: int,
+    out: Path | None,
+    overwrite: bool,
+    seed: int,
+    batch_size: int,
+    task: str | None,
+    group_by: str | None,
+    **options,
+) -> None:
+    """Generate with MODEL's own sampler (Dream or LLaDA), optionally with heads removed; text cut at EOS."""
+    import json
+
+    from .generate import completion_ids, completion_text, generate
+    from .headmask import read_head_mask
+    from .rundir import atomic_write_text
+    from .scoring import parse_task
+
+    if bool(prompts) == (options["data_path"] is not None):
+        raise HeadattrError("give --prompt TEXT or --data FILE (one of them)")
+    if (head_mask is None) != (fraction is None):
+        raise HeadattrError("--head-mask and --fraction go together")
+    if out is not None and out.exists() and not overwrite:
+        raise HeadattrError(f"{out} already exists; pass --overwrite to replace it")
+    if batch_size < 1:
+        raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
+    if (task is not None or group_by is not None) and options["data_path"] is None:
+        raise HeadattrError("--task and --group-by score answers: they need --data")
+    scorer = parse_task(task) if task is not None else None
+    data = {k: options.pop(k) for k in ("data_path", "fmt", "prompt_field", "answer_field", "samples", "chat_template")}
+    data["group_by"] = group_by
+    gen_flags = {k: options.pop(k) for k in GENERATION_FLAGS}
+    spec = model_config(options).load(model)
+    settings = generation_settings(spec, gen_flags)
+    removed = read_head_mask(head_mask, fraction, order, random_order, spec) if head_mask is not None else None
+    rows = _generation_inputs(spec, prompts, {**data, "seed": seed})
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        ids = generate(spec, [r["prompt_ids"] for r in chunk], head_mask=removed, seed=seed, **settings)
+        width = max(len(r["prompt_ids"]) for r in chunk)
+        for r, row in zip(chunk, ids, strict=True):
+            r["generated_ids"] = row[width:].tolist()
+            r["completion_ids"] = completion_ids(spec, row[width:])
+            r["completion"] = completion_text(spec, row[width:])
+    if scorer is not None:
+        for r in rows:
+            r["correct"] = scorer.score(r["completion"], r["answer"])
+    if out is None and scorer is None:
+        for r in rows:
+            click.echo(r["completion"])
+    if out is not None:
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        click.echo(f"wrote {out} ({len(rows)} completions)")
+    if scorer is not None:
+        for line in _accuracy_lines(scorer, rows):
+            click.echo(line)
+
+
+def _accuracy_lines(scorer, rows: list[dict]) -> list[str]:
+    """Accuracy with its 95% Wilson interval per metric, over all rows and per group."""
+    from .scoring import accuracy
+
+    groups = sorted({r["group"] for r in rows if "group" in r})
+    lines = []
+    for metric in scorer.metrics:
+        for name, members in [("all", rows)] + [(g, [r for r in rows if r.get("group") == g]) for g in groups]:
+            a = accuracy([r["correct"][metric] for r in members])
+            lines.append(f"{scorer.name} {metric} {name}: {a['accuracy']:.3f} ({a['correct']}/{a['n']}; "
+                         f"95% Wilson [{a['low']:.3f}, {a['high']:.3f}])")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,17 +164,15 @@ def forward_logits(
     spec: ModelSpec,
     ids: torch.Tensor,
     key_mask: torch.Tensor | None = None,
-    start: int = 0,
-    h: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits [B, T, V] at every position of [B, T] `ids` (no shift applied), under the caller's gates.
 
-    `key_mask` [B, T] (True = real token) keeps queries from attending to padding. With `h`, the pass starts
-    at layer `start` from those hidden states instead of embedding `ids`.
+    `key_mask` [B, T] (True = real token) keeps every query from attending to padding; `position_ids` [B, T]
+    (default 0..T-1) are the RoPE positions, e.g. counted over real tokens for left-padded prompts.
     """
     backbone = spec.backbone
     with autocast_for(spec):
-        if h is None:
-            h, start = backbone.embed(ids), 0
-        ctx = backbone.context(h, key_mask)
-        return backbone.logits(backbone.run(h, start, spec.num_layers, ctx))
+        h = backbone.embed(ids)
+        ctx = backbone.context(h, key_mask, position_ids)
+        return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))

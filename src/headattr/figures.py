@@ -209,10 +209,17 @@ def plot_pruning_curve(result) -> bytes:
                 values, label = summary["mean"], f"random (mean of {n})"
             else:
                 values, label = result.curves[order][metric], f"{order} important first"
+                if metric.startswith("task_"):  # generated-answer accuracy: its 95% Wilson interval as error bars
+                    low, high = result.interval(np.concatenate([[base], values]))
+                    full = np.concatenate([[base], values])
+                    yerr = np.clip([full - low, high - full], 0, None)  # float rounding must not go negative
+                    ax.errorbar(fractions, full, yerr=yerr, fmt="none", color=color,
+                                alpha=0.6, capsize=3)
             ax.plot(fractions, np.concatenate([[base], values]), style, color=color, label=label, markersize=4)
         ax.set_xlabel("fraction of heads removed" + (" (per layer)" if result.per_layer else ""))
-        ax.set_ylabel(_PRUNE_LABELS[metric])
-        ax.set_title(_PRUNE_LABELS[metric])
+        title = _PRUNE_LABELS.get(metric) or f"generated answers: {metric.removeprefix('task_')} (95% CI)"
+        ax.set_ylabel(title)
+        ax.set_title(title)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", frameon=False)

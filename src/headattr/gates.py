@@ -44,3 +44,14 @@ def gated(spec: ModelSpec, gates: dict[int, torch.Tensor]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def removal_gates(
+    spec: ModelSpec, removed: list[tuple[int, int]], device: torch.device | None = None
+) -> dict[int, torch.Tensor]:
+    """Gates [H] per touched layer that remove the listed (layer, head) pairs and keep every other head."""
+    gates: dict[int, torch.Tensor] = {}
+    for layer, head in removed:
+        g = gates.setdefault(layer, torch.ones(spec.num_heads, device=device or spec.device))
+        g[head] = 0.0
+    return gates

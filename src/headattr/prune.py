@@ -48,6 +48,7 @@ from .gates import gated
 from .masking import MaskConfig
 from .models import ModelSpec
 from .rundir import Run
+from .taskeval import GenerationEval, generation_curves
 
 ORDERS = ("most", "least", "random")
 RANK_BY = ("score", "abs")
@@ -141,9 +142,17 @@ class Metrics:
     loss: float  # masked-token cross-entropy (mean over masked tokens, variants, samples)
     accuracy: float  # masked-token argmax accuracy (same averaging)
     exact_match: float | None = None  # fraction of answers decoded exactly, if measured
+    task: dict[str, float] = field(default_factory=dict)  # task_<metric> -> accuracy of generated answers
+
+    def __getattr__(self, name: str) -> float:
+        # task metrics are read like the fixed ones (getattr(baseline, "task_exact"))
+        task = self.__dict__.get("task", {})
+        if name in task:
+            return task[name]
+        raise AttributeError(name)
 
     def to_dict(self) -> dict[str, float | None]:
-        return {"loss": self.loss, "accuracy": self.accuracy, "exact_match": self.exact_match}
+        return {"loss": self.loss, "accuracy": self.accuracy, "exact_match": self.exact_match, **self.task}
 
 
 def eval_masking(run: Run) -> MaskConfig:
@@ -396,6 +405,7 @@ class PruneResult:
     run_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    task_eval: dict[str, Any] | None = None  # GenerationEval.describe(), when answers were generated
 
     @property
     def display_orders(self) -> list[str]:
@@ -404,7 +414,33 @@ class PruneResult:
 
     @property
     def metrics(self) -> list[str]:
-        return measured_metrics(self.decode)
+        task = [f"task_{m}" for m in self.task_eval["metrics"]] if self.task_eval else []
+        return measured_metrics(self.decode) + task
+
+    def interval(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """95% Wilson interval (low, high) of task accuracies `values` (any shape) over the evaluated samples."""
+        from .scoring import wilson_interval
+
+        n = int(self.eval_info["samples"])
+        flat = [wilson_interval(int(round(v * n)), n) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+        bounds = np.array(flat).reshape(*np.shape(values), 2)
+        return bounds[..., 0], bounds[..., 1]
+
+    def task_summary(self) -> dict[str, Any] | None:
+        """JSON-ready task accuracies with their 95% intervals: baseline and per order (random: per order run)."""
+        if not self.task_eval:
+            return None
+        out: dict[str, Any] = {**self.task_eval, "baseline": {}, "curves": {}}
+        for metric in self.metrics[-len(self.task_eval["metrics"]) :]:
+            base = getattr(self.baseline, metric)
+            low, high = self.interval(np.array(base))
+            out["baseline"][metric] = {"accuracy": base, "low": float(low), "high": float(high)}
+            for order in self.orders:
+                values = self.curves[order][metric]
+                low, high = self.interval(values)
+                entry = {"accuracy": values.tolist(), "low": low.tolist(), "high": high.tolist()}
+                out["curves"].setdefault(order, {})[metric] = entry
+        return out
 
     def random_summary(self, metric: str) -> dict[str, np.ndarray]:
         """Mean, standard deviation (population), minimum and maximum over the random orders, per fraction."""
@@ -460,6 +496,7 @@ class PruneResult:
             "curves": curves,
             "verdicts": self.verdicts(),
             "single_head": self.single_head,
+            "task": self.task_summary(),
             "timings": self.timings,
         }
 
@@ -710,6 +747,7 @@ def prune(
     decode: bool = False,
     batch_size: int = 64,
     progress: bool = True,
+    generation: GenerationEval | None = None,
 ) -> PruneResult:
     """Remove heads in the orders of `run.scores` at each fraction and measure the model on `eval_samples`.
 
@@ -718,7 +756,8 @@ def prune(
     Masking follows the run (probabilities, draws, mask seed; `eval_masking`). The unpruned model is the
     fraction-0 baseline. With `decode`, exact-match is measured for every pruned configuration; with
     `single_head`, every head is also removed on its own (see `single_head_effects`). All configurations
-    are evaluated together, sample by sample (see `evaluate_many`).
+    are evaluated together, sample by sample (see `evaluate_many`). With `generation`, every configuration but
+    the single-head ones also generates the answers and scores them (`taskeval.generation_curves`).
     """
     started = time.perf_counter()
     check_run_matches(spec, run)
@@ -743,8 +782,14 @@ def prune(
         spec, eval_samples, gates, config, batch_size=batch_size, decode=want_decode, progress=progress, desc="prune"
     )
     metrics = measured_metrics(decode)
+    if generation is not None:
+        task = generation_curves(spec, eval_samples, gates[: 1 + len(pruned)], generation, progress=progress)
+        for m, values in task.items():  # NaN for the single-head configurations, which generate nothing
+            out[f"task_{m}"] = np.concatenate([values["accuracy"], np.full(len(singles), np.nan)])
+            metrics.append(f"task_{m}")
     baseline = Metrics(
-        float(out["loss"][0]), float(out["accuracy"][0]), float(out["exact_match"][0]) if decode else None
+        float(out["loss"][0]), float(out["accuracy"][0]), float(out["exact_match"][0]) if decode else None,
+        task={m: float(out[m][0]) for m in metrics if m.startswith("task_")},
     )
     curves: dict[str, dict[str, np.ndarray]] = {}
     at = 1
@@ -784,6 +829,7 @@ def prune(
         run_info={"path": str(run.path), "config_hash": run.meta.get("model", {}).get("config_hash")},
         model_info={"name": spec.name, "path": spec.path, "config_hash": spec.config_hash},
         timings={"total_s": elapsed, "configurations": int(len(gates)), "samples": len(eval_samples)},
+        task_eval=generation.describe(spec) if generation is not None else None,
     )
 
 
@@ -817,7 +863,8 @@ def format_table(result: PruneResult) -> str:
     short = {"loss": "loss", "accuracy": "acc", "exact_match": "exact"}
     header = ["frac", "heads"]
     for metric in result.metrics:
-        header += [f"{short[metric]} {o}" + ("(±std)" if o == "random" else "") for o in result.display_orders]
+        name = short.get(metric, metric)
+        header += [f"{name} {o}" + ("(±std)" if o == "random" else "") for o in result.display_orders]
     lines = [header]
     base = ["0", "0"]
     for metric in result.metrics:
@@ -860,6 +907,27 @@ def format_verdicts(result: PruneResult) -> list[str]:
             lines.append(f"  {row['fraction']:g}: {format_verdict_row(row)}")
         if v["area"] is not None:
             lines.append(f"  area 0-{v['area']['upto']:g}: {format_verdict_row(v['area'])}")
+    return lines
+
+
+def format_task(result: PruneResult) -> list[str]:
+    """Task accuracy of generated answers with 95% Wilson intervals, per metric and fraction (if measured)."""
+    summary = result.task_summary()
+    if summary is None:
+        return []
+    lines = [f"generated answers, task {summary['task']} (accuracy [95% Wilson interval]):"]
+    for metric, base in summary["baseline"].items():
+        lines.append(f"  {metric} unpruned {base['accuracy']:.3f} [{base['low']:.3f}, {base['high']:.3f}]")
+        for i, frac in enumerate(result.fractions):
+            parts = []
+            for order in result.display_orders:
+                c = summary["curves"][order][metric]
+                if order == "random":
+                    runs = np.asarray(c["accuracy"])[:, i]
+                    parts.append(f"random {runs.mean():.3f} (mean of {len(runs)})")
+                else:
+                    parts.append(f"{order} {c['accuracy'][i]:.3f} [{c['low'][i]:.3f}, {c['high'][i]:.3f}]")
+            lines.append(f"  {metric} at {frac:g}: " + "  ".join(parts))
     return lines
 
 

@@ -8,7 +8,11 @@ probabilities 0.15/0.3/0.5/0.7/0.9, 2 masked draws per probability):
 2. `compare` of the two runs: report.md (English), report.zh.md (Chinese), metrics.json, layer_metrics.csv,
    consistency_analysis.png.
 3. `prune` with the seed-47 scores on held-out samples (disjoint from both runs' samples): most / least /
-   random orders, single-head ablations and exact-match decoding.
+   random orders, single-head ablations and exact match. A model trained to end its answers with EOS
+   (`training_args.json` with `eos_window` > 0, `python -m headattr.demo.train --eos-window N`) is judged on
+   generated answers (`prune --eval generate --task exact`: N tokens with Dream's sampler, cut at EOS); a
+   model without one on answers decoded into the known answer span (`headattr.decode`), since its
+   generations never end.
 
 Outputs under OUT: `run-seed47/`, `run-seed1234/`, `compare/`, `prune/`, and `summary.json` (the numbers
 printed at the end).
@@ -16,6 +20,7 @@ printed at the end).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +38,7 @@ from ..prune import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
 from ..prune import write_outputs as write_prune_outputs
 from ..report import render_report, write_outputs
 from ..rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
+from ..taskeval import GenerationEval
 from . import DATA_FILE, MODEL_DIR
 
 SEEDS = (47, 1234)
@@ -98,6 +104,16 @@ def _write_comparison(comparison: Comparison, out: Path, overwrite: bool) -> dic
     paths[REPORT_ZH_FILE] = out / REPORT_ZH_FILE
     atomic_write_text(paths[REPORT_ZH_FILE], render_report(comparison, "zh"))
     return paths
+
+
+def demo_generation(model_dir: str | Path) -> GenerationEval | None:
+    """Exact match of generated answers for a model trained with an EOS window (see the module docstring)."""
+    args_file = Path(model_dir) / "training_args.json"
+    window = int(json.loads(args_file.read_text()).get("eos_window", 0)) if args_file.is_file() else 0
+    if window <= 0:
+        return None
+    settings = {"max_new_tokens": window, "steps": window, "alg": "maskgit_plus"}
+    return GenerationEval.from_text("exact", settings, batch_size=256)
 
 
 def _judged(fraction: float) -> bool:
@@ -172,6 +188,11 @@ def summarize(comparison: Comparison, result: PruneResult) -> dict[str, Any]:
     }
 
 
+def _exact(baseline: dict[str, Any]) -> float | None:
+    """Exact match of generated answers when measured, else of answers decoded into the known span."""
+    return baseline.get("task_exact", baseline.get("exact_match"))
+
+
 def format_summary(summary: dict[str, Any]) -> list[str]:
     """The summary as short lines of text (every number from `summarize`)."""
 
@@ -192,7 +213,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"global Spearman {f(c['global_spearman'])}",
         f"pruning (heads ranked by {p['rank_by']}) on {p['eval_samples']} held-out samples; "
         f"unpruned loss {f(p['baseline']['loss'])}, "
-        f"accuracy {f(p['baseline']['accuracy'])}, exact match {f(p['baseline']['exact_match'])}",
+        f"accuracy {f(p['baseline']['accuracy'])}, exact match {f(_exact(p['baseline']))}",
         "random = mean of the random orders [95% interval]; pct = percentile among the random orders",
     ]
     for metric, rows in p["at_fraction"].items():
@@ -280,6 +301,7 @@ def run_demo(
         f"(single heads, exact match)"
     )
     t = time.perf_counter()
+    generation = demo_generation(model_dir)
     result = prune(
         spec,
         runs[0],
@@ -288,9 +310,10 @@ def run_demo(
         random_orders=size.random_orders,
         rank_by=rank_by,
         single_head=True,
-        decode=True,
+        decode=generation is None,
         batch_size=256,
         progress=progress,
+        generation=generation,
     )
     result.eval_info.update(selection.to_dict(), eval_seed=0)
     paths.update(write_prune_outputs(result, out / "prune"))

@@ -73,6 +73,9 @@ class TrainConfig:
     log_every: int = 250
     eval_every: int = 1000  # log held-out accuracy every so many steps (0: never); training is unaffected
     threads: int = 1  # one: on a shared CPU two threads spin-wait and run ~10x slower; results are the same
+    # > 0: every answer is followed by EOS up to this many tokens, trained like answer tokens (as Dream's and
+    # LLaDA's SFT pad with EOS), so that generation of that many tokens ends the answer with EOS; 0: no EOS
+    eos_window: int = 0
 
 
 # ---------------------------------------------------------------- model
@@ -198,16 +201,19 @@ class Batch:
         return mask.masked_fill(blocked, torch.finfo(torch.float32).min)
 
 
-def encode(example: demo_tasks.Example, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int]:
-    """`[bos] + prompt + answer` ids and the answer's start position."""
+def encode(example: demo_tasks.Example, tokenizer: PreTrainedTokenizerBase,
+           eos_window: int = 0) -> tuple[list[int], int]:
+    """`[bos] + prompt + answer` ids (the answer EOS-padded to `eos_window` tokens) and the answer's start."""
     prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
     answer = tokenizer(example["answer"], add_special_tokens=False)["input_ids"]
+    answer = answer + [tokenizer.eos_token_id] * max(0, eos_window - len(answer))
     return [tokenizer.bos_token_id, *prompt, *answer], 1 + len(prompt)
 
 
-def make_batch(examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase) -> Batch:
+def make_batch(examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase,
+               eos_window: int = 0) -> Batch:
     """Encode and pad examples at the end with the pad token."""
-    encoded = [encode(example, tokenizer) for example in examples]
+    encoded = [encode(example, tokenizer, eos_window) for example in examples]
     length = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
     answer = torch.zeros(len(encoded), length, dtype=torch.bool)
@@ -292,7 +298,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     model.train()
     start, running = time.time(), 0.0
     for step, examples in zip(range(cfg.steps), batches(cfg.seed, cfg.batch_size), strict=False):
-        loss = diffusion_loss(model, make_batch(examples, tokenizer), tokenizer.mask_token_id, generator)
+        batch = make_batch(examples, tokenizer, cfg.eos_window)
+        loss = diffusion_loss(model, batch, tokenizer.mask_token_id, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

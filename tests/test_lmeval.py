@@ -1,0 +1,121 @@
+"""The lm-eval model `headattr`, run offline by lm-eval's `simple_evaluate` on custom tasks over local JSONL."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+import headattr.lmeval as lmeval  # noqa: E402  (registers the model)
+from headattr.demo import DATA_FILE, MODEL_DIR  # noqa: E402
+from headattr.generate import completion_text, generate  # noqa: E402
+from headattr.models import load_model  # noqa: E402
+from headattr.reference import full_logits
+
+REMOVED = [[0, 0], [0, 3], [1, 2], [2, 5]]
+GEN_ARGS = "steps=8,alg=maskgit_plus"
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generation task and a multiple-choice task over local files (no hub)."""
+    root = tmp_path_factory.mktemp("lm-eval-tasks")
+    rows = [json.loads(line) for line in DATA_FILE.read_text().splitlines() if '"copy"' in line][:4]
+    (root / "copy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    choice_rows = [{"prompt": r["prompt"], "choices": [r["answer"], r["answer"][::-1]], "label": 0} for r in rows[:2]]
+    (root / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choice_rows))
+    common = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {file}\ntest_split: test\n"
+    (root / "gen.yaml").write_text(
+        "task: headattr_copy\n" + common.format(file=root / "copy.jsonl")
+        + 'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
+        + 'generation_kwargs:\n  until: ["z"]\n  max_gen_toks: 10\nmetric_list:\n  - metric: exact_match\n'
+    )
+    (root / "choice.yaml").write_text(
+        "task: headattr_choice\n" + common.format(file=root / "choice.jsonl")
+        + 'output_type: multiple_choice\ndoc_to_text: "{{prompt}}"\ndoc_to_choice: "{{choices}}"\n'
+        + "doc_to_target: label\nmetric_list:\n  - metric: acc\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def head_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = load_model(MODEL_DIR, device="cpu")
+    path = tmp_path_factory.mktemp("mask") / "head_mask.json"
+    path.write_text(json.dumps({
+        "format": "headattr-head-mask", "num_layers": 6, "num_heads": 8,
+        "model": {"config_hash": spec.config_hash}, "orders": {"most": {"0.1": REMOVED}},
+    }))
+    return path
+
+
+def _evaluate(tasks: Path, names: list[str], model_args: str) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    torch.set_num_threads(1)
+    return simple_evaluate(model="headattr", model_args=model_args, tasks=names, batch_size=3,
+                           task_manager=TaskManager(include_path=str(tasks)), random_seed=0)
+
+
+def _expected(spec, prompt: str, removed) -> str:
+    ids = [spec.tokenizer.bos_token_id, *spec.tokenizer.encode(prompt, add_special_tokens=False)]
+    out = generate(spec, ids, head_mask=removed, steps=8, alg="maskgit_plus", max_new_tokens=10, seed=1234)
+    return completion_text(spec, out[0, len(ids):]).split("z")[0]
+
+
+def test_generate_until_with_and_without_head_mask(tasks, head_mask):
+    spec = load_model(MODEL_DIR, device="cpu")
+    plain = _evaluate(tasks, ["headattr_copy"], f"pretrained={MODEL_DIR},{GEN_ARGS}")
+    mask_args = f"head_mask={head_mask},fraction=0.1"
+    masked = _evaluate(tasks, ["headattr_copy"], f"pretrained={MODEL_DIR},{GEN_ARGS},{mask_args}")
+    answers = {}
+    for name, result, removed in (("plain", plain, None), ("masked", masked, [tuple(h) for h in REMOVED])):
+        samples = result["samples"]["headattr_copy"]
+        answers[name] = [s["resps"][0][0] for s in samples]
+        for s in samples:  # max_gen_toks is the length; the text is cut at EOS, then before "z"
+            assert s["resps"][0][0] == _expected(spec, s["doc"]["prompt"], removed)
+        assert 0.0 <= result["results"]["headattr_copy"]["exact_match,none"] <= 1.0
+    assert answers["plain"] != answers["masked"]
+
+
+def test_loglikelihood_multiple_choice(tasks):
+    result = _evaluate(tasks, ["headattr_choice"], f"pretrained={MODEL_DIR},mc_num=8,mc_batch_size=4")
+    samples = result["samples"]["headattr_choice"]
+    lls = [r[0][0] for s in samples for r in s["resps"]]
+    assert len(lls) == 4 and all(math.isfinite(x) and x < 0 for x in lls)
+    again = _evaluate(tasks, ["headattr_choice"], f"pretrained={MODEL_DIR},mc_num=8,mc_batch_size=4")
+    assert lls == [r[0][0] for s in again["samples"]["headattr_choice"] for r in s["resps"]]  # seeded
+
+
+def test_llada_estimate_of_one_token_is_its_exact_log_probability(llada):
+    """LLaDA's estimator masks exactly 1..L tokens; with L = 1 every copy masks it with weight 1: exact."""
+    prompt, token = [1, 8, 9, 10], 12
+    estimate = lmeval.mc_loglikelihood(llada, prompt, [token], mc_num=4, batch=2, seed=0)
+    ids = torch.tensor([[*prompt, llada.mask_token_id]])
+    exact = torch.log_softmax(full_logits(llada, ids)[0, -1], dim=-1)[token]
+    assert estimate == pytest.approx(float(exact), rel=1e-9)
+
+
+def test_dream_estimate_is_seeded_and_gated(dream):
+    prompt, target = [1, 8, 9], [12, 13, 14, 2]
+    a = lmeval.mc_loglikelihood(dream, prompt, target, mc_num=8, batch=4, seed=3)
+    assert a == lmeval.mc_loglikelihood(dream, prompt, target, mc_num=8, batch=4, seed=3)
+    assert a != lmeval.mc_loglikelihood(dream, prompt, target, mc_num=8, batch=4, seed=4)
+    gates = {0: torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64)}
+    assert a != lmeval.mc_loglikelihood(dream, prompt, target, mc_num=8, batch=4, seed=3, gates=gates)
+
+
+def test_rolling_and_wrong_settings_are_clear_errors():
+    from headattr.errors import HeadattrError
+
+    model = lmeval.HeadattrLM(pretrained=str(MODEL_DIR), steps=4)
+    with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
+        model.loglikelihood_rolling([])
+    with pytest.raises(HeadattrError, match="LLaDA setting"):
+        lmeval.HeadattrLM(pretrained=str(MODEL_DIR), block_length=4)
