@@ -22,8 +22,8 @@ MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5
 
 
 def run(spec, batch_size: int = 64, masking: MaskConfig = MASKING, **method):
-    """Gate-IG of SAMPLE with 4 steps unless told otherwise."""
-    return attribute_sample(spec, SAMPLE, GateIGConfig(**{"ig_steps": 4, **method}), masking, batch_size)
+    """Gate-IG of SAMPLE with the fixed 4-node rule unless told otherwise."""
+    return attribute_sample(spec, SAMPLE, GateIGConfig(**{"ig_steps": 4, "ig_tol": 0.0, **method}), masking, batch_size)
 
 
 def masks(probs, draws, seed, mask_id=3):
@@ -150,7 +150,7 @@ def test_llada_checkpoint_maps_onto_llama_exactly(llada_dir, llada):
 def test_engine_equals_straightforward_reference(family, scope, request):
     """Batching, layer reuse and LM-head selection change nothing: Gate-IG == one-at-a-time full passes."""
     spec = request.getfixturevalue(family)
-    method = GateIGConfig(ig_steps=4, scope=scope, baseline=0.1)
+    method = GateIGConfig(ig_steps=4, scope=scope, baseline=0.1, ig_tol=0.0)
     fast = attribute_sample(spec, SAMPLE, method, MASKING).attributions
     slow = reference_attribution(spec, SAMPLE, method, MASKING)
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
@@ -253,3 +253,44 @@ def test_grad_checkpoint_changes_nothing(family, request):
     finally:
         spec.backbone.set_grad_checkpoint(False)
     np.testing.assert_allclose(recomputed, plain, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------- error-controlled quadrature
+
+
+@pytest.mark.parametrize("scope", ["layer", "joint"])
+def test_adaptive_paths_meet_their_tolerance_and_approach_the_integral(dream, scope):
+    """Every refined path ends within tol of its gap (or at the node cap), closer to a 128-node rule than the
+    fixed base rule it started from."""
+    tol, atol = 0.01, 1e-3
+    adaptive = run(dream, scope=scope, ig_steps=2, ig_tol=tol, baseline=0.0)
+    fixed = run(dream, scope=scope, ig_steps=2)
+    exact = run(dream, scope=scope, ig_steps=128)
+    d = adaptive.diagnostics
+    gap = np.abs(d["j_full"][:, None] - d["j_baseline"])
+    capped = d["nodes"] >= GateIGConfig().ig_max_steps - 2 * 2
+    assert np.all((np.abs(d["completeness_error"]) <= tol * gap + atol) | capped)
+    assert np.all(d["nodes"] >= 2) and np.all(d["nodes"] <= GateIGConfig().ig_max_steps)
+    err = np.abs(adaptive.attributions - exact.attributions).max()
+    assert err < np.abs(fixed.attributions - exact.attributions).max()
+    assert err <= 0.02 * np.abs(exact.attributions).max()
+
+
+def test_adaptive_results_do_not_depend_on_the_batch_size(dream):
+    one = run(dream, batch_size=1, ig_steps=2, ig_tol=0.01)
+    many = run(dream, batch_size=64, ig_steps=2, ig_tol=0.01)
+    assert one.attributions.tobytes() == many.attributions.tobytes()
+    assert np.array_equal(one.diagnostics["nodes"], many.diagnostics["nodes"])
+
+
+def test_riemann_rules_are_never_refined(dream):
+    r = run(dream, rule="riemann-right", ig_steps=3, ig_tol=0.5)
+    assert np.all(r.diagnostics["nodes"] == 3)
+
+
+def test_ig_steps_default_follows_the_rule():
+    """`--ig-tol 0` alone is the seed report's 8-node rule; the refined rule starts from 2 nodes."""
+    assert GateIGConfig(ig_tol=0.0).ig_steps == 8
+    assert GateIGConfig().ig_steps == 2 and GateIGConfig().adaptive
+    assert GateIGConfig(rule="riemann-right").ig_steps == 8
+    assert GateIGConfig(ig_steps=5).ig_steps == 5

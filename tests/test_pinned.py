@@ -37,7 +37,8 @@ def builtin():
 def test_gate_ig_is_byte_identical_to_the_pinned_fixture(builtin, scope, batch_size):
     spec, samples = builtin
     pinned = load_file(str(FIXTURE))
-    method, masking = headattr.GateIGConfig(ig_steps=4, scope=scope), headattr.MaskConfig(mask_seed=47)
+    method = headattr.GateIGConfig(ig_steps=4, scope=scope, ig_tol=0.0)  # --ig-tol 0: the fixed rule of before
+    masking = headattr.MaskConfig(mask_seed=47)
     for i, s in enumerate(samples):
         r = attribute_sample(spec, s, method, masking, batch_size)
         arrays = {"attributions": r.attributions, **r.diagnostics}

@@ -2,6 +2,11 @@
 
     A[l, h] = (1 - b) * sum_k w_k * dJ/dg[l, h] (at g = b + a_k (1 - b)),   J = -loss(masked answer tokens)
 
+The nodes a_k and weights w_k of each path (one per masked variant and, for scope `layer`, per layer) come
+from `adaptive.integrate_paths`: the `--ig-steps`-node base rule, refined by bisection until the path's
+completeness error and estimated per-head error are within `--ig-tol` of its gap J(1) - J(b) (`--ig-tol 0`:
+the fixed rule alone, exactly as before the refinement existed; Riemann rules are never refined).
+
 Design, for speed without changing the numbers:
 
 - every (masked variant, quadrature node) pair is one row of a batch with its own gates, so one forward and
@@ -19,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adaptive import DEFAULT_ATOL, DEFAULT_BASE_STEPS, DEFAULT_MAX_STEPS, DEFAULT_TOL, Request, integrate_paths
 from ..core import Rows, chunks, objective
 from ..diagnostics import completeness_from_diagnostics
 from ..errors import HeadattrError
 from ..gates import gated
 from ..models import ModelSpec
-from ..quadrature import RULES, nodes_and_weights
+from ..quadrature import RULES
 from ..settings import at_least, choice
 from .base import MethodConfig, SampleAttribution, register
 
@@ -34,14 +40,31 @@ SCOPES = ("layer", "joint")
 @register
 @dataclass(frozen=True)
 class GateIGConfig(MethodConfig):
-    """Gate-IG's own settings; defaults reproduce the seed report's configuration except the rule (README)."""
+    """Gate-IG's own settings; defaults reproduce the seed report's configuration except the quadrature (README).
 
-    ig_steps: int = 8
+    `ig_steps` is the base rule's node count; None means the seed report's 8 for a fixed rule and
+    `adaptive.DEFAULT_BASE_STEPS` (2) as the base of the error-controlled one (`ig_tol` > 0 with
+    Gauss-Legendre), so that `--ig-tol 0` alone gives back the 8-node rule. `ig_max_steps` caps a path's nodes.
+    """
+
+    ig_steps: int | None = None
     rule: str = "gauss-legendre"
     scope: str = "layer"
     baseline: float = 0.0
+    ig_tol: float = DEFAULT_TOL
+    ig_max_steps: int = DEFAULT_MAX_STEPS
 
     name = "gate-ig"
+
+    def __post_init__(self) -> None:
+        if self.ig_steps is None:
+            object.__setattr__(self, "ig_steps", DEFAULT_BASE_STEPS if self.adaptive else 8)
+        super().__post_init__()
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether paths are refined (Riemann rules never are)."""
+        return self.ig_tol > 0 and self.rule == "gauss-legendre"
 
     def validate(self) -> None:
         choice("--rule", self.rule, RULES)
@@ -49,6 +72,12 @@ class GateIGConfig(MethodConfig):
         at_least("--ig-steps", self.ig_steps, 1)
         if not 0.0 <= self.baseline < 1.0:
             raise HeadattrError(f"--baseline must be in [0, 1), got {self.baseline}")
+        if self.ig_tol < 0:
+            raise HeadattrError(f"--ig-tol must be >= 0 (0: the fixed rule), got {self.ig_tol}")
+        if self.adaptive and self.ig_max_steps < self.ig_steps:
+            raise HeadattrError(
+                f"--ig-max-steps {self.ig_max_steps} is below --ig-steps {self.ig_steps}; give at least as many"
+            )
 
     @property
     def cache_layers(self) -> bool:  # type: ignore[override]
@@ -61,38 +90,56 @@ class GateIGConfig(MethodConfig):
         return [list(range(num_layers))]
 
     def attribute(self, spec: ModelSpec, rows: Rows, batch_size: int, where: str) -> SampleAttribution:
-        """Attributions [V, L, H] and, per variant, J(1), J at each path's baseline, and completeness errors."""
-        n_var, n_heads = rows.num_variants, spec.num_heads
-        nodes, weights = nodes_and_weights(self.rule, self.ig_steps)
-        b = self.baseline
-        alphas = torch.tensor(b + nodes * (1.0 - b), dtype=torch.float32)
+        """Attributions [V, L, H] and, per variant, J(1), J at each path's baseline, completeness errors and the
+        nodes each path used ([V, S]; S = L for scope `layer`, 1 for `joint`)."""
+        n_var, n_heads, b = rows.num_variants, spec.num_heads, self.baseline
         all_v = torch.arange(n_var, device=spec.device)
         paths = self.paths(spec.num_layers)
+        starts = [spec.backbone.entry_layer(layers[0]) for layers in paths]
         with torch.no_grad():  # all gates 1: start from the deepest cached layer input
             j_full = evaluate_j(spec, rows, all_v, {}, rows.deepest_cached, batch_size)
-        attributions = np.zeros((n_var, spec.num_layers, n_heads))
-        j_base = np.zeros((n_var, len(paths)))
-        for p, layers in enumerate(paths):
-            start = spec.backbone.entry_layer(layers[0])
-            # rows ordered (variant, node); each row's gates sit at its node's alpha on every layer of the path
-            v_idx = all_v.repeat_interleave(len(alphas))
-            a = alphas.repeat(n_var).to(spec.device)
-            grads = np.zeros((len(v_idx), len(layers), n_heads))
-            for sl in chunks(len(v_idx), batch_size):
-                g = a[sl, None, None].expand(-1, len(layers), n_heads).clone().requires_grad_(True)
-                with gated(spec, path_gates(layers, g)):
-                    j = objective(spec, rows, v_idx[sl], start).j
-                    (grad,) = torch.autograd.grad(j.sum(), g)
-                check_finite(j, grad, where)
-                grads[sl] = grad.double().cpu().numpy()
-            grads = grads.reshape(n_var, len(alphas), len(layers), n_heads)
-            attributions[:, layers] = (1.0 - b) * np.einsum("k,vklh->vlh", weights, grads)
-            with torch.no_grad():
+            j_base = np.zeros((n_var, len(paths)))
+            for p, layers in enumerate(paths):
                 base = torch.full((n_var, len(layers), n_heads), b, device=spec.device)
-                j_base[:, p] = evaluate_j(spec, rows, all_v, path_gates(layers, base), start, batch_size)
+                j_base[:, p] = evaluate_j(spec, rows, all_v, path_gates(layers, base), starts[p], batch_size)
+
+        def gradients(requests: list[Request]) -> list[np.ndarray]:
+            # path id = p * V + v; rows of one gate path share their start layer, so they are batched together
+            out: list[np.ndarray] = [np.empty(0)] * len(requests)
+            for p, layers in enumerate(paths):
+                mine = [i for i, (pid, _) in enumerate(requests) if pid // n_var == p]
+                if not mine:
+                    continue
+                v_idx = torch.cat([torch.full((len(requests[i][1]),), requests[i][0] % n_var) for i in mine])
+                a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
+                grads = path_gradients(spec, rows, layers, starts[p], v_idx.to(spec.device), a, batch_size, where)
+                at = 0
+                for i in mine:
+                    m = len(requests[i][1])
+                    out[i] = grads[at : at + m].reshape(m, -1)
+                    at += m
+            return out
+
+        targets = (j_full[:, None] - j_base).T.reshape(-1)  # path id p * V + v
+        results = integrate_paths(
+            gradients,
+            targets,
+            steps=self.ig_steps,
+            tol=self.ig_tol if self.adaptive else 0.0,
+            max_steps=self.ig_max_steps,
+            atol=DEFAULT_ATOL,
+            scale=1.0 - b,
+            rule=self.rule,
+        )
+        attributions = np.zeros((n_var, spec.num_layers, n_heads))
+        nodes = np.zeros((n_var, len(paths)))
+        for pid, r in enumerate(results):
+            p, v = divmod(pid, n_var)
+            attributions[v, paths[p]] = r.integral.reshape(len(paths[p]), n_heads)
+            nodes[v, p] = r.nodes
         sums = np.stack([attributions[:, layers].sum(axis=(1, 2)) for layers in paths], axis=1)
         error = sums - (j_full[:, None] - j_base)
-        diagnostics = {"j_full": j_full, "j_baseline": j_base, "completeness_error": error}
+        diagnostics = {"j_full": j_full, "j_baseline": j_base, "completeness_error": error, "nodes": nodes}
         return SampleAttribution(attributions, diagnostics)
 
     def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -102,6 +149,31 @@ class GateIGConfig(MethodConfig):
 def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tensor]:
     """Gate dict for `layers` from a [rows, len(layers), H] tensor."""
     return {layer: values[:, i] for i, layer in enumerate(layers)}
+
+
+def path_gradients(
+    spec: ModelSpec,
+    rows: Rows,
+    layers: list[int],
+    start: int,
+    v_idx: torch.Tensor,
+    gate_values: torch.Tensor,
+    batch_size: int,
+    where: str,
+) -> np.ndarray:
+    """dJ/dg [R, len(layers), H] (float64) of rows (variant `v_idx[r]`, every gate of `layers` at
+    `gate_values[r]`), `batch_size` rows per forward and backward pass."""
+    n_heads = spec.num_heads
+    grads = np.zeros((len(v_idx), len(layers), n_heads))
+    a = gate_values.to(spec.device)
+    for sl in chunks(len(v_idx), batch_size):
+        g = a[sl, None, None].expand(-1, len(layers), n_heads).clone().requires_grad_(True)
+        with gated(spec, path_gates(layers, g)):
+            j = objective(spec, rows, v_idx[sl], start).j
+            (grad,) = torch.autograd.grad(j.sum(), g)
+        check_finite(j, grad, where)
+        grads[sl] = grad.double().cpu().numpy()
+    return grads
 
 
 def evaluate_j(
