@@ -202,7 +202,7 @@ def make_run(
     cfg = {
         "seed": seed,
         **DataConfig(samples=n, seed=seed).to_meta(),
-        **GateIGConfig().to_meta(),
+        **GateIGConfig(ig_steps=8).to_meta(),
         **MaskConfig(
             mask_probs=tuple(round(0.1 + 0.8 * i / max(v - 1, 1), 3) for i in range(v)),
             mask_samples_per_prob=1,
