@@ -18,7 +18,7 @@ from .attribution import check_shard
 from .data import FORMATS, DataConfig
 from .errors import HeadattrError
 from .masking import LOSS_NORMALIZE, MaskConfig
-from .methods import SCOPES, GateIGConfig
+from .methods import METHODS, NAMES, SCOPES, MethodConfig, method_config
 from .models import ModelConfig, default_device, resolve_dtype
 from .models.loading import ATTN_IMPLEMENTATIONS, DTYPE_CHOICES, LOGIT_SHIFT
 from .quadrature import RULES
@@ -173,6 +173,42 @@ def data_config(options: dict, seed: int) -> DataConfig:
 
 seed_type = click.IntRange(min=0)
 
+# the flags that set a method's own settings: flag -> the settings field it sets
+METHOD_FLAGS = {
+    "--ig-steps": "ig_steps",
+    "--rule": "rule",
+    "--scope": "scope",
+    "--baseline": "baseline",
+    "--path-samples": "path_samples",
+    "--path-seed": "path_seed",
+}
+
+
+def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) -> MethodConfig:
+    """The method `name` with the method flags given on the command line (the rest: the method's defaults).
+
+    A flag given explicitly that the method has no setting for is a one-line error; `path_seed` defaults to
+    `seed`, as the data and mask seeds do.
+    """
+    fields = METHODS[name].__dataclass_fields__
+    settings = {}
+    for flag, field in METHOD_FLAGS.items():
+        if ctx.get_parameter_source(field) not in (
+            click.core.ParameterSource.COMMANDLINE,
+            click.core.ParameterSource.ENVIRONMENT,
+        ):
+            continue
+        if field not in fields:
+            own = [f for f, k in METHOD_FLAGS.items() if k in fields]
+            raise HeadattrError(
+                f"{flag} does not apply to --method {name} "
+                f"({'its settings: ' + ', '.join(own) if own else 'it has no settings'})"
+            )
+        settings[field] = values[field]
+    if "path_seed" in fields:
+        settings.setdefault("path_seed", seed)
+    return method_config(name, **settings)
+
 
 @cli.command()
 @click.argument("model")
@@ -181,9 +217,20 @@ seed_type = click.IntRange(min=0)
 @click.option("--seed", type=seed_type, default=47, show_default=True, help="Seeds everything not set below.")
 @click.option("--data-seed", type=seed_type, default=None, help="Sample selection seed (default: --seed).")
 @click.option("--mask-seed", type=seed_type, default=None, help="Masking seed (default: --seed).")
-@click.option("--ig-steps", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--method", "method_name", type=click.Choice(NAMES), default="gate-ig", show_default=True)
+@click.option(
+    "--ig-steps",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="gate-ig: quadrature nodes; stp: nodes per piece between thresholds [stp default: 2].",
+)
 @click.option("--rule", type=click.Choice(RULES), default="gauss-legendre", show_default=True)
-@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True)
+@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True, help="gate-ig (stp: joint).")
+@click.option(
+    "--path-samples", type=click.IntRange(min=1), default=4, show_default=True, help="stp: random threshold paths."
+)
+@click.option("--path-seed", type=seed_type, default=None, help="stp: seed of the thresholds (default: --seed).")
 @click.option(
     "--baseline",
     type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -214,9 +261,12 @@ def attribute(
     seed: int,
     data_seed: int | None,
     mask_seed: int | None,
+    method_name: str,
     ig_steps: int,
     rule: str,
     scope: str,
+    path_samples: int,
+    path_seed: int | None,
     baseline: float,
     mask_probs: str,
     mask_samples_per_prob: int,
@@ -230,10 +280,11 @@ def attribute(
     quiet: bool,
     **options,
 ) -> None:
-    """Compute Gate-IG head scores of MODEL on --data and write a run directory."""
+    """Compute head scores of MODEL on --data by --method and write a run directory."""
     shard_spec = parse_shard(shard) if shard is not None else None
     check_shard(shard_spec, out, overwrite)
-    method = GateIGConfig(ig_steps=ig_steps, rule=rule, scope=scope, baseline=baseline)
+    flags = dict(ig_steps=ig_steps, rule=rule, scope=scope, baseline=baseline, path_samples=path_samples)
+    method = method_from_flags(click.get_current_context(), method_name, {**flags, "path_seed": path_seed}, seed)
     masking = MaskConfig(
         mask_probs=parse_floats(mask_probs, "--mask-probs"),
         mask_samples_per_prob=mask_samples_per_prob,
@@ -271,11 +322,8 @@ def attribute(
             "(or finish the missing samples in one process with --resume)"
         )
         return
-    c = result.diagnostics()["completeness"]
-    click.echo(
-        f"completeness error: median {c['median_abs']:.3g}, max {c['max_abs']:.3g} "
-        f"(max relative {c['max_relative']:.3g})"
-    )
+    for line in method.summary_lines(method.summarize(result.per_variant)):
+        click.echo(line)
     click.echo(f"wrote {out}/ (scores.safetensors, run.json, heads.csv, heatmap.png)")
 
 

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import Rows, chunks, objective
+from ..core import Rows
 from ..errors import HeadattrError
-from ..gates import gated
 from ..models import ModelSpec
 from ..quadrature import RULES, nodes_and_weights
 from ..settings import at_least, choice
 from .base import MethodConfig, SampleAttribution, register
+from .common import all_variants, evaluate_j, gate_gradients, path_gates
 
 SCOPES = ("layer", "joint")
 
@@ -65,7 +65,7 @@ class GateIGConfig(MethodConfig):
         nodes, weights = nodes_and_weights(self.rule, self.ig_steps)
         b = self.baseline
         alphas = torch.tensor(b + nodes * (1.0 - b), dtype=torch.float32)
-        all_v = torch.arange(n_var, device=spec.device)
+        all_v = all_variants(spec, rows)
         paths = self.paths(spec.num_layers)
         with torch.no_grad():  # all gates 1: start from the deepest cached layer input
             j_full = evaluate_j(spec, rows, all_v, {}, rows.deepest_cached, batch_size)
@@ -76,14 +76,8 @@ class GateIGConfig(MethodConfig):
             # rows ordered (variant, node); each row's gates sit at its node's alpha on every layer of the path
             v_idx = all_v.repeat_interleave(len(alphas))
             a = alphas.repeat(n_var).to(spec.device)
-            grads = np.zeros((len(v_idx), len(layers), n_heads))
-            for sl in chunks(len(v_idx), batch_size):
-                g = a[sl, None, None].expand(-1, len(layers), n_heads).clone().requires_grad_(True)
-                with gated(spec, path_gates(layers, g)):
-                    j = objective(spec, rows, v_idx[sl], start).j
-                    (grad,) = torch.autograd.grad(j.sum(), g)
-                check_finite(j, grad, where)
-                grads[sl] = grad.double().cpu().numpy()
+            values = a[:, None, None].expand(-1, len(layers), n_heads)
+            _, grads = gate_gradients(spec, rows, v_idx, values, layers, start, batch_size, where)
             grads = grads.reshape(n_var, len(alphas), len(layers), n_heads)
             attributions[:, layers] = (1.0 - b) * np.einsum("k,vklh->vlh", weights, grads)
             with torch.no_grad():
@@ -96,6 +90,18 @@ class GateIGConfig(MethodConfig):
 
     def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"completeness": completeness_summary(diagnostics)}
+
+    def summary_lines(self, summary: dict[str, Any]) -> list[str]:
+        return completeness_lines(summary)
+
+
+def completeness_lines(summary: dict[str, Any]) -> list[str]:
+    """The line `headattr attribute` prints about a path method's completeness summary."""
+    c = summary["completeness"]
+    return [
+        f"completeness error: median {c['median_abs']:.3g}, max {c['max_abs']:.3g} "
+        f"(max relative {c['max_relative']:.3g})"
+    ]
 
 
 def completeness_summary(diagnostics: dict[str, np.ndarray]) -> dict[str, float]:
@@ -110,29 +116,3 @@ def completeness_summary(diagnostics: dict[str, np.ndarray]) -> dict[str, float]
         "max_relative": float(rel.max()),
         "median_relative": float(np.median(rel)),
     }
-
-
-def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Gate dict for `layers` from a [rows, len(layers), H] tensor."""
-    return {layer: values[:, i] for i, layer in enumerate(layers)}
-
-
-def evaluate_j(
-    spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, gates: dict[int, torch.Tensor], start: int, batch_size: int
-) -> np.ndarray:
-    """J of the rows `v_idx` under `gates` ([R, H] per layer), in chunks of `batch_size`, as float64 numpy.
-
-    Callers disable gradients; this only batches.
-    """
-    out = []
-    for sl in chunks(len(v_idx), batch_size):
-        with gated(spec, {layer: g[sl] for layer, g in gates.items()}):
-            out.append(objective(spec, rows, v_idx[sl], start).j.double().cpu())
-    return torch.cat(out).numpy()
-
-
-def check_finite(j: torch.Tensor, grad: torch.Tensor, where: str) -> None:
-    if not (torch.isfinite(j).all() and torch.isfinite(grad).all()):
-        raise HeadattrError(
-            f"non-finite loss or gradient on {where}; try --dtype float32, or drop the sample from the dataset"
-        )
