@@ -336,3 +336,80 @@ def test_nonsense_method_flags_are_one_line_exit_2(flags, dream_dir, data_file, 
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("headattr: error: ") and flags[2] in err
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- headattr methods
+
+
+def json_numbers(obj) -> list[float]:
+    """Every number in a JSON document (booleans excluded)."""
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in json_numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in json_numbers(v)]
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return [float(obj)]
+    return []
+
+
+def test_methods_command_end_to_end_every_number_of_the_report_is_in_the_json(dream_dir, data_file, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "bench"
+    args = [
+        "methods",
+        dream_dir,
+        "--data",
+        data_file,
+        "--out",
+        out,
+        "--quick",
+        "--samples",
+        3,
+        "--eval-samples",
+        4,
+        "--random-orders",
+        2,
+        "--quiet",
+    ]
+    code, stdout, err = cli(args, capsys)
+    assert code == 0, err
+    summary = json.loads((out / "methods.json").read_text())
+    assert set(summary["methods"]) == set(METHOD_FLAGS) and len(summary["agreement"]["global_spearman"]) == 5
+    for name, m in summary["methods"].items():
+        run = read_run(out / "runs" / f"{name}-s47")
+        assert run.meta["config"]["method"] == name
+        # cost is what the runs recorded; consistency is compare's number for the same two runs
+        assert m["cost"]["forward_passes_per_sample"] == run.meta["timings"]["forward_passes_per_sample"]
+        from headattr.consistency import compare
+
+        pair = compare(
+            [run, read_run(out / "runs" / f"{name}-s1234")], top_k=[m["consistency"]["top_k"]], bootstrap=0
+        ).pairs[0]
+        assert m["consistency"]["global_spearman"] == pytest.approx(pair.global_metrics.spearman)
+    assert summary["ranking"] == sorted(
+        summary["methods"],
+        key=lambda n: (
+            -summary["methods"][n]["faithfulness"]["F"],
+            -summary["methods"][n]["consistency"]["global_spearman"],
+        ),
+    )
+    numbers = json_numbers(summary)
+    md = (out / "methods.md").read_text()
+    tokens = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?", md)
+    assert len(tokens) > 50
+    for tok in tokens:
+        decimals = len(tok.split(".")[1]) if "." in tok else 0
+        assert any(f"{x:.{decimals}f}" == tok for x in numbers), tok
+    assert (out / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    created = {n: read_run(out / "runs" / f"{n}-s47").meta["created"] for n in METHOD_FLAGS}
+    code, _, err = cli([*args, "--lang", "zh", "--methods", "gradient,ablation"], capsys)  # finished runs reused
+    assert code == 0, err
+    assert {n: read_run(out / "runs" / f"{n}-s47").meta["created"] for n in METHOD_FLAGS} == created
+    assert "忠实度" in (out / "methods.md").read_text()
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "47"], ["--methods", "gate-ig,magic"], ["--seeds", "1,x"]])
+def test_methods_command_bad_input_is_one_line_exit_2(flags, tmp_path, capsys):
+    code, _, err = cli(["methods", "--out", tmp_path / "m", *flags], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("headattr: error: ")

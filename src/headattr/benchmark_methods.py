@@ -322,13 +322,14 @@ def run_benchmark(
     table: dict[str, dict[str, Any]] = {}
     for name in methods:
         table[name] = {
-            "settings": runs[name][0].meta["config"] | {},
+            "settings": method_for(name, size, seeds[0]).to_meta(),
             "consistency": consistency_of(runs[name]),
             "faithfulness": faithfulness_of(spec, runs[name], selection.samples, ref, size, progress),
             "cost": cost_of(runs[name]),
         }
-        table[name]["settings"] = {k: v for k, v in method_for(name, size, seeds[0]).to_meta().items()}
     ranking, pareto = rank_methods(table)
+    for rank, name in enumerate(ranking, start=1):
+        table[name]["rank"] = rank
     summary = {
         "format": "headattr-methods",
         "version": 1,
@@ -343,7 +344,10 @@ def run_benchmark(
         "seeds": list(seeds),
         "size": {**asdict(size), "fractions": list(size.fractions), "max_fraction": MAX_FRACTION},
         "eval_samples": ref.eval_samples,
+        "num_methods": len(methods),
         "reference": {
+            "random_F": 0,  # the two ends of the F scale, by definition
+            "oracle_F": 1,
             "random_area": ref.random_area,
             "oracle_area_most": ref.oracle["most"],
             "oracle_area_least": ref.oracle["least"],

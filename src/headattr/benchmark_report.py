@@ -31,8 +31,8 @@ TEXT = {
         ],
         "yes": "yes",
         "no": "",
-        "consistency": "Consistency: between the seeds' runs (the `compare` metrics). Faithfulness: F = 1 is the "
-        "oracle order of measured single-head effects, 0 a random order; pruning-curve areas: random {random}, "
+        "consistency": "Consistency: between the seeds' runs (the `compare` metrics). Faithfulness: F = {one} is the "
+        "oracle order of measured single-head effects, {zero} a random order; pruning-curve areas: random {random}, "
         "oracle most {omost}, oracle least {oleast}. Cost: per sample, passes counted by the core.",
         "rule": "Ranking: by F, then by global Spearman between seeds. Pareto: no other method is at least as "
         "consistent and faithful at no more passes.",
@@ -67,8 +67,9 @@ TEXT = {
         ],
         "yes": "是",
         "no": "",
-        "consistency": "一致性：两个种子运行之间（与 `compare` 相同的指标）。忠实度：F = 1 为按实测单头消融效应排序的"
-        "oracle 顺序，0 为随机顺序；剪枝曲线面积：随机 {random}，oracle most {omost}，oracle least {oleast}。"
+        "consistency": "一致性：两个种子运行之间（与 `compare` 相同的指标）。忠实度：F = {one} 为按实测单头"
+        "消融效应排序的 oracle 顺序，{zero} 为随机顺序；"
+        "剪枝曲线面积：随机 {random}，oracle most {omost}，oracle least {oleast}。"
         "成本：每个样本，由核心计数的前向/反向次数。",
         "rule": "排名规则：按 F，其次按种子间全局 Spearman。Pareto：没有其他方法在不多于其计算量的情况下"
         "一致性和忠实度都不差。",
@@ -140,11 +141,13 @@ def render_markdown(summary: dict[str, Any], lang: str = "en") -> str:
         "",
     ]
     header = [c.format(k=any_c["top_k"], chance=corr(any_c["top_k_chance"])) for c in t["cols"]]
-    rows = [_row(i + 1, n, methods[n], n in summary["pareto"], t) for i, n in enumerate(ranking)]
+    rows = [_row(methods[n]["rank"], n, methods[n], n in summary["pareto"], t) for n in ranking]
     lines += _table(header, rows)
     lines += [
         "",
         t["consistency"].format(
+            one=ref["oracle_F"],
+            zero=ref["random_F"],
             random=f"{ref['random_area']:.4f}",
             omost=f"{ref['oracle_area_most']:.4f}",
             oleast=f"{ref['oracle_area_least']:.4f}",
@@ -178,7 +181,9 @@ def _reading(summary: dict[str, Any], t: dict[str, Any]) -> list[str]:
             lines.append(t["gate_ig_best"].format(f=f))
         else:
             better = ", ".join(f"{n} ({f2(methods[n]['faithfulness']['F'])})" for n in ranking[:rank])
-            lines.append(t["gate_ig"].format(rank=rank + 1, n=len(ranking), f=f, better=better))
+            lines.append(
+                t["gate_ig"].format(rank=methods["gate-ig"]["rank"], n=summary["num_methods"], f=f, better=better)
+            )
     return lines
 
 
