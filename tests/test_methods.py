@@ -288,6 +288,8 @@ def test_every_method_goes_through_compare_ensemble_and_prune(method, dream_dir,
         assert code == 0, err
         meta = read_run(out).meta
         assert meta["config"]["method"] == method and meta["timings"]["forward_passes_per_sample"] > 0
+        if method == "stp":  # the path seed follows --seed, as the data and mask seeds do
+            assert meta["config"]["path_seed"] == seed
         runs.append(out)
     code, out, err = cli(["compare", *runs, "--out", tmp_path / "cmp", "--bootstrap", 0], capsys)
     assert code == 0, err
@@ -295,6 +297,13 @@ def test_every_method_goes_through_compare_ensemble_and_prune(method, dream_dir,
     code, _, err = cli(["ensemble", *runs, "--out", tmp_path / "ens"], capsys)
     assert code == 0, err
     assert read_run(tmp_path / "ens").meta["config"]["method"] == method
+    other = "gradient" if method != "gradient" else "ablation"
+    code, _, err = cli(
+        ["attribute", dream_dir, "--data", data_file, "--out", tmp_path / "other", "--method", other, *FAST], capsys
+    )
+    assert code == 0, err
+    code, _, err = cli(["ensemble", runs[0], tmp_path / "other", "--out", tmp_path / "mixed"], capsys)
+    assert code == 2 and "different --method" in err and err.count("\n") == 1
     code, out, err = cli(
         [
             "prune",

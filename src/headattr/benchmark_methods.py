@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .attention import attention_modules
 from .attribution import attribute
 from .consistency import compare, spearman
 from .data import DataConfig
@@ -309,6 +310,8 @@ def run_benchmark(
     """Run every method x seed, measure them (module docstring) and write methods.md/.json/.png into `out`."""
     echo = echo or ((lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None))
     out = Path(out)
+    if "dispersion" in methods:  # a whole-model checkpoint cannot give attention weights: say so before any run
+        attention_modules(spec)
     started = time.perf_counter()
     runs: dict[str, list[Run]] = {}
     for name in methods:
