@@ -15,7 +15,15 @@ from .data import DataConfig, Sample, build_samples
 from .ensemble import ensemble
 from .errors import HeadattrError
 from .masking import MaskConfig
-from .methods import METHODS, GateIGConfig, MethodConfig
+from .methods import (
+    METHODS,
+    AblationConfig,
+    DispersionConfig,
+    GateIGConfig,
+    GradientConfig,
+    MethodConfig,
+    STPConfig,
+)
 from .models import ModelConfig, ModelSpec, load_model
 from .prune import prune
 from .rundir import Run, read_run, write_run
@@ -23,6 +31,10 @@ from .rundir import Run, read_run, write_run
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationConfig",
+    "DispersionConfig",
+    "GradientConfig",
+    "STPConfig",
     "Attribution",
     "Comparison",
     "DataConfig",

@@ -179,12 +179,17 @@ def order_areas(result: PruneResult) -> dict[str, float]:
     return {o: curve_area(result.fractions, result.curves[o]["loss"], base) for o in ("most", "least")}
 
 
+def ratio(num: float, den: float) -> float | None:
+    """num / den; None when the reference span is zero (no head matters on the held-out samples)."""
+    return num / den if den != 0 else None
+
+
 def faithfulness(areas: dict[str, float], random_area: float, oracle: dict[str, float]) -> dict[str, float]:
     """F, F_most and F_least (module docstring) from the areas of a method, random orders and the oracle."""
     return {
-        "F": (areas["most"] - areas["least"]) / (oracle["most"] - oracle["least"]),
-        "F_most": (areas["most"] - random_area) / (oracle["most"] - random_area),
-        "F_least": (random_area - areas["least"]) / (random_area - oracle["least"]),
+        "F": ratio(areas["most"] - areas["least"], oracle["most"] - oracle["least"]),
+        "F_most": ratio(areas["most"] - random_area, oracle["most"] - random_area),
+        "F_least": ratio(random_area - areas["least"], random_area - oracle["least"]),
         "area_most": areas["most"],
         "area_least": areas["least"],
     }
@@ -238,8 +243,12 @@ def faithfulness_of(
         entry = faithfulness(order_areas(result), ref.random_area, ref.oracle)
         entry["single_head_spearman"] = single_head_effects(run.scores, ref.delta_loss, ref.delta_accuracy)["spearman"]
         per_run.append(entry)
-    mean = {k: float(np.mean([e[k] for e in per_run])) for k in per_run[0]}
+    mean = {k: _mean_or_none([e[k] for e in per_run]) for k in per_run[0]}
     return {**mean, "per_seed": per_run}
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def cost_of(runs: Sequence[Run]) -> dict[str, float]:
@@ -263,19 +272,24 @@ def agreement(runs: dict[str, list[Run]], consistency: dict[str, dict[str, Any]]
     return grid
 
 
+def _or_low(x: float | None) -> float:
+    return -np.inf if x is None else x
+
+
 def rank_methods(table: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(names by F then consistency, highest first; the Pareto-optimal names), see the module docstring."""
 
     def key(n: str) -> tuple[float, float]:
-        return (-table[n]["faithfulness"]["F"], -table[n]["consistency"]["global_spearman"])
+        f, c = table[n]["faithfulness"]["F"], table[n]["consistency"]["global_spearman"]
+        return (-f if f is not None else np.inf, -c if c is not None else np.inf)  # undefined ranks last
 
     ranking = sorted(table, key=key)
 
     def point(n: str) -> tuple[float, float, float]:
         c = table[n]["cost"]
         return (
-            table[n]["consistency"]["global_spearman"],
-            table[n]["faithfulness"]["F"],
+            _or_low(table[n]["consistency"]["global_spearman"]),
+            _or_low(table[n]["faithfulness"]["F"]),
             -(c["forward_passes_per_sample"] + c["backward_passes_per_sample"]),
         )
 

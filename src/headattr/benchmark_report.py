@@ -88,8 +88,8 @@ def corr(x: float | None) -> str:
     return "N/A" if x is None else f"{x:.3f}"
 
 
-def f2(x: float) -> str:
-    return f"{x:.2f}"
+def f2(x: float | None) -> str:
+    return "N/A" if x is None else f"{x:.2f}"
 
 
 def passes(cost: dict[str, float]) -> float:
@@ -167,7 +167,7 @@ def render_markdown(summary: dict[str, Any], lang: str = "en") -> str:
 def _reading(summary: dict[str, Any], t: dict[str, Any]) -> list[str]:
     """Statements derived from the numbers: who is best on each axis, and where Gate-IG stands."""
     methods, ranking = summary["methods"], summary["ranking"]
-    best_c = max(methods, key=lambda n: methods[n]["consistency"]["global_spearman"])
+    best_c = max(methods, key=lambda n: methods[n]["consistency"]["global_spearman"] or -1.0)
     cheapest = min(methods, key=lambda n: passes(methods[n]["cost"]))
     lines = [
         t["best_f"].format(name=ranking[0], f=f2(methods[ranking[0]]["faithfulness"]["F"])),
@@ -198,6 +198,8 @@ def render_figure(summary: dict[str, Any]) -> bytes:
     ax, bx = fig.subplots(1, 2)
     for name, m in methods.items():
         x, y = m["consistency"]["global_spearman"], m["faithfulness"]["F"]
+        if x is None or y is None:  # undefined (constant scores, or no head matters): no point to draw
+            continue
         ax.scatter([x], [y], s=40)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4))
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")

@@ -28,7 +28,7 @@ from .rundir import check_output_dir
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="headattr")
 def cli() -> None:
-    """Gate-IG attention-head attribution for diffusion language models."""
+    """Attention-head attribution for diffusion language models (Gate-IG, STP, gradient, ablation, dispersion)."""
 
 
 # ---------------------------------------------------------------- attribute / info (models, methods)
