@@ -194,7 +194,7 @@ def render_figure(summary: dict[str, Any]) -> bytes:
     from .benchmark_methods import png_bytes
 
     methods = summary["methods"]
-    fig = Figure(figsize=(11, 4.5))
+    fig = Figure(figsize=(12, 5), layout="constrained")
     ax, bx = fig.subplots(1, 2)
     for name, m in methods.items():
         x, y = m["consistency"]["global_spearman"], m["faithfulness"]["F"]
@@ -214,6 +214,6 @@ def render_figure(summary: dict[str, Any]) -> bytes:
     for i in range(len(names)):
         for j in range(len(names)):
             bx.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    bx.set_title("agreement: global Spearman (diagonal: between seeds)")
+    bx.set_title("agreement: global Spearman\n(diagonal: between seeds)")
     fig.colorbar(im, ax=bx)
     return png_bytes(fig)
