@@ -19,7 +19,15 @@ from .ensemble import ensemble
 from .errors import HeadattrError
 from .interop import export_run, import_head_importance, load_head_importance
 from .masking import MaskConfig
-from .methods import METHODS, GateIGConfig, MethodConfig
+from .methods import (
+    METHODS,
+    AblationConfig,
+    DispersionConfig,
+    GateIGConfig,
+    GradientConfig,
+    MethodConfig,
+    STPConfig,
+)
 from .models import ModelConfig, ModelSpec, load_model
 from .prune import prune
 from .rundir import Run, read_run, write_run
@@ -27,6 +35,10 @@ from .rundir import Run, read_run, write_run
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationConfig",
+    "DispersionConfig",
+    "GradientConfig",
+    "STPConfig",
     "Attribution",
     "BudgetRule",
     "attention_budget",

@@ -98,7 +98,8 @@ def attribute(
         out, ckpt_dir = _open_run_dir(Path(out), fingerprint, meta, overwrite, resume, sharded=shard is not None)
     mine = [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
     compute = _sample_runner(spec, method, masking, batch_size)
-    results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress)
+    with core.counting() as count:  # model work of the samples this process computes (not the resumed ones)
+        results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress)
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
@@ -112,6 +113,7 @@ def attribute(
         "resumed_samples": len(mine) - computed,  # this process's share, read back from its checkpoints
         "other_shards_samples": len(samples) - len(mine),
         "per_sample_s": elapsed / max(computed, 1),
+        **{f"{kind}_passes_per_sample": n / max(computed, 1) for kind, n in count.passes().items()},
     }
     if out is not None:
         meta.update(status="complete", timings=result.timings, diagnostics=result.diagnostics())

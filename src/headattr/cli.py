@@ -18,7 +18,7 @@ from .attribution import check_shard
 from .data import FORMATS, DataConfig
 from .errors import HeadattrError
 from .masking import LOSS_NORMALIZE, MaskConfig
-from .methods import SCOPES, GateIGConfig
+from .methods import METHODS, NAMES, SCOPES, MethodConfig, method_config
 from .models import ModelConfig, ModelSpec, default_device, resolve_dtype
 from .models.loading import ATTN_IMPLEMENTATIONS, DTYPE_CHOICES, LOGIT_SHIFT
 from .quadrature import RULES
@@ -28,7 +28,7 @@ from .rundir import check_output_dir
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="headattr")
 def cli() -> None:
-    """Gate-IG attention-head attribution for diffusion language models."""
+    """Attention-head attribution for diffusion language models (Gate-IG, STP, gradient, ablation, dispersion)."""
 
 
 # ---------------------------------------------------------------- attribute / info (models, methods)
@@ -173,6 +173,44 @@ def data_config(options: dict, seed: int) -> DataConfig:
 
 seed_type = click.IntRange(min=0)
 
+# the flags that set a method's own settings: flag -> the settings field it sets
+METHOD_FLAGS = {
+    "--ig-steps": "ig_steps",
+    "--ig-tol": "ig_tol",
+    "--ig-max-steps": "ig_max_steps",
+    "--rule": "rule",
+    "--scope": "scope",
+    "--baseline": "baseline",
+    "--path-samples": "path_samples",
+    "--path-seed": "path_seed",
+}
+
+
+def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) -> MethodConfig:
+    """The method `name` with the method flags given on the command line (the rest: the method's defaults).
+
+    A flag given explicitly that the method has no setting for is a one-line error; `path_seed` defaults to
+    `seed`, as the data and mask seeds do.
+    """
+    fields = METHODS[name].__dataclass_fields__
+    settings = {}
+    for flag, field in METHOD_FLAGS.items():
+        if ctx.get_parameter_source(field) not in (
+            click.core.ParameterSource.COMMANDLINE,
+            click.core.ParameterSource.ENVIRONMENT,
+        ):
+            continue
+        if field not in fields:
+            own = [f for f, k in METHOD_FLAGS.items() if k in fields]
+            raise HeadattrError(
+                f"{flag} does not apply to --method {name} "
+                f"({'its settings: ' + ', '.join(own) if own else 'it has no settings'})"
+            )
+        settings[field] = values[field]
+    if "path_seed" in fields:
+        settings.setdefault("path_seed", seed)
+    return method_config(name, **settings)
+
 
 @cli.command()
 @click.argument("model")
@@ -181,9 +219,35 @@ seed_type = click.IntRange(min=0)
 @click.option("--seed", type=seed_type, default=47, show_default=True, help="Seeds everything not set below.")
 @click.option("--data-seed", type=seed_type, default=None, help="Sample selection seed (default: --seed).")
 @click.option("--mask-seed", type=seed_type, default=None, help="Masking seed (default: --seed).")
-@click.option("--ig-steps", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--method", "method_name", type=click.Choice(NAMES), default="gate-ig", show_default=True)
+@click.option(
+    "--ig-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="gate-ig: nodes of the base rule [default: 2 refined to --ig-tol; 8 for a fixed rule (--ig-tol 0 or "
+    "a Riemann rule)]; stp: nodes per piece between thresholds [default: 2].",
+)
+@click.option(
+    "--ig-tol",
+    type=click.FloatRange(min=0.0),
+    default=0.03,
+    show_default=True,
+    help="gate-ig: refine each path until its completeness and estimated per-head error are within this fraction "
+    "of its gap J(1) - J(b); 0: the fixed --ig-steps rule.",
+)
+@click.option(
+    "--ig-max-steps",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="gate-ig: the most quadrature nodes of one path.",
+)
 @click.option("--rule", type=click.Choice(RULES), default="gauss-legendre", show_default=True)
-@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True)
+@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True, help="gate-ig (stp: joint).")
+@click.option(
+    "--path-samples", type=click.IntRange(min=1), default=4, show_default=True, help="stp: random threshold paths."
+)
+@click.option("--path-seed", type=seed_type, default=None, help="stp: seed of the thresholds (default: --seed).")
 @click.option(
     "--baseline",
     type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -214,9 +278,14 @@ def attribute(
     seed: int,
     data_seed: int | None,
     mask_seed: int | None,
-    ig_steps: int,
+    method_name: str,
+    ig_steps: int | None,
+    ig_tol: float,
+    ig_max_steps: int,
     rule: str,
     scope: str,
+    path_samples: int,
+    path_seed: int | None,
     baseline: float,
     mask_probs: str,
     mask_samples_per_prob: int,
@@ -230,10 +299,19 @@ def attribute(
     quiet: bool,
     **options,
 ) -> None:
-    """Compute Gate-IG head scores of MODEL on --data and write a run directory."""
+    """Compute head scores of MODEL on --data by --method and write a run directory."""
     shard_spec = parse_shard(shard) if shard is not None else None
     check_shard(shard_spec, out, overwrite)
-    method = GateIGConfig(ig_steps=ig_steps, rule=rule, scope=scope, baseline=baseline)
+    flags = dict(
+        ig_steps=ig_steps,
+        ig_tol=ig_tol,
+        ig_max_steps=ig_max_steps,
+        rule=rule,
+        scope=scope,
+        baseline=baseline,
+        path_samples=path_samples,
+    )
+    method = method_from_flags(click.get_current_context(), method_name, {**flags, "path_seed": path_seed}, seed)
     masking = MaskConfig(
         mask_probs=parse_floats(mask_probs, "--mask-probs"),
         mask_samples_per_prob=mask_samples_per_prob,
@@ -271,12 +349,8 @@ def attribute(
             "(or finish the missing samples in one process with --resume)"
         )
         return
-    c = result.diagnostics()["completeness"]
-    total = "n/a" if c["relative_total"] is None else f"{c['relative_total']:.2%}"
-    click.echo(
-        f"completeness error: {total} of the total gap |J(1) - J(b)|; per path median {c['median_abs']:.3g}, "
-        f"max {c['max_abs']:.3g}"
-    )
+    for line in method.summary_lines(method.summarize(result.per_variant)):
+        click.echo(line)
     click.echo(f"wrote {out}/ (scores.safetensors, run.json, heads.csv, heatmap.png)")
 
 
@@ -862,6 +936,84 @@ def _accuracy_lines(scorer, rows: list[dict]) -> list[str]:
             lines.append(f"{scorer.name} {metric} {name}: {a['accuracy']:.3f} ({a['correct']}/{a['n']}; "
                          f"95% Wilson [{a['low']:.3f}, {a['high']:.3f}])")
     return lines
+
+
+
+
+@cli.command("methods")
+@click.argument("model", required=False)
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Prompt/answer dataset [default with MODEL omitted: the built-in demo data].",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for runs/ and methods.*.")
+@click.option("--methods", "method_names", default=",".join(NAMES), show_default=True, help="Methods to compare.")
+@click.option("--seeds", default="47,1234", show_default=True, help="Seeds (at least two): samples, masks, paths.")
+@click.option("--quick", is_flag=True, help="Reduced size (about a minute on the built-in model).")
+@click.option(
+    "--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True, help="Language of methods.md."
+)
+@click.option("--samples", type=click.IntRange(min=2), default=None, help="Samples per run [default: 12; --quick: 4].")
+@click.option(
+    "--eval-samples", type=click.IntRange(min=1), default=None, help="Held-out samples [default: 24; --quick: 8]."
+)
+@click.option("--random-orders", type=click.IntRange(min=1), default=None, help="Random pruning orders [20; 5].")
+@click.option("--stratify-by", default=None, help="Group field to draw samples evenly from [built-in data: task].")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@model_options
+def methods_cmd(
+    model: str | None,
+    data_path: Path | None,
+    out: Path,
+    method_names: str,
+    seeds: str,
+    quick: bool,
+    lang: str,
+    samples: int | None,
+    eval_samples: int | None,
+    random_orders: int | None,
+    stratify_by: str | None,
+    quiet: bool,
+    **options,
+) -> None:
+    """Every attribution method on MODEL (default: the built-in model): consistency, faithfulness, cost."""
+    from dataclasses import replace
+
+    from .benchmark_methods import FULL, QUICK, parse_methods, parse_seeds, run_benchmark
+    from .demo import DATA_FILE, MODEL_DIR
+
+    names, seed_list = parse_methods(method_names), parse_seeds(seeds)
+    if model is not None and data_path is None:
+        raise HeadattrError("with a MODEL, pass --data (the built-in data belongs to the built-in model)")
+    base = QUICK if quick else FULL
+    size = replace(
+        base,
+        samples=samples or base.samples,
+        eval_samples=eval_samples or base.eval_samples,
+        random_orders=random_orders or base.random_orders,
+    )
+    builtin = model is None
+    data = DataConfig(
+        path=str(data_path or DATA_FILE),
+        samples=size.samples,
+        seed=seed_list[0],
+        stratify_by=stratify_by or ("task" if builtin else None),
+    )
+    spec = model_config(options).load(str(MODEL_DIR) if builtin else model)
+    result = run_benchmark(
+        out, spec=spec, data=data, methods=names, seeds=seed_list, size=size, lang=lang, progress=not quiet
+    )
+    for n in result.summary["ranking"]:
+        m = result.summary["methods"][n]
+        click.echo(
+            f"{n:<10} consistency {m['consistency']['global_spearman']:.3f}  F {m['faithfulness']['F']:.2f}  "
+            f"passes/sample {m['cost']['forward_passes_per_sample'] + m['cost']['backward_passes_per_sample']:.1f}"
+        )
+    for path in result.paths.values():
+        click.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ Gradients, when a caller wants them, flow only to the gates: the weights are fro
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -65,6 +66,8 @@ class Rows:
     labels: list[torch.Tensor]  # per variant: the original tokens there
     hidden_in: list[torch.Tensor] = field(default_factory=list)  # per layer l: input of layer l, [V, T, d]
     ctx: LayerContext = field(default_factory=LayerContext)
+    answer: tuple[int, int] | None = None  # [start, end) of the predictable answer tokens (`answer_span`)
+    uid: str = ""  # the sample's identity: methods key their own random streams by it, as masks are
 
     @property
     def num_variants(self) -> int:
@@ -93,7 +96,9 @@ def chunks(n: int, size: int) -> list[slice]:
 def prepare(spec: ModelSpec, sample: Sample, masking: MaskConfig, batch_size: int, cache_layers: bool) -> Rows:
     """The sample's masked variants as `Rows`; when the backbone can resume and `cache_layers`, with every
     layer's input (all gates 1) cached, computed `batch_size` rows at a time."""
-    return stack_variants(spec, variants(spec, sample, masking), masking.loss_normalize, batch_size, cache_layers)
+    rows = stack_variants(spec, variants(spec, sample, masking), masking.loss_normalize, batch_size, cache_layers)
+    rows.answer, rows.uid = answer_span(spec, sample), sample.uid
+    return rows
 
 
 def stack_variants(
@@ -116,6 +121,7 @@ def stack_variants(
             for layer in range(spec.num_layers - 1):
                 h = torch.cat([backbone.run(h[sl], layer, layer + 1, rows.ctx) for sl in chunks(n, batch_size)])
                 rows.hidden_in.append(h)
+            _count(spec, n, spec.num_layers - 1, backward=False)
     return rows
 
 
@@ -155,6 +161,8 @@ def objective(spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, start: int, with
         h = backbone.run(rows.hidden_in[start][v_idx], start, spec.num_layers, rows.ctx.rows(v_idx))
         logits = backbone.logits(h[owner, pos])
     j = row_objective(logits, labels, owner, len(v_idx), rows.normalize)
+    # a J that carries gradients is what the caller differentiates: one backward pass over the same layers
+    _count(spec, len(v_idx), spec.num_layers - start, backward=j.requires_grad)
     if not with_logits:
         return Objective(j)
     return Objective(j, logits, labels, owner)
@@ -172,7 +180,50 @@ def forward_logits(
     (default 0..T-1) are the RoPE positions, e.g. counted over real tokens for left-padded prompts.
     """
     backbone = spec.backbone
+    _count(spec, ids.shape[0], spec.num_layers, backward=False)
     with autocast_for(spec):
         h = backbone.embed(ids)
         ctx = backbone.context(h, key_mask, position_ids)
         return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))
+
+
+# ---------------------------------------------------------------- cost accounting
+
+
+@dataclass
+class PassCount:
+    """Model work done inside a `counting()` block, in row-layers: one row (a masked variant with its gates)
+    through one decoder layer. `passes` converts to full-model passes (L row-layers each), so a pass started
+    at layer l counts (L - l) / L; embedding and LM head are not counted."""
+
+    num_layers: int = 0
+    forward_row_layers: int = 0
+    backward_row_layers: int = 0
+
+    def passes(self) -> dict[str, float]:
+        """{"forward": F, "backward": B}: full-model equivalents (0 when nothing ran)."""
+        n = max(self.num_layers, 1)
+        return {"forward": self.forward_row_layers / n, "backward": self.backward_row_layers / n}
+
+
+_COUNTERS: list[PassCount] = []
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[PassCount]:
+    """Count the core's forward and backward row-layers inside the block (nested blocks each count)."""
+    counter = PassCount()
+    _COUNTERS.append(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTERS.remove(counter)
+
+
+def _count(spec: ModelSpec, rows: int, layers: int, backward: bool) -> None:
+    """Record `rows` rows through `layers` layers (and as many backward when `backward`)."""
+    for counter in _COUNTERS:
+        counter.num_layers = spec.num_layers
+        counter.forward_row_layers += rows * layers
+        if backward:
+            counter.backward_row_layers += rows * layers

@@ -65,6 +65,43 @@ def completeness_from_diagnostics(diagnostics: dict[str, Any] | None) -> dict[st
         errors = np.asarray(diag["completeness_error"], dtype=np.float64)
         if errors.shape != gaps.shape:
             return None
-        return completeness_summary(errors, gaps)
+        summary = completeness_summary(errors, gaps)
     except (KeyError, TypeError, ValueError):
         return None
+    if summary is not None and "nodes" in diag:
+        summary["nodes"] = nodes_summary(diag["nodes"])
+    return summary
+
+
+def nodes_summary(nodes: Any) -> dict[str, float] | None:
+    """Distribution of the quadrature nodes each path used (run.json `diagnostics.nodes`, any shape)."""
+    n = np.asarray(nodes, dtype=np.float64).ravel()
+    if n.size == 0:
+        return None
+    return {
+        "min": float(n.min()),
+        "median": float(np.median(n)),
+        "mean": float(n.mean()),
+        "p90": float(np.percentile(n, 90)),
+        "max": float(n.max()),
+        "total": float(n.sum()),
+    }
+
+
+def completeness_lines(summary: dict[str, Any]) -> list[str]:
+    """What `headattr attribute` prints about a path method's completeness (and its nodes, when recorded)."""
+    c = summary.get("completeness")
+    if not c:
+        return []
+    total = "n/a" if c.get("relative_total") is None else f"{c['relative_total']:.2%}"
+    lines = [
+        f"completeness error: {total} of the total gap |J(1) - J(b)|; per path median {c['median_abs']:.3g}, "
+        f"max {c['max_abs']:.3g}"
+    ]
+    nodes = c.get("nodes")
+    if nodes:
+        lines.append(
+            f"quadrature nodes per path: median {nodes['median']:g}, 90th percentile {nodes['p90']:g}, "
+            f"max {nodes['max']:g} ({nodes['total']:g} gradient rows in all)"
+        )
+    return lines

@@ -18,7 +18,8 @@ A scores-only input (an imported run, no per-sample attributions) makes a scores
 the scores, no attributions, `ensemble.scores_only: true`; `sign` is the inputs' common convention or `mixed`.
 
 Only runs that can be pooled are accepted: the same model (config hash and score shape), the same masked
-variants (probabilities and draws, so that attributions line up along V) and the same post-processing.
+variants (probabilities and draws, so that attributions line up along V), the same method and the same
+post-processing.
 """
 
 from __future__ import annotations
@@ -79,12 +80,22 @@ def check_poolable(runs: Sequence[Run]) -> None:
                 f"runs {first.path} and {run.path} have different masked variants "
                 "(--mask-probs / --mask-samples-per-prob); only runs with the same variants can be pooled"
             )
+        ma, mb = _method(first), _method(run)
+        if ma != mb:
+            raise HeadattrError(
+                f"runs {first.path} ({ma}) and {run.path} ({mb}) come from different --method; "
+                "their scores are on different scales and cannot be averaged"
+            )
         pa, pb = _postprocess(first), _postprocess(run)
         if pa != pb:
             raise HeadattrError(
                 f"runs {first.path} ({pa}) and {run.path} ({pb}) use different --postprocess; "
                 "their scores cannot be averaged"
             )
+
+
+def _method(run: Run) -> str:
+    return str(run.meta.get("config", {}).get("method", "gate-ig"))
 
 
 def _postprocess(run: Run) -> str:

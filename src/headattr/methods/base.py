@@ -45,6 +45,10 @@ class MethodConfig(Settings):
         """run.json's diagnostics summary from the stacked per-variant diagnostics ([N, V, ...])."""
         return {}
 
+    def summary_lines(self, summary: dict[str, Any]) -> list[str]:
+        """Lines `headattr attribute` prints about `summarize`'s output (default: none)."""
+        return []
+
     def to_meta(self) -> dict[str, Any]:
         return {"method": self.name, **super().to_meta()}
 

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from ..adaptive import DEFAULT_ATOL, DEFAULT_BASE_STEPS, DEFAULT_MAX_STEPS, DEFAULT_TOL, Request, integrate_paths
-from ..core import Rows, chunks, objective
-from ..diagnostics import completeness_from_diagnostics
+from ..core import Rows
+from ..diagnostics import completeness_from_diagnostics, completeness_lines
 from ..errors import HeadattrError
-from ..gates import gated
 from ..models import ModelSpec
 from ..quadrature import RULES
 from ..settings import at_least, choice
 from .base import MethodConfig, SampleAttribution, register
+from .common import all_variants, evaluate_j, gate_gradients, path_gates
 
 SCOPES = ("layer", "joint")
 
@@ -93,7 +93,7 @@ class GateIGConfig(MethodConfig):
         """Attributions [V, L, H] and, per variant, J(1), J at each path's baseline, completeness errors and the
         nodes each path used ([V, S]; S = L for scope `layer`, 1 for `joint`)."""
         n_var, n_heads, b = rows.num_variants, spec.num_heads, self.baseline
-        all_v = torch.arange(n_var, device=spec.device)
+        all_v = all_variants(spec, rows)
         paths = self.paths(spec.num_layers)
         starts = [spec.backbone.entry_layer(layers[0]) for layers in paths]
         with torch.no_grad():  # all gates 1: start from the deepest cached layer input
@@ -112,7 +112,9 @@ class GateIGConfig(MethodConfig):
                     continue
                 v_idx = torch.cat([torch.full((len(requests[i][1]),), requests[i][0] % n_var) for i in mine])
                 a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
-                grads = path_gradients(spec, rows, layers, starts[p], v_idx.to(spec.device), a, batch_size, where)
+                values = a.to(spec.device)[:, None, None].expand(-1, len(layers), n_heads)
+                v_idx = v_idx.to(spec.device)
+                _, grads = gate_gradients(spec, rows, v_idx, values, layers, starts[p], batch_size, where)
                 at = 0
                 for i in mine:
                     m = len(requests[i][1])
@@ -145,53 +147,5 @@ class GateIGConfig(MethodConfig):
     def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"completeness": completeness_from_diagnostics(diagnostics)}
 
-
-def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Gate dict for `layers` from a [rows, len(layers), H] tensor."""
-    return {layer: values[:, i] for i, layer in enumerate(layers)}
-
-
-def path_gradients(
-    spec: ModelSpec,
-    rows: Rows,
-    layers: list[int],
-    start: int,
-    v_idx: torch.Tensor,
-    gate_values: torch.Tensor,
-    batch_size: int,
-    where: str,
-) -> np.ndarray:
-    """dJ/dg [R, len(layers), H] (float64) of rows (variant `v_idx[r]`, every gate of `layers` at
-    `gate_values[r]`), `batch_size` rows per forward and backward pass."""
-    n_heads = spec.num_heads
-    grads = np.zeros((len(v_idx), len(layers), n_heads))
-    a = gate_values.to(spec.device)
-    for sl in chunks(len(v_idx), batch_size):
-        g = a[sl, None, None].expand(-1, len(layers), n_heads).clone().requires_grad_(True)
-        with gated(spec, path_gates(layers, g)):
-            j = objective(spec, rows, v_idx[sl], start).j
-            (grad,) = torch.autograd.grad(j.sum(), g)
-        check_finite(j, grad, where)
-        grads[sl] = grad.double().cpu().numpy()
-    return grads
-
-
-def evaluate_j(
-    spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, gates: dict[int, torch.Tensor], start: int, batch_size: int
-) -> np.ndarray:
-    """J of the rows `v_idx` under `gates` ([R, H] per layer), in chunks of `batch_size`, as float64 numpy.
-
-    Callers disable gradients; this only batches.
-    """
-    out = []
-    for sl in chunks(len(v_idx), batch_size):
-        with gated(spec, {layer: g[sl] for layer, g in gates.items()}):
-            out.append(objective(spec, rows, v_idx[sl], start).j.double().cpu())
-    return torch.cat(out).numpy()
-
-
-def check_finite(j: torch.Tensor, grad: torch.Tensor, where: str) -> None:
-    if not (torch.isfinite(j).all() and torch.isfinite(grad).all()):
-        raise HeadattrError(
-            f"non-finite loss or gradient on {where}; try --dtype float32, or drop the sample from the dataset"
-        )
+    def summary_lines(self, summary: dict[str, Any]) -> list[str]:
+        return completeness_lines(summary)
