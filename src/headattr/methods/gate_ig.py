@@ -7,7 +7,9 @@ Design, for speed without changing the numbers:
 - every (masked variant, quadrature node) pair is one row of a batch with its own gates, so one forward and
   one backward pass serve many rows (`batch_size` caps the rows; results do not depend on it);
 - scope `layer`: gating layer l re-runs only layers l..L-1 from the cached input of layer l (about (L+1)/2
-  layer passes per layer on average instead of L), where the backbone can resume;
+  layer passes per layer on average instead of L), where the backbone can resume; and layer l's own
+  attention (q/k/v, the attention kernel) runs once per variant, not per quadrature node: its gates scale
+  o_proj's input, so every node re-runs only o_proj onward (`core.head_inputs`);
 - the LM head is applied only at the positions that predict a masked token (the core's objective).
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import Rows, chunks, objective
+from ..core import Rows, chunks, head_inputs, objective
 from ..errors import HeadattrError
 from ..gates import gated
 from ..models import ModelSpec
@@ -73,6 +75,7 @@ class GateIGConfig(MethodConfig):
         j_base = np.zeros((n_var, len(paths)))
         for p, layers in enumerate(paths):
             start = spec.backbone.entry_layer(layers[0])
+            heads = path_heads(spec, rows, layers, start, batch_size)
             # rows ordered (variant, node); each row's gates sit at its node's alpha on every layer of the path
             v_idx = all_v.repeat_interleave(len(alphas))
             a = alphas.repeat(n_var).to(spec.device)
@@ -80,7 +83,7 @@ class GateIGConfig(MethodConfig):
             for sl in chunks(len(v_idx), batch_size):
                 g = a[sl, None, None].expand(-1, len(layers), n_heads).clone().requires_grad_(True)
                 with gated(spec, path_gates(layers, g)):
-                    j = objective(spec, rows, v_idx[sl], start).j
+                    j = objective(spec, rows, v_idx[sl], start, heads=heads).j
                     (grad,) = torch.autograd.grad(j.sum(), g)
                 check_finite(j, grad, where)
                 grads[sl] = grad.double().cpu().numpy()
@@ -88,7 +91,7 @@ class GateIGConfig(MethodConfig):
             attributions[:, layers] = (1.0 - b) * np.einsum("k,vklh->vlh", weights, grads)
             with torch.no_grad():
                 base = torch.full((n_var, len(layers), n_heads), b, device=spec.device)
-                j_base[:, p] = evaluate_j(spec, rows, all_v, path_gates(layers, base), start, batch_size)
+                j_base[:, p] = evaluate_j(spec, rows, all_v, path_gates(layers, base), start, batch_size, heads)
         sums = np.stack([attributions[:, layers].sum(axis=(1, 2)) for layers in paths], axis=1)
         error = sums - (j_full[:, None] - j_base)
         diagnostics = {"j_full": j_full, "j_baseline": j_base, "completeness_error": error}
@@ -117,17 +120,32 @@ def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tenso
     return {layer: values[:, i] for i, layer in enumerate(layers)}
 
 
+def path_heads(spec: ModelSpec, rows: Rows, layers: list[int], start: int, batch_size: int) -> torch.Tensor | None:
+    """The head outputs [V, T, H * head_dim] of a one-layer path's layer, computed once for all its nodes and
+    J(baseline); None where the pass cannot start at that layer's o_proj (several layers, or no layer stack)."""
+    if len(layers) != 1 or start != layers[0] or not getattr(spec.backbone, "splits_attention", False):
+        return None
+    return head_inputs(spec, rows, start, batch_size)
+
+
 def evaluate_j(
-    spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, gates: dict[int, torch.Tensor], start: int, batch_size: int
+    spec: ModelSpec,
+    rows: Rows,
+    v_idx: torch.Tensor,
+    gates: dict[int, torch.Tensor],
+    start: int,
+    batch_size: int,
+    heads: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """J of the rows `v_idx` under `gates` ([R, H] per layer), in chunks of `batch_size`, as float64 numpy.
+    """J of the rows `v_idx` under `gates` ([R, H] per layer), in chunks of `batch_size`, as float64 numpy
+    (`heads`: see `core.objective`).
 
     Callers disable gradients; this only batches.
     """
     out = []
     for sl in chunks(len(v_idx), batch_size):
         with gated(spec, {layer: g[sl] for layer, g in gates.items()}):
-            out.append(objective(spec, rows, v_idx[sl], start).j.double().cpu())
+            out.append(objective(spec, rows, v_idx[sl], start, heads=heads).j.double().cpu())
     return torch.cat(out).numpy()
 
 
