@@ -220,6 +220,12 @@ seed_type = click.IntRange(min=0)
     "parallel processes; the last to finish writes the run.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (samples, tokens, rows, layer passes, FLOPs, batch size, peak memory, a timed probe's "
+    "estimate) and exit without computing or writing --out.",
+)
 @model_options
 def attribute(
     model: str,
@@ -242,6 +248,7 @@ def attribute(
     resume: bool,
     shard: str | None,
     quiet: bool,
+    dry_run: bool,
     **options,
 ) -> None:
     """Compute Gate-IG head scores of MODEL on --data and write a run directory."""
@@ -260,10 +267,13 @@ def attribute(
     world = _join_world(options, shard_spec)
     try:
         loading = model_config(options, grad_checkpoint)
-        if world is None:  # under torchrun rank 0 checks while opening the run, and tells every rank
+        if world is None and not dry_run:  # under torchrun rank 0 checks while opening the run, and tells all
             check_output_dir(out, overwrite, resume or shard_spec is not None)
         spec = loading.load(model)
         samples, report = data.build(spec.tokenizer)
+        if dry_run:
+            _print_plan(spec, samples, method, masking, batch, max_memory)
+            return
         quiet = quiet or (world is not None and not world.is_main)
         if world is None or world.is_main:
             click.echo(
@@ -295,6 +305,16 @@ def attribute(
     if world is not None and not world.is_main:
         return
     _report_result(result, out, shard, batch)
+
+
+def _print_plan(spec, samples, method, masking, batch, max_memory) -> None:
+    """`attribute --dry-run`: the plan's lines (headattr.plan), nothing computed or written."""
+    from .plan import describe, dry_run
+
+    if not samples:
+        raise HeadattrError("no samples to attribute; check the dataset and --samples")
+    for line in describe(dry_run(spec, samples, method, masking, batch, max_memory), spec, method):
+        click.echo(line)
 
 
 def _join_world(options: dict, shard: tuple[int, int] | None) -> distributed.World | None:
