@@ -8,6 +8,11 @@ with the same scores as an uninterrupted one.
 The same property splits a run across processes or machines (`shard=(i, n)`, `--shard i/n`): each process
 computes the samples at positions `i, i + n, i + 2n, ...` into the shared run directory's checkpoints, and the
 process that finds every checkpoint present when it finishes writes the run, byte-identical to a one-process run.
+Under torchrun (`world`, see `headattr.distributed`) the ranks split the samples by token count, checkpoint
+into their own `out/checkpoints`, and rank 0 gathers the results with `torch.distributed` and writes the run.
+
+Rows per pass come from a `batching.BatchPlanner` (`batch_size="auto"`: free memory / a row's cost, halved on
+an out-of-memory error, the same sample computed again).
 """
 
 from __future__ import annotations
