@@ -104,12 +104,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+def hidden_size(spec: Any) -> int:
+    """d of the model, under the names transformers configs use for it."""
+    cfg = spec.model.config
+    for name in ("hidden_size", "d_model", "n_embd"):
+        if isinstance(getattr(cfg, name, None), int):
+            return int(getattr(cfg, name))
+    return spec.num_heads * spec.head_dim
+
+
 def activation_bytes(spec: Any, tokens: int, answer_tokens: int) -> int:
     """The activation model's bytes for one row of `tokens` tokens (module docstring)."""
-    cfg = spec.model.config
-    d = cfg.hidden_size
+    d = hidden_size(spec)
     d_kv = spec.num_kv_heads * spec.head_dim
-    d_mlp = getattr(cfg, "intermediate_size", 4 * d)
+    d_mlp = getattr(spec.model.config, "intermediate_size", None) or 4 * d
     e = torch.finfo(spec.dtype).bits // 8 if spec.dtype.is_floating_point else 4
     per_token_layer = e * (10 * d + 2 * d_kv + 4 * d_mlp)
     if spec.device.type != "cuda":

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import core
-from .batching import BatchPlanner
+from .batching import BatchPlanner, hidden_size
 from .data import Sample
 from .gates import gated
 from .masking import MaskConfig
@@ -82,7 +82,7 @@ def layer_passes(spec: ModelSpec, method: GateIGConfig, masked_per_variant: list
 def layer_weights(spec: ModelSpec) -> tuple[int, int]:
     """(P_attn, P_tail): weights of layer 0's q/k/v projections and of everything else in it."""
     if not spec.backbone.resumable:
-        per_layer = (spec.num_parameters - 2 * spec.vocab_size * spec.model.config.hidden_size) // spec.num_layers
+        per_layer = (spec.num_parameters - 2 * spec.vocab_size * hidden_size(spec)) // spec.num_layers
         return per_layer // 4, per_layer - per_layer // 4  # q/k/v of a typical decoder: about a quarter
     layer = spec.backbone.layers[0]
     attn = sum(m.weight.numel() for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj))
@@ -91,7 +91,7 @@ def layer_weights(spec: ModelSpec) -> tuple[int, int]:
 
 def flops(spec: ModelSpec, passes: LayerPasses, tokens: int) -> float:
     """FLOPs of one sample's passes (module docstring's formula)."""
-    d = spec.model.config.hidden_size
+    d = hidden_size(spec)
     p_attn, p_tail = layer_weights(spec)
     attention = 2 * p_attn * tokens + 4 * tokens**2 * d
     tail = 2 * p_tail * tokens
@@ -179,7 +179,7 @@ def peak_memory(spec: ModelSpec, planner: BatchPlanner, sample: Sample, masking:
     e = torch.finfo(spec.dtype).bits // 8
     weights = sum(p.numel() * p.element_size() for p in spec.model.parameters())
     tokens = len(sample.input_ids)
-    cache = masking.num_variants * spec.num_layers * tokens * spec.model.config.hidden_size * e
+    cache = masking.num_variants * spec.num_layers * tokens * hidden_size(spec) * e
     rows = batch * planner.row_bytes(tokens, sample.answer_end - sample.answer_start)
     return int(weights + cache + rows)
 
