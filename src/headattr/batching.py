@@ -22,7 +22,8 @@ V the vocabulary. With `--grad-checkpoint` only each layer's input is kept (e * 
 one layer's activations. For Dream 7B in bf16 the first term is 225 KB per token per layer.
 
 The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default
-0.9 of the free memory), never more than the free memory. Rows per pass = budget // cost of a row, at
+0.9 of the free memory: the rest holds the sample's cached layer inputs, V L T d elements, 1.2 GB for Dream
+7B at 600 tokens, and allocator slack), never more than the free memory. Rows per pass = budget // cost of a row, at
 least 1. An out-of-memory error anyway (fragmentation, a model underestimating) halves the batch and the
 same sample is computed again; since rows never interact, the results do not change. Later samples keep
 the halving. An integer `--batch-size` is used as given.
