@@ -1,20 +1,32 @@
-"""Speed and memory of headattr's Gate-IG against the straightforward reference, in one run.
+"""Speed and memory of headattr's Gate-IG against the straightforward algorithm, in one run.
 
-    python benchmarks/bench_attribution.py                  # synthetic Dream-format model, CPU
+    python benchmarks/bench_attribution.py                  # synthetic Dream-format model, CPU, 1 thread
+    python benchmarks/bench_attribution.py --threads 0      # torch's default thread count
     python benchmarks/bench_attribution.py --model DIR      # a real checkpoint (CUDA if available)
 
-Each implementation runs in its own fresh process on the same model and the same masked inputs:
+Each implementation runs in its own fresh process (`torch.set_num_threads(--threads)` in each) on the same
+model and the same masked inputs:
 
-- reference: one layer, one quadrature node, one masked variant at a time; whole forward pass; full logits
-  (`headattr.reference`);
-- batched:   headattr's batching of nodes and variants, but whole forward passes and full logits
-  (the model's backbone swapped for a `WholeModel`);
-- headattr:  Gate-IG as shipped (batching + reuse of the layers below the gated one + LM head only at
-  masked positions).
+- reference:       one layer, one quadrature node, one masked variant at a time; whole forward pass; full
+                   logits (`headattr.reference`);
+- straightforward: the usual batched implementation: every layer's path re-runs the whole forward pass,
+                   2 rows (variant, node) per pass, logits at every position (a `WholeModel` backbone,
+                   batch size 2);
+- batched:         headattr's batching of nodes and variants, but whole forward passes and full logits;
+- headattr:        Gate-IG as shipped (batching, reuse of the layers below the gated one, the gated layer's
+                   attention once per variant, LM head only at masked positions).
 
-Printed: wall time per implementation, the speed ratio against the reference, the largest difference of the
-attributions from the reference's, and peak memory (process peak RSS above the loaded model on CPU; peak
-allocated CUDA memory on GPU). Absolute times depend on the machine; the ratios are the result.
+Printed: wall time per implementation (median of --repeats), the speed ratio against the straightforward
+algorithm and the reference, the largest difference of the attributions from the reference's (identical
+numbers up to rounding), and peak memory (process peak RSS above the loaded model on CPU; peak allocated CUDA
+memory on GPU). Absolute times depend on the machine; the ratios are the result.
+
+Equal accuracy (on unless --no-accuracy), on the built-in model (a trained model: on random weights every
+rule is exact to float32 rounding at 8 nodes, so there is nothing to compare), its first demo sample: the
+converged scores are Gauss-Legendre with --converged nodes (128); the default configuration (GateIGConfig's
+defaults as shipped) has some distance from them (max |score difference|, scores = the sample's attributions
+averaged over its variants); the fewest right-Riemann steps (the seed report's rule) reaching that distance
+are found by doubling from 1, then bisection, and timed against the default.
 """
 
 from __future__ import annotations
@@ -54,24 +66,53 @@ def synthetic_dream(root: Path, layers: int, hidden: int, heads: int, vocab: int
     return root
 
 
+def method_config(cfg_kw: dict):
+    """Gate-IG's settings for a worker: `cfg_kw["method"]` over GateIGConfig's defaults (None: the default
+    configuration as shipped), else --ig-steps with the default rule."""
+    import dataclasses
+
+    from headattr.methods import GateIGConfig
+
+    if "method" not in cfg_kw:
+        return GateIGConfig(ig_steps=cfg_kw["ig_steps"])
+    changes = dict(cfg_kw["method"] or {})
+    names = {f.name for f in dataclasses.fields(GateIGConfig)}
+    if changes and "ig_tol" in names:  # an explicit rule is a fixed rule (no refinement, where that exists)
+        changes.setdefault("ig_tol", 0.0)
+    return GateIGConfig(**changes)
+
+
+def demo_sample() -> tuple[str, list[int], tuple[int, int]]:
+    """The built-in model and its first demo sample (seed 47): a trained model, where quadrature matters."""
+    import headattr
+    from headattr.demo import DATA_FILE, MODEL_DIR
+
+    spec = headattr.load_model(MODEL_DIR)
+    samples, _ = headattr.build_samples(DATA_FILE, spec.tokenizer, samples=1, seed=47)
+    s = samples[0]
+    return str(MODEL_DIR), list(s.input_ids), (s.answer_start, s.answer_end)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, queue: mp.Queue) -> None:
+    if cfg_kw["threads"]:
+        torch.set_num_threads(cfg_kw["threads"])
     from headattr.attribution import attribute_sample
     from headattr.data import Sample
     from headattr.masking import MaskConfig
-    from headattr.methods import GateIGConfig
     from headattr.models import WholeModel, load_model
     from headattr.reference import reference_attribution
 
     spec = load_model(model_dir, dtype="float32")
-    method = GateIGConfig(ig_steps=cfg_kw["ig_steps"])
+    method = method_config(cfg_kw)
     masking = MaskConfig(mask_probs=cfg_kw["mask_probs"], mask_samples_per_prob=cfg_kw["mask_samples_per_prob"])
     sample = Sample(0, "00ff00ff00ff00ff", None, tuple(ids), *span, 0, 0)
     cuda = spec.device.type == "cuda"
-    if kind == "batched":
+    batch_size = 2 if kind == "straightforward" else cfg_kw["batch_size"]
+    if kind in ("batched", "straightforward"):
         spec.backbone = WholeModel(spec.model)
     base_rss = _peak_rss_mb()
     if cuda:
@@ -82,7 +123,7 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
     if kind == "reference":
         attr = reference_attribution(spec, sample, method, masking)
     else:
-        attr = attribute_sample(spec, sample, method, masking, cfg_kw["batch_size"]).attributions
+        attr = attribute_sample(spec, sample, method, masking, batch_size).attributions
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -102,6 +143,55 @@ def run(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw
     return result
 
 
+def timed(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, repeats: int) -> dict:
+    """`run` `repeats` times; the median time, the first run's attributions and the largest peak."""
+    runs = [run(kind, model_dir, ids, span, cfg_kw) for _ in range(repeats)]
+    out = dict(runs[0])
+    out["seconds"] = float(np.median([r["seconds"] for r in runs]))
+    out["peak_mb"] = max(r["peak_mb"] for r in runs)
+    return out
+
+
+def score_distance(a: list, b: list) -> float:
+    """max |difference| of the sample's scores (attributions [V, L, H] averaged over variants)."""
+    return float(np.max(np.abs(np.mean(np.array(a), axis=0) - np.mean(np.array(b), axis=0))))
+
+
+def equal_accuracy(cfg_kw: dict, args) -> dict:
+    """On the built-in model: the fewest right-Riemann steps as close to the converged scores as the default
+    configuration, found by doubling from 1 then bisection, and their time against the default's."""
+    model_dir, ids, span = demo_sample()
+
+    def headattr(method: dict | None, repeats: int = 1) -> dict:
+        return timed("headattr", model_dir, ids, span, {**cfg_kw, "method": method}, repeats)
+
+    converged = headattr({"rule": "gauss-legendre", "ig_steps": args.converged})
+    default = headattr(None, args.repeats)
+    target = score_distance(default["attr"], converged["attr"])
+    tried: dict[int, float] = {}
+
+    def close_enough(n: int) -> bool:
+        if n not in tried:
+            tried[n] = score_distance(headattr({"rule": "riemann-right", "ig_steps": n})["attr"], converged["attr"])
+        return tried[n] <= target
+
+    high = 1
+    while not close_enough(high) and high < args.max_riemann:
+        high *= 2
+    low = high // 2
+    while high - low > 1:  # close_enough(high) holds (or the cap was hit); close_enough(low) fails
+        mid = (low + high) // 2
+        if close_enough(mid):
+            high = mid
+        else:
+            low = mid
+    riemann = headattr({"rule": "riemann-right", "ig_steps": high}, args.repeats)
+    return {"model": "built-in (demo sample 0)", "converged_steps": args.converged, "default_distance": target,
+            "riemann_steps": high, "riemann_distance": tried[high], "reached": tried[high] <= target,
+            "default_s": default["seconds"], "riemann_s": riemann["seconds"],
+            "ratio": riemann["seconds"] / default["seconds"], "tried": tried}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint directory (default: a synthetic Dream-format model)")
@@ -115,6 +205,11 @@ def main() -> None:
     parser.add_argument("--mask-probs", default="0.15,0.3,0.5,0.7,0.9")
     parser.add_argument("--mask-samples-per-prob", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per implementation (the median is shown)")
+    parser.add_argument("--converged", type=int, default=128, help="Gauss-Legendre nodes of the converged run")
+    parser.add_argument("--max-riemann", type=int, default=4096, help="most right-Riemann steps tried")
+    parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the equal-accuracy part")
     parser.add_argument("--skip-reference", action="store_true", help="for models too large for the slow path")
     args = parser.parse_args()
 
@@ -126,20 +221,35 @@ def main() -> None:
         ids = [1] + rng.integers(4, min(args.vocab, 100), size=n).tolist()
         span = (1 + args.prompt_len, 1 + n)
         cfg_kw = {"ig_steps": args.ig_steps, "mask_probs": tuple(float(p) for p in args.mask_probs.split(",")),
-                  "mask_samples_per_prob": args.mask_samples_per_prob, "batch_size": args.batch_size}
-        kinds = ["batched", "headattr"] if args.skip_reference else ["reference", "batched", "headattr"]
-        results = {k: run(k, model_dir, ids, span, cfg_kw) for k in kinds}
+                  "mask_samples_per_prob": args.mask_samples_per_prob, "batch_size": args.batch_size,
+                  "threads": args.threads}
+        kinds = ["straightforward", "batched", "headattr"]
+        kinds = kinds if args.skip_reference else ["reference", *kinds]
+        results = {k: timed(k, model_dir, ids, span, cfg_kw, args.repeats) for k in kinds}
+    accuracy = equal_accuracy(cfg_kw, args) if args.accuracy else None
 
-    ref = results.get("reference")
+    ref, plain = results.get("reference"), results["straightforward"]
     name = args.model or f"synthetic Dream-format, {args.layers} layers x {args.heads} heads, hidden {args.hidden}"
-    print(f"model: {name}; device {results['headattr']['device']}")
+    print(f"model: {name}; device {results['headattr']['device']}; threads {args.threads or 'default'}")
     print(f"one sample: {len(ids)} tokens ({args.answer_len} answer), "
           f"{len(cfg_kw['mask_probs']) * args.mask_samples_per_prob} masked variants, {args.ig_steps} IG steps")
-    print(f"{'implementation':<16}{'seconds':>10}{'speed-up':>10}{'peak MB':>10}{'max |diff|':>14}")
+    print(f"{'implementation':<17}{'seconds':>9}{'vs straightf.':>15}{'vs reference':>14}{'peak MB':>9}"
+          f"{'max |diff|':>12}")
     for kind, r in results.items():
         speed = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else "-"
         diff = f"{np.max(np.abs(np.array(r['attr']) - np.array(ref['attr']))):.2e}" if ref else "-"
-        print(f"{kind:<16}{r['seconds']:>10.2f}{speed:>10}{r['peak_mb']:>10.0f}{diff:>14}")
+        print(f"{kind:<17}{r['seconds']:>9.2f}{plain['seconds'] / r['seconds']:>14.2f}x{speed:>14}"
+              f"{r['peak_mb']:>9.0f}{diff:>12}")
+    summary = {"threads": args.threads, "seconds": {k: r["seconds"] for k, r in results.items()},
+               "headattr_vs_straightforward": plain["seconds"] / results["headattr"]["seconds"]}
+    if accuracy is not None:
+        a = accuracy
+        print(f"equal accuracy, {a['model']}: the default is {a['default_distance']:.3g} from Gauss-Legendre "
+              f"{a['converged_steps']} (max |score difference|); right Riemann needs {a['riemann_steps']} steps "
+              f"({a['riemann_distance']:.3g}{'' if a['reached'] else ', not reached'}): {a['riemann_s']:.2f} s "
+              f"against {a['default_s']:.2f} s = {a['ratio']:.1f}x")
+        summary["equal_accuracy"] = {k: v for k, v in a.items() if k != "tried"}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,21 @@ with the same scores as an uninterrupted one.
 The same property splits a run across processes or machines (`shard=(i, n)`, `--shard i/n`): each process
 computes the samples at positions `i, i + n, i + 2n, ...` into the shared run directory's checkpoints, and the
 process that finds every checkpoint present when it finishes writes the run, byte-identical to a one-process run.
+Under torchrun (`world`, see `headattr.distributed`) the ranks split the samples by token count, checkpoint
+into their own `out/checkpoints`, and rank 0 gathers the results with `torch.distributed` and writes the run.
+
+Rows per pass come from a `batching.BatchPlanner` (`batch_size="auto"`: free memory / a row's cost, halved on
+an out-of-memory error, the same sample computed again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +31,17 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import core, rundir
+from . import core, distributed, rundir
 from .aggregate import POSTPROCESS, final_scores
+from .batching import MAX_ROWS as BATCH_LIMIT
+from .batching import BatchPlanner
 from .data import DataConfig, Sample
+from .distributed import World
 from .errors import HeadattrError
 from .masking import MaskConfig
 from .methods import GateIGConfig, MethodConfig, SampleAttribution
 from .models import ModelSpec
-from .settings import at_least, choice
+from .settings import choice
 
 
 @dataclass
@@ -59,12 +69,14 @@ def attribute(
     masking: MaskConfig | None = None,
     *,
     postprocess: str = "signed",
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
+    max_memory: str | float | int | None = None,
     seed: int | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
     shard: tuple[int, int] | None = None,
+    world: World | None = None,
     progress: bool = True,
     data_report: Any = None,
     extra_meta: dict[str, Any] | None = None,
@@ -73,8 +85,10 @@ def attribute(
 
     `masking` defines the objective J (default `MaskConfig()`); `postprocess` (signed, abs, relu) is applied
     per sample before the mean over samples; `batch_size` caps the rows of one forward pass (results do not
-    depend on it). With `out`, writes the run directory (see `headattr.rundir`): per-sample checkpoints while
-    running, then `scores.safetensors`, `run.json`, `heads.csv`, `heatmap.png`; run.json's `config` records
+    depend on it): an integer, or "auto" (rows from the free memory, capped by `max_memory`; see
+    `headattr.batching`), whose sizes used are recorded in `timings`. With `out`, writes the run directory
+    (see `headattr.rundir`): per-sample checkpoints while running, then `scores.safetensors`, `run.json`,
+    `heads.csv`, `heatmap.png`; run.json's `config` records
     the method, masking, the samples' `DataConfig` and the model's `ModelConfig`, so that `prune` can draw
     held-out rows without being told the data again. `resume` continues an interrupted run in `out` (same
     model, samples and settings). `shard=(i, n)` computes only this process's share into `out` (module
@@ -85,41 +99,133 @@ def attribute(
     method = method or GateIGConfig()
     masking = masking or MaskConfig()
     choice("--postprocess", postprocess, POSTPROCESS)
-    at_least("--batch-size", batch_size, 1)
+    planner = BatchPlanner.create(spec, batch_size, max_memory)
     if not samples:
         raise HeadattrError("no samples to attribute; check the dataset and --samples")
     check_shard(shard, out, overwrite)
+    if shard is not None and world is not None:
+        raise HeadattrError("--shard splits a run across separate jobs; under torchrun the ranks split it already")
     fingerprint = _fingerprint(spec, samples, method, masking, postprocess)
     ckpt_dir = None
     started = time.perf_counter()
-    config = run_config(spec, samples, method, masking, postprocess, batch_size, seed)
+    config = run_config(spec, samples, method, masking, postprocess, planner.fixed or "auto", seed)
     meta = _meta(spec, samples, config, masking, data_report, extra_meta or {}, status="running")
     if out is not None:
-        out, ckpt_dir = _open_run_dir(Path(out), fingerprint, meta, overwrite, resume, sharded=shard is not None)
-    mine = [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
-    compute = _sample_runner(spec, method, masking, batch_size)
+        out, ckpt_dir = _open_dirs(Path(out), fingerprint, meta, overwrite, resume, shard is not None, world)
+    mine = _my_samples(samples, shard, world)
+    main_process = world is None or world.is_main
+    compute = _sample_runner(spec, method, masking, planner, progress and main_process)
     with core.counting() as count:  # model work of the samples this process computes (not the resumed ones)
-        results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress)
+        results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress and main_process)
+    # per sample this process computed (under torchrun: rank 0's share, the same work per sample as the others')
+    passes = {f"{kind}_passes_per_sample": n / max(computed, 1) for kind, n in count.passes().items()}
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
             return None
         results.update(others)
+    own = len(mine)
+    if world is not None:
+        gathered = _gather_ranks(world, results, computed, planner)
+        if gathered is None:  # not rank 0: wait until rank 0 has written the run, then drop own checkpoints
+            distributed.barrier()
+            _remove_rank_checkpoints(out, ckpt_dir)
+            return None
+        results, computed = gathered
+        own = len(samples)
     elapsed = time.perf_counter() - started
     result = _combine([results[i] for i in range(len(samples))], samples, method, masking, postprocess)
     result.timings = {
         "total_s": elapsed,
         "computed_samples": computed,
-        "resumed_samples": len(mine) - computed,  # this process's share, read back from its checkpoints
-        "other_shards_samples": len(samples) - len(mine),
+        "resumed_samples": own - computed,  # this process's share (every rank's, under torchrun), read back
+        "other_shards_samples": len(samples) - own,
         "per_sample_s": elapsed / max(computed, 1),
-        **{f"{kind}_passes_per_sample": n / max(computed, 1) for kind, n in count.passes().items()},
+        **passes,
+        **planner.record(),
+        **({"ranks": world.size} if world is not None else {}),
     }
     if out is not None:
         meta.update(status="complete", timings=result.timings, diagnostics=result.diagnostics())
         rundir.write_run(out, result.scores, result.attributions, meta)
         _remove_checkpoints(ckpt_dir)
+    if world is not None:
+        distributed.barrier()
     return result
+
+
+def _my_samples(samples: list[Sample], shard: tuple[int, int] | None, world: World | None) -> list[int]:
+    """The sample indices this process computes: every one, its `--shard`'s, or its rank's share."""
+    if world is not None:
+        return distributed.assign([len(s.input_ids) for s in samples], world.size)[world.rank]
+    return [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
+
+
+def _open_dirs(
+    out: Path,
+    fingerprint: str,
+    meta: dict[str, Any],
+    overwrite: bool,
+    resume: bool,
+    sharded: bool,
+    world: World | None,
+) -> tuple[Path, Path]:
+    """`_open_run_dir`; under torchrun rank 0 opens the run directory first (its error, if any, becomes every
+    rank's, so that all exit alike), then the other ranks open their own checkpoint folders."""
+    if world is None:
+        return _open_run_dir(out, fingerprint, meta, overwrite, resume, sharded)
+    error, opened = None, None
+    if world.is_main:
+        try:
+            opened = _open_run_dir(out, fingerprint, meta, overwrite, resume, sharded=False)
+        except HeadattrError as exc:
+            error = str(exc)
+    error = distributed.broadcast_from_main(error)
+    if error is not None:
+        raise HeadattrError(error)
+    return opened or _open_rank_checkpoints(out, fingerprint, overwrite)
+
+
+def _open_rank_checkpoints(out: Path, fingerprint: str, overwrite: bool) -> tuple[Path, Path]:
+    """A non-zero rank's `--out/checkpoints`: on a shared filesystem rank 0's folder (stamped with the same
+    fingerprint), otherwise created on this node; stale checkpoints of another run are an error unless
+    `--overwrite` (which drops them)."""
+    ckpt_dir = out / rundir.CHECKPOINT_DIR
+    stamp = ckpt_dir / "fingerprint.txt"
+    if stamp.is_file() and stamp.read_text().strip() != fingerprint:
+        if not overwrite:
+            raise HeadattrError(
+                f"the checkpoints in {ckpt_dir} (this node) come from a different model, data or configuration; "
+                "rerun with the original flags, or start over with --overwrite"
+            )
+        shutil.rmtree(ckpt_dir)
+    if not stamp.is_file():
+        rundir.atomic_write_text(stamp, fingerprint + "\n")
+    return out, ckpt_dir
+
+
+def _gather_ranks(
+    world: World, results: dict[int, SampleAttribution], computed: int, planner: BatchPlanner
+) -> tuple[dict[int, SampleAttribution], int] | None:
+    """Every rank's results and counts on rank 0 (merged; the planner learns every rank's batch sizes)."""
+    payloads = distributed.gather_to_main({"results": results, "computed": computed, "batch": planner.used}, world)
+    if payloads is None:
+        return None
+    merged: dict[int, SampleAttribution] = {}
+    for p in payloads:
+        merged.update(p["results"])
+        planner.used.update(p["batch"])
+    return merged, sum(p["computed"] for p in payloads)
+
+
+def _remove_rank_checkpoints(out: Path | None, ckpt_dir: Path | None) -> None:
+    """A non-zero rank's cleanup once rank 0 has written the run: its checkpoints, and `out` if left empty
+    (a node that holds only them)."""
+    if ckpt_dir is None or out is None:
+        return
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # on a shared filesystem rank 0 removed it already
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only if empty
 
 
 def attribute_sample(
@@ -135,9 +241,40 @@ def attribute_sample(
     return method.attribute(spec, rows, batch_size, where=f"sample {sample.index} (uid {sample.uid})")
 
 
-def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, batch_size: int):
-    """sample -> SampleAttribution, with this run's settings (what the per-sample loop calls)."""
-    return lambda sample: attribute_sample(spec, sample, method, masking, batch_size)
+def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, planner: BatchPlanner, log: bool):
+    """sample -> SampleAttribution, with this run's settings (what the per-sample loop calls).
+
+    The planner picks each sample's rows per pass (and, under auto, halves them on an out-of-memory error and
+    computes the sample again); the size is printed when it is first chosen and whenever it changes.
+    """
+    last: list[int] = []
+
+    def compute(sample: Sample) -> SampleAttribution:
+        tokens, answer = len(sample.input_ids), sample.answer_end - sample.answer_start
+        planner.calibrate(lambda: core.prepare(spec, sample, masking, 1, cache_layers=False), tokens)
+        result = planner.run(
+            sample.index,
+            tokens,
+            answer,
+            lambda size: attribute_sample(spec, sample, method, masking, size),
+            most_rows=largest_pass(method, masking),
+        )
+        size = planner.used[sample.index]
+        if log and planner.auto and last != [size]:
+            tqdm.write(f"batch size auto: {size} rows per pass (sample of {tokens} tokens)", file=sys.stderr)
+            last[:] = [size]
+        return result
+
+    return compute
+
+
+def largest_pass(method: MethodConfig, masking: MaskConfig) -> int:
+    """The most rows one pass of a sample can hold: variants x quadrature nodes for a path method (a
+    refinement round bisects an interval: 2 x the base rule's nodes), else the planner's own limit."""
+    steps = getattr(method, "ig_steps", None)
+    if not isinstance(steps, int):
+        return BATCH_LIMIT
+    return masking.num_variants * steps * (2 if getattr(method, "adaptive", False) else 1)
 
 
 def _open_run_dir(
@@ -295,7 +432,7 @@ def run_config(
     method: MethodConfig,
     masking: MaskConfig,
     postprocess: str,
-    batch_size: int,
+    batch_size: int | str,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """run.json's flat `config`: every settings object's fields under their run.json names."""

@@ -12,9 +12,11 @@ from pathlib import Path
 import click
 import torch
 
+from . import distributed
 from .aggregate import POSTPROCESS
 from .attribution import attribute as attribute_api
 from .attribution import check_shard
+from .batching import parse_batch_size, parse_max_memory
 from .data import FORMATS, DataConfig
 from .errors import HeadattrError
 from .masking import LOSS_NORMALIZE, MaskConfig
@@ -259,7 +261,18 @@ def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) ->
 @click.option("--mask-samples-per-prob", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--loss-normalize", type=click.Choice(LOSS_NORMALIZE), default="mean-masked", show_default=True)
 @click.option("--postprocess", type=click.Choice(POSTPROCESS), default="signed", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Rows per forward pass.")
+@click.option(
+    "--batch-size",
+    default="auto",
+    show_default=True,
+    help="Rows per forward pass: an integer, or auto (from the free memory and a row's measured cost; an "
+    "out-of-memory error halves it and retries; results never depend on it).",
+)
+@click.option(
+    "--max-memory",
+    default=None,
+    help="Cap for --batch-size auto: a size (40GB, 512MiB) or a fraction of the free memory (0.8; default 0.9).",
+)
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in backward (long sequences).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
@@ -271,6 +284,12 @@ def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) ->
     "parallel processes; the last to finish writes the run.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (samples, tokens, rows, layer passes, FLOPs, batch size, peak memory, a timed probe's "
+    "estimate) and exit without computing or writing --out.",
+)
 @model_options
 def attribute(
     model: str,
@@ -291,15 +310,19 @@ def attribute(
     mask_samples_per_prob: int,
     loss_normalize: str,
     postprocess: str,
-    batch_size: int,
+    batch_size: str,
+    max_memory: str | None,
     grad_checkpoint: bool,
     overwrite: bool,
     resume: bool,
     shard: str | None,
     quiet: bool,
+    dry_run: bool,
     **options,
 ) -> None:
     """Compute head scores of MODEL on --data by --method and write a run directory."""
+    batch = parse_batch_size(batch_size)
+    parse_max_memory(max_memory)  # a malformed cap fails now, not after the model has loaded
     shard_spec = parse_shard(shard) if shard is not None else None
     check_shard(shard_spec, out, overwrite)
     flags = dict(
@@ -319,38 +342,86 @@ def attribute(
         loss_normalize=loss_normalize,
     )
     data = data_config(options, seed if data_seed is None else data_seed)
-    loading = model_config(options, grad_checkpoint)
-    check_output_dir(out, overwrite, resume or shard_spec is not None)
-    spec = loading.load(model)
-    samples, report = data.build(spec.tokenizer)
-    click.echo(
-        f"{spec.name}: {spec.family}, {spec.num_layers} layers x {spec.num_heads} heads; "
-        f"{len(samples)} samples x {masking.num_variants} masked variants; {report.summary()}",
-        err=True,
-    )
-    result = attribute_api(
-        spec,
-        samples,
-        method,
-        masking,
-        postprocess=postprocess,
-        batch_size=batch_size,
-        seed=seed,
-        out=out,
-        overwrite=overwrite,
-        resume=resume,
-        shard=shard_spec,
-        progress=not quiet,
-        data_report=report,
-    )
+    world = _join_world(options, shard_spec)
+    try:
+        loading = model_config(options, grad_checkpoint)
+        if world is None and not dry_run:  # under torchrun rank 0 checks while opening the run, and tells all
+            check_output_dir(out, overwrite, resume or shard_spec is not None)
+        spec = loading.load(model)
+        samples, report = data.build(spec.tokenizer)
+        if dry_run:
+            _print_plan(spec, samples, method, masking, batch, max_memory)
+            return
+        quiet = quiet or (world is not None and not world.is_main)
+        if world is None or world.is_main:
+            click.echo(
+                f"{spec.name}: {spec.family}, {spec.num_layers} layers x {spec.num_heads} heads; "
+                f"{len(samples)} samples x {masking.num_variants} masked variants; {report.summary()}"
+                + (f"; {world.size} ranks" if world is not None else ""),
+                err=True,
+            )
+        result = attribute_api(
+            spec,
+            samples,
+            method,
+            masking,
+            postprocess=postprocess,
+            batch_size=batch,
+            max_memory=max_memory,
+            seed=seed,
+            out=out,
+            overwrite=overwrite,
+            resume=resume,
+            shard=shard_spec,
+            world=world,
+            progress=not quiet,
+            data_report=report,
+        )
+    finally:
+        if world is not None:
+            distributed.finish()
+    if world is not None and not world.is_main:
+        return
+    _report_result(result, out, shard, batch)
+
+
+def _print_plan(spec, samples, method, masking, batch, max_memory) -> None:
+    """`attribute --dry-run`: the plan's lines (headattr.plan), nothing computed or written."""
+    from .methods import GateIGConfig
+    from .plan import describe, dry_run
+
+    if not isinstance(method, GateIGConfig):
+        raise HeadattrError(f"--dry-run plans gate-ig runs; drop it for --method {method.name}")
+    if not samples:
+        raise HeadattrError("no samples to attribute; check the dataset and --samples")
+    for line in describe(dry_run(spec, samples, method, masking, batch, max_memory), spec, method):
+        click.echo(line)
+
+
+def _join_world(options: dict, shard: tuple[int, int] | None) -> distributed.World | None:
+    """Under torchrun (WORLD_SIZE > 1): this rank's `World`, its device set in `options`, the group joined."""
+    world = distributed.world_from_env()
+    if world is None:
+        return None
+    if shard is not None:
+        raise HeadattrError("--shard splits a run across separate jobs; under torchrun the ranks split it already")
+    options["device"] = distributed.device_for(world, options["device"])
+    distributed.init(world, options["device"])
+    return world
+
+
+def _report_result(result, out: Path, shard: str | None, batch) -> None:
+    """What `attribute` prints once the run is written (or this shard is done)."""
     if result is None:
         click.echo(
             f"shard {shard}: its samples are done; the shard that finishes last writes the run in {out} "
             "(or finish the missing samples in one process with --resume)"
         )
         return
-    for line in method.summary_lines(method.summarize(result.per_variant)):
+    for line in result.method.summary_lines(result.method.summarize(result.per_variant)):
         click.echo(line)
+    if batch == "auto" and result.timings.get("batch_size") is not None:
+        click.echo(f"batch size auto: {result.timings['batch_size']} rows per pass (run.json timings.batch_size)")
     click.echo(f"wrote {out}/ (scores.safetensors, run.json, heads.csv, heatmap.png)")
 
 

@@ -11,6 +11,11 @@ row and, when asked, the logits at the positions that predict a masked token:
     out.j                                                        # [R] J of each row
     out.logits, out.labels, out.owner                            # [K, V], [K], [K]: row of each masked token
 
+A caller that varies only layer l's gates can compute layer l's attention once (the gates act after it):
+
+    heads = core.head_inputs(spec, rows, l, batch_size)          # [V, T, H * head_dim], ungated
+    out = core.objective(spec, rows, v_idx, l, heads=heads)      # o_proj of layer l onward
+
 Gradients, when a caller wants them, flow only to the gates: the weights are frozen.
 """
 
@@ -148,17 +153,39 @@ def row_objective(
     return -loss
 
 
-def objective(spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, start: int, with_logits: bool = False) -> Objective:
+def head_inputs(spec: ModelSpec, rows: Rows, layer: int, batch_size: int) -> torch.Tensor:
+    """Every variant's input of layer `layer`'s o_proj [V, T, H * head_dim], all gates 1, `batch_size` rows
+    at a time (needs `backbone.splits_attention` and the layer's cached input)."""
+    backbone, n = spec.backbone, rows.num_variants
+    with torch.no_grad(), autocast_for(spec):
+        return torch.cat(
+            [backbone.head_input(rows.hidden_in[layer][sl], layer, rows.ctx.rows(sl)) for sl in chunks(n, batch_size)]
+        )
+
+
+def objective(
+    spec: ModelSpec,
+    rows: Rows,
+    v_idx: torch.Tensor,
+    start: int,
+    with_logits: bool = False,
+    heads: torch.Tensor | None = None,
+) -> Objective:
     """J for each row (row r is variant `v_idx[r]`), starting at layer `start`, under the caller's gates.
 
-    `start` must be a layer the backbone can start at (`backbone.entry_layer`) whose input is cached. Callers
-    apply gates with `gates.gated` around this call *and* any backward pass: with gradient checkpointing the
-    layers are recomputed during backward and must see the same gates.
+    `start` must be a layer the backbone can start at (`backbone.entry_layer`) whose input is cached. With
+    `heads` ([V, T, H * head_dim], `head_inputs(..., start, ...)`), layer `start`'s attention is not
+    recomputed: the pass starts at its o_proj, so only gates of layer `start` and deeper may differ from 1.
+    Callers apply gates with `gates.gated` around this call *and* any backward pass: with gradient
+    checkpointing the layers are recomputed during backward and must see the same gates.
     """
     owner, pos, labels = (t.to(spec.device) for t in rows.gather(v_idx))
-    backbone = spec.backbone
+    backbone, ctx, h_in = spec.backbone, rows.ctx.rows(v_idx), rows.hidden_in[start][v_idx]
     with autocast_for(spec):
-        h = backbone.run(rows.hidden_in[start][v_idx], start, spec.num_layers, rows.ctx.rows(v_idx))
+        if heads is None:
+            h = backbone.run(h_in, start, spec.num_layers, ctx)
+        else:
+            h = backbone.run_from_heads(h_in, heads[v_idx], start, spec.num_layers, ctx)
         logits = backbone.logits(h[owner, pos])
     j = row_objective(logits, labels, owner, len(v_idx), rows.normalize)
     # a J that carries gradients is what the caller differentiates: one backward pass over the same layers

@@ -21,16 +21,23 @@ def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tenso
 
 
 def evaluate_j(
-    spec: ModelSpec, rows: Rows, v_idx: torch.Tensor, gates: dict[int, torch.Tensor], start: int, batch_size: int
+    spec: ModelSpec,
+    rows: Rows,
+    v_idx: torch.Tensor,
+    gates: dict[int, torch.Tensor],
+    start: int,
+    batch_size: int,
+    heads: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """J of the rows `v_idx` under `gates` ([R, H] per layer), in chunks of `batch_size`, as float64 numpy.
+    """J of the rows `v_idx` under `gates` ([R, H] per layer), in chunks of `batch_size`, as float64 numpy
+    (`heads`: layer `start`'s head outputs, see `core.objective`).
 
     Callers disable gradients; this only batches.
     """
     out = []
     for sl in chunks(len(v_idx), batch_size):
         with gated(spec, {layer: g[sl] for layer, g in gates.items()}):
-            out.append(objective(spec, rows, v_idx[sl], start).j.double().cpu())
+            out.append(objective(spec, rows, v_idx[sl], start, heads=heads).j.double().cpu())
     return torch.cat(out).numpy()
 
 
@@ -43,19 +50,21 @@ def gate_gradients(
     start: int,
     batch_size: int,
     where: str,
+    heads: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """J [R] and dJ/dg [R, len(layers), H] (float64) of row r = variant `v_idx[r]` at gates `values[r]`.
 
     `values` [R, len(layers), H] are the gates of `layers` (other layers stay at 1); every pass starts at
-    `start` (a layer whose input is cached and which precedes every gated layer). One forward and one
-    backward pass per chunk of `batch_size` rows.
+    `start` (a layer whose input is cached and which precedes every gated layer; with `heads`, that layer's
+    head outputs, the pass starts at its o_proj). One forward and one backward pass per chunk of `batch_size`
+    rows.
     """
     j_out = np.zeros(len(v_idx))
     grads = np.zeros((len(v_idx), len(layers), spec.num_heads))
     for sl in chunks(len(v_idx), batch_size):
         g = values[sl].clone().requires_grad_(True)
         with gated(spec, path_gates(layers, g)):
-            j = objective(spec, rows, v_idx[sl], start).j
+            j = objective(spec, rows, v_idx[sl], start, heads=heads).j
             (grad,) = torch.autograd.grad(j.sum(), g)
         check_finite(j, grad, where)
         j_out[sl] = j.detach().double().cpu().numpy()

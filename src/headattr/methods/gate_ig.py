@@ -12,7 +12,9 @@ Design, for speed without changing the numbers:
 - every (masked variant, quadrature node) pair is one row of a batch with its own gates, so one forward and
   one backward pass serve many rows (`batch_size` caps the rows; results do not depend on it);
 - scope `layer`: gating layer l re-runs only layers l..L-1 from the cached input of layer l (about (L+1)/2
-  layer passes per layer on average instead of L), where the backbone can resume;
+  layer passes per layer on average instead of L), where the backbone can resume; and layer l's own
+  attention (q/k/v, the attention kernel) runs once per variant, not per quadrature node: its gates scale
+  o_proj's input, so every node re-runs only o_proj onward (`core.head_inputs`);
 - the LM head is applied only at the positions that predict a masked token (the core's objective).
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from ..adaptive import DEFAULT_ATOL, DEFAULT_BASE_STEPS, DEFAULT_MAX_STEPS, DEFAULT_TOL, Request, integrate_paths
-from ..core import Rows
+from ..core import Rows, head_inputs
 from ..diagnostics import completeness_from_diagnostics, completeness_lines
 from ..errors import HeadattrError
 from ..models import ModelSpec
@@ -98,10 +100,13 @@ class GateIGConfig(MethodConfig):
         starts = [spec.backbone.entry_layer(layers[0]) for layers in paths]
         with torch.no_grad():  # all gates 1: start from the deepest cached layer input
             j_full = evaluate_j(spec, rows, all_v, {}, rows.deepest_cached, batch_size)
+            # a one-layer path's own attention does not depend on its gates: its head outputs, once per variant
+            heads = [path_heads(spec, rows, layers, starts[p], batch_size) for p, layers in enumerate(paths)]
             j_base = np.zeros((n_var, len(paths)))
             for p, layers in enumerate(paths):
                 base = torch.full((n_var, len(layers), n_heads), b, device=spec.device)
-                j_base[:, p] = evaluate_j(spec, rows, all_v, path_gates(layers, base), starts[p], batch_size)
+                gates = path_gates(layers, base)
+                j_base[:, p] = evaluate_j(spec, rows, all_v, gates, starts[p], batch_size, heads[p])
 
         def gradients(requests: list[Request]) -> list[np.ndarray]:
             # path id = p * V + v; rows of one gate path share their start layer, so they are batched together
@@ -114,7 +119,7 @@ class GateIGConfig(MethodConfig):
                 a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
                 values = a.to(spec.device)[:, None, None].expand(-1, len(layers), n_heads)
                 v_idx = v_idx.to(spec.device)
-                _, grads = gate_gradients(spec, rows, v_idx, values, layers, starts[p], batch_size, where)
+                _, grads = gate_gradients(spec, rows, v_idx, values, layers, starts[p], batch_size, where, heads[p])
                 at = 0
                 for i in mine:
                     m = len(requests[i][1])
@@ -149,3 +154,11 @@ class GateIGConfig(MethodConfig):
 
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
         return completeness_lines(summary)
+
+
+def path_heads(spec: ModelSpec, rows: Rows, layers: list[int], start: int, batch_size: int) -> torch.Tensor | None:
+    """The head outputs [V, T, H * head_dim] of a one-layer path's layer, computed once for all its nodes and
+    J(baseline); None where the pass cannot start at that layer's o_proj (several layers, or no layer stack)."""
+    if len(layers) != 1 or start != layers[0] or not getattr(spec.backbone, "splits_attention", False):
+        return None
+    return head_inputs(spec, rows, start, batch_size)

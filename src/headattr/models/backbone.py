@@ -12,6 +12,12 @@ Two backbones share one interface, so no caller asks which kind it has:
     ctx = backbone.context(h)                  # rotary embeddings, attention mask
     h = backbone.run(h, start, stop, ctx)      # layers start..stop-1 (WholeModel: 0..L, giving logits)
     logits = backbone.logits(h[rows, pos])     # [K, V]
+
+`LayerStack` also splits a layer at its head gates, so that a caller varying only layer l's gates computes
+layer l's attention once (`splits_attention`):
+
+    heads = backbone.head_input(h, l, ctx)     # [B, T, H * head_dim]: the input of layer l's o_proj
+    h = backbone.run_from_heads(h, heads, l, stop, ctx)   # o_proj (gated) onward, then layers l+1..stop-1
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class LayerStack:
     grad_checkpoint: bool = False
 
     resumable = True
+    splits_attention = True
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, T] ids -> [B, T, d] embeddings."""
@@ -95,6 +102,50 @@ class LayerStack:
                 h = layer(h, is_causal=False, **kwargs)
         return h
 
+    def head_input(self, h: torch.Tensor, layer: int, ctx: LayerContext) -> torch.Tensor:
+        """The input of layer `layer`'s o_proj (the concatenated head outputs) [B, T, H * head_dim] from the
+        layer's input `h` [B, T, d].
+
+        The attention module's own forward runs (its projections, rotary embeddings and attention kernel), so
+        the numbers are exactly those of a whole-layer pass; o_proj's input is captured by a hook. Call it
+        outside any gates: what it returns is ungated, and does not depend on this layer's gates.
+        """
+        layer_module = self.layers[layer]
+        captured: list[torch.Tensor] = []
+
+        def capture(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            captured.append(args[0])
+
+        handle = layer_module.self_attn.o_proj.register_forward_pre_hook(capture, prepend=True)
+        try:
+            layer_module.self_attn(
+                hidden_states=layer_module.input_layernorm(h),
+                attention_mask=ctx.attention_mask,
+                position_embeddings=ctx.position_embeddings,
+                is_causal=False,
+            )
+        finally:
+            handle.remove()
+        return captured[0]
+
+    def run_from_heads(
+        self, h: torch.Tensor, heads: torch.Tensor, layer: int, stop: int, ctx: LayerContext
+    ) -> torch.Tensor:
+        """Layer `layer` from its input `h` [B, T, d] and its head outputs `heads` [B, T, H * head_dim]
+        (`head_input`): o_proj (where the gate hooks act), the residual, the MLP block; then layers
+        `layer + 1..stop-1`. The same operations as the decoder layer's forward, in the same order."""
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            h = torch.utils.checkpoint.checkpoint(self._layer_tail, h, heads, layer, use_reentrant=False)
+        else:
+            h = self._layer_tail(h, heads, layer)
+        return self.run(h, layer + 1, stop, ctx)
+
+    def _layer_tail(self, residual: torch.Tensor, heads: torch.Tensor, layer: int) -> torch.Tensor:
+        """Decoder layer `layer` after its attention kernel (transformers' Qwen2/Llama decoder layer order)."""
+        m = self.layers[layer]
+        h = residual + m.self_attn.o_proj(heads)
+        return h + m.mlp(m.post_attention_layernorm(h))
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on selected hidden states [..., d] -> [..., V]."""
         return self.lm_head(self.norm(h))
@@ -114,6 +165,7 @@ class WholeModel:
     model: nn.Module
 
     resumable = False
+    splits_attention = False
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return input_ids

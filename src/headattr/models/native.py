@@ -59,6 +59,34 @@ def build(
     return model
 
 
+def random_model(
+    cls: type, config: Any, dtype: torch.dtype, device: str, attn: str = "sdpa", seed: int = 0
+) -> nn.Module:
+    """`cls(config)` with random weights (normal, std `initializer_range`; norms 1) made directly on `device`
+    in `dtype`, set up as `build` sets up a checkpoint (bidirectional): no checkpoint, no disk, no CPU copy.
+    For benchmarks of a model's shape (benchmarks/gpu_bench.py)."""
+    config.is_causal = False
+    config._attn_implementation = attn
+    with torch.device("meta"):
+        model = cls(config).to(dtype)
+    model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    std = getattr(config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std, generator=gen)
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    for layer in model.model.layers:
+        layer.self_attn.is_causal = False
+    return model.eval().requires_grad_(False)
+
+
 def native_spec(
     model: nn.Module,
     root: Path,
@@ -66,8 +94,10 @@ def native_spec(
     mask_id: int | None,
     logit_shift: bool,
     head_module_label: str = "",
+    identity: str | None = None,
 ) -> ModelSpec:
-    """Describe a model built by `build`; the gates sit on every layer's `self_attn.o_proj`."""
+    """Describe a model built by `build` (or `random_model`: then `identity` stands in for the hash of a
+    config.json it does not have); the gates sit on every layer's `self_attn.o_proj`."""
     c, base = model.config, model.model
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     stack = LayerStack(
@@ -88,7 +118,7 @@ def native_spec(
         head_module_label=head_module_label,
         mask_token_id=mask_id,
         logit_shift=logit_shift,
-        config_hash=config_hash(root),
+        config_hash=identity or config_hash(root),
         num_parameters=sum(p.numel() for p in model.parameters()),
         backbone=stack,
     )

@@ -1,0 +1,243 @@
+"""Gate-IG on a Dream-7B-shaped model on one GPU: throughput, FLOP utilisation, memory, projected wall time.
+
+    python benchmarks/gpu_bench.py                     # one CUDA GPU, bf16, at most about 8 minutes
+    python benchmarks/gpu_bench.py --peak-tflops 989   # a GPU not in the table below
+    python benchmarks/gpu_bench.py --tiny              # the same code on CPU in seconds (what the test runs;
+                                                       # a 2-layer model, one masked variant)
+
+The model is transformers' Qwen2 in Dream 7B's shape (28 layers, hidden 3584, 28 query / 4 KV heads, MLP
+18944, vocab 152064) with random bf16 weights made directly on the GPU (`models.native.random_model`: meta
+device, `to_empty`, normal init; no download, no disk). Random weights cost exactly what trained ones do.
+Samples are synthetic: --prompt-tokens (400) + --answer-tokens (200) = 600 tokens. The configuration is the
+seed report's: 10 masked variants (5 mask probabilities x 2 draws), 8 Gauss-Legendre nodes, batch size auto.
+Scope `layer` and scope `joint` each run on as many samples as fit in --seconds (at least one).
+
+Printed per scope: tokens/s (sample tokens per second of attribution), achieved TFLOP/s = FLOPs / seconds
+with FLOPs by `headattr.plan` (forward 2 P T + 4 T^2 d per layer pass, LM head 2 d V per masked token,
+backward 2 x forward, counting the layer passes Gate-IG makes), MFU = achieved / the GPU's dense bf16 peak
+(PEAK_TFLOPS, or --peak-tflops), peak memory (torch.cuda.max_memory_allocated), the batch size chosen, and
+the projected wall time of the seed configuration's 50 samples. Then the straightforward algorithm
+(`headattr.reference`: one variant, node and layer per whole forward pass) on --reference-paths of the
+first sample's layer paths, scaled to all of them (every path of it costs the same), for the speed ratio;
+and one JSON line with everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PEAK_TFLOPS = {  # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts)
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int = 28
+    hidden: int = 3584
+    heads: int = 28
+    kv_heads: int = 4
+    mlp: int = 18944
+    vocab: int = 152064
+
+
+TINY = Shape(layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, vocab=256)
+
+
+def dream_shaped_spec(shape: Shape, device: str, dtype: torch.dtype):
+    """A `ModelSpec` of a random Qwen2 (Dream's architecture) of `shape` made on `device`."""
+    from pathlib import Path
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from headattr.models import native
+
+    config = Qwen2Config(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+    )
+    model = native.random_model(Qwen2ForCausalLM, config, dtype, device)
+    identity = f"random-dream-shaped-{shape}"
+    return native.native_spec(model, Path("random-dream-7b-shape"), "dream", shape.vocab - 1, True, identity=identity)
+
+
+def synthetic_samples(n: int, prompt: int, answer: int, vocab: int, seed: int = 0) -> list:
+    from headattr.data import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        ids = [1, *rng.integers(4, vocab - 1, size=prompt + answer).tolist()]
+        out.append(Sample(i, f"{i:016x}", None, tuple(ids), 1 + prompt, 1 + prompt + answer, 0, 0))
+    return out
+
+
+def sync(spec) -> None:
+    if spec.device.type == "cuda":
+        torch.cuda.synchronize(spec.device)
+
+
+def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
+    """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample)."""
+    from headattr import core
+    from headattr.attribution import attribute_sample
+    from headattr.batching import BatchPlanner
+    from headattr.methods import GateIGConfig
+    from headattr.plan import flops, layer_passes
+
+    method = GateIGConfig(ig_steps=8, scope=scope)
+    planner = BatchPlanner.create(spec, "auto")
+    if spec.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(spec.device)
+    done, total_flops, tokens, start = 0, 0.0, 0, time.perf_counter()
+    for s in samples:
+        t, answer = len(s.input_ids), s.answer_end - s.answer_start
+        planner.calibrate(lambda s=s: core.prepare(spec, s, masking, 1, cache_layers=False), t)
+        planner.run(
+            s.index,
+            t,
+            answer,
+            lambda size, s=s: attribute_sample(spec, s, method, masking, size),
+            most_rows=masking.num_variants * method.ig_steps,
+        )
+        sync(spec)
+        masked = [len(v.positions) for v in core.variants(spec, s, masking)]
+        total_flops += flops(spec, layer_passes(spec, method, masked), t)
+        done, tokens = done + 1, tokens + t
+        if time.perf_counter() - start >= seconds:
+            break
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(spec.device) if spec.device.type == "cuda" else None
+    return {
+        "scope": scope,
+        "samples": done,
+        "seconds": elapsed,
+        "per_sample_s": elapsed / done,
+        "tokens_per_s": tokens / elapsed,
+        "tflops": total_flops / elapsed / 1e12,
+        "flops": total_flops,
+        "peak_memory_gib": None if peak is None else peak / 2**30,
+        "batch_size": planner.record()["batch_size"],
+        "projected_50_samples_s": 50 * elapsed / done,
+    }
+
+
+def run_reference(spec, sample, masking, paths: int) -> dict:
+    """The straightforward algorithm on `paths` of the sample's layer paths, scaled to all of them."""
+    from headattr.methods import GateIGConfig
+    from headattr.reference import reference_attribution
+
+    method = GateIGConfig(ig_steps=8, scope="layer")
+    paths = min(paths, spec.num_layers)
+    object.__setattr__(method, "paths", lambda n: [[layer] for layer in range(paths)])  # a subset of paths
+    sync(spec)
+    start = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec.device.type == "cuda"):
+        reference_attribution(spec, sample, method, masking)
+    sync(spec)
+    measured = time.perf_counter() - start
+    return {"paths_measured": paths, "seconds_measured": measured, "per_sample_s": measured * spec.num_layers / paths}
+
+
+def peak_tflops(args) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    if not torch.cuda.is_available() or args.tiny:
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU, seconds (tests)")
+    parser.add_argument("--seconds", type=float, default=None, help="time per scope (default 150; tiny 1)")
+    parser.add_argument("--prompt-tokens", type=int, default=None)
+    parser.add_argument("--answer-tokens", type=int, default=None)
+    parser.add_argument("--reference-paths", type=int, default=None, help="layer paths of the reference timed")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, TFLOP/s")
+    args = parser.parse_args()
+
+    from headattr.masking import MaskConfig
+
+    if args.tiny:
+        shape, device, dtype = TINY, "cpu", torch.float32
+        seconds, prompt, answer, ref_paths = 1.0, 24, 8, 1
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_bench: no CUDA device; run with --tiny for the CPU smoke test")
+        shape, device, dtype = Shape(), "cuda", torch.bfloat16
+        seconds, prompt, answer, ref_paths = 150.0, 400, 200, 2
+    seconds = args.seconds if args.seconds is not None else seconds
+    prompt = args.prompt_tokens or prompt
+    answer = args.answer_tokens or answer
+    ref_paths = args.reference_paths or ref_paths
+    torch.manual_seed(0)
+    built = time.perf_counter()
+    spec = dream_shaped_spec(shape, device, dtype)
+    sync(spec)
+    build_s = time.perf_counter() - built
+    # the seed configuration: 5 probabilities x 2 draws (--tiny: one variant, to stay within seconds)
+    masking = MaskConfig(mask_probs=(0.5,), mask_samples_per_prob=1) if args.tiny else MaskConfig()
+    samples = synthetic_samples(64, prompt, answer, shape.vocab)
+    peak = peak_tflops(args)
+    print(
+        f"model: random Qwen2 {shape} ({spec.num_parameters / 1e9:.2f} B parameters), {dtype}, on {device} "
+        f"(built in {build_s:.1f} s); samples of {prompt + answer} tokens ({answer} answer)"
+    )
+    results = {}
+    for scope in ("layer", "joint"):
+        r = run_scope(spec, samples, scope, seconds, masking)
+        r["mfu"] = None if peak is None else r["tflops"] / peak
+        results[scope] = r
+        mfu = "n/a (unknown peak; pass --peak-tflops)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        mem = "n/a (CPU)" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f} GiB"
+        print(
+            f"scope {scope}: {r['samples']} samples in {r['seconds']:.1f} s ({r['per_sample_s']:.2f} s each); "
+            f"{r['tokens_per_s']:.1f} tokens/s; {r['tflops']:.2f} TFLOP/s, MFU {mfu}; peak memory {mem}; "
+            f"batch size {r['batch_size']}; 50 samples: {r['projected_50_samples_s'] / 60:.1f} min"
+        )
+    ref = run_reference(spec, samples[0], masking, ref_paths)
+    ratio = ref["per_sample_s"] / results["layer"]["per_sample_s"]
+    print(
+        f"straightforward algorithm (headattr.reference), scope layer: {ref['per_sample_s']:.1f} s per sample "
+        f"(from {ref['paths_measured']} of {spec.num_layers} paths); headattr is {ratio:.1f}x faster"
+    )
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                "dtype": str(dtype),
+                "shape": shape.__dict__,
+                "tokens": prompt + answer,
+                "answer_tokens": answer,
+                "peak_tflops": peak,
+                "scopes": results,
+                "reference": ref,
+                "speedup_vs_reference": ratio,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""`--batch-size auto`: rows per pass from the device's free memory and the cost of one row.
+
+A row is one (masked variant, quadrature node) pair of one sample. Its memory is dominated by the
+activations autograd keeps for the backward pass, which grow with the sample's tokens:
+
+- CUDA: measured on the first sample computed. One and two rows of the deepest pass (every layer, gates
+  requiring gradients) run forward and backward under `torch.cuda.max_memory_allocated`; the difference is
+  the cost of a row, which later samples scale by their token count.
+- CPU (nothing to measure peaks with): the activation model below, from the model's shapes.
+
+Activation model, bytes per row (e = bytes per activation element: 2 bf16, 4 float32, 8 float64):
+
+    per token and layer:  e * (10 d + 2 d_kv + 4 d_mlp)      norms, q/k/v, head outputs, residuals, MLP
+                        + e * 2 H T                            attention scores and probabilities (not on
+                                                               CUDA, whose fused kernels keep none)
+    per row:              T * L * (per token and layer)  +  3 * 4 * V * m      logits of the m = answer-length
+                                                                               positions, their softmax and
+                                                                               gradient, in float32
+
+with d the hidden size, d_kv the key/value width, d_mlp the MLP width, H query heads, T tokens, L layers,
+V the vocabulary. With `--grad-checkpoint` only each layer's input is kept (e * d per token and layer) plus
+one layer's activations. For Dream 7B in bf16 the first term is 225 KB per token per layer.
+
+The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default
+0.9 of the free memory: the rest holds the sample's cached layer inputs, V L T d elements, 1.2 GB for Dream
+7B at 600 tokens, and allocator slack), never more than the free memory. Rows per pass = budget // cost of a row, at
+least 1. An out-of-memory error anyway (fragmentation, a model underestimating) halves the batch and the
+same sample is computed again; since rows never interact, the results do not change. Later samples keep
+the halving. An integer `--batch-size` is used as given.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from .errors import HeadattrError
+
+AUTO = "auto"
+DEFAULT_FRACTION = 0.9
+MAX_ROWS = 1 << 16  # no pass holds more rows than this (a sample's rows are far fewer)
+T = TypeVar("T")
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_batch_size(value: Any) -> int | str:
+    """'auto' or a positive integer (as text or int); anything else is a one-line error."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise HeadattrError(f"--batch-size must be 'auto' or a positive integer, got {value!r}") from None
+    if size < 1:
+        raise HeadattrError(f"--batch-size must be 'auto' or a positive integer, got {value!r}")
+    return size
+
+
+def parse_max_memory(text: str | float | int | None) -> float | int | None:
+    """'40GB' / '512MiB' / '4096' -> bytes (int); '0.8' -> that fraction of the free memory (float in (0, 1]);
+    None stays None (the default fraction)."""
+    if text is None:
+        return None
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        text = str(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).upper() if m else ""
+    if m and unit in _UNITS:
+        number = float(m.group(1))
+        if unit == "" and 0.0 < number <= 1.0:
+            return number
+        if unit == "" and number.is_integer() and number > 1:  # a plain integer: bytes
+            return int(number)
+        if unit and number > 0:
+            return int(number * _UNITS[unit])
+    raise HeadattrError(f"--max-memory must be a size such as 40GB or 512MiB, or a fraction in (0, 1]; got {text!r}")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device`: CUDA's free memory, or the kernel's MemAvailable on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30  # no /proc (not Linux): assume a modest machine; --max-memory overrides
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is torch running out of memory (CUDA's OutOfMemoryError, or the CPU allocator's)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def hidden_size(spec: Any) -> int:
+    """d of the model, under the names transformers configs use for it."""
+    cfg = spec.model.config
+    for name in ("hidden_size", "d_model", "n_embd"):
+        if isinstance(getattr(cfg, name, None), int):
+            return int(getattr(cfg, name))
+    return spec.num_heads * spec.head_dim
+
+
+def activation_bytes(spec: Any, tokens: int, answer_tokens: int) -> int:
+    """The activation model's bytes for one row of `tokens` tokens (module docstring)."""
+    d = hidden_size(spec)
+    d_kv = spec.num_kv_heads * spec.head_dim
+    d_mlp = getattr(spec.model.config, "intermediate_size", None) or 4 * d
+    e = torch.finfo(spec.dtype).bits // 8 if spec.dtype.is_floating_point else 4
+    per_token_layer = e * (10 * d + 2 * d_kv + 4 * d_mlp)
+    if spec.device.type != "cuda":
+        per_token_layer += e * 2 * spec.num_heads * tokens
+    layers = spec.num_layers
+    if getattr(spec.backbone, "grad_checkpoint", False):
+        body = tokens * (layers * e * d + per_token_layer)
+    else:
+        body = tokens * layers * per_token_layer
+    return int(body + 3 * 4 * spec.vocab_size * answer_tokens)
+
+
+def measure_row_bytes(spec: Any, rows: Any) -> int:
+    """CUDA: peak memory of 2 rows minus that of 1 row, forward and backward through every layer (bytes)."""
+    from . import core
+    from .gates import gated
+
+    def peak(n: int) -> int:
+        torch.cuda.synchronize(spec.device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(spec.device)
+        torch.cuda.reset_peak_memory_stats(spec.device)
+        v_idx = torch.zeros(n, dtype=torch.long, device=spec.device)
+        g = torch.ones(n, spec.num_layers, spec.num_heads, device=spec.device, requires_grad=True)
+        with gated(spec, {layer: g[:, layer] for layer in range(spec.num_layers)}):
+            j = core.objective(spec, rows, v_idx, 0).j
+            torch.autograd.grad(j.sum(), g)
+        torch.cuda.synchronize(spec.device)
+        return torch.cuda.max_memory_allocated(spec.device) - base
+
+    return max(peak(2) - peak(1), 1)
+
+
+@dataclass
+class BatchPlanner:
+    """Rows per pass for each sample of a run, and the out-of-memory retry (module docstring).
+
+    `fixed`: an integer `--batch-size` (used as given); None: automatic. `max_memory`: bytes, a fraction of
+    the free memory, or None (0.9 of it). `used` records the size each computed sample finished with.
+    """
+
+    spec: Any
+    fixed: int | None = None
+    max_memory: float | int | None = None
+    bytes_per_row_token: float | None = None  # measured (CUDA) on the first sample, per token of a row
+    scale: float = 1.0  # halved by each out-of-memory error
+    used: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, spec: Any, batch_size: int | str, max_memory: str | float | int | None = None) -> BatchPlanner:
+        size = parse_batch_size(batch_size)
+        return cls(spec, fixed=None if size == AUTO else int(size), max_memory=parse_max_memory(max_memory))
+
+    @property
+    def auto(self) -> bool:
+        return self.fixed is None
+
+    def budget(self) -> int:
+        """Bytes the rows of one pass may take now."""
+        free = free_memory(self.spec.device)
+        cap = self.max_memory
+        if cap is None:
+            cap = DEFAULT_FRACTION
+        limit = int(free * cap) if isinstance(cap, float) else min(int(cap), free)
+        return max(int(limit * self.scale), 1)
+
+    def row_bytes(self, tokens: int, answer_tokens: int) -> int:
+        """The cost of one row of a sample with `tokens` tokens: measured per token, or the model."""
+        if self.bytes_per_row_token is not None:
+            return max(int(math.ceil(self.bytes_per_row_token * tokens)), 1)
+        return activation_bytes(self.spec, tokens, answer_tokens)
+
+    def size_for(self, tokens: int, answer_tokens: int, most_rows: int = MAX_ROWS) -> int:
+        """Rows per pass for a sample of `tokens` tokens whose largest pass has `most_rows` rows (more
+        would change nothing; capping there keeps the size printed meaningful and an OOM retry short)."""
+        if self.fixed is not None:
+            return self.fixed
+        fits = max(self.budget() // self.row_bytes(tokens, answer_tokens), 1)
+        return int(min(fits, most_rows, MAX_ROWS))
+
+    def calibrate(self, probe_rows: Callable[[], Any], tokens: int) -> None:
+        """Measure the cost of a row on CUDA, once, on `probe_rows()` (a sample's `core.Rows`, embeddings
+        only, of `tokens` tokens); on CPU the activation model stands."""
+        if self.auto and self.bytes_per_row_token is None and self.spec.device.type == "cuda":
+            if getattr(self.spec.backbone, "resumable", False):
+                self.bytes_per_row_token = measure_row_bytes(self.spec, probe_rows()) / tokens
+
+    def run(
+        self, index: int, tokens: int, answer_tokens: int, compute: Callable[[int], T], most_rows: int = MAX_ROWS
+    ) -> T:
+        """`compute(batch_size)` for sample `index`; under auto, an out-of-memory error halves and retries."""
+        size = self.size_for(tokens, answer_tokens, most_rows)
+        while True:
+            try:
+                result = compute(size)
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if self.spec.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not self.auto:
+                    raise HeadattrError(
+                        f"out of memory at --batch-size {size}; use --batch-size auto (or a smaller size, "
+                        "--grad-checkpoint, a shorter --max-length)"
+                    ) from None
+                if size == 1:
+                    raise HeadattrError(
+                        "out of memory with one row per pass; use --grad-checkpoint, a shorter --max-length, "
+                        "or a device with more memory"
+                    ) from None
+                size //= 2
+                self.scale /= 2
+                continue
+            self.used[index] = size
+            return result
+
+    def record(self) -> dict[str, Any]:
+        """run.json `timings` entries: the batch sizes used (smallest and largest over computed samples)."""
+        if not self.used:
+            return {"batch_size": self.fixed}
+        sizes = list(self.used.values())
+        return {"batch_size": min(sizes), "batch_size_max": max(sizes)}

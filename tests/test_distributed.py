@@ -1,0 +1,157 @@
+"""torchrun (issue 10, item 5): ranks share the samples by tokens, rank 0 gathers and writes the run.
+
+Two processes with Gloo on CPU, launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), each with its own --out directory as on two nodes without a shared filesystem; the scores must
+be byte-identical to a one-process run with the same thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headattr.distributed import World, assign, world_from_env
+from headattr.errors import HeadattrError
+
+FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    rows = [{"prompt": f"k{i}=v{i % 7};" * (1 + i % 3) + f"k{i}?", "answer": f"v{i % 7}x"} for i in range(16)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(model: Path, data: Path, out: Path, samples: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "headattr",
+        "attribute",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--samples",
+        str(samples),
+        *FAST,
+        *extra,
+    ]
+
+
+def launch(model: Path, data: Path, outs: list[Path], samples: int, *extra: str) -> list[subprocess.Popen]:
+    """One process per rank, as torchrun starts them (its environment variables, no launcher)."""
+    port, procs = free_port(), []
+    for rank, out in enumerate(outs):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(len(outs)),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        procs.append(
+            subprocess.Popen(
+                command(model, data, out, samples, *extra),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def wait(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        out.append((p.returncode, stdout + stderr))
+    return out
+
+
+def single(model: Path, data: Path, out: Path, samples: int) -> bytes:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run(command(model, data, out, samples), env=env, check=True, capture_output=True, timeout=300)
+    return (out / "scores.safetensors").read_bytes()
+
+
+def test_assign_balances_tokens_deterministically():
+    tokens = [50, 10, 40, 30, 20, 60, 5]
+    shares = assign(tokens, 3)
+    assert shares == assign(tokens, 3)
+    assert sorted(i for s in shares for i in s) == list(range(7)) and all(s == sorted(s) for s in shares)
+    loads = [sum(tokens[i] for i in s) for s in shares]
+    assert max(loads) - min(loads) <= max(tokens)  # greedy longest-first: within one sample of balanced
+    assert shares == [[1, 5, 6], [0, 4], [2, 3]]  # 60+10+5, 50+20, 40+30
+    assert assign([7], 2) == [[0], []]
+
+
+def test_world_from_env():
+    assert world_from_env({}) is None and world_from_env({"WORLD_SIZE": "1"}) is None
+    assert world_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(3, 4, 1)
+    for bad in ({"WORLD_SIZE": "two"}, {"WORLD_SIZE": "2", "RANK": "2"}):
+        with pytest.raises(HeadattrError):
+            world_from_env(bad)
+
+
+def test_two_gloo_ranks_write_the_one_process_scores(dream_dir, data_file, tmp_path):
+    expected = single(dream_dir, data_file, tmp_path / "single", 7)
+    outs = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]  # no shared filesystem
+    results = wait(launch(dream_dir, data_file, outs, 7))
+    assert [code for code, _ in results] == [0, 0], results
+    assert (outs[0] / "scores.safetensors").read_bytes() == expected
+    meta = json.loads((outs[0] / "run.json").read_text())
+    assert meta["timings"]["ranks"] == 2 and meta["timings"]["computed_samples"] == 7
+    assert not outs[1].exists() and not (outs[0] / "checkpoints").exists()  # rank 1 left nothing behind
+    assert "wrote" in results[0][1] and "wrote" not in results[1][1]
+
+
+def test_interrupted_ranks_resume_from_their_own_checkpoints(dream_dir, data_file, tmp_path):
+    expected = single(dream_dir, data_file, tmp_path / "single", 16)
+    outs = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
+    procs = launch(dream_dir, data_file, outs, 16)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(len(list((o / "checkpoints").glob("*.safetensors"))) >= 1 for o in outs):
+        time.sleep(0.02)
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    kept = [len(list((o / "checkpoints").glob("*.safetensors"))) for o in outs]
+    assert all(k >= 1 for k in kept) and sum(kept) < 16, "both ranks must have been killed part-way"
+    results = wait(launch(dream_dir, data_file, outs, 16, "--resume"))
+    assert [code for code, _ in results] == [0, 0], results
+    assert (outs[0] / "scores.safetensors").read_bytes() == expected
+    meta = json.loads((outs[0] / "run.json").read_text())
+    assert meta["timings"]["resumed_samples"] == sum(kept)  # each rank read back its own checkpoints
+
+
+def test_shard_under_torchrun_is_one_line(dream_dir, data_file, tmp_path):
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    p = subprocess.run(
+        command(dream_dir, data_file, tmp_path / "r", 2, "--shard", "0/2"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "--shard" in p.stderr and "Traceback" not in p.stderr

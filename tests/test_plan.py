@@ -1,0 +1,74 @@
+"""`attribute --dry-run` (issue 10, item 4): the plan's pass counts are Gate-IG's, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from headattr import core
+from headattr.attribution import attribute_sample
+from headattr.cli import main
+from headattr.data import Sample
+from headattr.masking import MaskConfig
+from headattr.methods import GateIGConfig
+from headattr.plan import LayerPasses, dry_run, flops, layer_passes
+
+SAMPLE = Sample(0, "0123456789abcdef", None, (1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12), 8, 13, 0, 0)
+MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
+
+
+def count_passes(spec, method: GateIGConfig, monkeypatch) -> LayerPasses:
+    """Run Gate-IG on SAMPLE, counting every row's pass through each layer, attention part, tail and LM head."""
+    stack, seen = spec.backbone, LayerPasses()
+    run, heads, tail, logits = stack.run, stack.head_input, stack._layer_tail, stack.logits
+
+    def add(name: str, amount: float) -> None:
+        grad = torch.is_grad_enabled()
+        key = {"layers": "grad_layers", "tails": "grad_tails", "lm_tokens": "grad_lm_tokens"}[name] if grad else name
+        setattr(seen, key, getattr(seen, key) + amount)
+
+    monkeypatch.setattr(stack, "run", lambda h, a, b, c: add("layers", h.shape[0] * (b - a)) or run(h, a, b, c))
+    monkeypatch.setattr(stack, "head_input", lambda h, i, c: add("attentions", h.shape[0]) or heads(h, i, c))
+    monkeypatch.setattr(stack, "_layer_tail", lambda r, x, i: add("tails", r.shape[0]) or tail(r, x, i))
+    monkeypatch.setattr(stack, "logits", lambda h: add("lm_tokens", h.shape[0]) or logits(h))
+    attribute_sample(spec, SAMPLE, method, MASKING, batch_size=5)
+    return seen
+
+
+@pytest.mark.parametrize("scope", ["layer", "joint"])
+def test_layer_passes_are_those_gate_ig_makes(dream, monkeypatch, scope):
+    method = GateIGConfig(ig_steps=3, scope=scope, ig_tol=0.0)  # the plan counts the base rule's passes
+    masked = [len(v.positions) for v in core.variants(dream, SAMPLE, MASKING)]
+    assert count_passes(dream, method, monkeypatch) == layer_passes(dream, method, masked)
+
+
+def test_flops_follow_the_documented_formula(dream):
+    d, t = dream.model.config.hidden_size, len(SAMPLE.input_ids)
+    layer = dream.backbone.layers[0]
+    p_all = sum(p.numel() for p in layer.parameters())
+    one_layer = LayerPasses(layers=1)
+    assert flops(dream, one_layer, t) == 2 * p_all * t + 4 * t**2 * d
+    assert flops(dream, LayerPasses(grad_layers=1), t) == 3 * flops(dream, one_layer, t)  # backward 2x forward
+    assert flops(dream, LayerPasses(lm_tokens=2), t) == 2 * 2 * d * dream.vocab_size
+
+
+def test_dry_run_plan_and_probe(dream):
+    plan = dry_run(dream, [SAMPLE, SAMPLE], GateIGConfig(ig_steps=2), MASKING, batch_size=3)
+    assert plan["rows_per_path"] == 8 and plan["paths"] == dream.num_layers and plan["batch_size"]["min"] == 3
+    assert plan["probe"]["rows"] == 3 and plan["estimated_seconds"] > 0 and plan["peak_memory_bytes"] > 0
+    assert plan["flops"] == 2 * plan["per_sample"][0]["flops"]
+    json.dumps(plan)  # JSON-ready
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(dream_dir, tmp_path: Path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"k{i}=v;k{i}?", "answer": f"v{i}"}) + "\n" for i in range(5)))
+    out = tmp_path / "never"
+    code = main(["attribute", str(dream_dir), "--data", str(data), "--samples", "3", "--out", str(out), "--dry-run"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and not out.exists()
+    assert "dry run: 3 samples; tokens min" in stdout and "FLOPs" in stdout and "batch size auto" in stdout
+    assert "layer passes per sample" in stdout and "estimated time" in stdout and "peak memory" in stdout
