@@ -50,19 +50,39 @@ def synthetic_dream(root: Path, layers: int, hidden: int, heads: int, vocab: int
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-               num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), tie_word_embeddings=False,
-               max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6)
+    cfg = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 4),
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+    )
     model = Qwen2ForCausalLM(Qwen2Config(**cfg))
     root.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
-    (root / "config.json").write_text(json.dumps({"model_type": "Dream", "architectures": ["DreamModel"], **cfg,
-                                                  "mask_token_id": 3, "bos_token_id": 1, "eos_token_id": 2}))
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "Dream",
+                "architectures": ["DreamModel"],
+                **cfg,
+                "mask_token_id": 3,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            }
+        )
+    )
     chars = {chr(c): i + 4 for i, c in enumerate(range(33, 33 + vocab - 4))}
     tok = Tokenizer(models.WordLevel({"<pad>": 0, "<bos>": 1, "<eos>": 2, "<mask>": 3, **chars}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                            mask_token="<mask>").save_pretrained(str(root))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", mask_token="<mask>"
+    ).save_pretrained(str(root))
     return root
 
 
@@ -128,8 +148,7 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if cuda else _peak_rss_mb() - base_rss
-    queue.put({"kind": kind, "seconds": seconds, "peak_mb": peak, "attr": attr.tolist(),
-               "device": str(spec.device)})
+    queue.put({"kind": kind, "seconds": seconds, "peak_mb": peak, "attr": attr.tolist(), "device": str(spec.device)})
 
 
 def run(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict) -> dict:
@@ -186,10 +205,18 @@ def equal_accuracy(cfg_kw: dict, args) -> dict:
         else:
             low = mid
     riemann = headattr({"rule": "riemann-right", "ig_steps": high}, args.repeats)
-    return {"model": "built-in (demo sample 0)", "converged_steps": args.converged, "default_distance": target,
-            "riemann_steps": high, "riemann_distance": tried[high], "reached": tried[high] <= target,
-            "default_s": default["seconds"], "riemann_s": riemann["seconds"],
-            "ratio": riemann["seconds"] / default["seconds"], "tried": tried}
+    return {
+        "model": "built-in (demo sample 0)",
+        "converged_steps": args.converged,
+        "default_distance": target,
+        "riemann_steps": high,
+        "riemann_distance": tried[high],
+        "reached": tried[high] <= target,
+        "default_s": default["seconds"],
+        "riemann_s": riemann["seconds"],
+        "ratio": riemann["seconds"] / default["seconds"],
+        "tried": tried,
+    }
 
 
 def main() -> None:
@@ -214,15 +241,20 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or str(synthetic_dream(Path(tmp) / "bench-dream", args.layers, args.hidden,
-                                                      args.heads, args.vocab))
+        model_dir = args.model or str(
+            synthetic_dream(Path(tmp) / "bench-dream", args.layers, args.hidden, args.heads, args.vocab)
+        )
         rng = np.random.default_rng(0)
         n = args.prompt_len + args.answer_len
         ids = [1] + rng.integers(4, min(args.vocab, 100), size=n).tolist()
         span = (1 + args.prompt_len, 1 + n)
-        cfg_kw = {"ig_steps": args.ig_steps, "mask_probs": tuple(float(p) for p in args.mask_probs.split(",")),
-                  "mask_samples_per_prob": args.mask_samples_per_prob, "batch_size": args.batch_size,
-                  "threads": args.threads}
+        cfg_kw = {
+            "ig_steps": args.ig_steps,
+            "mask_probs": tuple(float(p) for p in args.mask_probs.split(",")),
+            "mask_samples_per_prob": args.mask_samples_per_prob,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+        }
         kinds = ["straightforward", "batched", "headattr"]
         kinds = kinds if args.skip_reference else ["reference", *kinds]
         results = {k: timed(k, model_dir, ids, span, cfg_kw, args.repeats) for k in kinds}
@@ -231,23 +263,33 @@ def main() -> None:
     ref, plain = results.get("reference"), results["straightforward"]
     name = args.model or f"synthetic Dream-format, {args.layers} layers x {args.heads} heads, hidden {args.hidden}"
     print(f"model: {name}; device {results['headattr']['device']}; threads {args.threads or 'default'}")
-    print(f"one sample: {len(ids)} tokens ({args.answer_len} answer), "
-          f"{len(cfg_kw['mask_probs']) * args.mask_samples_per_prob} masked variants, {args.ig_steps} IG steps")
-    print(f"{'implementation':<17}{'seconds':>9}{'vs straightf.':>15}{'vs reference':>14}{'peak MB':>9}"
-          f"{'max |diff|':>12}")
+    print(
+        f"one sample: {len(ids)} tokens ({args.answer_len} answer), "
+        f"{len(cfg_kw['mask_probs']) * args.mask_samples_per_prob} masked variants, {args.ig_steps} IG steps"
+    )
+    print(
+        f"{'implementation':<17}{'seconds':>9}{'vs straightf.':>15}{'vs reference':>14}{'peak MB':>9}{'max |diff|':>12}"
+    )
     for kind, r in results.items():
         speed = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else "-"
         diff = f"{np.max(np.abs(np.array(r['attr']) - np.array(ref['attr']))):.2e}" if ref else "-"
-        print(f"{kind:<17}{r['seconds']:>9.2f}{plain['seconds'] / r['seconds']:>14.2f}x{speed:>14}"
-              f"{r['peak_mb']:>9.0f}{diff:>12}")
-    summary = {"threads": args.threads, "seconds": {k: r["seconds"] for k, r in results.items()},
-               "headattr_vs_straightforward": plain["seconds"] / results["headattr"]["seconds"]}
+        print(
+            f"{kind:<17}{r['seconds']:>9.2f}{plain['seconds'] / r['seconds']:>14.2f}x{speed:>14}"
+            f"{r['peak_mb']:>9.0f}{diff:>12}"
+        )
+    summary = {
+        "threads": args.threads,
+        "seconds": {k: r["seconds"] for k, r in results.items()},
+        "headattr_vs_straightforward": plain["seconds"] / results["headattr"]["seconds"],
+    }
     if accuracy is not None:
         a = accuracy
-        print(f"equal accuracy, {a['model']}: the default is {a['default_distance']:.3g} from Gauss-Legendre "
-              f"{a['converged_steps']} (max |score difference|); right Riemann needs {a['riemann_steps']} steps "
-              f"({a['riemann_distance']:.3g}{'' if a['reached'] else ', not reached'}): {a['riemann_s']:.2f} s "
-              f"against {a['default_s']:.2f} s = {a['ratio']:.1f}x")
+        print(
+            f"equal accuracy, {a['model']}: the default is {a['default_distance']:.3g} from Gauss-Legendre "
+            f"{a['converged_steps']} (max |score difference|); right Riemann needs {a['riemann_steps']} steps "
+            f"({a['riemann_distance']:.3g}{'' if a['reached'] else ', not reached'}): {a['riemann_s']:.2f} s "
+            f"against {a['default_s']:.2f} s = {a['ratio']:.1f}x"
+        )
         summary["equal_accuracy"] = {k: v for k, v in a.items() if k != "tried"}
     print(json.dumps(summary))
 

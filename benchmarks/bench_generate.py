@@ -43,13 +43,18 @@ def main() -> None:
     alone = [generate(spec, p, **settings)[0, -args.tokens :] for p in prompts]
     loop_s = time.perf_counter() - start
     start = time.perf_counter()
-    batched = [row[-args.tokens :] for i in range(0, len(prompts), args.batch)
-               for row in generate(spec, prompts[i : i + args.batch], **settings)]
+    batched = [
+        row[-args.tokens :]
+        for i in range(0, len(prompts), args.batch)
+        for row in generate(spec, prompts[i : i + args.batch], **settings)
+    ]
     batch_s = time.perf_counter() - start
     same = all(torch.equal(a, b) for a, b in zip(alone, batched, strict=True))
     total = args.tokens * len(prompts)
-    print(f"{spec.name} ({spec.family}), {len(prompts)} prompts x {args.tokens} tokens, {args.steps} steps, "
-          f"{args.threads} thread(s); identical tokens: {same}")
+    print(
+        f"{spec.name} ({spec.family}), {len(prompts)} prompts x {args.tokens} tokens, {args.steps} steps, "
+        f"{args.threads} thread(s); identical tokens: {same}"
+    )
     print(f"one prompt at a time: {total / loop_s:8.1f} tokens/s ({loop_s:.2f} s)")
     print(f"batched ({args.batch} a batch): {total / batch_s:8.1f} tokens/s ({batch_s:.2f} s)")
     print(f"speed-up: {loop_s / batch_s:.2f}x")

@@ -24,8 +24,9 @@ FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob",
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    rows = [{"prompt": f"k{i}=v{i % 7};k{i}?", "answer": f"v{i % 7}x", "task": "kv" if i % 2 else "copy"}
-            for i in range(24)]
+    rows = [
+        {"prompt": f"k{i}=v{i % 7};k{i}?", "answer": f"v{i % 7}x", "task": "kv" if i % 2 else "copy"} for i in range(24)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -40,8 +41,9 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_native_checkpoints_run_through_attribute(family, request, data_file, tmp_path, capsys):
     model_dir = request.getfixturevalue(family)
     out = tmp_path / "run"
-    code, stdout, err = run_cli(["attribute", model_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST],
-                                capsys)
+    code, stdout, err = run_cli(
+        ["attribute", model_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST], capsys
+    )
     assert code == 0, err
     run = read_run(out)
     assert run.scores.shape == (3, 4) and run.attributions.shape == (3, 2, 3, 4)
@@ -87,8 +89,7 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
         assert run_cli([*args, "--out", tmp_path / name, *extra], capsys)[0] == 0
     a, b = (tmp_path / "a/scores.safetensors").read_bytes(), (tmp_path / "b/scores.safetensors").read_bytes()
     assert a == b
-    np.testing.assert_allclose(read_run(tmp_path / "c").scores, read_run(tmp_path / "a").scores, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(read_run(tmp_path / "c").scores, read_run(tmp_path / "a").scores, rtol=1e-5, atol=1e-7)
     assert run_cli([*args, "--out", tmp_path / "d", "--seed", "1234"], capsys)[0] == 0
     assert not np.array_equal(read_run(tmp_path / "d").scores, read_run(tmp_path / "a").scores)
 
@@ -97,8 +98,11 @@ def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_pa
     args = ["attribute", str(dream_dir), "--data", str(data_file), "--samples", "12", *FAST]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "headattr.cli", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "headattr.cli", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "checkpoints").glob("*.safetensors"))) < 2:
         time.sleep(0.05)
@@ -155,8 +159,12 @@ def _broken_models(tmp_path: Path, dream_dir: Path) -> dict[str, Path]:
     from safetensors.numpy import save_file
 
     save_file(weights, str(nan_model / "model.safetensors"))
-    return {"no_config": no_config, "bad_json": bad_json, "nan": nan_model,
-            "no_mask": make_dream_checkpoint(tmp_path / "no-mask", mask=False)}
+    return {
+        "no_config": no_config,
+        "bad_json": bad_json,
+        "nan": nan_model,
+        "no_mask": make_dream_checkpoint(tmp_path / "no-mask", mask=False),
+    }
 
 
 def _bert(tmp_path: Path) -> Path:
@@ -166,8 +174,16 @@ def _bert(tmp_path: Path) -> Path:
 
     root = tmp_path / "bert"
     vocab = write_char_tokenizer(root)
-    BertForMaskedLM(BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(root)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(root)
     return root
 
 
@@ -178,8 +194,9 @@ def test_generic_model_with_named_head_module(tmp_path, data_file, capsys):
     assert code == 2 and "--head-module" in err and "attention.output.dense" in err
     code, _, err = run_cli([*args, "--out", tmp_path / "y", "--head-module", "attention.output.dense"], capsys)
     assert code == 2 and "--logit-shift" in err
-    code, _, err = run_cli([*args, "--out", tmp_path / "z", "--head-module", "attention.output.dense",
-                            "--logit-shift", "off"], capsys)
+    code, _, err = run_cli(
+        [*args, "--out", tmp_path / "z", "--head-module", "attention.output.dense", "--logit-shift", "off"], capsys
+    )
     assert code == 0, err
     assert read_run(tmp_path / "z").scores.shape == (2, 2)
 
@@ -283,8 +300,10 @@ def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, 
 
     out = tmp_path / "parallel"
     command = [sys.executable, "-m", "headattr.cli", *map(str, args), "--out", str(out), "--threads", "1"]
-    procs = [subprocess.Popen([*command, "--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen([*command, "--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(2)
+    ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
     assert (out / "scores.safetensors").read_bytes() == expected
@@ -292,8 +311,11 @@ def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, 
 
 def test_shard_errors_are_one_line(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 2, "--out", tmp_path / "r", *FAST]
-    for shard, extra, words in (("3/3", [], "0 <= I < N"), ("one/two", [], "I/N"),
-                                ("0/2", ["--overwrite"], "--overwrite with --shard")):
+    for shard, extra, words in (
+        ("3/3", [], "0 <= I < N"),
+        ("one/two", [], "I/N"),
+        ("0/2", ["--overwrite"], "--overwrite with --shard"),
+    ):
         code, _, err = run_cli([*args, "--shard", shard, *extra], capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()

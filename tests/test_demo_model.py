@@ -145,8 +145,16 @@ def test_tokenizer_is_one_id_per_character() -> None:
 
 
 def test_training_smoke(tmp_path) -> None:
-    cfg = demo_train.TrainConfig(steps=3, batch_size=8, hidden_size=32, num_layers=2, num_heads=4,
-                                 num_kv_heads=2, intermediate_size=64, warmup_steps=1)
+    cfg = demo_train.TrainConfig(
+        steps=3,
+        batch_size=8,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        warmup_steps=1,
+    )
     model, tokenizer = demo_train.train(cfg, tmp_path, log=False)
     loaded, loaded_tokenizer = demo_train.load_checkpoint(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -168,10 +176,35 @@ def test_training_command_exposes_every_setting(tmp_path, capsys) -> None:
     )
     threads = torch.get_num_threads()
     try:
-        demo_train.main(["--out", str(tmp_path), "--no-data", "--eval-per-task", "2", "--steps", "2",
-                         "--batch-size", "4", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "4",
-                         "--num-kv-heads", "4", "--head-dim", "4", "--intermediate-size", "32", "--warmup-steps", "1",
-                         "--weight-decay", "0"])
+        demo_train.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--no-data",
+                "--eval-per-task",
+                "2",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--hidden-size",
+                "32",
+                "--num-layers",
+                "1",
+                "--num-heads",
+                "4",
+                "--num-kv-heads",
+                "4",
+                "--head-dim",
+                "4",
+                "--intermediate-size",
+                "32",
+                "--warmup-steps",
+                "1",
+                "--weight-decay",
+                "0",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)  # main sets --threads for the whole process
     config = json.loads((tmp_path / "config.json").read_text())
@@ -202,8 +235,7 @@ def test_unmask_decode_solves_an_easy_example(demo) -> None:
     ids, start = demo_train.encode(example, tokenizer)
     batch = torch.tensor([ids])
     positions = torch.arange(start, len(ids))
-    decoded = unmask_decode(lambda x: model(input_ids=x).logits, batch, positions, tokenizer.mask_token_id,
-                            shift=True)
+    decoded = unmask_decode(lambda x: model(input_ids=x).logits, batch, positions, tokenizer.mask_token_id, shift=True)
     assert tokenizer.decode(decoded[0, start:]) == "abcd"
 
 

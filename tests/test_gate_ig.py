@@ -156,10 +156,16 @@ def test_engine_equals_straightforward_reference(family, scope, request):
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("rule,method", [("riemann-right", "riemann_right"), ("riemann-left", "riemann_left"),
-                                         ("riemann-middle", "riemann_middle"),
-                                         ("riemann-trapezoid", "riemann_trapezoid"),
-                                         ("gauss-legendre", "gausslegendre")])
+@pytest.mark.parametrize(
+    "rule,method",
+    [
+        ("riemann-right", "riemann_right"),
+        ("riemann-left", "riemann_left"),
+        ("riemann-middle", "riemann_middle"),
+        ("riemann-trapezoid", "riemann_trapezoid"),
+        ("gauss-legendre", "gausslegendre"),
+    ],
+)
 def test_agrees_with_captum(dream, rule, method):
     from captum.attr import IntegratedGradients
 

@@ -127,8 +127,9 @@ def builtin():
 
 def _builtin_prompts(spec, n: int = 4) -> list[list[int]]:
     rows = [json.loads(line) for line in DATA_FILE.read_text().splitlines()[:n]]
-    return [[spec.tokenizer.bos_token_id, *spec.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]]
-            for r in rows]
+    return [
+        [spec.tokenizer.bos_token_id, *spec.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]] for r in rows
+    ]
 
 
 def _alone(spec, prompts, **settings) -> list[list[int]]:
@@ -164,9 +165,10 @@ def test_dream_batch_of_different_lengths_equals_each_alone(dream, builtin, alg)
     for spec, prompts in ((dream, PROMPTS), (builtin, _builtin_prompts(builtin))):
         batched = generate(spec, prompts, max_new_tokens=6, steps=4, alg=alg)
         width = max(len(p) for p in prompts)
-        for row, prompt, alone in zip(batched, prompts, _alone(spec, prompts, max_new_tokens=6, steps=4, alg=alg),
-                                      strict=True):
-            assert row[width - len(prompt):].tolist() == alone
+        for row, prompt, alone in zip(
+            batched, prompts, _alone(spec, prompts, max_new_tokens=6, steps=4, alg=alg), strict=True
+        ):
+            assert row[width - len(prompt) :].tolist() == alone
 
 
 def test_dream_mask_token_as_argmax_stays_masked(dream_dir):
@@ -176,7 +178,7 @@ def test_dream_mask_token_as_argmax_stays_masked(dream_dir):
     prompt = PROMPTS[0]
     got = generate(spec, prompt, max_new_tokens=6, steps=3, alg="maskgit_plus")[0].tolist()
     assert got == reference_dream(spec, prompt, 6, 3, "maskgit_plus")
-    assert spec.mask_token_id in got[len(prompt):]
+    assert spec.mask_token_id in got[len(prompt) :]
 
 
 # ---------------------------------------------------------------- LLaDA
@@ -203,7 +205,7 @@ def test_llada_batch_of_different_lengths_equals_each_alone(llada, remasking):
     batched = generate(llada, PROMPTS, **settings)
     width = max(len(p) for p in PROMPTS)
     for row, prompt, alone in zip(batched, PROMPTS, _alone(llada, PROMPTS, **settings), strict=True):
-        assert row[width - len(prompt):].tolist() == alone
+        assert row[width - len(prompt) :].tolist() == alone
 
 
 def test_llada_blocks_fill_left_to_right(llada, monkeypatch):
@@ -244,7 +246,7 @@ def test_sampling_is_seeded_reproducible_and_batch_independent(request, fixture,
     assert len(draws) > 1  # the seed matters
     width = max(len(p) for p in PROMPTS)
     for row, prompt in zip(a, PROMPTS, strict=True):
-        assert row[width - len(prompt):].tolist() == generate(spec, prompt, seed=5, **settings)[0].tolist()
+        assert row[width - len(prompt) :].tolist() == generate(spec, prompt, seed=5, **settings)[0].tolist()
 
 
 def test_llada_sampling_draws_as_the_official_code(llada):
@@ -275,8 +277,9 @@ def test_zero_gates_equal_the_pruned_model(request, fixture, dream_dir, llada_di
     with torch.no_grad():
         for layer, head in removed:
             pruned.head_modules[layer].weight[:, head * d : (head + 1) * d] = 0.0
-    settings = {"max_new_tokens": 6, "steps": 3} if fixture == "dream" else {"gen_length": 6, "steps": 3,
-                                                                            "block_length": 6}
+    settings = (
+        {"max_new_tokens": 6, "steps": 3} if fixture == "dream" else {"gen_length": 6, "steps": 3, "block_length": 6}
+    )
     gated = generate(spec, PROMPTS, head_mask=removed, **settings)
     assert torch.equal(gated, generate(pruned, PROMPTS, **settings))
     assert not torch.equal(gated, generate(spec, PROMPTS, **settings))  # removing the heads changes the output

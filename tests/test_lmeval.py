@@ -31,12 +31,14 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choice_rows))
     common = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {file}\ntest_split: test\n"
     (root / "gen.yaml").write_text(
-        "task: headattr_copy\n" + common.format(file=root / "copy.jsonl")
+        "task: headattr_copy\n"
+        + common.format(file=root / "copy.jsonl")
         + 'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
         + 'generation_kwargs:\n  until: ["z"]\n  max_gen_toks: 10\nmetric_list:\n  - metric: exact_match\n'
     )
     (root / "choice.yaml").write_text(
-        "task: headattr_choice\n" + common.format(file=root / "choice.jsonl")
+        "task: headattr_choice\n"
+        + common.format(file=root / "choice.jsonl")
         + 'output_type: multiple_choice\ndoc_to_text: "{{prompt}}"\ndoc_to_choice: "{{choices}}"\n'
         + "doc_to_target: label\nmetric_list:\n  - metric: acc\n"
     )
@@ -47,10 +49,17 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def head_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = load_model(MODEL_DIR, device="cpu")
     path = tmp_path_factory.mktemp("mask") / "head_mask.json"
-    path.write_text(json.dumps({
-        "format": "headattr-head-mask", "num_layers": 6, "num_heads": 8,
-        "model": {"config_hash": spec.config_hash}, "orders": {"most": {"0.1": REMOVED}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "headattr-head-mask",
+                "num_layers": 6,
+                "num_heads": 8,
+                "model": {"config_hash": spec.config_hash},
+                "orders": {"most": {"0.1": REMOVED}},
+            }
+        )
+    )
     return path
 
 
@@ -59,14 +68,20 @@ def _evaluate(tasks: Path, names: list[str], model_args: str) -> dict:
     from lm_eval.tasks import TaskManager
 
     torch.set_num_threads(1)
-    return simple_evaluate(model="headattr", model_args=model_args, tasks=names, batch_size=3,
-                           task_manager=TaskManager(include_path=str(tasks)), random_seed=0)
+    return simple_evaluate(
+        model="headattr",
+        model_args=model_args,
+        tasks=names,
+        batch_size=3,
+        task_manager=TaskManager(include_path=str(tasks)),
+        random_seed=0,
+    )
 
 
 def _expected(spec, prompt: str, removed) -> str:
     ids = [spec.tokenizer.bos_token_id, *spec.tokenizer.encode(prompt, add_special_tokens=False)]
     out = generate(spec, ids, head_mask=removed, steps=8, alg="maskgit_plus", max_new_tokens=10, seed=1234)
-    return completion_text(spec, out[0, len(ids):]).split("z")[0]
+    return completion_text(spec, out[0, len(ids) :]).split("z")[0]
 
 
 def test_generate_until_with_and_without_head_mask(tasks, head_mask):

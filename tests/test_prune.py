@@ -386,7 +386,10 @@ def test_decode_matches_unmask_decode(dream, run, eval_samples):
     for s in eval_samples:
         ids = torch.tensor([s.input_ids])
         decoded = unmask_decode(
-            lambda x: full_logits(dream, x), ids, list(range(s.answer_start, s.answer_end)), dream.mask_token_id,
+            lambda x: full_logits(dream, x),
+            ids,
+            list(range(s.answer_start, s.answer_end)),
+            dream.mask_token_id,
             shift=True,
         )
         hits += int((decoded == ids).all())
@@ -397,8 +400,19 @@ def test_cli_prune_exclude_run(dream, dream_dir, data_file, run_dir, tmp_path, c
     samples, _ = build_samples(data_file, dream.tokenizer, samples=RUN_SAMPLES, seed=2)
     other = tmp_path / "other"
     attribute(dream, samples, METHOD, MASKING, out=other, progress=False)
-    args = ["prune", str(dream_dir), "--scores", str(run_dir), "--orders", "most", "--fractions", "0.5",
-            "--eval-samples", "1000", "--quiet"]
+    args = [
+        "prune",
+        str(dream_dir),
+        "--scores",
+        str(run_dir),
+        "--orders",
+        "most",
+        "--fractions",
+        "0.5",
+        "--eval-samples",
+        "1000",
+        "--quiet",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--exclude-run", str(other)]) == 0
     capsys.readouterr()

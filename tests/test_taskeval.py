@@ -89,7 +89,7 @@ def test_generation_correct_equals_a_plain_loop(builtin, demo_run):
     for c, removed in enumerate([[], [(0, 1), (0, 2), (3, 4)]]):
         for n, s in enumerate(samples):
             prompt = list(s.input_ids[: s.answer_start])
-            out = generate(builtin, prompt, head_mask=removed, **SETTINGS)[0, len(prompt):]
+            out = generate(builtin, prompt, head_mask=removed, **SETTINGS)[0, len(prompt) :]
             answer = builtin.tokenizer.decode(list(s.input_ids[s.answer_start :]))
             assert got[c, n] == (answer in completion_text(builtin, out))
 
@@ -97,8 +97,9 @@ def test_generation_correct_equals_a_plain_loop(builtin, demo_run):
 def test_prune_with_generation(builtin, demo_run, tmp_path):
     samples = select_eval_samples(builtin, demo_run, n=5, seed=0).samples
     evaluation = GenerationEval.from_text("contains", SETTINGS)
-    result = prune(builtin, demo_run, samples, fractions=(0.1, 0.3), random_orders=2, progress=False,
-                   generation=evaluation)
+    result = prune(
+        builtin, demo_run, samples, fractions=(0.1, 0.3), random_orders=2, progress=False, generation=evaluation
+    )
     assert "task_contains" in result.metrics
     for i, heads in enumerate(result.removed["most"][0]):
         expected = generation_correct(builtin, samples, gate_matrix(6, 8, heads)[None], evaluation)["contains"]
@@ -118,8 +119,18 @@ def test_prune_with_generation(builtin, demo_run, tmp_path):
 
 
 def test_cli_generate_prints_and_writes_jsonl(tmp_path, capsys):
-    args = ["generate", str(MODEL_DIR), "--threads", "1", "--max-new-tokens", "6", "--steps", "6",
-            "--alg", "maskgit_plus"]
+    args = [
+        "generate",
+        str(MODEL_DIR),
+        "--threads",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--steps",
+        "6",
+        "--alg",
+        "maskgit_plus",
+    ]
     assert main([*args, "--prompt", "copy:abcdef=", "--prompt", "rev:abc="]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and printed[0].startswith("abcdef")
@@ -154,8 +165,23 @@ def test_cli_generate_with_head_mask_and_errors(builtin, demo_run, tmp_path, cap
 
 
 def test_cli_prune_eval_generate(demo_run, tmp_path, capsys):
-    args = ["prune", str(MODEL_DIR), "--scores", str(demo_run.path), "--out", str(tmp_path / "p"), "--threads", "1",
-            "--fractions", "0.1", "--random-orders", "1", "--eval-samples", "3", "--quiet"]
+    args = [
+        "prune",
+        str(MODEL_DIR),
+        "--scores",
+        str(demo_run.path),
+        "--out",
+        str(tmp_path / "p"),
+        "--threads",
+        "1",
+        "--fractions",
+        "0.1",
+        "--random-orders",
+        "1",
+        "--eval-samples",
+        "3",
+        "--quiet",
+    ]
     assert main([*args, "--eval", "generate", "--task", "exact", "--max-new-tokens", "4", "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "generated answers, task exact" in printed
@@ -167,8 +193,24 @@ def test_cli_prune_eval_generate(demo_run, tmp_path, capsys):
 
 
 def test_cli_generate_scores_with_task(tmp_path, capsys):
-    args = ["generate", str(MODEL_DIR), "--threads", "1", "--data", str(DATA_FILE), "--samples", "4",
-            "--max-new-tokens", "4", "--steps", "2", "--task", "contains", "--group-by", "task"]
+    args = [
+        "generate",
+        str(MODEL_DIR),
+        "--threads",
+        "1",
+        "--data",
+        str(DATA_FILE),
+        "--samples",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--steps",
+        "2",
+        "--task",
+        "contains",
+        "--group-by",
+        "task",
+    ]
     out = tmp_path / "scored.jsonl"
     assert main([*args, "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()

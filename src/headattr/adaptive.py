@@ -217,7 +217,8 @@ def integrate_paths(
     refine = tol > 0
     while refine:
         active = [
-            p for p, path in enumerate(paths)
+            p
+            for p, path in enumerate(paths)
             if path.nodes + 2 * steps <= max_steps and not _converged(path, scale, tol, atol)
         ]
         if not active:

@@ -481,9 +481,7 @@ def info(model: str, **options) -> None:
     "--good-threshold", type=float, default=0.9, show_default=True, help="Per-layer Pearson that counts as good."
 )
 @click.option("--bands", default=None, help="Layer bands FIRST-LAST,..., e.g. 0-5,6-15,16-27 (default: thirds).")
-@click.option(
-    "--intervals/--no-intervals", default=True, show_default=True, help="Jackknife 95% intervals."
-)
+@click.option("--intervals/--no-intervals", default=True, show_default=True, help="Jackknife 95% intervals.")
 @click.option(
     "--bootstrap", type=click.IntRange(min=0), default=None, help="Former bootstrap replicates; 0 = --no-intervals."
 )
@@ -542,8 +540,19 @@ def ensemble_cmd(runs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
 
 # ---------------------------------------------------------------- generation settings (prune, generate)
 
-GENERATION_FLAGS = ("length", "steps", "alg", "temperature", "top_p", "top_k", "alg_temp", "eps", "block_length",
-                    "cfg_scale", "remasking")
+GENERATION_FLAGS = (
+    "length",
+    "steps",
+    "alg",
+    "temperature",
+    "top_p",
+    "top_k",
+    "alg_temp",
+    "eps",
+    "block_length",
+    "cfg_scale",
+    "remasking",
+)
 
 
 def generation_options(f):
@@ -551,8 +560,14 @@ def generation_options(f):
     from .generate import DREAM_ALGS, LLADA_REMASKING
 
     options = [
-        click.option("--max-new-tokens", "--gen-length", "length", type=int, default=None,
-                     help="Tokens to generate (Dream's max_new_tokens, LLaDA's gen_length: the same setting)."),
+        click.option(
+            "--max-new-tokens",
+            "--gen-length",
+            "length",
+            type=int,
+            default=None,
+            help="Tokens to generate (Dream's max_new_tokens, LLaDA's gen_length: the same setting).",
+        ),
         click.option("--steps", type=int, default=None, help="Sampling steps."),
         click.option("--alg", type=click.Choice(DREAM_ALGS), default=None, help="Dream: confidence algorithm."),
         click.option("--temperature", type=float, default=None, help="Sampling temperature (0: greedy)."),
@@ -579,7 +594,6 @@ def generation_settings(spec: ModelSpec, options: dict) -> dict:
         settings[LENGTH_SETTING[spec.family]] = given["length"]
     resolve_settings(spec, settings)  # one-line errors now, before any work
     return settings
-
 
 
 # ---------------------------------------------------------------- prune / demo (validation)
@@ -879,6 +893,7 @@ def budget_cmd(run: Path, out: Path, gqa: str, kv_heads: int | None, overwrite: 
 
 # ---------------------------------------------------------------- generate (downstream evaluation)
 
+
 def _prompt_ids(spec: ModelSpec, text: str, chat_template: bool) -> list[int]:
     """`[bos] + tokens` as `headattr.data` builds prompts (no bos with a chat template)."""
     from .data import Record, _bos, _prompt_text
@@ -901,8 +916,9 @@ def _generation_inputs(spec: ModelSpec, prompts: tuple[str, ...], data: dict) ->
         raise HeadattrError(f"dataset file {path} does not exist; pass an existing file to --data")
     records = load_records(path, data["fmt"], data["prompt_field"], data["answer_field"], data["group_by"])
     if data["samples"]:
-        records = sorted(select_records(records, min(data["samples"], len(records)), data["seed"]),
-                         key=lambda r: r.index)
+        records = sorted(
+            select_records(records, min(data["samples"], len(records)), data["seed"]), key=lambda r: r.index
+        )
     rows = []
     for r in records:
         text = r.chat_prompt if chat and r.chat_prompt is not None else r.prompt
@@ -1004,11 +1020,11 @@ def _accuracy_lines(scorer, rows: list[dict]) -> list[str]:
     for metric in scorer.metrics:
         for name, members in [("all", rows)] + [(g, [r for r in rows if r.get("group") == g]) for g in groups]:
             a = accuracy([r["correct"][metric] for r in members])
-            lines.append(f"{scorer.name} {metric} {name}: {a['accuracy']:.3f} ({a['correct']}/{a['n']}; "
-                         f"95% Wilson [{a['low']:.3f}, {a['high']:.3f}])")
+            lines.append(
+                f"{scorer.name} {metric} {name}: {a['accuracy']:.3f} ({a['correct']}/{a['n']}; "
+                f"95% Wilson [{a['low']:.3f}, {a['high']:.3f}])"
+            )
     return lines
-
-
 
 
 @cli.command("methods")

@@ -16,8 +16,7 @@ import torch
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _answer_positions(positions: torch.Tensor | Sequence[int], batch: int, length: int,
-                      shift: bool) -> torch.Tensor:
+def _answer_positions(positions: torch.Tensor | Sequence[int], batch: int, length: int, shift: bool) -> torch.Tensor:
     """Positions as a `[B, P]` LongTensor (a 1D input is shared by all rows), checked against the length."""
     pos = torch.as_tensor(positions, dtype=torch.long)
     if pos.dim() == 1:

@@ -15,9 +15,7 @@ def _parse(device: str) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise HeadattrError(
-            f"--device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps"
-        ) from None
+        raise HeadattrError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps") from None
 
 
 def _check_cuda(device: torch.device, text: str) -> None:
@@ -25,9 +23,7 @@ def _check_cuda(device: torch.device, text: str) -> None:
         raise HeadattrError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
-        raise HeadattrError(
-            f"--device {text}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
-        )
+        raise HeadattrError(f"--device {text}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
 
 
 def _check_mps(text: str) -> None:

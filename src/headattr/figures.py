@@ -213,8 +213,7 @@ def plot_pruning_curve(result) -> bytes:
                     low, high = result.interval(np.concatenate([[base], values]))
                     full = np.concatenate([[base], values])
                     yerr = np.clip([full - low, high - full], 0, None)  # float rounding must not go negative
-                    ax.errorbar(fractions, full, yerr=yerr, fmt="none", color=color,
-                                alpha=0.6, capsize=3)
+                    ax.errorbar(fractions, full, yerr=yerr, fmt="none", color=color, alpha=0.6, capsize=3)
             ax.plot(fractions, np.concatenate([[base], values]), style, color=color, label=label, markersize=4)
         ax.set_xlabel("fraction of heads removed" + (" (per layer)" if result.per_layer else ""))
         title = _PRUNE_LABELS.get(metric) or f"generated answers: {metric.removeprefix('task_')} (95% CI)"

@@ -469,7 +469,7 @@ def completion_ids(spec: ModelSpec, generated: torch.Tensor | Sequence[int]) -> 
     """The generated ids of one row [N] up to (not including) the first EOS."""
     stop = eos_ids(spec)
     out = []
-    for t in (generated.tolist() if isinstance(generated, torch.Tensor) else list(generated)):
+    for t in generated.tolist() if isinstance(generated, torch.Tensor) else list(generated):
         if t in stop:
             break
         out.append(int(t))

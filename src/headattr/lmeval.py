@@ -42,8 +42,22 @@ from .headmask import read_head_mask
 from .models import ModelSpec, load_model
 
 DREAM_SAMPLING_EPS = 1e-3  # Dream's evaluation: masking probability (1 - eps) t + eps
-MODEL_ARGS = ("head_mask", "fraction", "order", "random_order", "dtype", "device", "add_bos_token", "max_length",
-              "seed", "mc_num", "mc_batch_size", "batch_size", "max_batch_size", "trust_remote_code")
+MODEL_ARGS = (
+    "head_mask",
+    "fraction",
+    "order",
+    "random_order",
+    "dtype",
+    "device",
+    "add_bos_token",
+    "max_length",
+    "seed",
+    "mc_num",
+    "mc_batch_size",
+    "batch_size",
+    "max_batch_size",
+    "trust_remote_code",
+)
 
 
 def _seed_for(seed: int, *texts: str) -> int:
@@ -55,8 +69,9 @@ def _seed_for(seed: int, *texts: str) -> int:
 # ---------------------------------------------------------------- the likelihood estimators
 
 
-def _target_loss(spec: ModelSpec, seq: torch.Tensor, noisy: torch.Tensor, weight: torch.Tensor,
-                 gates: dict[int, torch.Tensor]) -> torch.Tensor:
+def _target_loss(
+    spec: ModelSpec, seq: torch.Tensor, noisy: torch.Tensor, weight: torch.Tensor, gates: dict[int, torch.Tensor]
+) -> torch.Tensor:
     """Sum over rows of the masked positions' cross-entropy / their masking probability ([b, T] inputs)."""
     logits = _logits(spec, noisy, None, {k: v.expand(noisy.shape[0], -1) for k, v in gates.items()})
     if spec.logit_shift:
@@ -138,15 +153,23 @@ class HeadattrLM(LM):
         device = options.get("device")
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             device = None  # lm-eval's command line passes "cuda" by default: the CPU when there is no GPU
-        self.spec = load_model(pretrained, dtype=str(options.get("dtype", "auto")), device=device,
-                               trust_remote_code=bool(options.get("trust_remote_code", False)))
+        self.spec = load_model(
+            pretrained,
+            dtype=str(options.get("dtype", "auto")),
+            device=device,
+            trust_remote_code=bool(options.get("trust_remote_code", False)),
+        )
         self.settings = dict(kwargs)
         resolve_settings(self.spec, self.settings)  # a wrong-family or bad setting fails here, in one line
         self.removed = None
         if options.get("head_mask") is not None:
-            self.removed = read_head_mask(options["head_mask"], float(options["fraction"]),
-                                          str(options.get("order", "most")), int(options.get("random_order", 0)),
-                                          self.spec)
+            self.removed = read_head_mask(
+                options["head_mask"],
+                float(options["fraction"]),
+                str(options.get("order", "most")),
+                int(options.get("random_order", 0)),
+                self.spec,
+            )
         self.gates = {}
         if self.removed:
             from .gates import removal_gates
@@ -172,7 +195,7 @@ class HeadattrLM(LM):
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = self._encode(context + continuation), self._encode(context)
-        target = whole[len(ctx):]
+        target = whole[len(ctx) :]
         if self.spec.family == "dream":
             target = target + [int(self.spec.tokenizer.eos_token_id)]  # Dream's evaluation appends EOS
         return ctx, target
@@ -184,8 +207,15 @@ class HeadattrLM(LM):
         for req in requests:
             context, continuation = req.args
             ctx, target = self._pair(context, continuation)
-            ll = mc_loglikelihood(self.spec, ctx, target, mc_num=self.mc_num, batch=self.mc_batch,
-                                  seed=_seed_for(self.seed, context, continuation), gates=self.gates)
+            ll = mc_loglikelihood(
+                self.spec,
+                ctx,
+                target,
+                mc_num=self.mc_num,
+                batch=self.mc_batch,
+                seed=_seed_for(self.seed, context, continuation),
+                gates=self.gates,
+            )
             out.append((ll, False))
         return out
 

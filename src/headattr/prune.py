@@ -788,7 +788,9 @@ def prune(
             out[f"task_{m}"] = np.concatenate([values["accuracy"], np.full(len(singles), np.nan)])
             metrics.append(f"task_{m}")
     baseline = Metrics(
-        float(out["loss"][0]), float(out["accuracy"][0]), float(out["exact_match"][0]) if decode else None,
+        float(out["loss"][0]),
+        float(out["accuracy"][0]),
+        float(out["exact_match"][0]) if decode else None,
         task={m: float(out[m][0]) for m in metrics if m.startswith("task_")},
     )
     curves: dict[str, dict[str, np.ndarray]] = {}

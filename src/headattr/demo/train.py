@@ -152,8 +152,12 @@ def dream_config_dict(config: Qwen2Config, dtype: str = "float32") -> dict:
     }
 
 
-def save_checkpoint(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
-                    train_config: TrainConfig | None = None) -> Path:
+def save_checkpoint(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    train_config: TrainConfig | None = None,
+) -> Path:
     """Write config.json (Dream format), model.safetensors (float32, Qwen2 names) and the tokenizer."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,8 +171,9 @@ def save_checkpoint(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
     return out
 
 
-def load_checkpoint(model_dir: str | Path = MODEL_DIR,
-                    attn_implementation: str = "sdpa") -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
+def load_checkpoint(
+    model_dir: str | Path = MODEL_DIR, attn_implementation: str = "sdpa"
+) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
     """Load a demo checkpoint (float32, eval mode, bidirectional) and its tokenizer, offline."""
     root = Path(model_dir)
     fields = json.loads((root / "config.json").read_text())
@@ -201,8 +206,9 @@ class Batch:
         return mask.masked_fill(blocked, torch.finfo(torch.float32).min)
 
 
-def encode(example: demo_tasks.Example, tokenizer: PreTrainedTokenizerBase,
-           eos_window: int = 0) -> tuple[list[int], int]:
+def encode(
+    example: demo_tasks.Example, tokenizer: PreTrainedTokenizerBase, eos_window: int = 0
+) -> tuple[list[int], int]:
     """`[bos] + prompt + answer` ids (the answer EOS-padded to `eos_window` tokens) and the answer's start."""
     prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
     answer = tokenizer(example["answer"], add_special_tokens=False)["input_ids"]
@@ -210,8 +216,9 @@ def encode(example: demo_tasks.Example, tokenizer: PreTrainedTokenizerBase,
     return [tokenizer.bos_token_id, *prompt, *answer], 1 + len(prompt)
 
 
-def make_batch(examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase,
-               eos_window: int = 0) -> Batch:
+def make_batch(
+    examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase, eos_window: int = 0
+) -> Batch:
     """Encode and pad examples at the end with the pad token."""
     encoded = [encode(example, tokenizer, eos_window) for example in examples]
     length = max(len(ids) for ids, _ in encoded)
@@ -234,15 +241,17 @@ def draw_masks(answer: torch.Tensor, rate: torch.Tensor, generator: torch.Genera
     return masked | (forced & empty)
 
 
-def shifted_logits(model: Qwen2ForCausalLM, ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def shifted_logits(
+    model: Qwen2ForCausalLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits aligned with the tokens they predict: entry j is the model's output at j-1 (Dream's shift)."""
     logits = model(input_ids=ids, attention_mask=attention_mask).logits
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
-def diffusion_loss(model: Qwen2ForCausalLM, batch: Batch, mask_token_id: int,
-                   generator: torch.Generator) -> torch.Tensor:
+def diffusion_loss(
+    model: Qwen2ForCausalLM, batch: Batch, mask_token_id: int, generator: torch.Generator
+) -> torch.Tensor:
     """Masked-diffusion loss on the answers of a batch (see the module docstring)."""
     rate = torch.rand(batch.ids.shape[0], generator=generator).clamp(T_MIN, 1.0)
     masked = draw_masks(batch.answer, rate, generator)
@@ -272,15 +281,18 @@ def batches(seed: int, batch_size: int, pool: int = BUCKET_POOL) -> Iterator[lis
     examples = demo_tasks.stream(seed, heldout=False, weights=demo_tasks.TRAIN_WEIGHTS)
     order_rng = random.Random(seed + 2)
     while True:
-        drawn = sorted((next(examples) for _ in range(pool * batch_size)),
-                       key=lambda example: len(example["prompt"]) + len(example["answer"]))
+        drawn = sorted(
+            (next(examples) for _ in range(pool * batch_size)),
+            key=lambda example: len(example["prompt"]) + len(example["answer"]),
+        )
         chunks = [drawn[i : i + batch_size] for i in range(0, len(drawn), batch_size)]
         order_rng.shuffle(chunks)
         yield from chunks
 
 
-def train(cfg: TrainConfig, out_dir: str | Path | None = None,
-          log: bool = True) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
+def train(
+    cfg: TrainConfig, out_dir: str | Path | None = None, log: bool = True
+) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase]:
     """Train a demo model with `cfg`; write the checkpoint to `out_dir` when given."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -291,7 +303,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -308,12 +322,14 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         running += loss.item()
         if log and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             count = (step % cfg.log_every) + 1
-            print(f"step {step + 1:5d}  loss {running / count:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                  f"elapsed {time.time() - start:6.1f}s", flush=True)
+            print(
+                f"step {step + 1:5d}  loss {running / count:.4f}  lr {scheduler.get_last_lr()[0]:.2e}  "
+                f"elapsed {time.time() - start:6.1f}s",
+                flush=True,
+            )
             running = 0.0
         if log and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            print(f"step {step + 1:5d}  held-out masked_acc@0.5  {progress_report(model, tokenizer)}",
-                  flush=True)
+            print(f"step {step + 1:5d}  held-out masked_acc@0.5  {progress_report(model, tokenizer)}", flush=True)
             model.train()
     model.eval()
     if out_dir is not None:
@@ -324,8 +340,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
 # ---------------------------------------------------------------- evaluation
 
 
-def _same_length_groups(examples: Sequence[demo_tasks.Example],
-                        tokenizer: PreTrainedTokenizerBase) -> list[list[demo_tasks.Example]]:
+def _same_length_groups(
+    examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase
+) -> list[list[demo_tasks.Example]]:
     """Examples grouped by encoded length, so evaluation batches need no padding at all."""
     groups: dict[int, list[demo_tasks.Example]] = {}
     for example in examples:
@@ -334,9 +351,13 @@ def _same_length_groups(examples: Sequence[demo_tasks.Example],
 
 
 @torch.no_grad()
-def masked_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                    examples: Sequence[demo_tasks.Example], rate: float = EVAL_MASK_RATE,
-                    seed: int = 0) -> float:
+def masked_accuracy(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[demo_tasks.Example],
+    rate: float = EVAL_MASK_RATE,
+    seed: int = 0,
+) -> float:
     """Fraction of masked answer tokens predicted exactly (argmax), masking each with probability `rate`."""
     generator = torch.Generator().manual_seed(seed)
     correct = total = 0
@@ -351,9 +372,11 @@ def masked_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
 
 
 @torch.no_grad()
-def exact_match(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                examples: Sequence[demo_tasks.Example]) -> float:
+def exact_match(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, examples: Sequence[demo_tasks.Example]
+) -> float:
     """Fraction of answers decoded exactly from fully masked answers by `unmask_decode`, a token a step."""
+
     def logits_fn(ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
@@ -366,8 +389,9 @@ def exact_match(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase,
     return correct / max(len(examples), 1)
 
 
-def evaluate(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, per_task: int = 200,
-             seed: int = EVAL_SEED) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, per_task: int = 200, seed: int = EVAL_SEED
+) -> dict[str, dict[str, float]]:
     """Held-out masked-token accuracy at rate 0.5 and exact-match decoding accuracy, per task."""
     results = {}
     for task in demo_tasks.TASKS:
@@ -434,8 +458,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, tokenizer = load_checkpoint(args.out)  # evaluate what was written, not what is in memory
     size = (Path(args.out) / WEIGHTS_FILE).stat().st_size
     params = sum(p.numel() for p in model.parameters())
-    print(f"parameters {params}, {WEIGHTS_FILE} {size} bytes, "
-          f"bidirectional check {check_bidirectional(model, tokenizer):.3g}")
+    print(
+        f"parameters {params}, {WEIGHTS_FILE} {size} bytes, "
+        f"bidirectional check {check_bidirectional(model, tokenizer):.3g}"
+    )
     header = f"{'task':<8} {'masked_acc@0.5':>15} {'exact_match':>12}"
     print(f"{header}   (held-out, {args.eval_per_task} per task)")
     for task, result in evaluate(model, tokenizer, args.eval_per_task).items():
