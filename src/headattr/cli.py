@@ -776,7 +776,12 @@ def prune_cmd(
 @click.option(
     "--samples", type=click.IntRange(min=1), default=None, help="Samples per attribution run [default: 50; --quick: 8]."
 )
-@click.option("--ig-steps", type=click.IntRange(min=1), default=None, help="IG steps [default: 8; --quick: 2].")
+@click.option(
+    "--ig-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Base nodes of Gate-IG's rule [default: Gate-IG's, 2 refined to --ig-tol 0.03; --quick: 2, fixed].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
 @click.option(

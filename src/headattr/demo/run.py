@@ -53,7 +53,8 @@ class DemoSize:
     """How much work the demo does; `FULL` is the seed report's configuration, `QUICK` a smoke test."""
 
     samples: int = 50
-    ig_steps: int = 8
+    ig_steps: int | None = None  # Gate-IG's default: the error-controlled rule from 2 nodes
+    ig_tol: float | None = None  # None: Gate-IG's default tolerance
     prune_eval_samples: int = 50
     # 50, not prune's default 10: at 5% of 48 heads random removal is heavy-tailed (a pair hits one of the few
     # individually needed heads about a third of the time), and 10 draws leave the verdict to chance
@@ -62,7 +63,7 @@ class DemoSize:
 
 
 FULL = DemoSize()
-QUICK = DemoSize(samples=8, ig_steps=2, prune_eval_samples=12, random_orders=3)
+QUICK = DemoSize(samples=8, ig_steps=2, ig_tol=0.0, prune_eval_samples=12, random_orders=3)
 
 
 @dataclass
@@ -76,6 +77,12 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def gate_ig_config(size: DemoSize) -> GateIGConfig:
+    """Gate-IG with the size's node count and tolerance, Gate-IG's defaults where the size leaves them open."""
+    settings = {"ig_steps": size.ig_steps, "ig_tol": size.ig_tol}
+    return GateIGConfig(**{k: v for k, v in settings.items() if v is not None})
+
+
 def _attribute_seed(
     spec: ModelSpec, seed: int, size: DemoSize, data_file: Path, out: Path, overwrite: bool, progress: bool
 ) -> Run:
@@ -85,7 +92,7 @@ def _attribute_seed(
     attribute(
         spec,
         samples,
-        GateIGConfig(ig_steps=size.ig_steps),
+        gate_ig_config(size),
         MaskConfig(mask_seed=seed),
         batch_size=256,
         seed=seed,
@@ -269,6 +276,7 @@ def run_demo(
     size = DemoSize(
         samples=samples or base.samples,
         ig_steps=ig_steps or base.ig_steps,
+        ig_tol=base.ig_tol,
         prune_eval_samples=prune_eval_samples or base.prune_eval_samples,
         random_orders=base.random_orders,
         fractions=base.fractions,
@@ -285,7 +293,13 @@ def run_demo(
     )
     runs: list[Run] = []
     for step, seed in enumerate(SEEDS, start=1):
-        echo(f"[{step}/4] Gate-IG attribution, seed {seed}: {size.samples} samples, {size.ig_steps} IG steps")
+        method = gate_ig_config(size)
+        rule = (
+            f"{method.ig_steps} nodes refined to tol {method.ig_tol:g}"
+            if method.adaptive
+            else f"{method.ig_steps} IG steps"
+        )
+        echo(f"[{step}/4] Gate-IG attribution, seed {seed}: {size.samples} samples, {rule}")
         t = time.perf_counter()
         runs.append(_attribute_seed(spec, seed, size, data_file, out / f"run-seed{seed}", overwrite, progress))
         timings[f"attribute_seed{seed}_s"] = time.perf_counter() - t
