@@ -274,3 +274,25 @@ def test_reliability_with_non_positive_half_correlation_is_na_with_r(tmp_path: P
     assert d["runs"][0]["reliability"]["full_layer"] == [None, None]
     assert d["runs"][0]["reliability"]["split_layer"] == pytest.approx([-1.0, -1.0])
     assert d["runs"][0]["reliability"]["reason_layer"][0].startswith("half correlation r <= 0")
+
+
+def test_report_shows_the_nodes_each_path_used(tmp_path):
+    """Runs of the error-controlled quadrature record nodes per path; the report shows their distribution."""
+    import json
+
+    import numpy as np
+
+    from headattr import compare
+    from headattr.report import render_report
+
+    sig = standard_signal(3, 4)
+    a, b = make_run(tmp_path / "a", sig, 0.5, n=6, seed=1), make_run(tmp_path / "b", sig, 0.5, n=6, seed=2)
+    nodes = np.arange(6 * 2 * 3).reshape(6, 2, 3) % 5 + 2  # [N, V, S]: 2..6
+    meta = json.loads((a / "run.json").read_text())
+    meta["diagnostics"]["nodes"] = nodes.tolist()
+    (a / "run.json").write_text(json.dumps(meta))
+    text = render_report(compare([a, b]), "en")
+    row = next(line for line in text.splitlines() if "IG nodes per path" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{np.median(nodes):g} / {np.percentile(nodes, 90):g} / {nodes.max():g}" and cells[2] == "N/A"
+    assert "IG 节点数" in render_report(compare([a, b]), "zh")

@@ -119,6 +119,8 @@ def merged_diagnostics(runs: Sequence[Run]) -> dict[str, Any]:
     if not all(all(k in d for k in DIAGNOSTIC_ARRAYS) for d in diags):
         return {"completeness": None}
     merged = {k: [row for d in diags for row in d[k]] for k in DIAGNOSTIC_ARRAYS}
+    if all("nodes" in d for d in diags):  # the nodes each path used, where every run recorded them
+        merged["nodes"] = [row for d in diags for row in d["nodes"]]
     merged["completeness"] = completeness_from_diagnostics(merged)  # None when ragged (runs of other scopes)
     return merged
 

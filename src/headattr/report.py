@@ -142,6 +142,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_cmean": "Completeness error, mean abs",
         "d_crel": "Completeness error / gap (total)",
         "d_cpath": "Completeness error / gap, largest path",
+        "d_nodes": "IG nodes per path: median / 90th pct / max",
         "dist_note": "Completeness error: sum of a layer's head attributions minus the gap J(1) - J(baseline), "
         'per masked variant (run.json diagnostics). "Total" divides the summed absolute errors by the summed '
         'absolute gaps (the number the threshold uses); "largest path" is the largest per-path ratio over '
@@ -375,6 +376,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "d_cmean": "完备性误差，平均绝对值",
         "d_crel": "完备性误差 / 差值（总和）",
         "d_cpath": "完备性误差 / 差值，最大单条路径",
+        "d_nodes": "每条路径的 IG 节点数：中位数 / 90 分位 / 最大",
         "dist_note": "完备性误差：每个 mask 变体中，一层所有头归因之和减去差值 J(1) - J(baseline)（来自 run.json "
         "diagnostics）。“总和”为绝对误差总和除以绝对差值总和（阈值所用的数值）；“最大单条路径”为差值不小于该运行"
         "差值中位数 1% 的路径中最大的单条比值（差值更小的路径会使比值失去意义）。",
@@ -903,6 +905,9 @@ class _Renderer:
             rows.append([f"**{self.t(key)}**"] + [fmt_score((r.completeness or {}).get(field_name)) for r in runs])
         for key, field_name in (("d_crel", "relative_total"), ("d_cpath", "max_relative")):
             rows.append([f"**{self.t(key)}**"] + [fmt_pct((r.completeness or {}).get(field_name)) for r in runs])
+        nodes = [(r.completeness or {}).get("nodes") for r in runs]
+        if any(nodes):  # recorded by the error-controlled quadrature: how much refinement each run needed
+            rows.append([f"**{self.t('d_nodes')}**"] + [_nodes_cell(n) for n in nodes])
         return _table([""] + [r.label for r in runs], rows) + ["", self.t("dist_note")]
 
     def chance(self) -> list[str]:
@@ -1164,6 +1169,10 @@ class _Renderer:
             self.t("generated", created=self.c.created, version=__version__) + "  ",
             self.t("figure", file=FIGURE_FILE),
         ]
+
+
+def _nodes_cell(nodes: dict[str, float] | None) -> str:
+    return "N/A" if not nodes else f"{nodes['median']:g} / {nodes['p90']:g} / {nodes['max']:g}"
 
 
 def _summary_cells(s: Summary) -> list[str]:
