@@ -3,7 +3,7 @@
 Each path p has a vector integrand f_p(a) in R^{H_p} on [0, 1] (the gradient of J with respect to the path's
 gates at node a) and a known total T_p = J(1) - J(b). The attributions are
 
-    A_p = scale * integral_0^1 f_p(a) da,      scale = 1 - b  (as in `methods.gate_ig`),
+    A_p = scale * integral_0^1 f_p(a) da,      scale = 1 - b  (as in `engine.attribute_sample`),
 
 and completeness says sum_h A_p[h] = T_p. The method (docs/gate-ig.md, "Error-controlled quadrature"):
 
@@ -16,9 +16,9 @@ and completeness says sum_h A_p[h] = T_p. The method (docs/gate-ig.md, "Error-co
   to their own Legendre tails;
 - a path is done when its completeness error and its largest per-head estimated error (summed over its
   intervals) are both at most `tol * |T_p| + atol`, or when one more split would pass `max_steps`;
-- otherwise, each round, the intervals whose estimate (for the worst head) is at least half the largest are
-  bisected; when the estimates are already small but completeness still fails (mass that no node sees, e.g. a
-  peak between nodes), the widest intervals, i.e. uniform refinement, which is guaranteed to find it;
+- otherwise one interval is bisected per round: the one with the largest estimate; when the estimates are
+  already small but completeness still fails (mass that no node sees, e.g. a peak between nodes), the widest
+  interval, i.e. uniform refinement, which is guaranteed to find it;
 - all paths' new nodes of a round go to the caller in one `evaluate` call, so they are batched through the
   model together; each path's decisions use only its own values, so the result of a path does not depend on
   the other paths, on how the caller batches, or on how many processes share the paths.
@@ -95,8 +95,8 @@ def _unit_rule(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _weighted_sum(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     """sum_k weights[k] * values[k] accumulated in k order ([n], [n, H] -> [H]).
 
-    The order is that of `np.einsum("k,vklh->vlh", ...)` in Gate-IG's fixed rule before refinement existed,
-    so a path integrated by the base rule alone is byte-identical to it (tested).
+    The order is that of `np.einsum("k,vklh->vlh", ...)` in the engine's fixed rule, so a path integrated by
+    the base rule alone is byte-identical to it (tested).
     """
     acc = weights[0] * values[0]
     for k in range(1, len(weights)):
@@ -145,26 +145,16 @@ def _converged(path: _Path, scale: float, tol: float, atol: float) -> bool:
     return abs(completeness) <= bound and estimate <= bound
 
 
-SPLIT_FRACTION = 0.5  # a round bisects every leaf whose estimate is at least this share of the largest
-
-
-def _leaves_to_split(path: _Path, scale: float, tol: float, atol: float, room: int) -> list[int]:
-    """Indices (ascending) of the leaves to bisect this round, at most `room` of them.
-
-    While the estimate fails: every leaf whose estimate for the worst head is at least SPLIT_FRACTION of the
-    largest one (several sharp features are refined in the same round, so a path needs fewer rounds, each a
-    batched pass through the model). When the estimates are within tolerance and only completeness fails: every
-    widest leaf (uniform refinement, one level per round). Ties and the cap keep the leftmost leaves.
-    """
+def _leaf_to_split(path: _Path, scale: float, tol: float, atol: float) -> int:
+    """Index of the leaf to bisect: the one with the largest estimate for the worst head, or, when the estimates
+    are within tolerance and only completeness fails, the widest leaf (ties: largest estimate, then leftmost)."""
     if _status(path, scale)[1] > _bound(path.target, tol, atol):
         per_head = np.sum([leaf.error for leaf in path.leaves], axis=0)
         worst = int(np.argmax(per_head))
-        errors = np.array([leaf.error[worst] for leaf in path.leaves])
-        chosen = [i for i in np.argsort(-errors, kind="stable") if errors[i] >= SPLIT_FRACTION * errors.max()]
-    else:
-        widths = np.array([leaf.hi - leaf.lo for leaf in path.leaves])
-        chosen = [i for i in range(len(widths)) if widths[i] >= widths.max()]
-    return sorted(int(i) for i in chosen[: max(room, 1)])
+        return int(np.argmax([leaf.error[worst] for leaf in path.leaves]))  # first maximum: leftmost on ties
+    errors = [float(leaf.error.sum()) for leaf in path.leaves]
+    keys = [(-(leaf.hi - leaf.lo), -e, i) for i, (leaf, e) in enumerate(zip(path.leaves, errors, strict=True))]
+    return min(keys)[2]
 
 
 def _halves_nodes(leaf: _Leaf, n: int) -> tuple[float, np.ndarray]:
@@ -233,7 +223,7 @@ def integrate_paths(
         ]
         if not active:
             break
-        _refine_round(evaluate, paths, active, steps, scale, tol, atol, max_steps)
+        _refine_round(evaluate, paths, active, steps, scale, tol, atol)
     return [_result(path, scale) for path in paths]
 
 
@@ -250,30 +240,15 @@ def _base_round(evaluate: Evaluate, targets: Sequence[float], n: int) -> list[_P
 
 
 def _refine_round(
-    evaluate: Evaluate,
-    paths: list[_Path],
-    active: list[int],
-    n: int,
-    scale: float,
-    tol: float,
-    atol: float,
-    max_steps: int,
+    evaluate: Evaluate, paths: list[_Path], active: list[int], n: int, scale: float, tol: float, atol: float
 ) -> None:
-    """Bisect the chosen leaves of each active path (`_leaves_to_split`): one request per path (the halves'
-    nodes of its chosen leaves, left to right), all paths in one `evaluate` call."""
-    plans = []
-    for p in active:
-        room = (max_steps - paths[p].nodes) // (2 * n)
-        chosen = _leaves_to_split(paths[p], scale, tol, atol, room)
-        halves = [_halves_nodes(paths[p].leaves[i], n) for i in chosen]
-        plans.append((p, chosen, halves, np.concatenate([alphas for _, alphas in halves])))
+    """Bisect one leaf of each active path; all new nodes in one `evaluate` call."""
+    chosen = [(p, _leaf_to_split(paths[p], scale, tol, atol)) for p in active]
+    plans = [(p, i, *_halves_nodes(paths[p].leaves[i], n)) for p, i in chosen]
     values = evaluate([(p, alphas) for p, _, _, alphas in plans])
-    for (p, chosen, halves, alphas), vals in zip(plans, values, strict=True):
-        path, vals = paths[p], _check_values(vals, len(alphas), p)
-        # replace from the right, so that the indices of the leaves still to split stay valid
-        for k in reversed(range(len(chosen))):
-            i, (mid, _) = chosen[k], halves[k]
-            path.leaves[i : i + 1] = _split(path.leaves[i], mid, vals[2 * n * k : 2 * n * (k + 1)], n)
+    for (p, i, mid, alphas), vals in zip(plans, values, strict=True):
+        path = paths[p]
+        path.leaves[i : i + 1] = _split(path.leaves[i], mid, _check_values(vals, len(alphas), p), n)
         path.nodes += len(alphas)
 
 
