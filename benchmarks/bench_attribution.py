@@ -94,7 +94,8 @@ def method_config(cfg_kw: dict):
     from headattr.methods import GateIGConfig
 
     if "method" not in cfg_kw:
-        return GateIGConfig(ig_steps=cfg_kw["ig_steps"])
+        # the fixed rule, so that every kind computes the same numbers
+        return GateIGConfig(ig_steps=cfg_kw["ig_steps"], ig_tol=0.0)
     changes = dict(cfg_kw["method"] or {})
     names = {f.name for f in dataclasses.fields(GateIGConfig)}
     if changes and "ig_tol" in names:  # an explicit rule is a fixed rule (no refinement, where that exists)
