@@ -300,3 +300,10 @@ def test_ig_steps_default_follows_the_rule():
     assert GateIGConfig().ig_steps == 2 and GateIGConfig().adaptive
     assert GateIGConfig(rule="riemann-right").ig_steps == 8
     assert GateIGConfig(ig_steps=5).ig_steps == 5
+
+
+def test_a_fixed_rule_may_use_more_nodes_than_the_refinement_cap(dream):
+    """--ig-max-steps bounds refinement; a fixed rule (--ig-tol 0, or Riemann) of more nodes still runs."""
+    for rule in ("gauss-legendre", "riemann-right"):
+        r = run(dream, masking=MaskConfig(mask_probs=(0.5,), mask_samples_per_prob=1), rule=rule, ig_steps=300)
+        assert np.all(r.diagnostics["nodes"] == 300)

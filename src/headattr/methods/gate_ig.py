@@ -133,7 +133,7 @@ class GateIGConfig(MethodConfig):
             targets,
             steps=self.ig_steps,
             tol=self.ig_tol if self.adaptive else 0.0,
-            max_steps=self.ig_max_steps,
+            max_steps=self.ig_max_steps if self.adaptive else self.ig_steps,  # the cap bounds refinement only
             atol=DEFAULT_ATOL,
             scale=1.0 - b,
             rule=self.rule,
