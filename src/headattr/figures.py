@@ -185,7 +185,7 @@ def plot_pruning_curve(result) -> bytes:
     fig = _new_figure((4.6 * len(metrics), 4.2))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        base = getattr(result.baseline, metric)
+        base = result.baseline.value(metric)
         for order in result.display_orders:
             color, style = _PRUNE_STYLE[order]
             if order == "random":

@@ -144,12 +144,9 @@ class Metrics:
     exact_match: float | None = None  # fraction of answers decoded exactly, if measured
     task: dict[str, float] = field(default_factory=dict)  # task_<metric> -> accuracy of generated answers
 
-    def __getattr__(self, name: str) -> float:
-        # task metrics are read like the fixed ones (getattr(baseline, "task_exact"))
-        task = self.__dict__.get("task", {})
-        if name in task:
-            return task[name]
-        raise AttributeError(name)
+    def value(self, metric: str) -> float | None:
+        """The value of `metric`: a fixed one (loss, accuracy, exact_match) or a task one (task_<name>)."""
+        return self.task[metric] if metric in self.task else getattr(self, metric)
 
     def to_dict(self) -> dict[str, float | None]:
         return {"loss": self.loss, "accuracy": self.accuracy, "exact_match": self.exact_match, **self.task}
@@ -432,7 +429,7 @@ class PruneResult:
             return None
         out: dict[str, Any] = {**self.task_eval, "baseline": {}, "curves": {}}
         for metric in self.metrics[-len(self.task_eval["metrics"]) :]:
-            base = getattr(self.baseline, metric)
+            base = self.baseline.value(metric)
             low, high = self.interval(np.array(base))
             out["baseline"][metric] = {"accuracy": base, "low": float(low), "high": float(high)}
             for order in self.orders:
@@ -626,7 +623,7 @@ def pruning_verdicts(result: PruneResult, seed: int) -> dict[str, Any]:
         random = np.asarray(result.curves["random"][metric], dtype=np.float64)  # [R, F]
         most = np.asarray(result.curves["most"][metric], dtype=np.float64)
         least = np.asarray(result.curves["least"][metric], dtype=np.float64)
-        base = float(getattr(result.baseline, metric))
+        base = float(result.baseline.value(metric))
         area = curve_area(result.fractions, base, random, AREA_MAX_FRACTION)  # [R] or None
         table = random if area is None else np.concatenate([random, area[:, None]], axis=1)
         mean, low, high = mean_interval(table, verdict_rng(seed, m_index))
@@ -870,7 +867,7 @@ def format_table(result: PruneResult) -> str:
     lines = [header]
     base = ["0", "0"]
     for metric in result.metrics:
-        base += [f"{getattr(result.baseline, metric):.4f}"] * len(result.display_orders)
+        base += [f"{result.baseline.value(metric):.4f}"] * len(result.display_orders)
     lines.append(base)
     for i, frac in enumerate(result.fractions):
         row = [f"{frac:g}", str(result.num_removed[i])]
