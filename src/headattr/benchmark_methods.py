@@ -55,6 +55,7 @@ from .masking import MaskConfig
 from .methods import METHODS, NAMES, MethodConfig, method_config
 from .models import ModelSpec
 from .prune import PruneResult, prune, select_eval_samples, single_head_effects
+from .prune import curve_area as prune_curve_area
 from .rundir import Run, atomic_write_bytes, atomic_write_json, atomic_write_text, read_run
 
 MAX_FRACTION = 0.3
@@ -167,10 +168,10 @@ def consistency_of(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def curve_area(fractions: Sequence[float], losses: np.ndarray, baseline: float) -> float:
-    """Trapezoid area of (loss - baseline) over [0] + fractions (up to MAX_FRACTION)."""
-    x = np.array([0.0, *fractions])
-    y = np.array([0.0, *np.asarray(losses, dtype=np.float64)]) - np.array([0.0, *[baseline] * len(fractions)])
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+    """Trapezoid area of (loss - baseline) over [0] + fractions: `prune.curve_area` (the verdicts' area) less
+    the baseline's rectangle."""
+    upto = float(max(fractions))
+    return float(prune_curve_area(fractions, baseline, losses, upto)) - baseline * upto
 
 
 def order_areas(result: PruneResult) -> dict[str, float]:

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .report import markdown_table
+
 TEXT = {
     "en": {
         "title": "# Attribution methods side by side",
@@ -117,10 +119,6 @@ def _row(rank: int, name: str, m: dict[str, Any], pareto: bool, t: dict[str, Any
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(r) + " |" for r in rows]]
-
-
 def render_markdown(summary: dict[str, Any], lang: str = "en") -> str:
     """methods.md from methods.json's content."""
     t, methods, ranking = TEXT[lang], summary["methods"], summary["ranking"]
@@ -142,7 +140,7 @@ def render_markdown(summary: dict[str, Any], lang: str = "en") -> str:
     ]
     header = [c.format(k=any_c["top_k"], chance=corr(any_c["top_k_chance"])) for c in t["cols"]]
     rows = [_row(methods[n]["rank"], n, methods[n], n in summary["pareto"], t) for n in ranking]
-    lines += _table(header, rows)
+    lines += markdown_table(header, rows)
     lines += [
         "",
         t["consistency"].format(
@@ -158,7 +156,7 @@ def render_markdown(summary: dict[str, Any], lang: str = "en") -> str:
     ]
     names, grid = summary["agreement"]["methods"], summary["agreement"]["global_spearman"]
     lines += [t["agreement"], ""]
-    lines += _table(["", *names], [[a, *[corr(x) for x in grid[i]]] for i, a in enumerate(names)])
+    lines += markdown_table(["", *names], [[a, *[corr(x) for x in grid[i]]] for i, a in enumerate(names)])
     lines += ["", t["reading"], ""]
     lines += _reading(summary, t)
     return "\n".join(lines) + "\n"

@@ -573,7 +573,8 @@ def fmt_interval(iv: Interval | None, fmt: Callable[[float | None], str] = fmt_c
     return f"[{fmt(iv.low)}, {fmt(iv.high)}]"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (shared by the compare report and `headattr methods`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -689,7 +690,7 @@ class _Renderer:
                 [f"`{d['key']}`"] + [_value(v) for v in d["values"]] + [self.s[f"kind_{d['kind']}"]]
                 for d in c.config_differences
             ]
-            lines += _table(header, rows)
+            lines += markdown_table(header, rows)
         else:
             lines.append(self.t("no_differences"))
         return lines + [""]
@@ -785,14 +786,14 @@ class _Renderer:
             rows = [
                 [r.label] + ["—" if i == j else fmt_corr(grid[i][j]) for j in range(n)] for i, r in enumerate(c.runs)
             ]
-            lines += _table([""] + [r.label for r in c.runs], rows) + [""]
+            lines += markdown_table([""] + [r.label for r in c.runs], rows) + [""]
         rows = []
         for name, value in c.matrix_mean.items():
             if name == "mean_layer_overlap_focus":
                 rows.append([self.t("m_" + name, k=self.k), fmt_pct(value)])
             else:
                 rows.append([self.t("m_" + name), fmt_corr(value)])
-        lines += _table([self.t("col_metric"), self.t("col_mean_pairs")], rows) + [""]
+        lines += markdown_table([self.t("col_metric"), self.t("col_mean_pairs")], rows) + [""]
         rows = [
             [
                 f"{self.label(p.a)} / {self.label(p.b)}",
@@ -808,7 +809,7 @@ class _Renderer:
             self.t("m_mean_layer_spearman"),
             self.t("col_verdict"),
         ]
-        return lines + _table(header, rows) + [""]
+        return lines + markdown_table(header, rows) + [""]
 
     def quantitative(self) -> list[str]:
         lines = [self.t("h_quant"), "", self.t("h_corr"), ""]
@@ -834,7 +835,7 @@ class _Renderer:
             self.t(k) for k in ("col_mean", "col_median", "col_min", "col_max", "col_std", "col_na")
         ]
         rows = [[f"**{self.t(key)}**"] + _summary_cells(p.summary[key]) for key in ("pearson", "spearman", "kendall")]
-        lines = _table(header, rows) + ["", self.t("reading")]
+        lines = markdown_table(header, rows) + ["", self.t("reading")]
         s = p.summary["pearson"]
         lines.append(
             self.t(
@@ -859,7 +860,7 @@ class _Renderer:
             [f"**{self.t('global_spearman')}**", fmt_corr(g.spearman), fmt_interval(boot.get("global_spearman"))],
             [f"**{self.t('global_kendall')}**", fmt_corr(g.kendall), NA],
         ]
-        lines = _table([self.t("col_metric"), self.t("col_value"), self.t("col_ci")], rows)
+        lines = markdown_table([self.t("col_metric"), self.t("col_value"), self.t("col_ci")], rows)
         return lines + ["", self.t("global_note", n=self.c.num_layers * self.c.num_heads)]
 
     def topk_block(self, p: PairMetrics) -> list[str]:
@@ -886,7 +887,7 @@ class _Renderer:
             ]
             for k in c.settings.top_k
         ]
-        lines = _table(header, rows) + ["", self.t("reading")]
+        lines = markdown_table(header, rows) + ["", self.t("reading")]
         if self.k is not None:
             o, ch = p.overlap_summary[self.k].mean, p.chance_layer[self.k]
             ki = p.kuncheva_summary[self.k].mean
@@ -908,7 +909,7 @@ class _Renderer:
         nodes = [(r.completeness or {}).get("nodes") for r in runs]
         if any(nodes):  # recorded by the error-controlled quadrature: how much refinement each run needed
             rows.append([f"**{self.t('d_nodes')}**"] + [_nodes_cell(n) for n in nodes])
-        return _table([""] + [r.label for r in runs], rows) + ["", self.t("dist_note")]
+        return markdown_table([""] + [r.label for r in runs], rows) + ["", self.t("dist_note")]
 
     def chance(self) -> list[str]:
         c = self.c
@@ -916,7 +917,7 @@ class _Renderer:
         p = c.pairs[0]
         rows = [[f"Top-{k}", fmt_pct(p.chance_layer[k]), fmt_pct(p.global_metrics.chance[k])] for k in c.settings.top_k]
         header = [self.t("col_k"), self.t("col_chance_layer", h=c.num_heads), self.t("col_chance_global", n=n_all)]
-        return [self.t("chance_text"), ""] + _table(header, rows)
+        return [self.t("chance_text"), ""] + markdown_table(header, rows)
 
     def intervals_block(self, p: PairMetrics) -> list[str]:
         if p.intervals is None:
@@ -928,7 +929,7 @@ class _Renderer:
                 df = NA if iv.df is None else f"{iv.df:.1f}"
                 rows.append([self.t("b_" + key), fmt_corr(iv.estimate), fmt_interval(iv), fmt_corr(iv.se), df])
         header = [self.t("col_stat"), self.t("col_estimate"), self.t("col_ci"), self.t("col_se"), self.t("col_df")]
-        return _table(header, rows)
+        return markdown_table(header, rows)
 
     def reason(self, note: str | None) -> str:
         """An N/A reason in the report's language."""
@@ -953,7 +954,7 @@ class _Renderer:
                 [self.t("layer_name", i=i), fmt_corr(m.pearson), fmt_corr(m.spearman)]
                 + ([fmt_pct(m.overlap[k])] if k else [])
             )
-        lines = _table(header, rows) + [""]
+        lines = markdown_table(header, rows) + [""]
         counts: dict[str, int] = {}
         for i in layers:
             for b in p.bands:
@@ -993,7 +994,7 @@ class _Renderer:
             row += [fmt_pct(b.overlap_mean)] if k else []
             row += [f"{b.good_count}/{b.num_layers}", fmt_int(b.samples_needed)]
             rows.append(row)
-        lines = _table(header, rows) + ["", self.trend_text(p)[0].upper() + self.trend_text(p)[1:] + "."]
+        lines = markdown_table(header, rows) + ["", self.trend_text(p)[0].upper() + self.trend_text(p)[1:] + "."]
         if p.trend.bands:
             lines.append(self.t(f"bands_{p.trend.bands}"))
         return lines
@@ -1027,7 +1028,7 @@ class _Renderer:
         if two:
             row += [fmt_corr(c.pairs[0].predicted_global), fmt_corr(c.pairs[0].global_metrics.pearson)]
         rows.append(row)
-        return lines + _table(header, rows) + [""]
+        return lines + markdown_table(header, rows) + [""]
 
     def rel_cell(self, rel: Reliability, layer: int | None) -> str:
         """A reliability, or N/A with what makes it so (the raw half correlation when r <= 0)."""
