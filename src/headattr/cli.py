@@ -13,6 +13,7 @@ import click
 import torch
 
 from . import distributed
+from .adaptive import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .aggregate import POSTPROCESS
 from .attribution import attribute as attribute_api
 from .attribution import check_shard
@@ -232,7 +233,7 @@ def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) ->
 @click.option(
     "--ig-tol",
     type=click.FloatRange(min=0.0),
-    default=0.03,
+    default=DEFAULT_TOL,
     show_default=True,
     help="gate-ig: refine each path until its completeness and estimated per-head error are within this fraction "
     "of its gap J(1) - J(b); 0: the fixed --ig-steps rule.",
@@ -240,7 +241,7 @@ def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) ->
 @click.option(
     "--ig-max-steps",
     type=click.IntRange(min=1),
-    default=256,
+    default=DEFAULT_MAX_STEPS,
     show_default=True,
     help="gate-ig: the most quadrature nodes of one path.",
 )
