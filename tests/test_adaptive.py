@@ -34,16 +34,18 @@ def counting(evaluate):
     return wrapped, calls
 
 
-def test_polynomials_the_base_rule_resolves_are_not_refined():
-    # degree <= n - 3: the interpolant's two top Legendre coefficients vanish, so the estimate is rounding only
-    n = 8
-    polys = [np.polynomial.Polynomial(c) for c in ([1.0], [0.5, -2.0, 3.0], [1, 2, 3, 4, 5, -6])]
-    exact = [float(p.integ()(1.0) - p.integ()(0.0)) for p in polys]
-    evaluate, calls = counting(vector_integrand(tuple(polys)))
-    (r,) = integrate_paths(evaluate, [sum(exact)], steps=n, tol=1e-6, atol=1e-12)
-    assert r.nodes == n and len(calls) == 1
-    np.testing.assert_allclose(r.integral, exact, rtol=1e-13)
-    assert r.error_estimate < 1e-12 and abs(r.completeness_error) < 1e-12
+def test_linear_integrands_are_not_refined_and_cubics_after_one_split():
+    # Simpson minus trapezoid vanishes for a linear integrand, so the starting estimate is rounding only; Simpson
+    # is exact for cubics, so one split changes nothing and the estimate of the halves is rounding only
+    lines = [np.polynomial.Polynomial(c) for c in ([1.0], [0.5, -2.0])]
+    cubics = [np.polynomial.Polynomial(c) for c in ([0.5, -2.0, 3.0], [1, 2, 3, -4])]
+    for polys, nodes, rounds in ((lines, 3, 1), (cubics, 5, 2)):
+        exact = [float(p.integ()(1.0) - p.integ()(0.0)) for p in polys]
+        evaluate, calls = counting(vector_integrand(tuple(polys)))
+        (r,) = integrate_paths(evaluate, [sum(exact)], steps=3, tol=1e-6, atol=1e-12)
+        assert r.nodes == nodes and len(calls) == rounds
+        np.testing.assert_allclose(r.integral, exact, rtol=1e-13)
+        assert r.error_estimate < 1e-12 and abs(r.completeness_error) < 1e-12
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.02, 0.003])
@@ -58,7 +60,8 @@ def test_sharp_peak_near_zero_meets_the_tolerance(eps, steps):
     assert abs(r.completeness_error) <= 1e-4 * target and r.error_estimate <= 1e-4 * target
     assert abs(r.integral[0] - exact) <= 1e-4 * target and abs(r.integral[1] - 2.0) < 1e-12
     assert r.nodes > steps and r.nodes < 4096
-    assert abs(r.integral[0] - exact) < abs(fixed.integral[0] - exact) / 10
+    if abs(fixed.integral[0] - exact) > 1e-4 * target:  # where the fixed rule misses, refinement gains 10x
+        assert abs(r.integral[0] - exact) < abs(fixed.integral[0] - exact) / 10
 
 
 def test_kink_and_scale():
@@ -159,8 +162,8 @@ def test_deterministic():
 @pytest.mark.parametrize("max_steps", [8, 20, 64, 256])
 def test_max_steps_is_respected(max_steps):
     f, exact = peak(1e-5)  # needs far more than max_steps nodes
-    (r,) = integrate_paths(vector_integrand((f,)), [exact], steps=4, tol=1e-8, max_steps=max_steps)
-    assert r.nodes <= max_steps and r.nodes + 8 > max_steps  # stopped because one more split would pass it
+    (r,) = integrate_paths(vector_integrand((f,)), [exact], steps=4, tol=1e-8, atol=0.0, max_steps=max_steps)
+    assert r.nodes <= max_steps and r.nodes + 2 > max_steps  # stopped because one more split would pass it
 
 
 def test_riemann_rules_are_never_refined():

@@ -91,18 +91,20 @@ def test_limited_memory_picks_a_small_batch_and_changes_nothing(dream, tmp_path,
 )
 def test_out_of_memory_halves_the_batch_and_retries_the_same_rows(dream, tmp_path, monkeypatch, error):
     fixed = run(dream, tmp_path, "fixed", batch_size=64)
-    real, failed = common.objective, []
+    real, failed = common.joined_objective, []
 
-    def objective(spec, rows, v_idx, start, *args, **kw):
-        if len(v_idx) > 5:  # the device "holds" at most 5 rows
-            failed.append(len(v_idx))
+    def joined_objective(spec, rows, joins, *args, **kw):
+        n_rows = sum(len(j.v_idx) for j in joins)
+        if n_rows > 5:  # the device "holds" at most 5 rows
+            failed.append(n_rows)
             raise error()
-        return real(spec, rows, v_idx, start, *args, **kw)
+        return real(spec, rows, joins, *args, **kw)
 
-    monkeypatch.setattr(common, "objective", objective)
+    monkeypatch.setattr(common, "joined_objective", joined_objective)
     monkeypatch.setattr(batching, "free_memory", lambda device: 10**15)  # the plan: every row in one pass
     auto = run(dream, tmp_path, "auto")
-    assert failed and min(failed) > 5 and failed[0] == 16  # planned: all 16 rows of a path in one pass
+    # planned: the first round's 16 rows of every layer's path in one pass
+    assert failed and min(failed) > 5 and failed[0] == 16 * dream.num_layers
     assert auto.timings["batch_size"] <= 5 and auto.timings["batch_size"] >= 3  # halved until it fit
     assert (tmp_path / "auto/scores.safetensors").read_bytes() == (tmp_path / "fixed/scores.safetensors").read_bytes()
     np.testing.assert_array_equal(auto.per_variant["j_baseline"], fixed.per_variant["j_baseline"])

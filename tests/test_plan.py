@@ -57,7 +57,8 @@ def test_flops_follow_the_documented_formula(dream):
 
 def test_dry_run_plan_and_probe(dream):
     plan = dry_run(dream, [SAMPLE, SAMPLE], GateIGConfig(ig_steps=2), MASKING, batch_size=3)
-    assert plan["rows_per_path"] == 8 and plan["paths"] == dream.num_layers and plan["batch_size"]["min"] == 3
+    # 4 variants x 3 nodes: the refined rule starts from --ig-steps 2 rounded up to Simpson's odd count
+    assert plan["rows_per_path"] == 12 and plan["paths"] == dream.num_layers and plan["batch_size"]["min"] == 3
     assert plan["probe"]["rows"] == 3 and plan["estimated_seconds"] > 0 and plan["peak_memory_bytes"] > 0
     assert plan["flops"] == 2 * plan["per_sample"][0]["flops"]
     json.dumps(plan)  # JSON-ready

@@ -257,7 +257,7 @@ def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, p
             tokens,
             answer,
             lambda size: attribute_sample(spec, sample, method, masking, size),
-            most_rows=largest_pass(method, masking),
+            most_rows=largest_pass(method, masking, spec.num_layers),
         )
         size = planner.used[sample.index]
         if log and planner.auto and last != [size]:
@@ -268,13 +268,14 @@ def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, p
     return compute
 
 
-def largest_pass(method: MethodConfig, masking: MaskConfig) -> int:
-    """The most rows one pass of a sample can hold: variants x quadrature nodes for a path method (a
-    refinement round bisects an interval: 2 x the base rule's nodes), else the planner's own limit."""
+def largest_pass(method: MethodConfig, masking: MaskConfig, num_layers: int) -> int:
+    """The most rows one pass of a sample's first round holds: for Gate-IG variants x nodes x paths (the paths
+    of all layers share passes), for another path method variants x nodes, else the planner's own limit.
+    Later rounds that hold more are cut into passes of this size."""
+    if isinstance(method, GateIGConfig):
+        return masking.num_variants * method.base_nodes * len(method.paths(num_layers))
     steps = getattr(method, "ig_steps", None)
-    if not isinstance(steps, int):
-        return BATCH_LIMIT
-    return masking.num_variants * steps * (2 if getattr(method, "adaptive", False) else 1)
+    return masking.num_variants * steps if isinstance(steps, int) else BATCH_LIMIT
 
 
 def _open_run_dir(

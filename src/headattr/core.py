@@ -16,6 +16,10 @@ A caller that varies only layer l's gates can compute layer l's attention once (
     heads = core.head_inputs(spec, rows, l, batch_size)          # [V, T, H * head_dim], ungated
     out = core.objective(spec, rows, v_idx, l, heads=heads)      # o_proj of layer l onward
 
+Rows that vary different layers can share one pass, each entering at its own layer:
+
+    out = core.joined_objective(spec, rows, [Join(0, v0, heads0), Join(3, v3, heads3)])
+
 Gradients, when a caller wants them, flow only to the gates: the weights are frozen.
 """
 
@@ -163,6 +167,16 @@ def head_inputs(spec: ModelSpec, rows: Rows, layer: int, batch_size: int) -> tor
         )
 
 
+@dataclass(frozen=True)
+class Join:
+    """Rows that enter a pass at layer `start`: the variants `v_idx` [R], and, when the pass may start at that
+    layer's o_proj, its head outputs `heads` [V, T, H * head_dim] (`head_inputs(..., start, ...)`)."""
+
+    start: int
+    v_idx: torch.Tensor
+    heads: torch.Tensor | None = None
+
+
 def objective(
     spec: ModelSpec,
     rows: Rows,
@@ -179,17 +193,29 @@ def objective(
     Callers apply gates with `gates.gated` around this call *and* any backward pass: with gradient
     checkpointing the layers are recomputed during backward and must see the same gates.
     """
+    return joined_objective(spec, rows, [Join(start, v_idx, heads)], with_logits)
+
+
+def joined_objective(spec: ModelSpec, rows: Rows, joins: list[Join], with_logits: bool = False) -> Objective:
+    """`objective` for rows that enter one pass at different layers (`joins`, at strictly ascending layers).
+
+    The rows are those of `joins[0]`, then `joins[1]`, ...; the gates the caller applies to layer l cover the
+    rows inside the pass at l, in that order (rows that joined earlier run layer l whole). One pass for the
+    paths of many layers instead of one each: the same numbers per row, fewer and larger operations.
+    """
+    v_idx = torch.cat([j.v_idx for j in joins])
     owner, pos, labels = (t.to(spec.device) for t in rows.gather(v_idx))
-    backbone, ctx, h_in = spec.backbone, rows.ctx.rows(v_idx), rows.hidden_in[start][v_idx]
+    backbone = spec.backbone
+    entries = [
+        (j.start, rows.hidden_in[j.start][j.v_idx], None if j.heads is None else j.heads[j.v_idx]) for j in joins
+    ]
     with autocast_for(spec):
-        if heads is None:
-            h = backbone.run(h_in, start, spec.num_layers, ctx)
-        else:
-            h = backbone.run_from_heads(h_in, heads[v_idx], start, spec.num_layers, ctx)
+        h = backbone.run_joined(entries, spec.num_layers, rows.ctx.rows(v_idx))
         logits = backbone.logits(h[owner, pos])
     j = row_objective(logits, labels, owner, len(v_idx), rows.normalize)
     # a J that carries gradients is what the caller differentiates: one backward pass over the same layers
-    _count(spec, len(v_idx), spec.num_layers - start, backward=j.requires_grad)
+    for join in joins:
+        _count(spec, len(join.v_idx), spec.num_layers - join.start, backward=j.requires_grad)
     if not with_logits:
         return Objective(j)
     return Objective(j, logits, labels, owner)

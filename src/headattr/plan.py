@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import core
+from .attribution import largest_pass
 from .batching import BatchPlanner, hidden_size
 from .data import Sample
 from .gates import gated
@@ -62,7 +63,7 @@ class LayerPasses:
 
 def layer_passes(spec: ModelSpec, method: GateIGConfig, masked_per_variant: list[int]) -> LayerPasses:
     """Gate-IG's passes for one sample (module docstring); `masked_per_variant`: masked tokens of each."""
-    v, n, layers, k = len(masked_per_variant), method.ig_steps, spec.num_layers, float(sum(masked_per_variant))
+    v, n, layers, k = len(masked_per_variant), method.base_nodes, spec.num_layers, float(sum(masked_per_variant))
     p = LayerPasses()
     stack = spec.backbone.resumable
     if method.scope == "joint" or not stack:
@@ -143,7 +144,7 @@ def dry_run(
     planner = BatchPlanner.create(spec, batch_size, max_memory)
     tokens = np.array([len(s.input_ids) for s in samples])
     per_sample, total_flops, batches = [], 0.0, []
-    most = masking.num_variants * method.ig_steps
+    most = largest_pass(method, masking, spec.num_layers)
     for s in samples:
         masked = [len(v.positions) for v in core.variants(spec, s, masking)]
         passes = layer_passes(spec, method, masked)
@@ -157,9 +158,9 @@ def dry_run(
     plan: dict[str, Any] = {
         "samples": len(samples),
         "tokens": {"min": int(tokens.min()), "median": float(np.median(tokens)), "max": int(tokens.max())},
-        "rows_per_path": masking.num_variants * method.ig_steps,
+        "rows_per_path": masking.num_variants * method.base_nodes,
         "paths": paths,
-        "rows_per_sample": masking.num_variants * method.ig_steps * paths,
+        "rows_per_sample": masking.num_variants * method.base_nodes * paths,
         "layer_passes_per_sample": [p["layer_passes"] for p in per_sample],
         "flops": total_flops,
         "batch_size": {"requested": batch_size, "min": min(batches), "max": max(batches)},
@@ -190,7 +191,7 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
     passes = plan["layer_passes_per_sample"]
     lines = [
         f"dry run: {plan['samples']} samples; tokens min {t['min']}, median {t['median']:g}, max {t['max']}",
-        f"rows: {plan['rows_per_path']} per path (variants x {method.ig_steps} nodes) x {plan['paths']} paths "
+        f"rows: {plan['rows_per_path']} per path (variants x {method.base_nodes} nodes) x {plan['paths']} paths "
         f"(scope {method.scope}) = {plan['rows_per_sample']} per sample",
         f"layer passes per sample (row x layer): min {min(passes):,.0f}, max {max(passes):,.0f} "
         + (
@@ -207,8 +208,8 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
     if method.adaptive:  # the nodes a path spends depend on its integrand: only bounds are known beforehand
         lines.append(
             f"error-controlled quadrature (--ig-tol {method.ig_tol:g}): the counts are the base rule's "
-            f"{method.ig_steps} nodes per path; refinement can raise a path to {method.ig_max_steps} nodes, so the "
-            f"gradient work is between 1x and {method.ig_max_steps / method.ig_steps:g}x the above "
+            f"{method.base_nodes} nodes per path; refinement can raise a path to {method.ig_max_steps} nodes, so the "
+            f"gradient work is between 1x and {method.ig_max_steps / method.base_nodes:g}x the above "
             "(run.json diagnostics.nodes records what each path used)"
         )
     if "probe" in plan:

@@ -3,9 +3,10 @@
     A[l, h] = (1 - b) * sum_k w_k * dJ/dg[l, h] (at g = b + a_k (1 - b)),   J = -loss(masked answer tokens)
 
 The nodes a_k and weights w_k of each path (one per masked variant and, for scope `layer`, per layer) come
-from `adaptive.integrate_paths`: the `--ig-steps`-node base rule, refined by bisection until the path's
-completeness error and estimated per-head error are within `--ig-tol` of its gap J(1) - J(b) (`--ig-tol 0`:
-the fixed rule alone, exactly as before the refinement existed; Riemann rules are never refined).
+from `adaptive.integrate_paths`: composite Simpson from `--ig-steps` nodes, refined by bisection until the
+path's completeness error and estimated per-head error are within `--ig-tol` of its gap J(1) - J(b)
+(`--ig-tol 0`: the fixed `--ig-steps`-node rule alone, exactly as before the refinement existed; Riemann rules
+are never refined).
 
 Design, for speed without changing the numbers:
 
@@ -26,15 +27,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adaptive import DEFAULT_ATOL, DEFAULT_BASE_STEPS, DEFAULT_MAX_STEPS, DEFAULT_TOL, Request, integrate_paths
-from ..core import Rows, head_inputs
+from ..adaptive import (
+    DEFAULT_ATOL,
+    DEFAULT_BASE_STEPS,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_TOL,
+    Request,
+    base_intervals,
+    integrate_paths,
+)
+from ..core import Join, Rows, head_inputs
 from ..diagnostics import completeness_from_diagnostics, completeness_lines
 from ..errors import HeadattrError
 from ..models import ModelSpec
 from ..quadrature import RULES
 from ..settings import at_least, choice
 from .base import MethodConfig, SampleAttribution, register
-from .common import all_variants, evaluate_j, gate_gradients, path_gates
+from .common import GatedRows, all_variants, evaluate_j, joined_gate_gradients, path_gates
 
 SCOPES = ("layer", "joint")
 
@@ -45,8 +54,9 @@ class GateIGConfig(MethodConfig):
     """Gate-IG's own settings; defaults reproduce the seed report's configuration except the quadrature (README).
 
     `ig_steps` is the base rule's node count; None means the seed report's 8 for a fixed rule and
-    `adaptive.DEFAULT_BASE_STEPS` (2) as the base of the error-controlled one (`ig_tol` > 0 with
-    Gauss-Legendre), so that `--ig-tol 0` alone gives back the 8-node rule. `ig_max_steps` caps a path's nodes.
+    `adaptive.DEFAULT_BASE_STEPS` (3: Simpson on [0, 1]) as the base of the error-controlled one (`ig_tol` > 0
+    with Gauss-Legendre), so that `--ig-tol 0` alone gives back the 8-node rule. `ig_max_steps` caps a path's
+    nodes.
     """
 
     ig_steps: int | None = None
@@ -68,6 +78,11 @@ class GateIGConfig(MethodConfig):
         """Whether paths are refined (Riemann rules never are)."""
         return self.ig_tol > 0 and self.rule == "gauss-legendre"
 
+    @property
+    def base_nodes(self) -> int:
+        """Nodes per path of the first round: `ig_steps`, rounded up to Simpson's odd count when refined."""
+        return 2 * base_intervals(self.ig_steps) + 1 if self.adaptive else self.ig_steps
+
     def validate(self) -> None:
         choice("--rule", self.rule, RULES)
         choice("--scope", self.scope, SCOPES)
@@ -76,9 +91,11 @@ class GateIGConfig(MethodConfig):
             raise HeadattrError(f"--baseline must be in [0, 1), got {self.baseline}")
         if self.ig_tol < 0:
             raise HeadattrError(f"--ig-tol must be >= 0 (0: the fixed rule), got {self.ig_tol}")
-        if self.adaptive and self.ig_max_steps < self.ig_steps:
+        base = self.base_nodes
+        if self.adaptive and self.ig_max_steps < base:
             raise HeadattrError(
-                f"--ig-max-steps {self.ig_max_steps} is below --ig-steps {self.ig_steps}; give at least as many"
+                f"--ig-max-steps {self.ig_max_steps} is below the {base} nodes the refined rule starts from "
+                f"(--ig-steps {self.ig_steps}, rounded up to an odd count); give at least {base}"
             )
 
     @property
@@ -109,8 +126,9 @@ class GateIGConfig(MethodConfig):
                 j_base[:, p] = evaluate_j(spec, rows, all_v, gates, starts[p], batch_size, heads[p])
 
         def gradients(requests: list[Request]) -> list[np.ndarray]:
-            # path id = p * V + v; rows of one gate path share their start layer, so they are batched together
-            out: list[np.ndarray] = [np.empty(0)] * len(requests)
+            # path id = p * V + v; a path's rows enter the pass at its start layer, so paths of several layers
+            # share passes (`joined_gate_gradients`) where the backbone can start at each layer
+            groups, owners = [], []
             for p, layers in enumerate(paths):
                 mine = [i for i, (pid, _) in enumerate(requests) if pid // n_var == p]
                 if not mine:
@@ -118,8 +136,15 @@ class GateIGConfig(MethodConfig):
                 v_idx = torch.cat([torch.full((len(requests[i][1]),), requests[i][0] % n_var) for i in mine])
                 a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
                 values = a.to(spec.device)[:, None, None].expand(-1, len(layers), n_heads)
-                v_idx = v_idx.to(spec.device)
-                _, grads = gate_gradients(spec, rows, v_idx, values, layers, starts[p], batch_size, where, heads[p])
+                join = Join(starts[p], v_idx.to(spec.device), heads[p])
+                groups.append(GatedRows(join, layers, values))
+                owners.append(mine)
+            if all(g.join.start < h.join.start for g, h in zip(groups, groups[1:], strict=False)):
+                results = joined_gate_gradients(spec, rows, groups, batch_size, where)
+            else:  # several paths start at the same layer (a model run whole): a pass each
+                results = [joined_gate_gradients(spec, rows, [g], batch_size, where)[0] for g in groups]
+            out: list[np.ndarray] = [np.empty(0)] * len(requests)
+            for mine, (_, grads) in zip(owners, results, strict=True):
                 at = 0
                 for i in mine:
                     m = len(requests[i][1])

@@ -18,6 +18,11 @@ layer l's attention once (`splits_attention`):
 
     heads = backbone.head_input(h, l, ctx)     # [B, T, H * head_dim]: the input of layer l's o_proj
     h = backbone.run_from_heads(h, heads, l, stop, ctx)   # o_proj (gated) onward, then layers l+1..stop-1
+
+and runs rows that join one pass at different layers (each with its own gated layer), so that the paths of
+every layer share a pass:
+
+    h = backbone.run_joined([(0, h0, heads0), (3, h3, heads3)], stop, ctx)   # rows of h0, then of h3
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class LayerContext:
             rope = tuple(r[index] for r in rope)
         mask = None if self.attention_mask is None else self.attention_mask[index]
         return LayerContext(rope, mask)
+
+
+class _Captured(Exception):
+    """Raised by `LayerStack.head_input`'s hook once o_proj's input is captured: the rest is not needed."""
 
 
 @dataclass
@@ -107,14 +116,16 @@ class LayerStack:
         layer's input `h` [B, T, d].
 
         The attention module's own forward runs (its projections, rotary embeddings and attention kernel), so
-        the numbers are exactly those of a whole-layer pass; o_proj's input is captured by a hook. Call it
-        outside any gates: what it returns is ungated, and does not depend on this layer's gates.
+        the numbers are exactly those of a whole-layer pass; o_proj's input is captured by a hook that then
+        stops the forward, so neither o_proj nor any gate hook on it runs (what this returns is ungated, and
+        the caller may be inside `gates.gated` for other rows).
         """
         layer_module = self.layers[layer]
         captured: list[torch.Tensor] = []
 
         def capture(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             captured.append(args[0])
+            raise _Captured
 
         handle = layer_module.self_attn.o_proj.register_forward_pre_hook(capture, prepend=True)
         try:
@@ -124,6 +135,8 @@ class LayerStack:
                 position_embeddings=ctx.position_embeddings,
                 is_causal=False,
             )
+        except _Captured:
+            pass
         finally:
             handle.remove()
         return captured[0]
@@ -134,11 +147,56 @@ class LayerStack:
         """Layer `layer` from its input `h` [B, T, d] and its head outputs `heads` [B, T, H * head_dim]
         (`head_input`): o_proj (where the gate hooks act), the residual, the MLP block; then layers
         `layer + 1..stop-1`. The same operations as the decoder layer's forward, in the same order."""
+        return self.run_joined([(layer, h, heads)], stop, ctx)
+
+    def run_joined(
+        self, joins: list[tuple[int, torch.Tensor, torch.Tensor | None]], stop: int, ctx: LayerContext
+    ) -> torch.Tensor:
+        """One pass whose rows join at different layers: `joins[i] = (layer, h, heads)` adds the rows `h`
+        [B_i, T, d] (their input of `layer`) at `layer`, with that layer's head outputs `heads`
+        [B_i, T, H * head_dim] (`head_input`) or None (the whole layer runs on them). Layers ascend strictly;
+        `ctx` is the context of all rows in join order. Returns [sum B_i, T, d] after layer `stop - 1`.
+
+        Rows already in the pass run each layer whole (their attention computed here); rows joining with
+        `heads` enter at the layer's o_proj. One pass instead of one per join: fewer, larger operations, and
+        each row's numbers are those of a pass of its own (rows never interact).
+        """
+        h: torch.Tensor | None = None
+        for i, (layer, h_join, heads) in enumerate(joins):
+            if i and layer <= joins[i - 1][0]:
+                raise ValueError(f"joins must be at ascending layers, got {[j[0] for j in joins]}")
+            inside = 0 if h is None else h.shape[0]
+            rows = slice(0, inside + h_join.shape[0])
+            if heads is None:
+                h = h_join if h is None else torch.cat([h, h_join])
+                h = self.run(h, layer, layer + 1, ctx.rows(rows))
+            else:
+                h = self._checkpointed(self._join_layer, h, h_join, heads, layer, ctx.rows(slice(0, inside)))
+            nxt = joins[i + 1][0] if i + 1 < len(joins) else stop
+            h = self.run(h, layer + 1, nxt, ctx.rows(rows))
+        assert h is not None, "run_joined needs at least one join"
+        return h
+
+    def _checkpointed(self, fn: Any, *args: Any) -> torch.Tensor:
+        """`fn(*args)`, recomputed during backward when gradient checkpointing is on."""
         if self.grad_checkpoint and torch.is_grad_enabled():
-            h = torch.utils.checkpoint.checkpoint(self._layer_tail, h, heads, layer, use_reentrant=False)
-        else:
-            h = self._layer_tail(h, heads, layer)
-        return self.run(h, layer + 1, stop, ctx)
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _join_layer(
+        self,
+        h: torch.Tensor | None,
+        h_join: torch.Tensor,
+        heads_join: torch.Tensor,
+        layer: int,
+        ctx_inside: LayerContext,
+    ) -> torch.Tensor:
+        """Layer `layer` on the rows inside the pass (`h`, attention computed here) followed by rows that join
+        with their head outputs (`h_join`, `heads_join`): one o_proj and MLP for all of them."""
+        if h is None:
+            return self._layer_tail(h_join, heads_join, layer)
+        heads = torch.cat([self.head_input(h, layer, ctx_inside), heads_join])
+        return self._layer_tail(torch.cat([h, h_join]), heads, layer)
 
     def _layer_tail(self, residual: torch.Tensor, heads: torch.Tensor, layer: int) -> torch.Tensor:
         """Decoder layer `layer` after its attention kernel (transformers' Qwen2/Llama decoder layer order)."""
@@ -185,6 +243,14 @@ class WholeModel:
         if start != 0:
             raise ValueError("a WholeModel pass starts at layer 0; ask entry_layer() where to start")
         return self.model(input_ids=h, attention_mask=ctx.attention_mask).logits
+
+    def run_joined(
+        self, joins: list[tuple[int, torch.Tensor, torch.Tensor | None]], stop: int, ctx: LayerContext
+    ) -> torch.Tensor:
+        """`LayerStack.run_joined` for a model run as a whole: only one join, at layer 0, without head outputs."""
+        if len(joins) != 1 or joins[0][0] != 0 or joins[0][2] is not None:
+            raise ValueError("a WholeModel pass starts at layer 0 with every row; ask entry_layer() where to start")
+        return self.run(joins[0][1], 0, stop, ctx)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """`run` already produced logits: selected rows pass through."""
