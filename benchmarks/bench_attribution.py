@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--max-riemann", type=int, default=4096, help="most right-Riemann steps tried")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the equal-accuracy part")
     parser.add_argument("--skip-reference", action="store_true", help="for models too large for the slow path")
+    parser.add_argument("--only-accuracy", action="store_true", help="run only the equal-accuracy part")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,8 +259,12 @@ def main() -> None:
         }
         kinds = ["straightforward", "batched", "headattr"]
         kinds = kinds if args.skip_reference else ["reference", *kinds]
+        kinds = [] if args.only_accuracy else kinds
         results = {k: timed(k, model_dir, ids, span, cfg_kw, args.repeats) for k in kinds}
-    accuracy = equal_accuracy(cfg_kw, args) if args.accuracy else None
+    accuracy = equal_accuracy(cfg_kw, args) if args.accuracy or args.only_accuracy else None
+    if args.only_accuracy:
+        print_accuracy(accuracy, {})
+        return
 
     ref, plain = results.get("reference"), results["straightforward"]
     name = args.model or f"synthetic Dream-format, {args.layers} layers x {args.heads} heads, hidden {args.hidden}"
@@ -283,6 +288,11 @@ def main() -> None:
         "seconds": {k: r["seconds"] for k, r in results.items()},
         "headattr_vs_straightforward": plain["seconds"] / results["headattr"]["seconds"],
     }
+    print_accuracy(accuracy, summary)
+
+
+def print_accuracy(accuracy: dict | None, summary: dict) -> None:
+    """The equal-accuracy line (when measured), then the JSON summary line."""
     if accuracy is not None:
         a = accuracy
         print(

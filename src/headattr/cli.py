@@ -227,8 +227,8 @@ def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) ->
     "--ig-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="gate-ig: nodes of the base rule [default: 2 refined to --ig-tol; 8 for a fixed rule (--ig-tol 0 or "
-    "a Riemann rule)]; stp: nodes per piece between thresholds [default: 2].",
+    help="gate-ig: nodes of the base rule [default: 3, Simpson refined to --ig-tol (an even count is rounded up); "
+    "8 for a fixed rule (--ig-tol 0 or a Riemann rule)]; stp: nodes per piece between thresholds [default: 2].",
 )
 @click.option(
     "--ig-tol",
@@ -781,7 +781,7 @@ def prune_cmd(
     "--ig-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Base nodes of Gate-IG's rule [default: Gate-IG's, 2 refined to --ig-tol 0.03; --quick: 2, fixed].",
+    help="Base nodes of Gate-IG's rule [default: Gate-IG's, 3 refined to --ig-tol 0.03; --quick: 2, fixed].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
