@@ -122,6 +122,9 @@ def test_two_gloo_ranks_write_the_one_process_scores(dream_dir, data_file, tmp_p
     assert (outs[0] / "scores.safetensors").read_bytes() == expected
     meta = json.loads((outs[0] / "run.json").read_text())
     assert meta["timings"]["ranks"] == 2 and meta["timings"]["computed_samples"] == 7
+    alone = json.loads((tmp_path / "single" / "run.json").read_text())["timings"]
+    for kind in ("forward", "backward"):  # every rank's model work, not rank 0's share alone
+        assert meta["timings"][f"{kind}_passes_per_sample"] == alone[f"{kind}_passes_per_sample"]
     assert not outs[1].exists() and not (outs[0] / "checkpoints").exists()  # rank 1 left nothing behind
     assert "wrote" in results[0][1] and "wrote" not in results[1][1]
 

@@ -117,8 +117,6 @@ def attribute(
     compute = _sample_runner(spec, method, masking, planner, progress and main_process)
     with core.counting() as count:  # model work of the samples this process computes (not the resumed ones)
         results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress and main_process)
-    # per sample this process computed (under torchrun: rank 0's share, the same work per sample as the others')
-    passes = {f"{kind}_passes_per_sample": n / max(computed, 1) for kind, n in count.passes().items()}
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
@@ -126,13 +124,15 @@ def attribute(
         results.update(others)
     own = len(mine)
     if world is not None:
-        gathered = _gather_ranks(world, results, computed, planner)
+        gathered = _gather_ranks(world, results, computed, planner, count)
         if gathered is None:  # not rank 0: wait until rank 0 has written the run, then drop own checkpoints
             distributed.barrier()
             _remove_rank_checkpoints(out, ckpt_dir)
             return None
-        results, computed = gathered
+        results, computed, count = gathered
         own = len(samples)
+    # model work per sample computed (under torchrun: every rank's, summed)
+    passes = {f"{kind}_passes_per_sample": n / max(computed, 1) for kind, n in count.passes().items()}
     elapsed = time.perf_counter() - started
     result = _combine([results[i] for i in range(len(samples))], samples, method, masking, postprocess)
     result.timings = {
@@ -205,17 +205,30 @@ def _open_rank_checkpoints(out: Path, fingerprint: str, overwrite: bool) -> tupl
 
 
 def _gather_ranks(
-    world: World, results: dict[int, SampleAttribution], computed: int, planner: BatchPlanner
-) -> tuple[dict[int, SampleAttribution], int] | None:
-    """Every rank's results and counts on rank 0 (merged; the planner learns every rank's batch sizes)."""
-    payloads = distributed.gather_to_main({"results": results, "computed": computed, "batch": planner.used}, world)
+    world: World,
+    results: dict[int, SampleAttribution],
+    computed: int,
+    planner: BatchPlanner,
+    count: core.PassCount,
+) -> tuple[dict[int, SampleAttribution], int, core.PassCount] | None:
+    """Every rank's results, sample counts and model work on rank 0 (merged; the planner learns every rank's
+    batch sizes)."""
+    work = (count.num_layers, count.forward_row_layers, count.backward_row_layers)
+    payloads = distributed.gather_to_main(
+        {"results": results, "computed": computed, "batch": planner.used, "work": work}, world
+    )
     if payloads is None:
         return None
     merged: dict[int, SampleAttribution] = {}
+    total = core.PassCount()
     for p in payloads:
         merged.update(p["results"])
         planner.used.update(p["batch"])
-    return merged, sum(p["computed"] for p in payloads)
+        layers, forward, backward = p["work"]
+        total.num_layers = max(total.num_layers, layers)
+        total.forward_row_layers += forward
+        total.backward_row_layers += backward
+    return merged, sum(p["computed"] for p in payloads), total
 
 
 def _remove_rank_checkpoints(out: Path | None, ckpt_dir: Path | None) -> None:
