@@ -28,8 +28,7 @@ def data_file(tmp_path) -> Path:
 
 def one_line_error(code: int, err: str) -> str:
     """The message of a one-line CLI error: exit 2, the last line of stderr, no traceback (progress lines
-    before it are allowed: root may create directories anywhere by permission, so /proc fails only when the
-    run directory is created, after the model has loaded)."""
+    before it are allowed)."""
     errors = [line for line in err.splitlines() if line.startswith("headattr: error: ")]
     assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
     assert "Traceback" not in err
@@ -69,13 +68,23 @@ def test_unwritable_out_is_one_line(dream_dir, data_file, tmp_path, capsys):
 
 
 def test_prepare_output_dir_and_atomic_writes_turn_oserror_into_one_error(tmp_path):
-    with pytest.raises(HeadattrError, match="cannot create directory /proc/headattr-x"):
+    with pytest.raises(HeadattrError, match="cannot create /proc/headattr-x"):
         rundir.prepare_output_dir(Path("/proc/headattr-x/y"))
+    with pytest.raises(HeadattrError, match="cannot create directory /proc/headattr-x"):
+        rundir.make_dir(Path("/proc/headattr-x/y"))
     with pytest.raises(HeadattrError, match="cannot create"):
         rundir.atomic_write_text(Path("/proc/headattr-x/y/run.json"), "{}")
     (tmp_path / "file").write_text("x")
     with pytest.raises(HeadattrError, match="is not a directory"):
         rundir.check_output_dir(tmp_path / "file" / "run")
+
+
+def test_out_that_permissions_allow_but_the_filesystem_refuses_is_caught_before_loading(tmp_path):
+    # root passes every permission check, yet /proc takes no new directory: the probe finds it up front
+    with pytest.raises(HeadattrError, match="cannot create /proc/headattr-x/y: /proc refuses it"):
+        rundir.check_output_dir(Path("/proc/headattr-x/y"))
+    rundir.check_output_dir(tmp_path / "new" / "run")  # a creatable one passes, and the probe leaves nothing
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])

@@ -209,10 +209,11 @@ def prepare_output_dir(
 
 
 def _check_creatable(out: Path) -> None:
-    """Raise if `out` cannot be created: its nearest existing ancestor is a file or not writable.
+    """Raise if `out` cannot be created: its nearest existing ancestor is a file, not writable, or refuses a
+    new directory.
 
-    Only what can be seen without creating anything (root can write everywhere by permissions, so a
-    directory such as /proc still fails only at creation, which `make_dir` reports on one line).
+    Permissions do not tell everything (root passes every permission check, yet nothing can be created under
+    /proc), so a uniquely named directory is created in the ancestor and removed at once.
     """
     ancestor = out.absolute()
     while not ancestor.exists() and ancestor != ancestor.parent:
@@ -223,6 +224,12 @@ def _check_creatable(out: Path) -> None:
         raise HeadattrError(f"cannot create {out}: {ancestor} is not a directory; choose another --out")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise HeadattrError(f"cannot create {out}: {ancestor} is not writable; choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".headattr-probe-", dir=ancestor))
+    except OSError as exc:
+        raise HeadattrError(
+            f"cannot create {out}: {ancestor} refuses it ({exc.strerror}); choose another --out"
+        ) from None
 
 
 # ---------------------------------------------------------------- reading and writing runs
