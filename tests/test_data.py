@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from headattr.data import (
     FORMATS,
+    DataConfig,
     DataReport,
     Record,
     build_samples,
@@ -424,6 +425,15 @@ def test_build_samples_reports_everything(tmp_path: Path) -> None:
     line = report.summary()
     assert "\n" not in line and "12 of 12 rows" in line and "1 skipped (row 4: answer has no tokens)" in line
     assert f"{report.prompt_truncated} prompts" in line
+
+
+def test_build_samples_takes_a_data_config(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", [{"prompt": words(0, 2), "answer": words(100, 1 + i % 3)} for i in range(9)])
+    by_path, _ = build_samples(path, make_tokenizer(), samples=4, seed=3)
+    by_config, _ = build_samples(DataConfig(path=str(path), samples=4, seed=3), make_tokenizer())
+    overridden, _ = build_samples(DataConfig(path=str(path), samples=9), make_tokenizer(), samples=4, seed=3)
+    assert [s.input_ids for s in by_config] == [s.input_ids for s in by_path] == [s.input_ids for s in overridden]
+    assert len(by_path) == 4
 
 
 def test_skipping_does_not_change_the_selection(tmp_path: Path) -> None:

@@ -581,14 +581,16 @@ class DataConfig(Settings):
         return built, report
 
 
-def build_samples(path: str | Path, tokenizer: Any, **options: Any) -> tuple[list[Sample], DataReport]:
+def build_samples(path: str | Path | DataConfig, tokenizer: Any, **options: Any) -> tuple[list[Sample], DataReport]:
     """Load, select, then tokenize; return the samples in row order and a report of every loss.
 
-    `options` are `DataConfig` fields (`format`, `samples`, `seed`, `stratify_by`, ...). Selection comes
-    before tokenization, so a skipped row (an answer with no tokens) never changes which rows are chosen; it is
-    counted and named in the report. If every selected row is skipped, that is an error: there would be
-    nothing to attribute.
+    `path` is the data file (then `options` are the other `DataConfig` fields: `format`, `samples`, `seed`,
+    `stratify_by`, ...) or a whole `DataConfig`. Selection comes before tokenization, so a skipped row (an
+    answer with no tokens) never changes which rows are chosen; it is counted and named in the report. If every
+    selected row is skipped, that is an error: there would be nothing to attribute.
     """
+    if isinstance(path, DataConfig):
+        return dataclasses.replace(path, **options).build(tokenizer)
     return DataConfig(path=str(path), **options).build(tokenizer)
 
 
