@@ -299,14 +299,6 @@ def attribute(
     data_seed: int | None,
     mask_seed: int | None,
     method_name: str,
-    ig_steps: int | None,
-    ig_tol: float,
-    ig_max_steps: int,
-    rule: str,
-    scope: str,
-    path_samples: int,
-    path_seed: int | None,
-    baseline: float,
     mask_probs: str,
     mask_samples_per_prob: int,
     loss_normalize: str,
@@ -326,16 +318,8 @@ def attribute(
     parse_max_memory(max_memory)  # a malformed cap fails now, not after the model has loaded
     shard_spec = parse_shard(shard) if shard is not None else None
     check_shard(shard_spec, out, overwrite)
-    flags = dict(
-        ig_steps=ig_steps,
-        ig_tol=ig_tol,
-        ig_max_steps=ig_max_steps,
-        rule=rule,
-        scope=scope,
-        baseline=baseline,
-        path_samples=path_samples,
-    )
-    method = method_from_flags(click.get_current_context(), method_name, {**flags, "path_seed": path_seed}, seed)
+    flags = {field: options.pop(field) for field in METHOD_FLAGS.values()}
+    method = method_from_flags(click.get_current_context(), method_name, flags, seed)
     masking = MaskConfig(
         mask_probs=parse_floats(mask_probs, "--mask-probs"),
         mask_samples_per_prob=mask_samples_per_prob,
