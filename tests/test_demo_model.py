@@ -14,6 +14,7 @@ from headattr.decode import unmask_decode
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.demo import tasks as demo_tasks
 from headattr.demo import train as demo_train
+from headattr.demo.tokenizer import build_tokenizer
 
 MAX_WEIGHT_BYTES = 5_000_000
 # Per-task floors for masked-token accuracy at mask rate 0.5 on 40 held-out examples, about 0.1 below what the
@@ -224,6 +225,44 @@ def test_padding_is_invisible_to_real_tokens(demo) -> None:
             ids = torch.tensor([demo_train.encode(example, tokenizer)[0]])
             alone = model(input_ids=ids).logits[0]
             torch.testing.assert_close(padded[row, : ids.shape[1]], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_eos_padding_is_marked_and_trained_on() -> None:
+    tokenizer = build_tokenizer()
+    examples = [
+        {"prompt": "12+30=", "answer": "042", "task": "add"},
+        {"prompt": "copy:abcd=", "answer": "abcd", "task": "copy"},
+    ]
+    batch = demo_train.make_batch(examples, tokenizer, [12, 0])
+    assert batch.answer.sum(dim=1).tolist() == [12, 4] and batch.eos.sum(dim=1).tolist() == [9, 0]
+    assert not (batch.eos & ~batch.answer).any()
+    start = 1 + len("12+30=")
+    assert tokenizer.decode(batch.ids[0, start : start + 3]) == "042"
+    assert (batch.ids[0, start + 3 : start + 12] == tokenizer.eos_token_id).all()
+
+
+def test_eos_padding_adds_to_the_loss_without_diluting_the_answer() -> None:
+    tokenizer = build_tokenizer()
+    example = {"prompt": "12+30=", "answer": "042", "task": "add"}
+    batch = demo_train.make_batch([example, example], tokenizer, [0, 12])
+    ones = torch.ones(batch.ids.shape)
+    rate = torch.ones(2)
+    answer_only = batch.answer & ~batch.eos
+    # every answer token masked: a mean of 1 per real answer token, with or without EOS after the answer
+    torch.testing.assert_close(demo_train.weighted_loss(ones, answer_only, rate, batch), torch.ones(2))
+    # the 9 EOS tokens add 9 / 3 on top instead of shrinking the answer's share to 3 / 12
+    torch.testing.assert_close(demo_train.weighted_loss(ones, batch.answer, rate, batch), torch.tensor([1.0, 4.0]))
+
+
+def test_training_batches_mix_answers_with_and_without_eos() -> None:
+    def windows(seed: int) -> list[int]:
+        stream = demo_train.batches(seed, 32, eos_window=12, eos_fraction=0.5)
+        return [window for _, batch in zip(range(40), stream, strict=False) for _, window in batch]
+
+    drawn = windows(0)
+    assert set(drawn) == {0, 12} and 0.45 < drawn.count(12) / len(drawn) < 0.55
+    assert drawn == windows(0) and drawn != windows(1)
+    assert {window for batch in [next(demo_train.batches(0, 32))] for _, window in batch} == {0}
 
 
 # ---------------------------------------------------------------- decoder
