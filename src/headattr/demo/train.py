@@ -16,13 +16,15 @@ fraction `eos_fraction` of the training examples have their answer followed by E
 tokens. Each example draws a mask rate t ~ U(0, 1) (clipped to [T_MIN, 1]), masks each answer or EOS token
 with probability t (at least one), and the loss is the cross-entropy of the masked tokens weighted by 1 / t,
 divided by the length of the *real* answer (EOS padding not counted): the usual masked-diffusion bound.
-Since at least one token is always masked, t is floored at 1 / (answer + EOS tokens) in the weight, so that
-a rare near-zero t does not dominate a batch.
+Since at least one token is always masked, t is floored at 1 / (real answer length) in the weight, so that
+a rare near-zero t does not dominate a batch; the floor ignores the EOS padding too, so an example's weight
+is bounded as without EOS (floored at 1 / (answer + EOS), a two-digit answer padded to 12 could weigh 6
+times as much, the noisiest terms of the batch).
 
 Why both kinds of example, and why that divisor: generation (Dream's sampler, `eos_window` new tokens, cut
 at EOS) needs a model that fills the window with the answer and then EOS, while attribution, pruning's
 loss and the held-out accuracy score answers *without* EOS (`demo.jsonl` as it is), so the model must stay
-in distribution on both; half the examples of each kind costs little, since the answer tokens are predicted
+in distribution on both; a quarter of EOS-padded examples costs little, since the answer tokens are predicted
 the same way in both. Dividing by the padded length instead (Dream's SFT convention) gives the real tokens
 of a two-digit answer padded to 12 a sixth of their weight, and an EOS-only model trained so (each answer
 padded to 12) solved retrieval 0.200 and addition 0.400 by generation against 0.865 and 1.000 for the
@@ -90,7 +92,7 @@ class TrainConfig:
     # answer tokens (as Dream's and LLaDA's SFT pad with EOS), so that generation of that many tokens ends the
     # answer with EOS; the rest have none, as attribution's samples; 0: no EOS (the model before issue 12)
     eos_window: int = 12
-    eos_fraction: float = 0.5
+    eos_fraction: float = 0.25
 
 
 # ---------------------------------------------------------------- model
@@ -287,9 +289,8 @@ def weighted_loss(token_loss: torch.Tensor, masked: torch.Tensor, rate: torch.Te
 
     EOS padding adds its own terms but is not counted in the divisor (see the module docstring).
     """
-    maskable = batch.answer.sum(dim=1).float()  # answer and EOS tokens: at least one of them is masked
     answer_len = (batch.answer & ~batch.eos).sum(dim=1).float()
-    weight = 1.0 / torch.maximum(rate, 1.0 / maskable)
+    weight = 1.0 / torch.maximum(rate, 1.0 / answer_len)
     return (token_loss * masked).sum(dim=1) * weight / answer_len
 
 
