@@ -9,10 +9,11 @@ probabilities 0.15/0.3/0.5/0.7/0.9, 2 masked draws per probability):
    consistency_analysis.png.
 3. `prune` with the seed-47 scores on held-out samples (disjoint from both runs' samples): most / least /
    random orders, single-head ablations and exact match. A model trained to end its answers with EOS
-   (`training_args.json` with `eos_window` > 0, `python -m headattr.demo.train --eos-window N`) is judged on
-   generated answers (`prune --eval generate --task exact`: N tokens with Dream's sampler, cut at EOS); a
-   model without one on answers decoded into the known answer span (`headattr.decode`), since its
-   generations never end.
+   (`training_args.json` with `eos_window` > 0, as the built-in model, trained with a 12-token window) is
+   judged on generated answers (`prune --eval generate --task exact`: N tokens with Dream's sampler, cut at
+   EOS); a model without one (`python -m headattr.demo.train --eos-window 0`, the built-in model before
+   issue 12) on answers decoded into the known answer span (`headattr.decode`), since its generations never
+   end.
 
 Outputs under OUT: `run-seed47/`, `run-seed1234/`, `compare/`, `prune/`, and `summary.json` (the numbers
 printed at the end).

@@ -10,11 +10,28 @@ download. The model is transformers' Qwen2 run with bidirectional attention, exa
 and it keeps Dream's conventions: shifted logits (the token at position j is predicted from position j-1),
 a `<|mask|>` token, `config.json` with `"model_type": "Dream"` and Qwen2 weight names.
 
-Objective: masked diffusion on answer tokens only. A sequence is `[bos] + prompt + answer` (characters);
-each example draws a mask rate t ~ U(0, 1) (clipped to [T_MIN, 1]), masks each answer token with
-probability t (at least one), and the loss is the cross-entropy of the masked tokens weighted by 1 / t,
-divided by the answer length: the usual masked-diffusion bound. Since at least one token is always masked,
-t is floored at 1 / answer length in the weight, so that a rare near-zero t does not dominate a batch.
+Objective: masked diffusion on answer tokens. A sequence is `[bos] + prompt + answer` (characters), and a
+fraction `eos_fraction` of the training examples have their answer followed by EOS up to `eos_window` tokens
+(as Dream's and LLaDA's SFT data pad answers with EOS); the EOS tokens are masked and predicted like answer
+tokens. Each example draws a mask rate t ~ U(0, 1) (clipped to [T_MIN, 1]), masks each answer or EOS token
+with probability t (at least one), and the loss is the cross-entropy of the masked tokens weighted by 1 / t,
+divided by the length of the *real* answer (EOS padding not counted): the usual masked-diffusion bound.
+Since at least one token is always masked, t is floored at 1 / (real answer length) in the weight, so that
+a rare near-zero t does not dominate a batch; the floor ignores the EOS padding too, so that an example's
+weight is bounded as without EOS (at 1 / (answer + EOS) a two-digit answer padded to 12 could weigh 6 times
+as much; that made no measured difference, but it keeps an example without EOS on exactly the former loss).
+
+Why both kinds of example, and why that divisor: generation (Dream's sampler, `eos_window` new tokens, cut
+at EOS) needs a model that fills the window with the answer and then EOS, while attribution, pruning's
+loss and the held-out accuracy score answers *without* EOS (`demo.jsonl` as it is), so the model must stay
+in distribution on both. A quarter of EOS-padded examples suffices for generation (exact match 1.0 on every
+task) and leaves retrieval, the task learned last, enough of the budget: with half of them padded it was not
+learned in 12000 steps (held-out masked-token accuracy 0.52 against 1.0 with a quarter; seed 0, either
+floor). Dividing by the padded length instead (Dream's SFT convention) gives the real tokens of a two-digit
+answer padded to 12 a sixth of their weight, and an EOS-only model trained so (each answer padded to 12)
+solved retrieval 0.200 and addition 0.400 by generation against 0.865 and 1.000 for the answer-only model;
+divided by the real length, an example without EOS has exactly the answer-only loss and the EOS tokens add
+their own terms on top (EOS is easy: its loss soon falls to ~0) without diluting the rest.
 
 Batches mix tasks and are padded at the end; a float attention mask hides pad keys from every query, so
 real positions compute exactly what they would unpadded (RoPE positions are unchanged by end padding).
@@ -73,9 +90,11 @@ class TrainConfig:
     log_every: int = 250
     eval_every: int = 1000  # log held-out accuracy every so many steps (0: never); training is unaffected
     threads: int = 1  # one: on a shared CPU two threads spin-wait and run ~10x slower; results are the same
-    # > 0: every answer is followed by EOS up to this many tokens, trained like answer tokens (as Dream's and
-    # LLaDA's SFT pad with EOS), so that generation of that many tokens ends the answer with EOS; 0: no EOS
-    eos_window: int = 0
+    # > 0: a fraction `eos_fraction` of the answers is followed by EOS up to this many tokens, trained like
+    # answer tokens (as Dream's and LLaDA's SFT pad with EOS), so that generation of that many tokens ends the
+    # answer with EOS; the rest have none, as attribution's samples; 0: no EOS (the model before issue 12)
+    eos_window: int = 12
+    eos_fraction: float = 0.25
 
 
 # ---------------------------------------------------------------- model
@@ -198,6 +217,7 @@ class Batch:
     ids: torch.Tensor
     answer: torch.Tensor  # bool [B, T]
     real: torch.Tensor  # bool [B, T]
+    eos: torch.Tensor  # bool [B, T]: the EOS padding after an answer (a subset of `answer`)
 
     def attention_mask(self) -> torch.Tensor:
         """Float `[B, 1, T, T]` mask: 0 where the key is a real token, a large negative at pad keys."""
@@ -217,19 +237,24 @@ def encode(
 
 
 def make_batch(
-    examples: Sequence[demo_tasks.Example], tokenizer: PreTrainedTokenizerBase, eos_window: int = 0
+    examples: Sequence[demo_tasks.Example],
+    tokenizer: PreTrainedTokenizerBase,
+    eos_window: int | Sequence[int] = 0,
 ) -> Batch:
-    """Encode and pad examples at the end with the pad token."""
-    encoded = [encode(example, tokenizer, eos_window) for example in examples]
+    """Encode and pad examples at the end with the pad token; `eos_window` is one for all or one per example."""
+    windows = [eos_window] * len(examples) if isinstance(eos_window, int) else list(eos_window)
+    encoded = [encode(example, tokenizer, window) for example, window in zip(examples, windows, strict=True)]
     length = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
     answer = torch.zeros(len(encoded), length, dtype=torch.bool)
     real = torch.zeros(len(encoded), length, dtype=torch.bool)
-    for row, (tokens, start) in enumerate(encoded):
+    eos = torch.zeros(len(encoded), length, dtype=torch.bool)
+    for row, ((tokens, start), example) in enumerate(zip(encoded, examples, strict=True)):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         answer[row, start : len(tokens)] = True
         real[row, : len(tokens)] = True
-    return Batch(ids, answer, real)
+        eos[row, start + len(tokenizer(example["answer"], add_special_tokens=False)["input_ids"]) : len(tokens)] = True
+    return Batch(ids, answer, real, eos)
 
 
 def draw_masks(answer: torch.Tensor, rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -258,10 +283,17 @@ def diffusion_loss(
     inputs = batch.ids.masked_fill(masked, mask_token_id)
     logits = shifted_logits(model, inputs, batch.attention_mask())
     token_loss = F.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")  # [B, T]
-    answer_len = batch.answer.sum(dim=1).float()
+    return weighted_loss(token_loss, masked, rate, batch).mean()
+
+
+def weighted_loss(token_loss: torch.Tensor, masked: torch.Tensor, rate: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per example [B]: masked tokens' losses [B, T] weighted 1 / t, divided by the real answer's length.
+
+    EOS padding adds its own terms but is not counted in the divisor (see the module docstring).
+    """
+    answer_len = (batch.answer & ~batch.eos).sum(dim=1).float()
     weight = 1.0 / torch.maximum(rate, 1.0 / answer_len)
-    per_example = (token_loss * masked).sum(dim=1) * weight / answer_len
-    return per_example.mean()
+    return (token_loss * masked).sum(dim=1) * weight / answer_len
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -272,20 +304,31 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def batches(seed: int, batch_size: int, pool: int = BUCKET_POOL) -> Iterator[list[demo_tasks.Example]]:
-    """Endless training batches from the training split, of similar lengths to save padding.
+def batches(
+    seed: int, batch_size: int, pool: int = BUCKET_POOL, eos_window: int = 0, eos_fraction: float = 0.0
+) -> Iterator[list[tuple[demo_tasks.Example, int]]]:
+    """Endless training batches of (example, EOS window) from the training split, of similar lengths.
 
-    `pool` batches' worth of examples are drawn, sorted by length (stably), cut into batches, and the
+    Each example is EOS-padded to `eos_window` with probability `eos_fraction` (window 0 otherwise: no EOS).
+    `pool` batches' worth of examples are drawn, sorted by encoded length (stably), cut into batches, and the
     batches are yielded in a seeded random order; tasks of similar length still share batches.
     """
     examples = demo_tasks.stream(seed, heldout=False, weights=demo_tasks.TRAIN_WEIGHTS)
     order_rng = random.Random(seed + 2)
+    eos_rng = random.Random(seed + 3)
+
+    def length(item: tuple[demo_tasks.Example, int]) -> int:
+        example, window = item
+        return len(example["prompt"]) + max(len(example["answer"]), window)
+
     while True:
-        drawn = sorted(
-            (next(examples) for _ in range(pool * batch_size)),
-            key=lambda example: len(example["prompt"]) + len(example["answer"]),
-        )
-        chunks = [drawn[i : i + batch_size] for i in range(0, len(drawn), batch_size)]
+        drawn = [next(examples) for _ in range(pool * batch_size)]
+        if eos_window > 0 and eos_fraction > 0:
+            windows = [eos_window if eos_rng.random() < eos_fraction else 0 for _ in drawn]
+        else:
+            windows = [0] * len(drawn)
+        items = sorted(zip(drawn, windows, strict=True), key=length)
+        chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         order_rng.shuffle(chunks)
         yield from chunks
 
@@ -311,8 +354,9 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     model.train()
     start, running = time.time(), 0.0
-    for step, examples in zip(range(cfg.steps), batches(cfg.seed, cfg.batch_size), strict=False):
-        batch = make_batch(examples, tokenizer, cfg.eos_window)
+    stream = batches(cfg.seed, cfg.batch_size, eos_window=cfg.eos_window, eos_fraction=cfg.eos_fraction)
+    for step, items in zip(range(cfg.steps), stream, strict=False):
+        batch = make_batch([example for example, _ in items], tokenizer, [window for _, window in items])
         loss = diffusion_loss(model, batch, tokenizer.mask_token_id, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -389,10 +433,36 @@ def exact_match(
     return correct / max(len(examples), 1)
 
 
+def generated_exact_match(model_dir: str | Path, examples: Sequence[demo_tasks.Example], eos_window: int) -> float:
+    """Fraction of answers generated exactly by Dream's sampler (`eos_window` tokens and steps, `maskgit_plus`,
+    greedy), the completion cut at EOS: what `headattr generate --task exact` and the demo's pruning measure."""
+    from headattr.generate import completion_text, generate
+    from headattr.models import load_model
+
+    spec = load_model(model_dir, device="cpu", dtype="float32")
+    correct = 0
+    for start in range(0, len(examples), 64):
+        chunk = examples[start : start + 64]
+        prompts = [encode({**example, "answer": ""}, spec.tokenizer)[0] for example in chunk]
+        out = generate(spec, prompts, max_new_tokens=eos_window, steps=eos_window, alg="maskgit_plus")
+        width = max(len(prompt) for prompt in prompts)
+        correct += sum(
+            completion_text(spec, row[width:]).strip() == example["answer"]
+            for row, example in zip(out, chunk, strict=True)
+        )
+    return correct / max(len(examples), 1)
+
+
 def evaluate(
-    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, per_task: int = 200, seed: int = EVAL_SEED
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    per_task: int = 200,
+    seed: int = EVAL_SEED,
+    model_dir: str | Path | None = None,
+    eos_window: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Held-out masked-token accuracy at rate 0.5 and exact-match decoding accuracy, per task."""
+    """Held-out masked-token accuracy at rate 0.5 and exact-match decoding accuracy, per task; with `model_dir`
+    and an `eos_window` > 0 also exact match of answers generated in that window and cut at EOS."""
     results = {}
     for task in demo_tasks.TASKS:
         examples = demo_tasks.heldout_examples(task, per_task, seed)
@@ -400,6 +470,8 @@ def evaluate(
             "masked_acc@0.5": masked_accuracy(model, tokenizer, examples, seed=seed),
             "exact_match": exact_match(model, tokenizer, examples),
         }
+        if model_dir is not None and eos_window > 0:
+            results[task]["generated"] = generated_exact_match(model_dir, examples, eos_window)
     return results
 
 
@@ -462,10 +534,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"parameters {params}, {WEIGHTS_FILE} {size} bytes, "
         f"bidirectional check {check_bidirectional(model, tokenizer):.3g}"
     )
-    header = f"{'task':<8} {'masked_acc@0.5':>15} {'exact_match':>12}"
+    args_file = Path(args.out) / "training_args.json"
+    window = int(json.loads(args_file.read_text()).get("eos_window", 0)) if args_file.is_file() else 0
+    header = f"{'task':<8} {'masked_acc@0.5':>15} {'exact_match':>12}" + (f" {'generated':>10}" if window else "")
     print(f"{header}   (held-out, {args.eval_per_task} per task)")
-    for task, result in evaluate(model, tokenizer, args.eval_per_task).items():
-        print(f"{task:<8} {result['masked_acc@0.5']:>15.4f} {result['exact_match']:>12.4f}")
+    for task, result in evaluate(model, tokenizer, args.eval_per_task, model_dir=args.out, eos_window=window).items():
+        line = f"{task:<8} {result['masked_acc@0.5']:>15.4f} {result['exact_match']:>12.4f}"
+        print(line + (f" {result['generated']:>10.4f}" if window else ""))
+    if window:
+        print(f"generated: {window} new tokens and steps, maskgit_plus, greedy, cut at EOS (exact match)")
     if not args.no_data and not args.eval_only:
         print(f"dataset written to {demo_tasks.write_dataset(args.data)}")
     print(f"total elapsed {time.time() - start:.1f}s")
