@@ -3,7 +3,8 @@
 `fixtures/gate_ig_builtin.safetensors` holds, for 4 demo samples (seed 47, stratified by task), 4 IG steps
 and both scopes, every per-variant array one sample's attribution produces, as computed by the engine of
 commit f219245 with batch size 16. Restructuring the code must not change a single bit of them, at any
-batch size (rows never interact).
+batch size (rows never interact). The model is the built-in model of that time (`fixtures/builtin-v3`, the
+weights shipped until issue 12 retrained them to end answers with EOS), kept so that the pin still holds.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from safetensors.numpy import load_file
 
 import headattr
 from headattr.attribution import attribute_sample
-from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.demo import DATA_FILE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gate_ig_builtin.safetensors"
+MODEL_DIR = Path(__file__).parent / "fixtures" / "builtin-v3"  # the built-in model f219245 ran
 
 
 @pytest.fixture(scope="module")
