@@ -56,10 +56,13 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert set(rows) == {"0.05", "0.1", "0.2", "0.3"}
         assert all(_finite(r.values()) for r in rows.values())
 
+    # the built-in model ends its answers with EOS: pruning is judged on generated answers, not a known span
+    assert set(p["baseline"]) == {"loss", "accuracy", "task_exact"} and p["baseline"]["task_exact"] == 1.0
     pruning = json.loads((out / "prune/pruning.json").read_text())
-    assert pruning["settings"]["exact_match"] and pruning["single_head"] is not None
+    assert not pruning["settings"]["exact_match"] and pruning["single_head"] is not None
+    assert pruning["task"]["task"] == "exact" and pruning["task"]["settings"]["max_new_tokens"] == 12
     for order in ("most", "least"):
-        assert _finite(pruning["curves"][order]["loss"]) and _finite(pruning["curves"][order]["exact_match"])
+        assert _finite(pruning["curves"][order]["loss"]) and _finite(pruning["curves"][order]["task_exact"])
     attributed = {
         s["hash"] for seed in (47, 1234) for s in json.loads((out / f"run-seed{seed}/run.json").read_text())["samples"]
     }

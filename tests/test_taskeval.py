@@ -224,7 +224,10 @@ def test_cli_generate_scores_with_task(tmp_path, capsys):
 def test_demo_judges_generated_answers_only_for_a_model_trained_with_eos(tmp_path):
     from headattr.demo.run import demo_generation
 
-    assert demo_generation(MODEL_DIR) is None  # the shipped model never learned to end an answer
-    (tmp_path / "training_args.json").write_text(json.dumps({"eos_window": 12}))
-    evaluation = demo_generation(tmp_path)
-    assert evaluation.task.name == "exact" and evaluation.settings["max_new_tokens"] == 12
+    shipped = demo_generation(MODEL_DIR)  # the built-in model was trained with a 12-token EOS window
+    assert shipped.task.name == "exact" and shipped.settings["max_new_tokens"] == 12
+    assert demo_generation(tmp_path) is None  # no training_args.json: no EOS window known
+    (tmp_path / "training_args.json").write_text(json.dumps({"eos_window": 0}))  # trained without EOS
+    assert demo_generation(tmp_path) is None
+    (tmp_path / "training_args.json").write_text(json.dumps({"eos_window": 8}))
+    assert demo_generation(tmp_path).settings == {"max_new_tokens": 8, "steps": 8, "alg": "maskgit_plus"}

@@ -148,8 +148,10 @@ class Metrics:
         """The value of `metric`: a fixed one (loss, accuracy, exact_match) or a task one (task_<name>)."""
         return self.task[metric] if metric in self.task else getattr(self, metric)
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"loss": self.loss, "accuracy": self.accuracy, "exact_match": self.exact_match, **self.task}
+    def to_dict(self) -> dict[str, float]:
+        """The measured values (`exact_match` only when the known-span decoder ran)."""
+        known = {} if self.exact_match is None else {"exact_match": self.exact_match}
+        return {"loss": self.loss, "accuracy": self.accuracy, **known, **self.task}
 
 
 def eval_masking(run: Run) -> MaskConfig:
