@@ -366,3 +366,18 @@ def test_unmask_decode_steps_and_checks() -> None:
     with pytest.raises(ValueError):
         unmask_decode(fake, target, [2, 2], MASK, shift=True)
     assert torch.equal(unmask_decode(fake, target, [], MASK, shift=True), target)
+
+
+def test_saved_checkpoint_round_trips_with_the_umask_mode(tmp_path):
+    import os
+
+    model, tokenizer = demo_train.load_checkpoint()
+    old = os.umask(0o022)
+    try:
+        out = demo_train.save_checkpoint(model, tokenizer, tmp_path / "copy")
+    finally:
+        os.umask(old)
+    assert (out / demo_train.WEIGHTS_FILE).stat().st_mode & 0o777 == 0o644  # not safetensors' own 0600
+    copy, _ = demo_train.load_checkpoint(out)
+    for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -51,13 +51,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from headattr.decode import unmask_decode
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.demo import tasks as demo_tasks
 from headattr.demo.tokenizer import build_tokenizer
+from headattr.rundir import atomic_write_bytes
 
 T_MIN = 1e-3
 EVAL_SEED = 777  # held-out evaluation examples (a different stream from training's and the dataset's)
@@ -181,7 +183,8 @@ def save_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().float().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    # bytes, then an atomic write with the umask's mode (safetensors' own writer makes a 0600 file)
+    atomic_write_bytes(out / WEIGHTS_FILE, safetensors_bytes(state, metadata={"format": "pt"}))
     config = dream_config_dict(model.config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(str(out))
