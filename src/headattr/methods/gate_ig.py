@@ -15,7 +15,9 @@ Design, for speed without changing the numbers:
 - scope `layer`: gating layer l re-runs only layers l..L-1 from the cached input of layer l (about (L+1)/2
   layer passes per layer on average instead of L), where the backbone can resume; and layer l's own
   attention (q/k/v, the attention kernel) runs once per variant, not per quadrature node: its gates scale
-  o_proj's input, so every node re-runs only o_proj onward (`core.head_inputs`);
+  o_proj's input, so every node re-runs only o_proj onward (`core.head_inputs`); the rows of every layer's
+  path share passes, each entering at its own layer (`common.joined_gate_gradients`), so a round of the
+  refinement is one pass, not one per layer;
 - the LM head is applied only at the positions that predict a masked token (the core's objective).
 """
 
