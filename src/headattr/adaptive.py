@@ -125,15 +125,15 @@ def _status(path: _Path, scale: float) -> tuple[np.ndarray, float, float]:
     return integral, estimate, float(integral.sum() - path.target)
 
 
-def _leaves_to_split(path: _Path, scale: float, tol: float, atol: float, budget: int) -> list[int]:
-    """Indices (ascending) of the leaves to bisect this round, at most `budget` of them.
+def _leaves_to_split(path: _Path, estimate: float, bound: float, budget: int) -> list[int]:
+    """Indices (ascending) of the leaves to bisect this round, at most `budget` of them, given the path's
+    largest per-head estimate and its bound (`_status`, `_bound`).
 
     While the estimate fails: every leaf whose estimate for the worst head is at least `SPLIT_FRACTION` of the
     largest, the largest first (ties: leftmost). When only completeness fails: the widest leaf (ties: largest
     total estimate, then leftmost).
     """
-    _, estimate, _ = _status(path, scale)
-    if estimate > _bound(path.target, tol, atol):
+    if estimate > bound:
         worst = int(np.argmax(_sum_leaves(path, "error")))
         errors = np.array([leaf.error[worst] for leaf in path.leaves])
         order = sorted(range(len(errors)), key=lambda i: (-errors[i], i))
@@ -213,7 +213,7 @@ def integrate_paths(
             _, estimate, completeness = _status(path, scale)
             bound = _bound(path.target, tol, atol)
             if budget >= 1 and (abs(completeness) > bound or estimate > bound):
-                plans.append((p, _leaves_to_split(path, scale, tol, atol, budget)))
+                plans.append((p, _leaves_to_split(path, estimate, bound, budget)))
         if not plans:
             break
         _refine_round(evaluate, paths, plans)

@@ -251,13 +251,12 @@ def make_batch(
     ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
     answer = torch.zeros(len(encoded), length, dtype=torch.bool)
     real = torch.zeros(len(encoded), length, dtype=torch.bool)
-    eos = torch.zeros(len(encoded), length, dtype=torch.bool)
-    for row, ((tokens, start), example) in enumerate(zip(encoded, examples, strict=True)):
+    for row, (tokens, start) in enumerate(encoded):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         answer[row, start : len(tokens)] = True
         real[row, : len(tokens)] = True
-        eos[row, start + len(tokenizer(example["answer"], add_special_tokens=False)["input_ids"]) : len(tokens)] = True
-    return Batch(ids, answer, real, eos)
+    # the answers are characters, never EOS: every EOS inside an answer span is padding
+    return Batch(ids, answer, real, answer & (ids == tokenizer.eos_token_id))
 
 
 def draw_masks(answer: torch.Tensor, rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
