@@ -46,6 +46,12 @@ def gated(spec: ModelSpec, gates: dict[int, torch.Tensor]) -> Iterator[None]:
             h.remove()
 
 
+def row_gates(gates: torch.Tensor, start: int = 0) -> dict[int, torch.Tensor]:
+    """Per-row gate dict {layer: [B, H]} from [B, L, H] gates: the layers >= `start` where some row removes
+    something (the others need no hook)."""
+    return {layer: gates[:, layer] for layer in range(start, gates.shape[1]) if bool((gates[:, layer] != 1).any())}
+
+
 def removal_gates(
     spec: ModelSpec, removed: list[tuple[int, int]], device: torch.device | None = None
 ) -> dict[int, torch.Tensor]:

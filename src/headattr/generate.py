@@ -351,6 +351,15 @@ def _dream_step_row(
     x[chosen_pos] = proposal[chosen_pos]
 
 
+def _start(
+    ids: torch.Tensor, valid: torch.Tensor, new_tokens: int, mask_id: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[torch.Generator]]:
+    """What both samplers start from: the ids extended by `new_tokens` masks (`_extend`), their validity, each
+    row's left padding, and each row's random generator."""
+    x, valid = _extend(ids, valid, new_tokens, mask_id)
+    return x, valid, (~valid).sum(dim=1).tolist(), _generators(x.device, x.shape[0], seed)
+
+
 def _dream_sample(
     spec: ModelSpec,
     ids: torch.Tensor,
@@ -361,9 +370,7 @@ def _dream_sample(
 ) -> torch.Tensor:
     """Dream's `diffusion_generate` on every row (see `docs/generation.md`, Dream)."""
     mask_id = spec.mask_token_id
-    x, valid = _extend(ids, valid, s["max_new_tokens"], mask_id)
-    offsets = (~valid).sum(dim=1).tolist()  # left padding per row
-    gens = _generators(x.device, x.shape[0], seed)
+    x, valid, offsets, gens = _start(ids, valid, s["max_new_tokens"], mask_id, seed)
     timesteps = torch.linspace(1, s["eps"], s["steps"] + 1, device=x.device)
     for i in range(s["steps"]):
         logits = _logits(spec, x, valid, gates)
@@ -424,9 +431,7 @@ def _llada_sample(
 ) -> torch.Tensor:
     """LLaDA's `generate` on every row (see `docs/generation.md`, LLaDA)."""
     mask_id, width = spec.mask_token_id, ids.shape[1]
-    x, valid = _extend(ids, valid, s["gen_length"], mask_id)
-    offsets = (~valid).sum(dim=1).tolist()
-    gens = _generators(x.device, x.shape[0], seed)
+    x, valid, offsets, gens = _start(ids, valid, s["gen_length"], mask_id, seed)
     prompt = (x != mask_id) & valid  # guidance hides these; prompt mask tokens are not part of it
     n_blocks = s["gen_length"] // s["block_length"]
     steps = s["steps"] // n_blocks

@@ -44,7 +44,7 @@ from . import core
 from .data import DataConfig, Sample, load_records, select_records, tokenize_record
 from .decode import unmask_decode
 from .errors import HeadattrError
-from .gates import gated
+from .gates import gated, row_gates
 from .masking import MaskConfig
 from .models import ModelSpec
 from .rundir import Run
@@ -159,11 +159,6 @@ def eval_masking(run: Run) -> MaskConfig:
     return MaskConfig.from_meta(run.meta.get("config", {})).replace(loss_normalize="mean-masked")
 
 
-def _layer_gates(gates: torch.Tensor, start: int) -> dict[int, torch.Tensor]:
-    """Per-row gate dict from [B, L, H] gates, for layers >= `start` where some row removes something."""
-    return {layer: gates[:, layer] for layer in range(start, gates.shape[1]) if bool((gates[:, layer] != 1).any())}
-
-
 def _first_gated_layer(gates: torch.Tensor) -> torch.Tensor:
     """[C] the first layer whose gates differ from 1 in each [C, L, H] configuration (L - 1 if none).
 
@@ -179,7 +174,7 @@ def _variant_metrics(
     spec: ModelSpec, rows: core.Rows, v_idx: torch.Tensor, gates: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, accuracy) of each row: row r is variant `v_idx[r]` under gates `gates[r]` ([B, L, H])."""
-    with torch.no_grad(), gated(spec, _layer_gates(gates, start)):
+    with torch.no_grad(), gated(spec, row_gates(gates, start)):
         out = core.objective(spec, rows, v_idx, start, with_logits=True)
     correct = (out.logits.argmax(dim=-1) == out.labels).double().cpu()
     owner, n = out.owner.cpu(), len(v_idx)
@@ -226,7 +221,7 @@ def sample_exact_match(spec: ModelSpec, sample: Sample, gates: torch.Tensor, bat
         chunk = gates[sl]
 
         def logits_fn(batch_ids: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
-            with gated(spec, _layer_gates(chunk, 0)):
+            with gated(spec, row_gates(chunk)):
                 return core.forward_logits(spec, batch_ids)
 
         batch = ids.expand(len(chunk), -1)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Sample
+from .gates import row_gates
 from .generate import completion_text, generate, resolve_settings
 from .models import ModelSpec
 from .scoring import Task, parse_task, wilson_interval
@@ -47,11 +48,6 @@ class GenerationEval:
         }
 
 
-def _row_gates(gates: torch.Tensor) -> dict[int, torch.Tensor]:
-    """{layer: [B, H]} for the layers where some row of [B, L, H] removes something."""
-    return {layer: gates[:, layer] for layer in range(gates.shape[1]) if bool((gates[:, layer] != 1).any())}
-
-
 def generation_correct(
     spec: ModelSpec,
     samples: Sequence[Sample],
@@ -75,7 +71,7 @@ def generation_correct(
         out = generate(
             spec,
             [prompts[n] for _, n in chunk],
-            gates=_row_gates(rows),
+            gates=row_gates(rows),
             seed=evaluation.seed,
             **evaluation.settings,
         )
