@@ -103,8 +103,8 @@ def test_out_of_memory_halves_the_batch_and_retries_the_same_rows(dream, tmp_pat
     monkeypatch.setattr(common, "joined_objective", joined_objective)
     monkeypatch.setattr(batching, "free_memory", lambda device: 10**15)  # the plan: every row in one pass
     auto = run(dream, tmp_path, "auto")
-    # planned: the first round's 16 rows of every layer's path in one pass
-    assert failed and min(failed) > 5 and failed[0] == 16 * dream.num_layers
+    # planned: the first round's 16 rows of every layer's path, of all 3 samples (one length: merged), in one pass
+    assert failed and min(failed) > 5 and failed[0] == len(SAMPLES) * 16 * dream.num_layers
     assert auto.timings["batch_size"] <= 5 and auto.timings["batch_size"] >= 3  # halved until it fit
     assert (tmp_path / "auto/scores.safetensors").read_bytes() == (tmp_path / "fixed/scores.safetensors").read_bytes()
     np.testing.assert_array_equal(auto.per_variant["j_baseline"], fixed.per_variant["j_baseline"])

@@ -94,12 +94,16 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
     assert not np.array_equal(read_run(tmp_path / "d").scores, read_run(tmp_path / "a").scores)
 
 
+ONE_AT_A_TIME = "from headattr import attribution, cli; attribution.MERGE_SAMPLES = 1; cli.main()"
+
+
 def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", str(dream_dir), "--data", str(data_file), "--samples", "12", *FAST]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "headattr.cli", *args, "--out", str(out)],
+        # a sample at a time (no merging of samples of one length), so the checkpoints appear one by one
+        [sys.executable, "-c", ONE_AT_A_TIME, *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -122,7 +126,7 @@ def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_f
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
-    real = attribution.attribute_sample
+    real = attribution.attribute_samples
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -131,9 +135,10 @@ def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_f
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(attribution, "attribute_sample", flaky)
+    monkeypatch.setattr(attribution, "MERGE_SAMPLES", 1)  # a sample at a time, so the second call is sample 2
+    monkeypatch.setattr(attribution, "attribute_samples", flaky)
     code, _, err = run_cli(args, capsys)  # Ctrl-C: exit 130, finished samples stay checkpointed
-    monkeypatch.setattr(attribution, "attribute_sample", real)
+    monkeypatch.setattr(attribution, "attribute_samples", real)
     assert code == 130 and "--resume" in err
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 1
     code, _, err = run_cli([*args, "--resume", "--ig-steps", "3"], capsys)
@@ -261,7 +266,7 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
     assert run_cli(args, capsys)[0] == 0
     old = (out / "scores.safetensors").read_bytes()
-    real, calls = attribution.attribute_sample, {"n": 0}
+    real, calls = attribution.attribute_samples, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -269,11 +274,12 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(attribution, "attribute_sample", interrupted)
+    monkeypatch.setattr(attribution, "MERGE_SAMPLES", 1)  # a sample at a time, so the second call is sample 2
+    monkeypatch.setattr(attribution, "attribute_samples", interrupted)
     assert run_cli([*args, "--seed", 5, "--overwrite"], capsys)[0] == 130
     assert (out / "scores.safetensors").read_bytes() == old  # the finished run is intact and readable
     assert read_run(out).meta["config"]["seed"] == 47
-    monkeypatch.setattr(attribution, "attribute_sample", real)
+    monkeypatch.setattr(attribution, "attribute_samples", real)
     assert run_cli([*args, "--seed", 5, "--resume"], capsys)[0] == 0  # finishing the new run replaces it
     assert run_cli([*args, "--seed", 5, "--out", tmp_path / "fresh"], capsys)[0] == 0
     assert (out / "scores.safetensors").read_bytes() == (tmp_path / "fresh/scores.safetensors").read_bytes()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from headattr import core
-from headattr.attribution import attribute_sample
+from headattr.attribution import attribute, attribute_sample
 from headattr.data import Sample
 from headattr.gates import gated
 from headattr.masking import MaskConfig, make_variants
@@ -309,3 +309,60 @@ def test_a_fixed_rule_may_use_more_nodes_than_the_refinement_cap(dream):
     for rule in ("gauss-legendre", "riemann-right"):
         r = run(dream, masking=MaskConfig(mask_probs=(0.5,), mask_samples_per_prob=1), rule=rule, ig_steps=300)
         assert np.all(r.diagnostics["nodes"] == 300)
+
+
+def test_the_shared_end_node_is_each_layers_own_gradient_there(dream):
+    """The refined rule takes every one-layer path's a = 1 node from one pass from layer 0; each layer's own
+    pass (from its cached input and head outputs) gives the same gradient up to rounding."""
+    from headattr.methods.common import gate_gradients
+    from headattr.methods.gate_ig import _gradients_at_one, path_heads
+
+    rows = core.prepare(dream, SAMPLE, MASKING, 64, cache_layers=True)
+    shared = _gradients_at_one(dream, rows, 64, "test")
+    v_idx = torch.arange(rows.num_variants)
+    for layer in range(dream.num_layers):
+        heads = path_heads(dream, rows, [layer], layer, 64)
+        ones = torch.ones(rows.num_variants, 1, dream.num_heads)  # float32 gates, as Gate-IG's
+        _, own = gate_gradients(dream, rows, v_idx, ones, [layer], layer, 64, "test", heads)
+        np.testing.assert_allclose(shared[:, layer], own[:, 0], rtol=1e-12, atol=1e-14)
+
+
+def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, monkeypatch):
+    from headattr import attribution
+    from headattr.methods import common
+
+    same = [
+        Sample(i, f"{i:016x}", None, tuple([1, *range(4 + i, 11 + i), 39, 30, 12, 9, 8]), 8, 13, 0, 0) for i in range(3)
+    ]
+    other = Sample(3, "f" * 16, None, tuple(IDS[:-1]), 8, 12, 0, 0)
+    samples = [same[0], other, same[1], same[2]]
+    method = GateIGConfig(ig_steps=2, ig_tol=0.01)
+    passes, real = [], common.joined_objective
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "joined_objective", counted)
+    results = []
+    for merge in (attribution.MERGE_SAMPLES, 1):
+        monkeypatch.setattr(attribution, "MERGE_SAMPLES", merge)
+        passes.clear()
+        results.append((attribute(dream, samples, method, MASKING, batch_size=64, progress=False), len(passes)))
+    (merged, merged_passes), (alone, alone_passes) = results
+    assert merged.attributions.tobytes() == alone.attributions.tobytes()
+    assert all(merged.per_variant[k].tobytes() == alone.per_variant[k].tobytes() for k in alone.per_variant)
+    assert merged_passes < alone_passes  # the three samples of one length shared their rounds
+
+
+def test_merge_groups_and_split():
+    from headattr.attribution import merge_groups
+    from headattr.methods import SampleAttribution
+
+    assert merge_groups([5, 7, 5, 5, 7, 5], 2) == [[0, 2], [1, 4], [3, 5]]
+    assert merge_groups([5, 5, 5], 1) == [[0], [1], [2]]
+    whole = SampleAttribution(np.arange(5 * 2 * 3.0).reshape(5, 2, 3), {"j": np.arange(5.0)})
+    first, second = whole.split([2, 3])
+    assert first.attributions.shape == (2, 2, 3) and np.array_equal(second.diagnostics["j"], [2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="one token length"):
+        core.prepare_merged(None, [SAMPLE, Sample(1, "1" * 16, None, tuple(IDS[:-1]), 8, 12, 0, 0)], MASKING, 4, True)

@@ -116,7 +116,8 @@ def attribute(
     main_process = world is None or world.is_main
     compute = _sample_runner(spec, method, masking, planner, progress and main_process)
     with core.counting() as count:  # model work of the samples this process computes (not the resumed ones)
-        results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress and main_process)
+        merge = merge_limit(spec, method)
+        results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress and main_process, merge)
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
@@ -241,6 +242,11 @@ def _remove_rank_checkpoints(out: Path | None, ckpt_dir: Path | None) -> None:
         out.rmdir()  # only if empty
 
 
+# Samples of one length computed together on CPU (`merge_limit`): enough to fill the refinement's later
+# rounds on the built-in model; more would only hold more layer caches at once.
+MERGE_SAMPLES = 8
+
+
 def attribute_sample(
     spec: ModelSpec,
     sample: Sample,
@@ -254,29 +260,74 @@ def attribute_sample(
     return method.attribute(spec, rows, batch_size, where=f"sample {sample.index} (uid {sample.uid})")
 
 
-def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, planner: BatchPlanner, log: bool):
-    """sample -> SampleAttribution, with this run's settings (what the per-sample loop calls).
+def attribute_samples(
+    spec: ModelSpec,
+    samples: list[Sample],
+    method: MethodConfig | None = None,
+    masking: MaskConfig | None = None,
+    batch_size: int = 64,
+) -> list[SampleAttribution]:
+    """`attribute_sample` of each of `samples` (of one token length); where the method `merges_samples`, their
+    variants are one `Rows`, so they share every pass (the same numbers: rows never interact)."""
+    method, masking = method or GateIGConfig(), masking or MaskConfig()
+    if len(samples) == 1 or not method.merges_samples:
+        return [attribute_sample(spec, sample, method, masking, batch_size) for sample in samples]
+    rows, counts = core.prepare_merged(spec, samples, masking, batch_size, cache_layers=method.cache_layers)
+    where = "samples " + ", ".join(f"{s.index} (uid {s.uid})" for s in samples)
+    return method.attribute(spec, rows, batch_size, where).split(counts)
 
-    The planner picks each sample's rows per pass (and, under auto, halves them on an out-of-memory error and
-    computes the sample again); the size is printed when it is first chosen and whenever it changes.
+
+def merge_limit(spec: ModelSpec, method: MethodConfig) -> int:
+    """How many samples of one length the runner computes together (1: each on its own).
+
+    On CPU a small model's passes cost mostly per-operation overhead, and the refinement's later rounds hold
+    few rows: samples of one length share them (on the built-in model, where samples often have one length,
+    the default quadrature takes about a tenth less time; README). On CUDA a real model's passes are
+    compute-bound and each sample's layer cache is large (Dream 7B, 10 variants of 600 tokens: 28 x 10 x 600 x
+    3584 x 2 bytes = 1.2 GB), so samples are not merged there.
+    """
+    return MERGE_SAMPLES if method.merges_samples and spec.device.type == "cpu" else 1
+
+
+def merge_groups(lengths: list[int], limit: int) -> list[list[int]]:
+    """Positions 0..n-1 grouped by equal `lengths[i]`, at most `limit` per group, groups in the order of their
+    first position (deterministic; results do not depend on it)."""
+    groups: list[list[int]] = []
+    filling: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        group = filling.get(n)
+        if group is None or len(group) >= limit:
+            group = filling[n] = []
+            groups.append(group)
+        group.append(i)
+    return groups
+
+
+def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, planner: BatchPlanner, log: bool):
+    """samples of one length -> their SampleAttributions, with this run's settings (what the loop calls).
+
+    The planner picks the rows per pass (and, under auto, halves them on an out-of-memory error and computes
+    the samples again); the size is printed when it is first chosen and whenever it changes.
     """
     last: list[int] = []
 
-    def compute(sample: Sample) -> SampleAttribution:
-        tokens, answer = len(sample.input_ids), sample.answer_end - sample.answer_start
-        planner.calibrate(lambda: core.prepare(spec, sample, masking, 1, cache_layers=False), tokens)
-        result = planner.run(
-            sample.index,
+    def compute(group: list[Sample]) -> list[SampleAttribution]:
+        first = group[0]
+        tokens, answer = len(first.input_ids), max(s.answer_end - s.answer_start for s in group)
+        planner.calibrate(lambda: core.prepare(spec, first, masking, 1, cache_layers=False), tokens)
+        results = planner.run(
+            first.index,
             tokens,
             answer,
-            lambda size: attribute_sample(spec, sample, method, masking, size),
-            most_rows=largest_pass(method, masking, spec.num_layers),
+            lambda size: attribute_samples(spec, group, method, masking, size),
+            most_rows=len(group) * largest_pass(method, masking, spec.num_layers),
         )
-        size = planner.used[sample.index]
+        size = planner.used[first.index]
+        planner.used.update({s.index: size for s in group})
         if log and planner.auto and last != [size]:
             tqdm.write(f"batch size auto: {size} rows per pass (sample of {tokens} tokens)", file=sys.stderr)
             last[:] = [size]
-        return result
+        return results
 
     return compute
 
@@ -314,20 +365,32 @@ def _attribute_samples(
     compute,
     ckpt_dir: Path | None,
     progress: bool,
+    merge: int = 1,
 ) -> tuple[dict[int, SampleAttribution], int]:
-    """Results of `samples[i]` for i in `indices`, from a checkpoint when one exists; and how many were computed."""
+    """Results of `samples[i]` for i in `indices`, from a checkpoint when one exists; and how many were computed.
+
+    The others are computed in groups of at most `merge` samples of one length (`merge_groups`), each sample
+    checkpointed as soon as its group is done.
+    """
     results: dict[int, SampleAttribution] = {}
-    computed = 0
-    for i in tqdm(indices, desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True):
-        sample = samples[i]
-        result = _load_checkpoint(ckpt_dir, i, sample) if ckpt_dir is not None else None
+    pending = []
+    for i in indices:
+        result = _load_checkpoint(ckpt_dir, i, samples[i]) if ckpt_dir is not None else None
         if result is None:
-            result = compute(sample)
-            computed += 1
-            if ckpt_dir is not None:
-                _save_checkpoint(ckpt_dir, i, sample, result)
-        results[i] = result
-    return results, computed
+            pending.append(i)
+        else:
+            results[i] = result
+    groups = merge_groups([len(samples[i].input_ids) for i in pending], merge)
+    bar = tqdm(total=len(indices), initial=len(results), desc="attribute", unit="sample", disable=not progress)
+    with bar:
+        for group in groups:
+            members = [pending[k] for k in group]
+            for i, result in zip(members, compute([samples[i] for i in members]), strict=True):
+                if ckpt_dir is not None:
+                    _save_checkpoint(ckpt_dir, i, samples[i], result)
+                results[i] = result
+            bar.update(len(members))
+    return results, len(pending)
 
 
 def check_shard(shard: tuple[int, int] | None, out: str | Path | None, overwrite: bool) -> None:

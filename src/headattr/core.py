@@ -110,6 +110,21 @@ def prepare(spec: ModelSpec, sample: Sample, masking: MaskConfig, batch_size: in
     return rows
 
 
+def prepare_merged(
+    spec: ModelSpec, samples: list[Sample], masking: MaskConfig, batch_size: int, cache_layers: bool
+) -> tuple[Rows, list[int]]:
+    """The masked variants of several samples of one token length as one `Rows` (sample 0's, then sample
+    1's, ...), and each sample's variant count. Rows never interact, so every variant's numbers are those of
+    `prepare` on its own sample; the merged rows have no single `uid` or `answer`, so only methods that
+    `merges_samples` take them."""
+    lengths = {len(s.input_ids) for s in samples}
+    if len(lengths) != 1:
+        raise ValueError(f"merged samples must have one token length, got {sorted(lengths)}")
+    drawn = [variants(spec, s, masking) for s in samples]
+    rows = stack_variants(spec, [v for vs in drawn for v in vs], masking.loss_normalize, batch_size, cache_layers)
+    return rows, [len(vs) for vs in drawn]
+
+
 def stack_variants(
     spec: ModelSpec, variants: list[Variant], normalize: str, batch_size: int, cache_layers: bool
 ) -> Rows:

@@ -6,7 +6,9 @@ A method is a settings dataclass (`MethodConfig`) that also knows how to attribu
     result.attributions                                       # [V, L, H] float64, raw signed
     result.diagnostics                                        # name -> array with leading axis V
 
-The runner (`headattr.attribution`) is generic over methods: it checkpoints `SampleAttribution`s, stacks
+The runner (`headattr.attribution`) is generic over methods: where a method `merges_samples`, it may hand it
+the variants of several samples of one length as one `Rows` and split the result (`SampleAttribution.split`);
+it checkpoints `SampleAttribution`s, stacks
 them over samples ([N, V, ...]), asks the method to `summarize` the stacked diagnostics for run.json, and
 records `method` and the method's settings in run.json's `config`. `register` makes a method available to
 `--method NAME` and to `method_from_meta`.
@@ -31,12 +33,24 @@ class SampleAttribution:
     attributions: np.ndarray
     diagnostics: dict[str, np.ndarray]
 
+    def split(self, counts: list[int]) -> list[SampleAttribution]:
+        """The results of consecutive samples with `counts[i]` variants each, from one merged result."""
+        edges = np.cumsum([0, *counts])
+        parts = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        return [
+            SampleAttribution(self.attributions[s].copy(), {k: v[s].copy() for k, v in self.diagnostics.items()})
+            for s in parts
+        ]
+
 
 class MethodConfig(Settings):
     """Base of every method's settings (see the module docstring)."""
 
     name: ClassVar[str] = ""
     cache_layers: ClassVar[bool] = True  # whether the core should cache every layer's input for this method
+    # whether the variants of several samples of one length may share one `Rows` (`core.prepare_merged`): true
+    # for a method that treats every variant on its own and reads neither `rows.uid` nor `rows.answer`
+    merges_samples: ClassVar[bool] = False
 
     def attribute(self, spec: ModelSpec, rows: Any, batch_size: int, where: str) -> SampleAttribution:
         raise NotImplementedError

@@ -34,6 +34,7 @@ from ..adaptive import (
     DEFAULT_BASE_STEPS,
     DEFAULT_MAX_STEPS,
     DEFAULT_TOL,
+    Evaluate,
     Request,
     base_intervals,
     integrate_paths,
@@ -69,6 +70,7 @@ class GateIGConfig(MethodConfig):
     ig_max_steps: int = DEFAULT_MAX_STEPS
 
     name = "gate-ig"
+    merges_samples = True  # every path is one variant's: rows of several samples never mix
 
     def __post_init__(self) -> None:
         if self.ig_steps is None:
@@ -154,9 +156,12 @@ class GateIGConfig(MethodConfig):
                     at += m
             return out
 
+        evaluate: Evaluate = gradients
+        if self.adaptive and len(paths) > 1 and all(len(layers) == 1 for layers in paths):
+            evaluate = _ends_shared(gradients, _gradients_at_one(spec, rows, batch_size, where), n_var)
         targets = (j_full[:, None] - j_base).T.reshape(-1)  # path id p * V + v
         results = integrate_paths(
-            gradients,
+            evaluate,
             targets,
             steps=self.ig_steps,
             tol=self.ig_tol if self.adaptive else 0.0,
@@ -189,3 +194,39 @@ def path_heads(spec: ModelSpec, rows: Rows, layers: list[int], start: int, batch
     if len(layers) != 1 or start != layers[0] or not getattr(spec.backbone, "splits_attention", False):
         return None
     return head_inputs(spec, rows, start, batch_size)
+
+
+def _gradients_at_one(spec: ModelSpec, rows: Rows, batch_size: int, where: str) -> np.ndarray:
+    """dJ/dg [V, L, H] of every variant with all gates 1, from one pass from layer 0."""
+    v_idx = all_variants(spec, rows)
+    layers = list(range(spec.num_layers))
+    ones = torch.ones(len(v_idx), len(layers), spec.num_heads, device=spec.device)
+    join = Join(spec.backbone.entry_layer(0), v_idx)
+    ((_, grads),) = joined_gate_gradients(spec, rows, [GatedRows(join, layers, ones)], batch_size, where)
+    return grads
+
+
+def _ends_shared(evaluate: Evaluate, at_one: np.ndarray, n_var: int) -> Evaluate:
+    """`evaluate` of one-layer paths (path id p * V + v) with the node a = 1 taken from `at_one` [V, L, H].
+
+    Every such path ends at the same point, all gates 1, so one backward pass from layer 0 gives each layer's
+    gradient there: L row-layers per variant instead of L (L + 1) / 2 (about 4% of the refined rule's work
+    on the built-in model). The refined rule's base nodes include a = 1; the fixed rules' need not, and they
+    keep their own passes (byte-identical to what they were).
+    """
+
+    def wrapped(requests: list[Request]) -> list[np.ndarray]:
+        rest = [(pid, alphas[alphas != 1.0]) for pid, alphas in requests]
+        asked = [i for i, (_, alphas) in enumerate(rest) if len(alphas)]
+        computed = dict(zip(asked, evaluate([rest[i] for i in asked]), strict=True))
+        out = []
+        for i, (pid, alphas) in enumerate(requests):
+            p, v = divmod(pid, n_var)
+            values = np.empty((len(alphas), at_one.shape[2]))
+            values[alphas == 1.0] = at_one[v, p]
+            if i in computed:
+                values[alphas != 1.0] = computed[i]
+            out.append(values)
+        return out
+
+    return wrapped
