@@ -81,6 +81,18 @@ def test_mass_between_the_nodes_is_found_by_completeness():
     assert abs(r.integral[0] - exact) <= 1e-3 * exact
 
 
+def test_mass_hidden_where_every_node_reads_zero_is_found_next_to_a_large_integrand():
+    # the integrand is large near 0 (where refinement goes first) and a narrow bump at 0.73 sits between nodes
+    # that all read ~0: weighting the intervals by the integrand they hold must not starve the quiet ones
+    width = 1e-3
+    bump = lambda a: np.exp(-0.5 * ((a - 0.73) / width) ** 2)  # noqa: E731
+    early = lambda a: 50.0 * np.exp(-a / 0.05)  # noqa: E731
+    exact = width * np.sqrt(2 * np.pi) + 50.0 * 0.05 * (1 - np.exp(-20.0))
+    evaluate = vector_integrand((lambda a: bump(a) + early(a),))
+    (r,) = integrate_paths(evaluate, [exact], steps=3, tol=1e-4, atol=0.0, max_steps=100_000)
+    assert abs(r.integral[0] - exact) <= 1e-4 * exact
+
+
 def test_cancelling_heads_are_refined_by_the_per_head_estimate():
     # two heads with opposite peaks: the sum is exactly 0 = T at every node, so completeness always holds; only
     # the per-head estimate shows that each head's attribution is wrong

@@ -50,6 +50,7 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
     summary = json.loads((out / "summary.json").read_text())
     c, p = summary["consistency"], summary["pruning"]
+    assert summary["size"]["ig_steps"] == 2 and summary["size"]["ig_tol"] == 0.0  # what --quick ran, no nulls
     assert _finite([c["mean_per_layer_pearson"], c["global_spearman"], p["single_head_spearman"]])
     assert _finite(p["baseline"].values())
     for rows in p["at_fraction"].values():

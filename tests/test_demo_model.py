@@ -381,3 +381,10 @@ def test_saved_checkpoint_round_trips_with_the_umask_mode(tmp_path):
     copy, _ = demo_train.load_checkpoint(out)
     for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_the_full_demo_records_the_quadrature_it_runs():
+    from headattr.adaptive import DEFAULT_BASE_STEPS, DEFAULT_TOL
+    from headattr.demo.run import FULL, _quadrature, gate_ig_config
+
+    assert _quadrature(gate_ig_config(FULL)) == {"ig_steps": DEFAULT_BASE_STEPS, "ig_tol": DEFAULT_TOL}

@@ -19,9 +19,11 @@ and completeness says sum_h A_p[h] = T_p. The method (docs/gate-ig.md, "Error-co
 - a path is done when its completeness error and its largest per-head estimated error (summed over its
   intervals) are both at most `tol * |T_p| + atol`, or when one more split would pass `max_steps`;
 - otherwise, per round: while the estimate fails, every interval whose estimate (for the worst head) is at
-  least `SPLIT_FRACTION` of the largest is bisected (several at once: fewer, larger passes through the
-  model); when the estimates are already small but completeness still fails (mass that no node sees, e.g. a
-  peak between nodes), the widest interval, i.e. uniform refinement, which is guaranteed to find it;
+  least `SPLIT_FRACTION` of the largest, or above the path's whole bound, is bisected (several at once:
+  fewer, larger passes through the model); when the estimates are already small but completeness still
+  fails (mass that no node sees, e.g. a peak between nodes), the interval holding the most integrand, with a
+  floor that gives every interval its turn (uniform refinement in the limit, which is guaranteed to find it);
+- a path that was not refined in a round is done: nothing about it changes any more;
 - all paths' new nodes of a round go to the caller in one `evaluate` call, so they are batched through the
   model together; each path's decisions use only its own values, so the result of a path does not depend on
   the other paths, on how the caller batches, or on how many processes share the paths.
@@ -38,11 +40,12 @@ import numpy as np
 
 from .quadrature import nodes_and_weights
 
-# Tuned on the built-in model (docs/gate-ig.md, "Measured"): Simpson from 3 nodes and tol 0.03 meet the issue's
-# targets (total completeness error <= 2% of the gap, scores within 1% of a 256-node run) at about 2.2 times
-# the model work of the fixed 8-node rule.
+# Measured on the built-in model (README, "Defaults"; `benchmarks/bench_quadrature.py`): Simpson from 3 nodes and
+# tol 0.04 meet the issue's targets (total completeness error <= 2% of the gap: 1.17%; scores within 1% of a
+# 256-node run: 0.36%, the same as tol 0.03's; at most 2.5x the time of the fixed 8-node rule: 2.3-2.4x, where
+# tol 0.03 took 2.5-2.6x).
 DEFAULT_BASE_STEPS = 3
-DEFAULT_TOL = 0.03
+DEFAULT_TOL = 0.04
 DEFAULT_MAX_STEPS = 256
 # Absolute floor of the per-path tolerance, in units of J (nats, for the default mean cross-entropy): paths whose
 # gap J(1) - J(b) is about 0 (a layer that does not matter for the variant) cannot meet a purely relative bound,
@@ -124,8 +127,9 @@ def _intervals_to_split(path: _Path, estimate: float, bound: float, budget: int,
     While the estimate fails, for the worst head: every interval whose own estimate exceeds the bound (the
     whole path's: it must be split whatever the others do), and every interval whose estimate is at least
     `SPLIT_FRACTION` of the largest; the largest first (ties: leftmost). When only completeness fails: the
-    interval that holds the most integrand, width x the largest sum over heads of |f| at its nodes (uniform
-    refinement where the integrand is large; the widest interval when every node reads 0).
+    interval that holds the most integrand, width x (the largest sum over heads of |f| at its nodes + |T_p|):
+    refinement goes first where the integrand is large, yet reaches every interval (the widest when all read
+    0).
     """
     if estimate > bound:
         worst = int(np.argmax(path.error.sum(axis=0)))
@@ -133,10 +137,12 @@ def _intervals_to_split(path: _Path, estimate: float, bound: float, budget: int,
         order = np.lexsort((np.arange(len(errors)), -errors))  # largest first, ties leftmost
         wanted = (errors >= SPLIT_FRACTION * errors[order[0]]) | (scale * errors > bound)
         return np.sort(order[wanted[order]][:budget])
-    mass = (path.hi - path.lo) * np.abs(path.f).sum(axis=2).max(axis=1)
-    if not mass.any():
-        mass = path.hi - path.lo
-    return np.array([int(np.argmax(mass))])  # ties: leftmost
+    # |T_p| added to every interval's size: an interval whose nodes all read ~0 may hide a bump between them,
+    # and it still gets its turn once the active intervals have shrunk (uniform refinement in the limit)
+    held = (path.hi - path.lo) * (np.abs(path.f).sum(axis=2).max(axis=1) + abs(path.target))
+    if not held.any():
+        held = path.hi - path.lo
+    return np.array([int(np.argmax(held))])  # ties: leftmost
 
 
 def _split(path: _Path, chosen: np.ndarray, quarters: np.ndarray) -> None:
@@ -211,17 +217,19 @@ def integrate_paths(
             f"need 1 <= steps and the base rule's nodes <= max_steps, got steps={steps}, max_steps={max_steps}"
         )
     paths = _base_round(evaluate, targets, n_intervals)
-    while True:
+    active = range(len(paths))
+    while active:
         plans = []
-        for p, path in enumerate(paths):
+        for p in active:
+            path = paths[p]
             budget = (max_steps - path.nodes) // 2
             _, estimate, completeness = _status(path, scale)
             bound = _bound(path.target, tol, atol)
             if budget >= 1 and (abs(completeness) > bound or estimate > bound):
                 plans.append((p, _intervals_to_split(path, estimate, bound, budget, scale)))
-        if not plans:
-            break
-        _refine_round(evaluate, paths, plans)
+        if plans:
+            _refine_round(evaluate, paths, plans)
+        active = [p for p, _ in plans]  # a path not refined this round is done: nothing about it changes
     return [_result(path, scale) for path in paths]
 
 

@@ -765,7 +765,7 @@ def prune_cmd(
     "--ig-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Base nodes of Gate-IG's rule [default: Gate-IG's, 3 refined to --ig-tol 0.03; --quick: 2, fixed].",
+    help=f"Base nodes of Gate-IG's rule [default: 3, refined to --ig-tol {DEFAULT_TOL:g}; --quick: 2, fixed].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quick", is_flag=True, help="Reduced size, for a smoke test in seconds.")
