@@ -311,20 +311,25 @@ def test_a_fixed_rule_may_use_more_nodes_than_the_refinement_cap(dream):
         assert np.all(r.diagnostics["nodes"] == 300)
 
 
-def test_the_shared_end_node_is_each_layers_own_gradient_there(dream):
-    """The refined rule takes every one-layer path's a = 1 node from one pass from layer 0; each layer's own
-    pass (from its cached input and head outputs) gives the same gradient up to rounding."""
-    from headattr.methods.common import gate_gradients
-    from headattr.methods.gate_ig import _gradients_at_one, path_heads
+def test_the_end_nodes_come_from_shared_passes_and_equal_each_paths_own(dream):
+    """The refined rule takes every path's a = 0 node, with J(b), from one joined pass, and every one-layer
+    path's a = 1 node, with J(1), from one pass from layer 0: the same numbers as each path's own passes."""
+    from headattr.methods.gate_ig import _end_nodes, _path_rows, path_heads
 
+    adaptive, fixed = run(dream, ig_steps=2, ig_tol=0.01), run(dream, ig_steps=2)  # fixed: J from own passes
+    for name in ("j_full", "j_baseline"):
+        np.testing.assert_allclose(adaptive.diagnostics[name], fixed.diagnostics[name], rtol=1e-12, atol=1e-14)
     rows = core.prepare(dream, SAMPLE, MASKING, 64, cache_layers=True)
-    shared = _gradients_at_one(dream, rows, 64, "test")
-    v_idx = torch.arange(rows.num_variants)
-    for layer in range(dream.num_layers):
-        heads = path_heads(dream, rows, [layer], layer, 64)
-        ones = torch.ones(rows.num_variants, 1, dream.num_heads)  # float32 gates, as Gate-IG's
-        _, own = gate_gradients(dream, rows, v_idx, ones, [layer], layer, 64, "test", heads)
-        np.testing.assert_allclose(shared[:, layer], own[:, 0], rtol=1e-12, atol=1e-14)
+    paths = [[layer] for layer in range(dream.num_layers)]
+    heads = [path_heads(dream, rows, layers, layers[0], 64) for layers in paths]
+    own, calls = _path_rows(dream, rows, paths, [p[0] for p in paths], heads, 0.0, 64, "test"), []
+    _, _, evaluate = _end_nodes(lambda r: calls.append(r) or own(r), dream, rows, paths, 64, "test")
+    calls.clear()
+    ends = [(pid, np.array([0.0, 1.0])) for pid in range(len(paths) * rows.num_variants)]
+    served = evaluate(ends)
+    assert not calls  # served without running the model
+    for values, (_, grads) in zip(served, own(ends), strict=True):
+        np.testing.assert_allclose(values, grads, rtol=1e-12, atol=1e-14)
 
 
 def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, monkeypatch):

@@ -23,6 +23,7 @@ Design, for speed without changing the numbers:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,49 +117,21 @@ class GateIGConfig(MethodConfig):
         """Attributions [V, L, H] and, per variant, J(1), J at each path's baseline, completeness errors and the
         nodes each path used ([V, S]; S = L for scope `layer`, 1 for `joint`)."""
         n_var, n_heads, b = rows.num_variants, spec.num_heads, self.baseline
-        all_v = all_variants(spec, rows)
         paths = self.paths(spec.num_layers)
         starts = [spec.backbone.entry_layer(layers[0]) for layers in paths]
-        with torch.no_grad():  # all gates 1: start from the deepest cached layer input
-            j_full = evaluate_j(spec, rows, all_v, {}, rows.deepest_cached, batch_size)
+        with torch.no_grad():
             # a one-layer path's own attention does not depend on its gates: its head outputs, once per variant
             heads = [path_heads(spec, rows, layers, starts[p], batch_size) for p, layers in enumerate(paths)]
-            j_base = np.zeros((n_var, len(paths)))
-            for p, layers in enumerate(paths):
-                base = torch.full((n_var, len(layers), n_heads), b, device=spec.device)
-                gates = path_gates(layers, base)
-                j_base[:, p] = evaluate_j(spec, rows, all_v, gates, starts[p], batch_size, heads[p])
+        model = _path_rows(spec, rows, paths, starts, heads, b, batch_size, where)
+        if self.adaptive:  # the refined rule's first nodes include a = 0 and a = 1: J(b) and J(1) come with them
+            j_full, j_base, evaluate = _end_nodes(model, spec, rows, paths, batch_size, where)
+        else:
+            with torch.no_grad():
+                j_full, j_base = _gaps(spec, rows, paths, starts, heads, b, batch_size)
 
-        def gradients(requests: list[Request]) -> list[np.ndarray]:
-            # path id = p * V + v; a path's rows enter the pass at its start layer, so paths of several layers
-            # share passes (`joined_gate_gradients`) where the backbone can start at each layer
-            groups, owners = [], []
-            for p, layers in enumerate(paths):
-                mine = [i for i, (pid, _) in enumerate(requests) if pid // n_var == p]
-                if not mine:
-                    continue
-                v_idx = torch.cat([torch.full((len(requests[i][1]),), requests[i][0] % n_var) for i in mine])
-                a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
-                values = a.to(spec.device)[:, None, None].expand(-1, len(layers), n_heads)
-                join = Join(starts[p], v_idx.to(spec.device), heads[p])
-                groups.append(GatedRows(join, layers, values))
-                owners.append(mine)
-            if all(g.join.start < h.join.start for g, h in zip(groups, groups[1:], strict=False)):
-                results = joined_gate_gradients(spec, rows, groups, batch_size, where)
-            else:  # several paths start at the same layer (a model run whole): a pass each
-                results = [joined_gate_gradients(spec, rows, [g], batch_size, where)[0] for g in groups]
-            out: list[np.ndarray] = [np.empty(0)] * len(requests)
-            for mine, (_, grads) in zip(owners, results, strict=True):
-                at = 0
-                for i in mine:
-                    m = len(requests[i][1])
-                    out[i] = grads[at : at + m].reshape(m, -1)
-                    at += m
-            return out
+            def evaluate(requests: list[Request]) -> list[np.ndarray]:
+                return [grads for _, grads in model(requests)]
 
-        evaluate: Evaluate = gradients
-        if self.adaptive and len(paths) > 1 and all(len(layers) == 1 for layers in paths):
-            evaluate = _ends_shared(gradients, _gradients_at_one(spec, rows, batch_size, where), n_var)
         targets = (j_full[:, None] - j_base).T.reshape(-1)  # path id p * V + v
         results = integrate_paths(
             evaluate,
@@ -196,36 +169,119 @@ def path_heads(spec: ModelSpec, rows: Rows, layers: list[int], start: int, batch
     return head_inputs(spec, rows, start, batch_size)
 
 
-def _gradients_at_one(spec: ModelSpec, rows: Rows, batch_size: int, where: str) -> np.ndarray:
-    """dJ/dg [V, L, H] of every variant with all gates 1, from one pass from layer 0."""
-    v_idx = all_variants(spec, rows)
-    layers = list(range(spec.num_layers))
-    ones = torch.ones(len(v_idx), len(layers), spec.num_heads, device=spec.device)
-    join = Join(spec.backbone.entry_layer(0), v_idx)
-    ((_, grads),) = joined_gate_gradients(spec, rows, [GatedRows(join, layers, ones)], batch_size, where)
-    return grads
+def _gaps(
+    spec: ModelSpec,
+    rows: Rows,
+    paths: list[list[int]],
+    starts: list[int],
+    heads: list[torch.Tensor | None],
+    b: float,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """J(1) [V] (all gates 1, from the deepest cached layer input) and J at each path's baseline [V, S]."""
+    n_var, all_v = rows.num_variants, all_variants(spec, rows)
+    j_full = evaluate_j(spec, rows, all_v, {}, rows.deepest_cached, batch_size)
+    j_base = np.zeros((n_var, len(paths)))
+    for p, layers in enumerate(paths):
+        gates = path_gates(layers, torch.full((n_var, len(layers), spec.num_heads), b, device=spec.device))
+        j_base[:, p] = evaluate_j(spec, rows, all_v, gates, starts[p], batch_size, heads[p])
+    return j_full, j_base
 
 
-def _ends_shared(evaluate: Evaluate, at_one: np.ndarray, n_var: int) -> Evaluate:
-    """`evaluate` of one-layer paths (path id p * V + v) with the node a = 1 taken from `at_one` [V, L, H].
+PathRows = Callable[[list[Request]], list[tuple[np.ndarray, np.ndarray]]]
 
-    Every such path ends at the same point, all gates 1, so one backward pass from layer 0 gives each layer's
-    gradient there: L row-layers per variant instead of L (L + 1) / 2 (about 4% of the refined rule's work
-    on the built-in model). The refined rule's base nodes include a = 1; the fixed rules' need not, and they
-    keep their own passes (byte-identical to what they were).
+
+def _path_rows(
+    spec: ModelSpec,
+    rows: Rows,
+    paths: list[list[int]],
+    starts: list[int],
+    heads: list[torch.Tensor | None],
+    b: float,
+    batch_size: int,
+    where: str,
+) -> PathRows:
+    """requests [(path id p * V + v, alphas [m])] -> per request, J [m] and dJ/dg [m, len(layers) * H] at
+    g = b + alpha (1 - b) on the path's layers.
+
+    A path's rows enter the pass at its start layer, so the paths of several layers share passes
+    (`joined_gate_gradients`) where the backbone can start at each layer.
     """
+    n_var, n_heads = rows.num_variants, spec.num_heads
+
+    def compute(requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
+        groups, owners = [], []
+        for p, layers in enumerate(paths):
+            mine = [i for i, (pid, _) in enumerate(requests) if pid // n_var == p]
+            if not mine:
+                continue
+            v_idx = torch.cat([torch.full((len(requests[i][1]),), requests[i][0] % n_var) for i in mine])
+            a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
+            values = a.to(spec.device)[:, None, None].expand(-1, len(layers), n_heads)
+            groups.append(GatedRows(Join(starts[p], v_idx.to(spec.device), heads[p]), layers, values))
+            owners.append(mine)
+        if all(g.join.start < h.join.start for g, h in zip(groups, groups[1:], strict=False)):
+            results = joined_gate_gradients(spec, rows, groups, batch_size, where)
+        else:  # several paths start at the same layer (a model run whole): a pass each
+            results = [joined_gate_gradients(spec, rows, [g], batch_size, where)[0] for g in groups]
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(requests)
+        for mine, (j, grads) in zip(owners, results, strict=True):
+            at = 0
+            for i in mine:
+                m = len(requests[i][1])
+                out[i] = (j[at : at + m], grads[at : at + m].reshape(m, -1))
+                at += m
+        return out
+
+    return compute
+
+
+def _end_nodes(
+    model: PathRows, spec: ModelSpec, rows: Rows, paths: list[list[int]], batch_size: int, where: str
+) -> tuple[np.ndarray, np.ndarray, Evaluate]:
+    """J(1) [V], J(b) [V, S] and an `Evaluate` that takes every path's a = 0 and a = 1 nodes from passes made
+    here, before the quadrature asks for them.
+
+    The a = 0 nodes of all paths are one (joined) gradient pass, which gives J(b) with them: no separate
+    forward pass for the gaps. One-layer paths all end at the same point, all gates 1, so one pass from layer 0
+    gives every layer's a = 1 node and J(1): L row-layers per variant instead of L (L + 1) / 2.
+    """
+    n_var = rows.num_variants
+    ids = range(len(paths) * n_var)  # path id p * V + v
+    zero = model([(pid, np.zeros(1)) for pid in ids])
+    j_base = np.array([j[0] for j, _ in zero]).reshape(len(paths), n_var).T
+    known = {0.0: [grads[0] for _, grads in zero]}
+    if len(paths) > 1 and all(len(layers) == 1 for layers in paths):
+        v_idx = all_variants(spec, rows)
+        everything = list(range(spec.num_layers))
+        ones = torch.ones(n_var, spec.num_layers, spec.num_heads, device=spec.device)
+        join = Join(spec.backbone.entry_layer(0), v_idx)
+        ((j_full, at_one),) = joined_gate_gradients(spec, rows, [GatedRows(join, everything, ones)], batch_size, where)
+        known[1.0] = [at_one[pid % n_var, paths[pid // n_var][0]] for pid in ids]
+    else:
+        one = model([(pid, np.ones(1)) for pid in ids])
+        j_full = np.array([j[0] for j, _ in one[:n_var]])
+        known[1.0] = [grads[0] for _, grads in one]
+    return j_full, j_base, _known_nodes(lambda requests: [grads for _, grads in model(requests)], known)
+
+
+def _known_nodes(evaluate: Evaluate, known: dict[float, list[np.ndarray]]) -> Evaluate:
+    """`evaluate` with the nodes a in `known` ({a: per path id, the integrand there [H_p]}; a = 0 among them)
+    served from it."""
+    nodes = np.array(list(known))
 
     def wrapped(requests: list[Request]) -> list[np.ndarray]:
-        rest = [(pid, alphas[alphas != 1.0]) for pid, alphas in requests]
-        asked = [i for i, (_, alphas) in enumerate(rest) if len(alphas)]
-        computed = dict(zip(asked, evaluate([rest[i] for i in asked]), strict=True))
+        fresh = [~np.isin(alphas, nodes) for _, alphas in requests]
+        asked = [i for i, mask in enumerate(fresh) if mask.any()]
+        new = [(requests[i][0], requests[i][1][fresh[i]]) for i in asked]
+        computed = dict(zip(asked, evaluate(new), strict=True)) if new else {}
         out = []
         for i, (pid, alphas) in enumerate(requests):
-            p, v = divmod(pid, n_var)
-            values = np.empty((len(alphas), at_one.shape[2]))
-            values[alphas == 1.0] = at_one[v, p]
+            values = np.empty((len(alphas), len(known[0.0][pid])))
+            for node, table in known.items():
+                values[alphas == node] = table[pid]
             if i in computed:
-                values[alphas != 1.0] = computed[i]
+                values[fresh[i]] = computed[i]
             out.append(values)
         return out
 
