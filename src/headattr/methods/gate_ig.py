@@ -18,6 +18,8 @@ Design, for speed without changing the numbers:
   o_proj's input, so every node re-runs only o_proj onward (`core.head_inputs`); the rows of every layer's
   path share passes, each entering at its own layer (`common.joined_gate_gradients`), so a round of the
   refinement is one pass, not one per layer;
+- the refined rule's end nodes come first (`_end_nodes`): every path's a = 0 node from one joined pass that
+  also gives J(b), and every one-layer path's a = 1 node from one pass from layer 0 that also gives J(1);
 - the LM head is applied only at the positions that predict a masked token (the core's objective).
 """
 
