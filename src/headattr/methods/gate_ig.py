@@ -124,12 +124,13 @@ class GateIGConfig(MethodConfig):
         with torch.no_grad():
             # a one-layer path's own attention does not depend on its gates: its head outputs, once per variant
             heads = [path_heads(spec, rows, layers, starts[p], batch_size) for p, layers in enumerate(paths)]
-        model = _path_rows(spec, rows, paths, starts, heads, b, batch_size, where)
+        sample_paths = _SamplePaths(paths, starts, heads, b)
+        model = _path_rows(spec, rows, sample_paths, batch_size, where)
         if self.adaptive:  # the refined rule's first nodes include a = 0 and a = 1: J(b) and J(1) come with them
             j_full, j_base, evaluate = _end_nodes(model, spec, rows, paths, batch_size, where)
         else:
             with torch.no_grad():
-                j_full, j_base = _gaps(spec, rows, paths, starts, heads, b, batch_size)
+                j_full, j_base = _gaps(spec, rows, sample_paths, batch_size)
 
             def evaluate(requests: list[Request]) -> list[np.ndarray]:
                 return [grads for _, grads in model(requests)]
@@ -171,56 +172,52 @@ def path_heads(spec: ModelSpec, rows: Rows, layers: list[int], start: int, batch
     return head_inputs(spec, rows, start, batch_size)
 
 
-def _gaps(
-    spec: ModelSpec,
-    rows: Rows,
-    paths: list[list[int]],
-    starts: list[int],
-    heads: list[torch.Tensor | None],
-    b: float,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _SamplePaths:
+    """The IG paths of one `Rows`: per path its layers, the layer its passes start at and that layer's head
+    outputs (`path_heads`, or None); `baseline` is b."""
+
+    layers: list[list[int]]
+    starts: list[int]
+    heads: list[torch.Tensor | None]
+    baseline: float
+
+
+def _gaps(spec: ModelSpec, rows: Rows, paths: _SamplePaths, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """J(1) [V] (all gates 1, from the deepest cached layer input) and J at each path's baseline [V, S]."""
     n_var, all_v = rows.num_variants, all_variants(spec, rows)
     j_full = evaluate_j(spec, rows, all_v, {}, rows.deepest_cached, batch_size)
-    j_base = np.zeros((n_var, len(paths)))
-    for p, layers in enumerate(paths):
-        gates = path_gates(layers, torch.full((n_var, len(layers), spec.num_heads), b, device=spec.device))
-        j_base[:, p] = evaluate_j(spec, rows, all_v, gates, starts[p], batch_size, heads[p])
+    j_base = np.zeros((n_var, len(paths.layers)))
+    for p, layers in enumerate(paths.layers):
+        base = torch.full((n_var, len(layers), spec.num_heads), paths.baseline, device=spec.device)
+        j_base[:, p] = evaluate_j(
+            spec, rows, all_v, path_gates(layers, base), paths.starts[p], batch_size, paths.heads[p]
+        )
     return j_full, j_base
 
 
 PathRows = Callable[[list[Request]], list[tuple[np.ndarray, np.ndarray]]]
 
 
-def _path_rows(
-    spec: ModelSpec,
-    rows: Rows,
-    paths: list[list[int]],
-    starts: list[int],
-    heads: list[torch.Tensor | None],
-    b: float,
-    batch_size: int,
-    where: str,
-) -> PathRows:
+def _path_rows(spec: ModelSpec, rows: Rows, paths: _SamplePaths, batch_size: int, where: str) -> PathRows:
     """requests [(path id p * V + v, alphas [m])] -> per request, J [m] and dJ/dg [m, len(layers) * H] at
     g = b + alpha (1 - b) on the path's layers.
 
     A path's rows enter the pass at its start layer, so the paths of several layers share passes
     (`joined_gate_gradients`) where the backbone can start at each layer.
     """
-    n_var, n_heads = rows.num_variants, spec.num_heads
+    n_var, n_heads, b = rows.num_variants, spec.num_heads, paths.baseline
 
     def compute(requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
         groups, owners = [], []
-        for p, layers in enumerate(paths):
+        for p, layers in enumerate(paths.layers):
             mine = [i for i, (pid, _) in enumerate(requests) if pid // n_var == p]
             if not mine:
                 continue
             v_idx = torch.cat([torch.full((len(requests[i][1]),), requests[i][0] % n_var) for i in mine])
             a = torch.tensor(np.concatenate([b + requests[i][1] * (1.0 - b) for i in mine]), dtype=torch.float32)
             values = a.to(spec.device)[:, None, None].expand(-1, len(layers), n_heads)
-            groups.append(GatedRows(Join(starts[p], v_idx.to(spec.device), heads[p]), layers, values))
+            groups.append(GatedRows(Join(paths.starts[p], v_idx.to(spec.device), paths.heads[p]), layers, values))
             owners.append(mine)
         if all(g.join.start < h.join.start for g, h in zip(groups, groups[1:], strict=False)):
             results = joined_gate_gradients(spec, rows, groups, batch_size, where)
