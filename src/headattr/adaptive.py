@@ -42,8 +42,8 @@ from .quadrature import nodes_and_weights
 
 # Measured on the built-in model (README, "Defaults"; `benchmarks/bench_quadrature.py`): Simpson from 3 nodes and
 # tol 0.04 meet the issue's targets (total completeness error <= 2% of the gap: 1.17%; scores within 1% of a
-# 256-node run: 0.36%, the same as tol 0.03's; at most 2.5x the time of the fixed 8-node rule: 2.3-2.4x, where
-# tol 0.03 took 2.5-2.6x).
+# 256-node run: 0.36%, the same as tol 0.03's; at most 2.5x the time of the fixed 8-node rule: 2.3x, 2.3-2.5x
+# over four runs, where tol 0.03 took 2.5-2.7x).
 DEFAULT_BASE_STEPS = 3
 DEFAULT_TOL = 0.04
 DEFAULT_MAX_STEPS = 256

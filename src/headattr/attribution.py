@@ -381,7 +381,14 @@ def _attribute_samples(
         else:
             results[i] = result
     groups = merge_groups([len(samples[i].input_ids) for i in pending], merge)
-    bar = tqdm(total=len(indices), initial=len(results), desc="attribute", unit="sample", disable=not progress)
+    bar = tqdm(
+        total=len(indices),
+        initial=len(results),
+        desc="attribute",
+        unit="sample",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with bar:
         for group in groups:
             members = [pending[k] for k in group]
