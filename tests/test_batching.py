@@ -82,6 +82,18 @@ def test_limited_memory_picks_a_small_batch_and_changes_nothing(dream, tmp_path,
     np.testing.assert_array_equal(capped.attributions, fixed.attributions)
 
 
+def test_cpu_passes_stay_within_the_cache_budget_and_change_nothing(dream, tmp_path, monkeypatch):
+    run(dream, tmp_path, "fixed", batch_size=64)
+    monkeypatch.setattr(batching, "free_memory", lambda device: 10**15)  # memory would allow every row at once
+    values = len(SAMPLES[0].input_ids) * batching.hidden_size(dream)
+    monkeypatch.setattr(batching, "CPU_PASS_VALUES", 5 * values + 1)  # room for 5 rows' hidden states
+    auto = run(dream, tmp_path, "auto")
+    assert auto.timings["batch_size"] == 5 and auto.timings["batch_size_max"] == 5
+    assert (tmp_path / "auto/scores.safetensors").read_bytes() == (tmp_path / "fixed/scores.safetensors").read_bytes()
+    cuda = SimpleNamespace(device=torch.device("cuda"))  # no cache cap there (nothing runs: no CUDA needed)
+    assert BatchPlanner(cuda).cache_rows(10**6) == batching.MAX_ROWS
+
+
 @pytest.mark.parametrize(
     "error",
     [
