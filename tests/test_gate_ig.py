@@ -314,7 +314,7 @@ def test_a_fixed_rule_may_use_more_nodes_than_the_refinement_cap(dream):
 def test_the_end_nodes_come_from_shared_passes_and_equal_each_paths_own(dream):
     """The refined rule takes every path's a = 0 node, with J(b), from one joined pass, and every one-layer
     path's a = 1 node, with J(1), from one pass from layer 0: the same numbers as each path's own passes."""
-    from headattr.methods.gate_ig import _end_nodes, _path_rows, _SamplePaths, path_heads
+    from headattr.methods.gate_ig import _end_nodes, _gradients_of, _known_nodes, _path_rows, _SamplePaths, path_heads
 
     adaptive, fixed = run(dream, ig_steps=2, ig_tol=0.01), run(dream, ig_steps=2)  # fixed: J from own passes
     for name in ("j_full", "j_baseline"):
@@ -323,7 +323,9 @@ def test_the_end_nodes_come_from_shared_passes_and_equal_each_paths_own(dream):
     paths = [[layer] for layer in range(dream.num_layers)]
     heads = [path_heads(dream, rows, layers, layers[0], 64) for layers in paths]
     own, calls = _path_rows(dream, rows, _SamplePaths(paths, [p[0] for p in paths], heads, 0.0), 64, "test"), []
-    _, _, evaluate = _end_nodes(lambda r: calls.append(r) or own(r), dream, rows, paths, 64, "test")
+    counted = lambda r: calls.append(r) or own(r)  # noqa: E731
+    _, _, known = _end_nodes(counted, dream, rows, paths, 64, "test")
+    evaluate = _known_nodes(_gradients_of(counted), known)
     calls.clear()
     ends = [(pid, np.array([0.0, 1.0])) for pid in range(len(paths) * rows.num_variants)]
     served = evaluate(ends)

@@ -6,11 +6,11 @@ A method is a settings dataclass (`MethodConfig`) that also knows how to attribu
     result.attributions                                       # [V, L, H] float64, raw signed
     result.diagnostics                                        # name -> array with leading axis V
 
-The runner (`headattr.attribution`) is generic over methods: where a method `merges_samples`, it may hand it
-the variants of several samples of one length as one `Rows` and split the result (`SampleAttribution.split`);
-it checkpoints `SampleAttribution`s, stacks
+The runner (`headattr.attribution`) is generic over methods: it checkpoints `SampleAttribution`s, stacks
 them over samples ([N, V, ...]), asks the method to `summarize` the stacked diagnostics for run.json, and
-records `method` and the method's settings in run.json's `config`. `register` makes a method available to
+records `method` and the method's settings in run.json's `config`. Where a method `merges_samples`, the
+runner may hand it the variants of several samples of one length as one `Rows` and split the result
+(`SampleAttribution.split`). `register` makes a method available to
 `--method NAME` and to `method_from_meta`.
 """
 

@@ -126,14 +126,13 @@ class GateIGConfig(MethodConfig):
             heads = [path_heads(spec, rows, layers, starts[p], batch_size) for p, layers in enumerate(paths)]
         sample_paths = _SamplePaths(paths, starts, heads, b)
         model = _path_rows(spec, rows, sample_paths, batch_size, where)
+        evaluate = _gradients_of(model)
         if self.adaptive:  # the refined rule's first nodes include a = 0 and a = 1: J(b) and J(1) come with them
-            j_full, j_base, evaluate = _end_nodes(model, spec, rows, paths, batch_size, where)
+            j_full, j_base, known = _end_nodes(model, spec, rows, paths, batch_size, where)
+            evaluate = _known_nodes(evaluate, known)
         else:
             with torch.no_grad():
                 j_full, j_base = _gaps(spec, rows, sample_paths, batch_size)
-
-            def evaluate(requests: list[Request]) -> list[np.ndarray]:
-                return [grads for _, grads in model(requests)]
 
         targets = (j_full[:, None] - j_base).T.reshape(-1)  # path id p * V + v
         results = integrate_paths(
@@ -235,11 +234,16 @@ def _path_rows(spec: ModelSpec, rows: Rows, paths: _SamplePaths, batch_size: int
     return compute
 
 
+def _gradients_of(model: PathRows) -> Evaluate:
+    """The quadrature's integrand: `model`'s dJ/dg per request, without J."""
+    return lambda requests: [grads for _, grads in model(requests)]
+
+
 def _end_nodes(
     model: PathRows, spec: ModelSpec, rows: Rows, paths: list[list[int]], batch_size: int, where: str
-) -> tuple[np.ndarray, np.ndarray, Evaluate]:
-    """J(1) [V], J(b) [V, S] and an `Evaluate` that takes every path's a = 0 and a = 1 nodes from passes made
-    here, before the quadrature asks for them.
+) -> tuple[np.ndarray, np.ndarray, dict[float, list[np.ndarray]]]:
+    """J(1) [V], J(b) [V, S] and every path's integrand at a = 0 and a = 1 ({a: per path id [H_p]}, for
+    `_known_nodes`), from passes made here, before the quadrature asks for them.
 
     The a = 0 nodes of all paths are one (joined) gradient pass, which gives J(b) with them: no separate
     forward pass for the gaps. One-layer paths all end at the same point, all gates 1, so one pass from layer 0
@@ -261,7 +265,7 @@ def _end_nodes(
         one = model([(pid, np.ones(1)) for pid in ids])
         j_full = np.array([j[0] for j, _ in one[:n_var]])
         known[1.0] = [grads[0] for _, grads in one]
-    return j_full, j_base, _known_nodes(lambda requests: [grads for _, grads in model(requests)], known)
+    return j_full, j_base, known
 
 
 def _known_nodes(evaluate: Evaluate, known: dict[float, list[np.ndarray]]) -> Evaluate:
