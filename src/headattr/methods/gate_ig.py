@@ -49,7 +49,7 @@ from ..models import ModelSpec
 from ..quadrature import RULES
 from ..settings import at_least, choice
 from .base import MethodConfig, SampleAttribution, register
-from .common import GatedRows, all_variants, evaluate_j, joined_gate_gradients, path_gates
+from .common import GatedRows, all_variants, evaluate_j, gate_gradients, joined_gate_gradients, path_gates
 
 SCOPES = ("layer", "joint")
 
@@ -255,11 +255,9 @@ def _end_nodes(
     j_base = np.array([j[0] for j, _ in zero]).reshape(len(paths), n_var).T
     known = {0.0: [grads[0] for _, grads in zero]}
     if len(paths) > 1 and all(len(layers) == 1 for layers in paths):
-        v_idx = all_variants(spec, rows)
-        everything = list(range(spec.num_layers))
         ones = torch.ones(n_var, spec.num_layers, spec.num_heads, device=spec.device)
-        join = Join(spec.backbone.entry_layer(0), v_idx)
-        ((j_full, at_one),) = joined_gate_gradients(spec, rows, [GatedRows(join, everything, ones)], batch_size, where)
+        v_idx, everything, start = all_variants(spec, rows), list(range(spec.num_layers)), spec.backbone.entry_layer(0)
+        j_full, at_one = gate_gradients(spec, rows, v_idx, ones, everything, start, batch_size, where)
         known[1.0] = [at_one[pid % n_var, paths[pid // n_var][0]] for pid in ids]
     else:
         one = model([(pid, np.ones(1)) for pid in ids])
