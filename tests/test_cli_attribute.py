@@ -94,16 +94,14 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
     assert not np.array_equal(read_run(tmp_path / "d").scores, read_run(tmp_path / "a").scores)
 
 
-ONE_AT_A_TIME = "from headattr import attribution, cli; attribution.MERGE_SAMPLES = 1; cli.main()"
-
-
 def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", str(dream_dir), "--data", str(data_file), "--samples", "12", *FAST]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        # a sample at a time (no merging of samples of one length), so the checkpoints appear one by one
-        [sys.executable, "-c", ONE_AT_A_TIME, *args, "--out", str(out)],
+        # on CPU samples of one shape are computed in groups (here 5 and 7): killed after the first group's
+        # checkpoints, the resumed run computes the second group as the whole run did
+        [sys.executable, "-m", "headattr", *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -286,8 +284,16 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
     assert read_run(out).meta["config"]["seed"] == 5 and not (out / "checkpoints").exists()
 
 
-def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, data_file, tmp_path, capsys):
+def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(
+    dream_dir, data_file, tmp_path, capsys, monkeypatch
+):
+    from headattr import attribution
+
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 5, *FAST]
+    assert run_cli([*args, "--out", tmp_path / "merged"], capsys)[0] == 0
+    merged = (tmp_path / "merged/scores.safetensors").read_bytes()
+    # in sequence, a sample at a time, so that every shard gets samples (merged groups are shared out whole)
+    monkeypatch.setattr(attribution, "MERGE_SAMPLES", 1)
     assert run_cli([*args, "--out", tmp_path / "one"], capsys)[0] == 0
     expected = (tmp_path / "one/scores.safetensors").read_bytes()
 
@@ -300,9 +306,10 @@ def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, 
     assert (out / "scores.safetensors").read_bytes() == expected and not (out / "checkpoints").exists()
     meta = read_run(out).meta
     assert meta["status"] == "complete"
-    # the last shard (index 2 of 3: sample 2) computed its one sample and read the other four from its peers
-    assert meta["timings"]["computed_samples"] == 1 and meta["timings"]["resumed_samples"] == 0
-    assert meta["timings"]["other_shards_samples"] == 4
+    # the last shard (index 2 of 3; shares balanced by token count hold 2, 1 and 2 of the 5 samples) computed
+    # its own and read the others from its peers
+    assert meta["timings"]["computed_samples"] == 2 and meta["timings"]["resumed_samples"] == 0
+    assert meta["timings"]["other_shards_samples"] == 3
 
     out = tmp_path / "parallel"
     command = [sys.executable, "-m", "headattr.cli", *map(str, args), "--out", str(out), "--threads", "1"]
@@ -312,7 +319,7 @@ def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(dream_dir, 
     ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
-    assert (out / "scores.safetensors").read_bytes() == expected
+    assert (out / "scores.safetensors").read_bytes() == merged  # in parallel, samples merged as in one process
 
 
 def test_shard_errors_are_one_line(dream_dir, data_file, tmp_path, capsys):

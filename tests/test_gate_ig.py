@@ -371,5 +371,5 @@ def test_merge_groups_and_split():
     whole = SampleAttribution(np.arange(5 * 2 * 3.0).reshape(5, 2, 3), {"j": np.arange(5.0)})
     first, second = whole.split([2, 3])
     assert first.attributions.shape == (2, 2, 3) and np.array_equal(second.diagnostics["j"], [2.0, 3.0, 4.0])
-    with pytest.raises(ValueError, match="one token length"):
+    with pytest.raises(ValueError, match="one token length and answer span"):
         core.prepare_merged(None, [SAMPLE, Sample(1, "1" * 16, None, tuple(IDS[:-1]), 8, 12, 0, 0)], MASKING, 4, True)

@@ -146,6 +146,8 @@ def test_stp_numbers_do_not_depend_on_batch_size(dream):
 
 
 def test_stp_runs_resumed_or_sharded_give_the_same_scores(dream, tmp_path):
+    from headattr.distributed import assign
+
     method = STPConfig(ig_steps=1, path_samples=2)
     kw = dict(method=method, masking=MASKING, progress=False)
     whole = attribute(dream, SAMPLES, out=tmp_path / "whole", batch_size=64, **kw)
@@ -155,7 +157,8 @@ def test_stp_runs_resumed_or_sharded_give_the_same_scores(dream, tmp_path):
     resumed = attribute(dream, SAMPLES, out=tmp_path / "resumed", resume=True, batch_size=64, **kw)
     for other in (sharded, resumed):
         np.testing.assert_allclose(other.attributions, whole.attributions, rtol=1e-6, atol=1e-9)
-    assert resumed.timings["resumed_samples"] == 2 and resumed.timings["computed_samples"] == 1
+    mine = len(assign([len(s.input_ids) for s in SAMPLES], 2)[0])  # shard 0's share, balanced by token count
+    assert resumed.timings["resumed_samples"] == mine and resumed.timings["computed_samples"] == len(SAMPLES) - mine
     assert read_run(tmp_path / "whole").meta["config"]["path_samples"] == 2
 
 

@@ -20,29 +20,39 @@ SAMPLE = Sample(0, "0123456789abcdef", None, (1, 4, 5, 6, 41, 31, 32, 27, 28, 29
 MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
 
 
-def count_passes(spec, method: GateIGConfig, monkeypatch) -> LayerPasses:
-    """Run Gate-IG on SAMPLE, counting every row's pass through each layer, attention part, tail and LM head."""
-    stack, seen = spec.backbone, LayerPasses()
+# 24 tokens, a 5-token answer: the last layer's tail runs at 16 of them (`core.loss_window`)
+LONG = Sample(0, "0123456789abcdef", None, (*SAMPLE.input_ids, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18), 19, 24, 0, 0)
+
+
+def count_passes(spec, method: GateIGConfig, monkeypatch, sample: Sample = SAMPLE) -> LayerPasses:
+    """Run Gate-IG on `sample`, counting every row's pass through each layer, attention part, tail (in units of
+    one at every position) and LM head."""
+    stack, seen, tokens = spec.backbone, LayerPasses(), len(sample.input_ids)
     run, heads, tail, logits = stack.run, stack.head_input, stack._layer_tail, stack.logits
 
     def add(name: str, amount: float) -> None:
-        grad = torch.is_grad_enabled()
-        key = {"layers": "grad_layers", "tails": "grad_tails", "lm_tokens": "grad_lm_tokens"}[name] if grad else name
+        key = "grad_" + name if torch.is_grad_enabled() else name
         setattr(seen, key, getattr(seen, key) + amount)
 
     monkeypatch.setattr(stack, "run", lambda h, a, b, c: add("layers", h.shape[0] * (b - a)) or run(h, a, b, c))
     monkeypatch.setattr(stack, "head_input", lambda h, i, c: add("attentions", h.shape[0]) or heads(h, i, c))
-    monkeypatch.setattr(stack, "_layer_tail", lambda r, x, i: add("tails", r.shape[0]) or tail(r, x, i))
+    monkeypatch.setattr(
+        stack, "_layer_tail", lambda r, x, i: add("tails", r.shape[0] * r.shape[1] / tokens) or tail(r, x, i)
+    )
     monkeypatch.setattr(stack, "logits", lambda h: add("lm_tokens", h.shape[0]) or logits(h))
-    attribute_sample(spec, SAMPLE, method, MASKING, batch_size=5)
+    attribute_sample(spec, sample, method, MASKING, batch_size=5)
     return seen
 
 
 @pytest.mark.parametrize("scope", ["layer", "joint"])
-def test_layer_passes_are_those_gate_ig_makes(dream, monkeypatch, scope):
+@pytest.mark.parametrize(("sample", "kept"), [(SAMPLE, 1.0), (LONG, 16 / 24)])
+def test_layer_passes_are_those_gate_ig_makes(dream, monkeypatch, scope, sample, kept):
     method = GateIGConfig(ig_steps=3, scope=scope, ig_tol=0.0)  # the plan counts the base rule's passes
-    masked = [len(v.positions) for v in core.variants(dream, SAMPLE, MASKING)]
-    assert count_passes(dream, method, monkeypatch) == layer_passes(dream, method, masked)
+    masked = [len(v.positions) for v in core.variants(dream, sample, MASKING)]
+    counted, modelled = count_passes(dream, method, monkeypatch, sample), layer_passes(dream, method, masked, kept)
+    for name, value in vars(modelled).items():
+        assert getattr(counted, name) == pytest.approx(value, rel=1e-12), name
+    assert (counted.grad_attentions > 0) == (kept < 1)  # the last layer split into attention and a narrow tail
 
 
 def test_flops_follow_the_documented_formula(dream):

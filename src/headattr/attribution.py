@@ -24,6 +24,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,12 @@ def attribute(
     meta = _meta(spec, samples, config, masking, data_report, extra_meta or {}, status="running")
     if out is not None:
         out, ckpt_dir = _open_dirs(Path(out), fingerprint, meta, overwrite, resume, shard is not None, world)
-    mine = _my_samples(samples, shard, world)
+    groups = _my_groups(samples, shard, world, merge_limit(spec, method))
+    mine = [i for group in groups for i in group]
     main_process = world is None or world.is_main
     compute = _sample_runner(spec, method, masking, planner, progress and main_process)
     with core.counting() as count:  # model work of the samples this process computes (not the resumed ones)
-        merge = merge_limit(spec, method)
-        results, computed = _attribute_samples(samples, mine, compute, ckpt_dir, progress and main_process, merge)
+        results, computed = _attribute_samples(samples, groups, compute, ckpt_dir, progress and main_process)
     if shard is not None:
         others = _collect_other_shards(ckpt_dir, samples, results)
         if others is None:
@@ -155,11 +156,22 @@ def attribute(
     return result
 
 
-def _my_samples(samples: list[Sample], shard: tuple[int, int] | None, world: World | None) -> list[int]:
-    """The sample indices this process computes: every one, its `--shard`'s, or its rank's share."""
-    if world is not None:
-        return distributed.assign([len(s.input_ids) for s in samples], world.size)[world.rank]
-    return [i for i in range(len(samples)) if shard is None or i % shard[1] == shard[0]]
+def _my_groups(
+    samples: list[Sample], shard: tuple[int, int] | None, world: World | None, merge: int
+) -> list[list[int]]:
+    """The groups of sample indices this process computes (every group, or its `--shard`'s or rank's share,
+    balanced by token count), each group computed together (`merge_groups`, at most `merge` samples).
+
+    The groups are formed over the whole run before it is shared out, so a sample is computed with the same
+    companions whatever the process count or resume point: its numbers cannot depend on either. (With
+    merging on, CPU only, a run of few samples may leave a shard or rank with nothing to compute.)
+    """
+    groups = merge_groups([core.merge_key(s) for s in samples], merge)
+    share = (world.rank, world.size) if world is not None else shard
+    if share is None:
+        return groups
+    tokens = [sum(len(samples[i].input_ids) for i in group) for group in groups]
+    return [groups[g] for g in distributed.assign(tokens, share[1])[share[0]]]
 
 
 def _open_dirs(
@@ -242,8 +254,8 @@ def _remove_rank_checkpoints(out: Path | None, ckpt_dir: Path | None) -> None:
         out.rmdir()  # only if empty
 
 
-# Samples of one length computed together on CPU (`merge_limit`): enough to fill the refinement's later
-# rounds on the built-in model; more would only hold more layer caches at once.
+# Samples of one shape (token length and answer span) computed together on CPU (`merge_limit`): enough to
+# fill the refinement's later rounds on the built-in model; more would only hold more layer caches at once.
 MERGE_SAMPLES = 8
 
 
@@ -267,8 +279,9 @@ def attribute_samples(
     masking: MaskConfig | None = None,
     batch_size: int = 64,
 ) -> list[SampleAttribution]:
-    """`attribute_sample` of each of `samples` (of one token length); where the method `merges_samples`, their
-    variants are one `Rows`, so they share every pass (the same numbers: rows never interact)."""
+    """`attribute_sample` of each of `samples` (of one shape, `core.merge_key`); where the method
+    `merges_samples`, their variants are one `Rows`, so they share every pass (the same numbers: rows never
+    interact)."""
     method, masking = method or GateIGConfig(), masking or MaskConfig()
     if len(samples) == 1 or not method.merges_samples:
         return [attribute_sample(spec, sample, method, masking, batch_size) for sample in samples]
@@ -278,7 +291,7 @@ def attribute_samples(
 
 
 def merge_limit(spec: ModelSpec, method: MethodConfig) -> int:
-    """How many samples of one length the runner computes together (1: each on its own).
+    """How many samples of one shape (`core.merge_key`) the runner computes together (1: each on its own).
 
     On CPU a small model's passes cost mostly per-operation overhead, and the refinement's later rounds hold
     few rows: samples of one length share them (on the built-in model, where samples often have one length,
@@ -289,22 +302,22 @@ def merge_limit(spec: ModelSpec, method: MethodConfig) -> int:
     return MERGE_SAMPLES if method.merges_samples and spec.device.type == "cpu" else 1
 
 
-def merge_groups(lengths: list[int], limit: int) -> list[list[int]]:
-    """Positions 0..n-1 grouped by equal `lengths[i]`, at most `limit` per group, groups in the order of their
-    first position (deterministic; results do not depend on it)."""
+def merge_groups(keys: list[Hashable], limit: int) -> list[list[int]]:
+    """Positions 0..n-1 grouped by equal `keys[i]` (`core.merge_key`), at most `limit` per group, groups in the
+    order of their first position (deterministic; results do not depend on it)."""
     groups: list[list[int]] = []
-    filling: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        group = filling.get(n)
+    filling: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        group = filling.get(key)
         if group is None or len(group) >= limit:
-            group = filling[n] = []
+            group = filling[key] = []
             groups.append(group)
         group.append(i)
     return groups
 
 
 def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, planner: BatchPlanner, log: bool):
-    """samples of one length -> their SampleAttributions, with this run's settings (what the loop calls).
+    """samples of one shape -> their SampleAttributions, with this run's settings (what the loop calls).
 
     The planner picks the rows per pass (and, under auto, halves them on an out-of-memory error and computes
     the samples again); the size is printed when it is first chosen and whenever it changes.
@@ -361,43 +374,44 @@ def _open_run_dir(
 
 def _attribute_samples(
     samples: list[Sample],
-    indices: list[int],
+    groups: list[list[int]],
     compute,
     ckpt_dir: Path | None,
     progress: bool,
-    merge: int = 1,
 ) -> tuple[dict[int, SampleAttribution], int]:
-    """Results of `samples[i]` for i in `indices`, from a checkpoint when one exists; and how many were computed.
+    """Results of the samples in `groups`, from a checkpoint when one exists; and how many were computed.
 
-    The others are computed in groups of at most `merge` samples of one length (`merge_groups`), each sample
-    checkpointed as soon as its group is done.
+    A group with any sample missing is computed whole (its members share passes, `_my_groups`) and each of
+    its missing samples checkpointed as soon as the group is done.
     """
     results: dict[int, SampleAttribution] = {}
-    pending = []
-    for i in indices:
-        result = _load_checkpoint(ckpt_dir, i, samples[i]) if ckpt_dir is not None else None
-        if result is None:
-            pending.append(i)
-        else:
-            results[i] = result
-    groups = merge_groups([len(samples[i].input_ids) for i in pending], merge)
+    pending: list[list[int]] = []
+    for group in groups:
+        missing = []
+        for i in group:
+            result = _load_checkpoint(ckpt_dir, i, samples[i]) if ckpt_dir is not None else None
+            if result is None:
+                missing.append(i)
+            else:
+                results[i] = result
+        if missing:
+            pending.append(group)
+    total = sum(len(group) for group in groups)
     bar = tqdm(
-        total=len(indices),
-        initial=len(results),
-        desc="attribute",
-        unit="sample",
-        disable=not progress,
-        dynamic_ncols=True,
+        total=total, initial=len(results), desc="attribute", unit="sample", disable=not progress, dynamic_ncols=True
     )
+    computed = 0
     with bar:
-        for group in groups:
-            members = [pending[k] for k in group]
-            for i, result in zip(members, compute([samples[i] for i in members]), strict=True):
+        for group in pending:
+            for i, result in zip(group, compute([samples[i] for i in group]), strict=True):
+                if i in results:  # read back; computed again only as the group's companion
+                    continue
                 if ckpt_dir is not None:
                     _save_checkpoint(ckpt_dir, i, samples[i], result)
                 results[i] = result
-            bar.update(len(members))
-    return results, len(pending)
+                computed += 1
+                bar.update(1)
+    return results, computed
 
 
 def check_shard(shard: tuple[int, int] | None, out: str | Path | None, overwrite: bool) -> None:

@@ -20,6 +20,8 @@ Rows that vary different layers can share one pass, each entering at its own lay
 
     out = core.joined_objective(spec, rows, [Join(0, v0, heads0), Join(3, v3, heads3)])
 
+Only the answer span's hidden states reach the loss, so the last layer computes its output only there.
+
 Gradients, when a caller wants them, flow only to the gates: the weights are frozen.
 """
 
@@ -113,16 +115,22 @@ def prepare(spec: ModelSpec, sample: Sample, masking: MaskConfig, batch_size: in
 def prepare_merged(
     spec: ModelSpec, samples: list[Sample], masking: MaskConfig, batch_size: int, cache_layers: bool
 ) -> tuple[Rows, list[int]]:
-    """The masked variants of several samples of one token length as one `Rows` (sample 0's, then sample
-    1's, ...), and each sample's variant count. Rows never interact, so every variant's numbers are those of
-    `prepare` on its own sample; the merged rows have no single `uid` or `answer`, so only methods that
+    """The masked variants of several samples of one shape (`merge_key`) as one `Rows` (sample 0's, then
+    sample 1's, ...), and each sample's variant count. Rows never interact, so every variant's numbers are
+    those of `prepare` on its own sample; the merged rows have no single `uid`, so only methods that
     `merges_samples` take them."""
-    lengths = {len(s.input_ids) for s in samples}
-    if len(lengths) != 1:
-        raise ValueError(f"merged samples must have one token length, got {sorted(lengths)}")
+    keys = {merge_key(s) for s in samples}
+    if len(keys) != 1:
+        raise ValueError(f"merged samples must have one token length and answer span, got {sorted(keys)}")
     drawn = [variants(spec, s, masking) for s in samples]
     rows = stack_variants(spec, [v for vs in drawn for v in vs], masking.loss_normalize, batch_size, cache_layers)
+    rows.answer = answer_span(spec, samples[0])
     return rows, [len(vs) for vs in drawn]
+
+
+def merge_key(sample: Sample) -> tuple[int, int, int]:
+    """Samples with equal keys (token length, answer span) may share passes (`prepare_merged`)."""
+    return len(sample.input_ids), sample.answer_start, sample.answer_end
 
 
 def stack_variants(
@@ -192,6 +200,37 @@ class Join:
     heads: torch.Tensor | None = None
 
 
+MIN_LOSS_POSITIONS = 16  # `loss_window` keeps at least this many positions (or all of a shorter sample)
+
+
+def loss_window(spec: ModelSpec, answer: tuple[int, int], tokens: int) -> tuple[int, int] | None:
+    """[lo, hi): the positions whose logits can predict an answer token of a sample of `tokens` tokens whose
+    predictable answer is `answer` (`answer_span`), shifted with the logits; None when that is every position.
+
+    Widened to MIN_LOSS_POSITIONS: with fewer, a pass of few rows is a product of fewer than 16 rows, which
+    the CPU matrix kernels sum in another order (MKL, float32, measured: 11 to 16 rows by shape), and the
+    numbers would depend on the batch.
+    """
+    shift = 1 if spec.logit_shift else 0
+    lo, hi = answer[0] - shift, answer[1] - shift
+    short = max(0, min(MIN_LOSS_POSITIONS, tokens) - (hi - lo))
+    hi_wide = min(tokens, hi + short)
+    lo_wide = lo - (short - (hi_wide - hi))
+    return None if hi_wide - lo_wide == tokens else (lo_wide, hi_wide)
+
+
+def loss_positions(spec: ModelSpec, rows: Rows) -> torch.Tensor | None:
+    """The positions [P] of `loss_window` for `rows`, or None (every position: a short sample, or rows
+    without a single answer span).
+
+    Only these reach the loss, so the last layer computes its output only there (`run_joined(keep=)`). The
+    window is the sample's, never the batch's masked positions: a pass's numbers must not depend on which rows
+    share it (the last layer's gate gradients sum over these positions).
+    """
+    window = None if rows.answer is None else loss_window(spec, rows.answer, rows.ids.shape[1])
+    return None if window is None else torch.arange(*window, device=spec.device)
+
+
 def objective(
     spec: ModelSpec,
     rows: Rows,
@@ -224,9 +263,11 @@ def joined_objective(spec: ModelSpec, rows: Rows, joins: list[Join], with_logits
     entries = [
         (j.start, rows.hidden_in[j.start][j.v_idx], None if j.heads is None else j.heads[j.v_idx]) for j in joins
     ]
+    keep = loss_positions(spec, rows)
+    at = pos if keep is None else pos - keep[0]  # where each masked token's predictor is among `keep`
     with autocast_for(spec):
-        h = backbone.run_joined(entries, spec.num_layers, rows.ctx.rows(v_idx))
-        logits = backbone.logits(h[owner, pos])
+        h = backbone.run_joined(entries, spec.num_layers, rows.ctx.rows(v_idx), keep=keep)
+        logits = backbone.logits(h[owner, at])
     j = row_objective(logits, labels, owner, len(v_idx), rows.normalize)
     # a J that carries gradients is what the caller differentiates: one backward pass over the same layers
     for join in joins:

@@ -13,6 +13,9 @@ layer, an "attention" is its norm + q/k/v + attention kernel; a full layer is bo
     scope joint:               no grad  V L [J(1)] + V L [J(b)];   grad  V n L
     whole-model backbone:      every pass runs all L layers from the ids
 
+On a layer stack the last layer's tail runs only at the positions that reach the loss (`core.loss_window`,
+P of T): each pass through it counts one attention part and P / T of a tail.
+
 FLOPs (T tokens, d hidden, P_attn / P_tail the weights of a layer's q/k/v and of its o_proj + MLP):
 
     forward, per row:  attention  2 P_attn T + 4 T^2 d      (q/k/v projections; QK^T and AV)
@@ -45,9 +48,13 @@ from .models import ModelSpec
 
 @dataclass
 class LayerPasses:
-    """Row-layer passes of one sample: full layers, attention-only parts, tails, masked tokens (LM head)."""
+    """Row-layer passes of one sample: full layers, attention-only parts, tails, masked tokens (LM head).
+
+    A tail of the last layer computed at some of the positions (`core.loss_window`) counts as that fraction
+    of a tail."""
 
     grad_layers: float = 0.0
+    grad_attentions: float = 0.0
     grad_tails: float = 0.0
     grad_lm_tokens: float = 0.0
     layers: float = 0.0
@@ -58,11 +65,14 @@ class LayerPasses:
     @property
     def total(self) -> float:
         """Layer passes, a tail or an attention part counting as one (what the summary prints)."""
-        return self.grad_layers + self.grad_tails + self.layers + self.attentions + self.tails
+        return self.grad_layers + self.grad_attentions + self.grad_tails + self.layers + self.attentions + self.tails
 
 
-def layer_passes(spec: ModelSpec, method: GateIGConfig, masked_per_variant: list[int]) -> LayerPasses:
-    """Gate-IG's passes for one sample (module docstring); `masked_per_variant`: masked tokens of each."""
+def layer_passes(
+    spec: ModelSpec, method: GateIGConfig, masked_per_variant: list[int], kept: float = 1.0
+) -> LayerPasses:
+    """Gate-IG's passes for one sample (module docstring); `masked_per_variant`: masked tokens of each;
+    `kept`: the fraction of its positions at which the last layer's tail runs (`core.loss_window`)."""
     v, n, layers, k = len(masked_per_variant), method.base_nodes, spec.num_layers, float(sum(masked_per_variant))
     p = LayerPasses()
     stack = spec.backbone.resumable
@@ -71,12 +81,30 @@ def layer_passes(spec: ModelSpec, method: GateIGConfig, masked_per_variant: list
         p.layers = v * layers * (1 + paths)  # J(1) and J(b) per path (all layers from the ids)
         p.grad_layers = v * n * layers * paths
         p.lm_tokens, p.grad_lm_tokens = k * (1 + paths), k * n * paths
-        return p
+        # every pass ends with the last layer
+        return _narrow_last_layer(p, (v * (1 + paths), v * n * paths), (0, 0), kept) if stack else p
     deep = layers * (layers - 1) / 2  # layers after the gated one, summed over the paths
     p.layers = v * (layers - 1) + v + v * deep
     p.attentions, p.tails = v * layers, v * layers
     p.grad_layers, p.grad_tails = v * n * deep, v * n * layers
     p.lm_tokens, p.grad_lm_tokens = k * (1 + layers), k * n * layers
+    # the last layer runs whole in J(1) and in the paths of the layers below it, as the gated tail in its own
+    return _narrow_last_layer(p, (v * layers, v * n * (layers - 1)), (v, v * n), kept)
+
+
+def _narrow_last_layer(
+    p: LayerPasses, whole: tuple[float, float], tails: tuple[float, float], kept: float
+) -> LayerPasses:
+    """`p` with the last layer at the kept positions: of its `whole` passes (without, with gradients) each
+    becomes an attention part and `kept` of a tail; its gated `tails` become `kept` of one."""
+    if kept >= 1.0:  # every position: the layers run whole (`core.loss_positions` is None)
+        return p
+    p.layers -= whole[0]
+    p.attentions += whole[0]
+    p.tails += whole[0] * kept - tails[0] * (1 - kept)
+    p.grad_layers -= whole[1]
+    p.grad_attentions += whole[1]
+    p.grad_tails += whole[1] * kept - tails[1] * (1 - kept)
     return p
 
 
@@ -103,7 +131,12 @@ def flops(spec: ModelSpec, passes: LayerPasses, tokens: int) -> float:
         + passes.tails * tail
         + passes.lm_tokens * head
     )
-    grad = passes.grad_layers * (attention + tail) + passes.grad_tails * tail + passes.grad_lm_tokens * head
+    grad = (
+        passes.grad_layers * (attention + tail)
+        + passes.grad_attentions * attention
+        + passes.grad_tails * tail
+        + passes.grad_lm_tokens * head
+    )
     return float(forward + 3 * grad)  # backward ~ 2 x forward
 
 
@@ -147,7 +180,9 @@ def dry_run(
     most = largest_pass(method, masking, spec.num_layers)
     for s in samples:
         masked = [len(v.positions) for v in core.variants(spec, s, masking)]
-        passes = layer_passes(spec, method, masked)
+        window = core.loss_window(spec, core.answer_span(spec, s), len(s.input_ids))
+        kept = 1.0 if window is None else (window[1] - window[0]) / len(s.input_ids)
+        passes = layer_passes(spec, method, masked, kept)
         f = flops(spec, passes, len(s.input_ids))
         size = planner.size_for(len(s.input_ids), s.answer_end - s.answer_start, most)
         batches.append(size)
@@ -195,7 +230,8 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
         f"(scope {method.scope}) = {plan['rows_per_sample']} per sample",
         f"layer passes per sample (row x layer): min {min(passes):,.0f}, max {max(passes):,.0f} "
         + (
-            "[V(L-1) + V + VL attention + (Vn + V)(L tails + L(L-1)/2 layers)]"
+            "[V(L-1) + V + VL attention + (Vn + V)(L tails + L(L-1)/2 layers); last layer's tail at the "
+            "answer positions only]"
             if method.scope == "layer" and spec.backbone.resumable
             else "[(V n + V) L per path + V L]"
         ),

@@ -9,9 +9,9 @@ A method is a settings dataclass (`MethodConfig`) that also knows how to attribu
 The runner (`headattr.attribution`) is generic over methods: it checkpoints `SampleAttribution`s, stacks
 them over samples ([N, V, ...]), asks the method to `summarize` the stacked diagnostics for run.json, and
 records `method` and the method's settings in run.json's `config`. Where a method `merges_samples`, the
-runner may hand it the variants of several samples of one length as one `Rows` and split the result
-(`SampleAttribution.split`). `register` makes a method available to
-`--method NAME` and to `method_from_meta`.
+runner may hand it the variants of several samples of one shape (token length, answer span) as one `Rows`
+and split the result (`SampleAttribution.split`). `register` makes a method available to `--method NAME`
+and to `method_from_meta`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class MethodConfig(Settings):
 
     name: ClassVar[str] = ""
     cache_layers: ClassVar[bool] = True  # whether the core should cache every layer's input for this method
-    # whether the variants of several samples of one length may share one `Rows` (`core.prepare_merged`): true
-    # for a method that treats every variant on its own and reads neither `rows.uid` nor `rows.answer`
+    # whether the variants of several samples of one shape may share one `Rows` (`core.prepare_merged`): true
+    # for a method that treats every variant on its own and does not read `rows.uid`
     merges_samples: ClassVar[bool] = False
 
     def attribute(self, spec: ModelSpec, rows: Any, batch_size: int, where: str) -> SampleAttribution:

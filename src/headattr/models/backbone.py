@@ -23,6 +23,7 @@ and runs rows that join one pass at different layers (each with its own gated la
 every layer share a pass:
 
     h = backbone.run_joined([(0, h0, heads0), (3, h3, heads3)], stop, ctx)   # rows of h0, then of h3
+    h = backbone.run_joined(joins, L, ctx, keep=pos)   # [B, P, d]: the last layer only at positions `pos`
 """
 
 from __future__ import annotations
@@ -150,16 +151,25 @@ class LayerStack:
         return self.run_joined([(layer, h, heads)], stop, ctx)
 
     def run_joined(
-        self, joins: list[tuple[int, torch.Tensor, torch.Tensor | None]], stop: int, ctx: LayerContext
+        self,
+        joins: list[tuple[int, torch.Tensor, torch.Tensor | None]],
+        stop: int,
+        ctx: LayerContext,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One pass whose rows join at different layers: `joins[i] = (layer, h, heads)` adds the rows `h`
         [B_i, T, d] (their input of `layer`) at `layer`, with that layer's head outputs `heads`
         [B_i, T, H * head_dim] (`head_input`) or None (the whole layer runs on them). Layers ascend strictly;
-        `ctx` is the context of all rows in join order. Returns [sum B_i, T, d] after layer `stop - 1`.
+        `ctx` is the context of all rows in join order. Returns [sum B_i, T, d] after layer `stop - 1`, or
+        with `keep` ([P] positions) only those positions' hidden states [sum B_i, P, d].
 
         Rows already in the pass run each layer whole (their attention computed here); rows joining with
         `heads` enter at the layer's o_proj. One pass instead of one per join: fewer, larger operations, and
         each row's numbers are those of a pass of its own (rows never interact).
+
+        With `keep`, layer `stop - 1` still attends over every position (its keys and values need them) but
+        runs o_proj and the MLP only at `keep`: no later layer reads the other positions. When the loss is
+        taken at the masked answer tokens, that is most of the last layer's work, forward and backward.
         """
         h: torch.Tensor | None = None
         for i, (layer, h_join, heads) in enumerate(joins):
@@ -167,15 +177,30 @@ class LayerStack:
                 raise ValueError(f"joins must be at ascending layers, got {[j[0] for j in joins]}")
             inside = 0 if h is None else h.shape[0]
             rows = slice(0, inside + h_join.shape[0])
+            nxt = joins[i + 1][0] if i + 1 < len(joins) else stop
+            ends = keep if nxt == stop else None  # the pass's last layer is in this stretch
             if heads is None:
                 h = h_join if h is None else torch.cat([h, h_join])
-                h = self.run(h, layer, layer + 1, ctx.rows(rows))
+                h = self._run_keeping(h, layer, nxt, ctx.rows(rows), ends)
             else:
-                h = self._checkpointed(self._join_layer, h, h_join, heads, layer, ctx.rows(slice(0, inside)))
-            nxt = joins[i + 1][0] if i + 1 < len(joins) else stop
-            h = self.run(h, layer + 1, nxt, ctx.rows(rows))
+                at_join = ends if layer == stop - 1 else None
+                h = self._checkpointed(self._join_layer, h, h_join, heads, layer, ctx.rows(slice(0, inside)), at_join)
+                h = self._run_keeping(h, layer + 1, nxt, ctx.rows(rows), None if at_join is not None else ends)
         assert h is not None, "run_joined needs at least one join"
         return h
+
+    def _run_keeping(
+        self, h: torch.Tensor, start: int, stop: int, ctx: LayerContext, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`run`, except that with `keep` the last layer's output is computed only at those positions."""
+        if keep is None or start >= stop:
+            return self.run(h, start, stop, ctx)
+        h = self.run(h, start, stop - 1, ctx)
+        return self._checkpointed(self._layer_keeping, h, stop - 1, ctx, keep)
+
+    def _layer_keeping(self, h: torch.Tensor, layer: int, ctx: LayerContext, keep: torch.Tensor) -> torch.Tensor:
+        """Decoder layer `layer` on [B, T, d], its output only at positions `keep` [P]: [B, P, d]."""
+        return self._layer_tail(h[:, keep], self.head_input(h, layer, ctx)[:, keep], layer)
 
     def _checkpointed(self, fn: Any, *args: Any) -> torch.Tensor:
         """`fn(*args)`, recomputed during backward when gradient checkpointing is on."""
@@ -190,13 +215,18 @@ class LayerStack:
         heads_join: torch.Tensor,
         layer: int,
         ctx_inside: LayerContext,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Layer `layer` on the rows inside the pass (`h`, attention computed here) followed by rows that join
-        with their head outputs (`h_join`, `heads_join`): one o_proj and MLP for all of them."""
-        if h is None:
-            return self._layer_tail(h_join, heads_join, layer)
-        heads = torch.cat([self.head_input(h, layer, ctx_inside), heads_join])
-        return self._layer_tail(torch.cat([h, h_join]), heads, layer)
+        with their head outputs (`h_join`, `heads_join`): one o_proj and MLP for all of them (only at
+        positions `keep` when given)."""
+        residual, heads = h_join, heads_join
+        if h is not None:
+            residual = torch.cat([h, h_join])
+            heads = torch.cat([self.head_input(h, layer, ctx_inside), heads_join])
+        if keep is not None:
+            residual, heads = residual[:, keep], heads[:, keep]
+        return self._layer_tail(residual, heads, layer)
 
     def _layer_tail(self, residual: torch.Tensor, heads: torch.Tensor, layer: int) -> torch.Tensor:
         """Decoder layer `layer` after its attention kernel (transformers' Qwen2/Llama decoder layer order)."""
@@ -245,12 +275,18 @@ class WholeModel:
         return self.model(input_ids=h, attention_mask=ctx.attention_mask).logits
 
     def run_joined(
-        self, joins: list[tuple[int, torch.Tensor, torch.Tensor | None]], stop: int, ctx: LayerContext
+        self,
+        joins: list[tuple[int, torch.Tensor, torch.Tensor | None]],
+        stop: int,
+        ctx: LayerContext,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`LayerStack.run_joined` for a model run as a whole: only one join, at layer 0, without head outputs."""
+        """`LayerStack.run_joined` for a model run as a whole: only one join, at layer 0, without head outputs;
+        every position is computed, and `keep` selects from the logits."""
         if len(joins) != 1 or joins[0][0] != 0 or joins[0][2] is not None:
             raise ValueError("a WholeModel pass starts at layer 0 with every row; ask entry_layer() where to start")
-        return self.run(joins[0][1], 0, stop, ctx)
+        logits = self.run(joins[0][1], 0, stop, ctx)
+        return logits if keep is None else logits[:, keep]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """`run` already produced logits: selected rows pass through."""
