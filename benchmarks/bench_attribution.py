@@ -14,12 +14,15 @@ model and the same masked inputs:
                    batch size 2);
 - batched:         headattr's batching of nodes and variants, but whole forward passes and full logits;
 - headattr:        Gate-IG as shipped (batching, reuse of the layers below the gated one, the gated layer's
-                   attention once per variant, LM head only at masked positions).
+                   attention once per variant, LM head only at masked positions, the last layer only at
+                   the answer span).
 
-Printed: wall time per implementation (median of --repeats), the speed ratio against the straightforward
-algorithm and the reference, the largest difference of the attributions from the reference's (identical
-numbers up to rounding), and peak memory (process peak RSS above the loaded model on CPU; peak allocated CUDA
-memory on GPU). Absolute times depend on the machine; the ratios are the result.
+Printed: wall time per implementation (median of --repeats rounds; each round runs every implementation
+once, so that the machine's changing load falls on all alike), the speed ratio against the straightforward
+algorithm and the reference, headattr's ratio as the median of the rounds' ratios with their range, the
+largest difference of the attributions from the reference's (identical numbers up to rounding), and peak
+memory (process peak RSS above the loaded model on CPU; peak allocated CUDA memory on GPU). Absolute times
+depend on the machine; the ratios are the result.
 
 Equal accuracy (on unless --no-accuracy), on the built-in model (a trained model: on random weights every
 rule is exact to float32 rounding at 8 nodes, so there is nothing to compare), its first demo sample: the
@@ -165,11 +168,32 @@ def run(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw
 
 def timed(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, repeats: int) -> dict:
     """`run` `repeats` times; the median time, the first run's attributions and the largest peak."""
-    runs = [run(kind, model_dir, ids, span, cfg_kw) for _ in range(repeats)]
-    out = dict(runs[0])
-    out["seconds"] = float(np.median([r["seconds"] for r in runs]))
-    out["peak_mb"] = max(r["peak_mb"] for r in runs)
+    return alternating([kind], model_dir, ids, span, cfg_kw, repeats)[kind]
+
+
+def alternating(
+    kinds: list[str], model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, repeats: int
+) -> dict[str, dict]:
+    """Each of `kinds` `repeats` times, alternating (round r runs every kind once), so that a change in the
+    machine's load falls on all kinds alike. Per kind: the median time, every round's time ("rounds"), the
+    first run's attributions and the largest peak."""
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for kind in kinds:
+            runs[kind].append(run(kind, model_dir, ids, span, cfg_kw))
+    out = {}
+    for kind, done in runs.items():
+        out[kind] = dict(done[0])
+        out[kind]["rounds"] = [r["seconds"] for r in done]
+        out[kind]["seconds"] = float(np.median(out[kind]["rounds"]))
+        out[kind]["peak_mb"] = max(r["peak_mb"] for r in done)
     return out
+
+
+def ratio(slow: dict, fast: dict) -> tuple[float, float, float]:
+    """The speed ratio slow / fast: the median over rounds of each round's ratio, and its range."""
+    ratios = np.array(slow["rounds"]) / np.array(fast["rounds"])
+    return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
 
 
 def score_distance(a: list, b: list) -> float:
@@ -260,7 +284,7 @@ def main() -> None:
         kinds = ["straightforward", "batched", "headattr"]
         kinds = kinds if args.skip_reference else ["reference", *kinds]
         kinds = [] if args.only_accuracy else kinds
-        results = {k: timed(k, model_dir, ids, span, cfg_kw, args.repeats) for k in kinds}
+        results = alternating(kinds, model_dir, ids, span, cfg_kw, args.repeats) if kinds else {}
     accuracy = equal_accuracy(cfg_kw, args) if args.accuracy or args.only_accuracy else None
     if args.only_accuracy:
         print_accuracy(accuracy, {})
@@ -283,10 +307,17 @@ def main() -> None:
             f"{kind:<17}{r['seconds']:>9.2f}{plain['seconds'] / r['seconds']:>14.2f}x{speed:>14}"
             f"{r['peak_mb']:>9.0f}{diff:>12}"
         )
+    speedup, low, high = ratio(plain, results["headattr"])
+    print(
+        f"headattr against the straightforward algorithm, median of {args.repeats} alternating rounds' ratios: "
+        f"{speedup:.2f}x (range {low:.2f}x to {high:.2f}x)"
+    )
     summary = {
         "threads": args.threads,
         "seconds": {k: r["seconds"] for k, r in results.items()},
-        "headattr_vs_straightforward": plain["seconds"] / results["headattr"]["seconds"],
+        "rounds": {k: r["rounds"] for k, r in results.items()},
+        "headattr_vs_straightforward": speedup,
+        "headattr_vs_straightforward_range": [low, high],
     }
     print_accuracy(accuracy, summary)
 

@@ -27,8 +27,9 @@ The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of t
 least 1. On CPU a pass is also capped at `CPU_PASS_VALUES` hidden-state values (rows x T x d): larger passes
 no longer fit the processor's caches and run slower per row. On this project's machine (`python
 benchmarks/bench_attribution.py --no-accuracy --skip-reference --batch-size N`, one thread, one sample of 97
-tokens, 8 layers of width 256), Gate-IG took 12.9 s at 32 rows per pass, 12.2 s at 128 and 26.5 s at 640, all
-of a sample's rows in one pass (peak memory 0.7, 1.4 and 4.8 GB); the cap allows 168. An out-of-memory error
+tokens, 8 layers of width 256), Gate-IG took 9.67 s at 32 rows per pass, 9.95 s at 84 and 13.10 s at 168
+(peak memory 0.6, 1.3 and 2.3 GB); an earlier version took 26.5 s at 640, all of a sample's rows in one
+pass. The cap, 2^21 values, allows 84 there. An out-of-memory error
 anyway (fragmentation, a model underestimating) halves the batch and the same sample is computed again; since
 rows never interact, the results do not change. Later samples keep the halving. An integer `--batch-size` is
 used as given.
@@ -49,9 +50,9 @@ from .errors import HeadattrError
 AUTO = "auto"
 DEFAULT_FRACTION = 0.9
 MAX_ROWS = 1 << 16  # no pass holds more rows than this (a sample's rows are far fewer)
-# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 16 MB in float32 (module docstring;
-# 168 rows for the measured 97-token, width-256 sample; 3449 for a 19-token sample of the built-in model)
-CPU_PASS_VALUES = 1 << 22
+# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 8 MB in float32 (module docstring;
+# 84 rows for the measured 97-token, width-256 sample; 1724 for a 19-token sample of the built-in model)
+CPU_PASS_VALUES = 1 << 21
 T = TypeVar("T")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
