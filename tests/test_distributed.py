@@ -106,6 +106,23 @@ def test_assign_balances_tokens_deterministically():
     assert assign([7], 2) == [[0], []]
 
 
+def test_merged_groups_are_shared_out_whole_and_do_not_depend_on_the_share():
+    from headattr.attribution import _my_groups
+    from headattr.data import Sample
+
+    # lengths 5, 7, 5, 5, 7, 9, 5 (answer spans follow the length): groups of up to 2 of one shape
+    samples = [
+        Sample(i, f"{i:016x}", None, tuple(range(n)), n - 2, n, 0, 0) for i, n in enumerate([5, 7, 5, 5, 7, 9, 5])
+    ]
+    whole = _my_groups(samples, None, None, 2)
+    assert whole == [[0, 2], [1, 4], [3, 6], [5]]
+    for count in (2, 3):
+        shards = [_my_groups(samples, (i, count), None, 2) for i in range(count)]
+        ranks = [_my_groups(samples, None, World(rank=i, size=count, local_rank=i), 2) for i in range(count)]
+        assert shards == ranks  # --shard and torchrun share out alike
+        assert sorted(g for share in shards for g in share) == sorted(whole)  # the same groups, each whole
+
+
 def test_world_from_env():
     assert world_from_env({}) is None and world_from_env({"WORLD_SIZE": "1"}) is None
     assert world_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(3, 4, 1)

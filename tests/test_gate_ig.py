@@ -362,6 +362,37 @@ def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, mon
     assert merged_passes < alone_passes  # the three samples of one length shared their rounds
 
 
+def test_a_group_interrupted_between_checkpoints_is_computed_whole_on_resume(dream, tmp_path, monkeypatch):
+    from headattr import attribution
+
+    samples = [
+        Sample(i, f"{i:016x}", None, tuple([1, *range(4 + i, 11 + i), 39, 30, 12, 9, 8]), 8, 13, 0, 0) for i in range(4)
+    ]
+    kw = dict(method=GateIGConfig(ig_steps=2, ig_tol=0.01), masking=MASKING, batch_size=64, progress=False)
+    whole = attribute(dream, samples, out=tmp_path / "whole", **kw)
+    saved, real = [], attribution._save_checkpoint
+
+    def save_twice(*args):
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # killed after two of the group's four checkpoints
+        saved.append(args[1])
+        real(*args)
+
+    monkeypatch.setattr(attribution, "_save_checkpoint", save_twice)
+    with pytest.raises(KeyboardInterrupt):
+        attribute(dream, samples, out=tmp_path / "cut", **kw)
+    monkeypatch.setattr(attribution, "_save_checkpoint", real)
+    groups, compute = [], attribution.attribute_samples
+    monkeypatch.setattr(
+        attribution, "attribute_samples", lambda spec, group, *a: groups.append(len(group)) or compute(spec, group, *a)
+    )
+    resumed = attribute(dream, samples, out=tmp_path / "cut", resume=True, **kw)
+    assert groups == [4]  # the two read back are computed again as companions: the same passes as the whole run
+    assert saved == [0, 1] and resumed.timings["computed_samples"] == 2 and resumed.timings["resumed_samples"] == 2
+    assert (tmp_path / "cut/scores.safetensors").read_bytes() == (tmp_path / "whole/scores.safetensors").read_bytes()
+    assert resumed.attributions.tobytes() == whole.attributions.tobytes()
+
+
 def test_merge_groups_and_split():
     from headattr.attribution import merge_groups
     from headattr.methods import SampleAttribution
