@@ -1,15 +1,17 @@
 """`headattr.attribute`: run an attribution method over a dataset's samples into a run directory.
 
-Generic over methods (`headattr.methods`): the method attributes one sample at a time through the core; this
-module checkpoints each sample's result, combines them, and writes the run. Each sample's result depends only
-on the model, the sample and the settings, so samples are checkpointed as they finish and a resumed run ends
-with the same scores as an uninterrupted one.
+Generic over methods (`headattr.methods`): the method attributes one sample at a time through the core (on
+CPU, a method that `merges_samples` takes groups of samples of one shape at once, `merge_limit`); this module
+checkpoints each sample's result, combines them, and writes the run. Each sample's result depends only on the
+model, the sample, its group and the settings, and the groups are fixed by the whole run (`_my_groups`), so
+samples are checkpointed as they finish and a resumed run ends with the same scores as an uninterrupted one.
 
 The same property splits a run across processes or machines (`shard=(i, n)`, `--shard i/n`): each process
-computes the samples at positions `i, i + n, i + 2n, ...` into the shared run directory's checkpoints, and the
-process that finds every checkpoint present when it finishes writes the run, byte-identical to a one-process run.
-Under torchrun (`world`, see `headattr.distributed`) the ranks split the samples by token count, checkpoint
-into their own `out/checkpoints`, and rank 0 gathers the results with `torch.distributed` and writes the run.
+computes its share of the groups, balanced by token count (`distributed.assign`), into the shared run
+directory's checkpoints, and the process that finds every checkpoint present when it finishes writes the run,
+byte-identical to a one-process run. Under torchrun (`world`, see `headattr.distributed`) the ranks share the
+groups out the same way, checkpoint into their own `out/checkpoints`, and rank 0 gathers the results with
+`torch.distributed` and writes the run.
 
 Rows per pass come from a `batching.BatchPlanner` (`batch_size="auto"`: free memory / a row's cost, halved on
 an out-of-memory error, the same sample computed again).
@@ -294,7 +296,7 @@ def merge_limit(spec: ModelSpec, method: MethodConfig) -> int:
     """How many samples of one shape (`core.merge_key`) the runner computes together (1: each on its own).
 
     On CPU a small model's passes cost mostly per-operation overhead, and the refinement's later rounds hold
-    few rows: samples of one length share them (on the built-in model, where samples often have one length,
+    few rows: samples of one shape share them (on the built-in model, where samples often have one length,
     the default quadrature took 8% less time on 20 samples). On CUDA a real model's passes are
     compute-bound and each sample's layer cache is large (Dream 7B, 10 variants of 600 tokens: 28 x 10 x 600 x
     3584 x 2 bytes = 1.2 GB), so samples are not merged there.

@@ -281,8 +281,8 @@ def method_from_flags(ctx: click.Context, name: str, values: dict, seed: int) ->
     "--shard",
     default=None,
     metavar="I/N",
-    help="Compute only every N-th sample from the I-th (0-based) into the shared --out; run I = 0..N-1 in "
-    "parallel processes; the last to finish writes the run.",
+    help="Compute only share I (0-based) of N, balanced by token count, into the shared --out; run I = 0..N-1 "
+    "in parallel processes; the last to finish writes the run.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
