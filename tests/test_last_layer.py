@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from headattr import core
 from headattr.attribution import attribute_sample
@@ -67,3 +68,18 @@ def test_the_last_layer_runs_only_at_the_loss_positions(dream):
     assert set(widths["other"]) == {len(IDS)}
     # every pass that reaches the last layer (gradient passes, J at the baseline) runs it at the kept positions
     assert widths["last"] and set(widths["last"]) == {core.MIN_LOSS_POSITIONS}
+
+
+def test_the_narrow_last_layer_with_gradient_checkpointing(dream, monkeypatch):
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    method = GateIGConfig(ig_steps=4, scope="layer")
+    plain = attribute_sample(dream, SAMPLE, method, MASKING, 5)
+    dream.backbone.set_grad_checkpoint(True)
+    try:
+        checkpointed = attribute_sample(dream, SAMPLE, method, MASKING, 5)
+    finally:
+        dream.backbone.set_grad_checkpoint(False)
+    assert any(getattr(f, "__name__", "") == "_layer_keeping" for f in calls)  # recomputed in backward too
+    np.testing.assert_allclose(checkpointed.attributions, plain.attributions, rtol=1e-12, atol=1e-14)
