@@ -74,6 +74,16 @@ def test_dry_run_plan_and_probe(dream):
     json.dumps(plan)  # JSON-ready
 
 
+def test_dry_run_plans_the_batch_size_the_run_uses(dream):
+    from headattr.attribution import attribute
+
+    method = GateIGConfig(ig_steps=2, ig_tol=0.0)
+    plan = dry_run(dream, [SAMPLE] * 3, method, MASKING, run_probe=False)
+    result = attribute(dream, [SAMPLE] * 3, method, MASKING, progress=False)
+    # three samples of one shape share passes on CPU: each pass may hold three samples' rows
+    assert plan["batch_size"]["max"] == result.timings["batch_size_max"] == 3 * plan["rows_per_sample"]
+
+
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(dream_dir, tmp_path: Path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"k{i}=v;k{i}?", "answer": f"v{i}"}) + "\n" for i in range(5)))

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from . import core
-from .attribution import largest_pass
+from .attribution import largest_pass, merge_groups, merge_limit
 from .batching import BatchPlanner, hidden_size
 from .data import Sample
 from .gates import gated
@@ -178,13 +178,16 @@ def dry_run(
     tokens = np.array([len(s.input_ids) for s in samples])
     per_sample, total_flops, batches = [], 0.0, []
     most = largest_pass(method, masking, spec.num_layers)
-    for s in samples:
+    # samples computed together (CPU) share their passes, which may then hold more rows: as the runner plans
+    groups = merge_groups([core.merge_key(s) for s in samples], merge_limit(spec, method))
+    companions = {i: len(group) for group in groups for i in group}
+    for position, s in enumerate(samples):
         masked = [len(v.positions) for v in core.variants(spec, s, masking)]
         window = core.loss_window(spec, core.answer_span(spec, s), len(s.input_ids))
         kept = 1.0 if window is None else (window[1] - window[0]) / len(s.input_ids)
         passes = layer_passes(spec, method, masked, kept)
         f = flops(spec, passes, len(s.input_ids))
-        size = planner.size_for(len(s.input_ids), s.answer_end - s.answer_start, most)
+        size = planner.size_for(len(s.input_ids), s.answer_end - s.answer_start, companions[position] * most)
         batches.append(size)
         total_flops += f
         per_sample.append({"index": s.index, "tokens": len(s.input_ids), "layer_passes": passes.total, "flops": f})
