@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -94,29 +92,38 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
     assert not np.array_equal(read_run(tmp_path / "d").scores, read_run(tmp_path / "a").scores)
 
 
+# `headattr attribute ...` that SIGKILLs itself right after its 6th checkpoint: a hard kill at a known point (the
+# tiny model computes a group faster than a watcher could react)
+KILLED_AFTER_6 = """
+import os, signal
+from headattr import attribution, cli
+real, saved = attribution._save_checkpoint, []
+def save(*args):
+    real(*args)
+    saved.append(1)
+    if len(saved) == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+attribution._save_checkpoint = save
+cli.main()
+"""
+
+
 def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", str(dream_dir), "--data", str(data_file), "--samples", "12", *FAST]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        # on CPU samples of one shape are computed in groups (here 5 and 7): killed after the first group's
-        # checkpoints, the resumed run computes the second group as the whole run did
-        [sys.executable, "-m", "headattr", *args, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # on CPU samples of one shape are computed in groups (here of 5 and 7): the 6th checkpoint is inside a group
+    # in either order, and the resumed run computes that group whole, as the whole run did
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_6, *args, "--out", str(out)], capture_output=True, timeout=300
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "checkpoints").glob("*.safetensors"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list((out / "checkpoints").glob("*.safetensors")))
-    assert 2 <= done < 12, "the run must have been killed part-way"
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert len(list((out / "checkpoints").glob("*.safetensors"))) == 6
     code, _, err = run_cli([*args, "--out", out], capsys)
     assert code == 2 and "--resume" in err  # never silently continues or overwrites
     assert run_cli([*args, "--out", out, "--resume"], capsys)[0] == 0
     assert (out / "scores.safetensors").read_bytes() == (tmp_path / "whole/scores.safetensors").read_bytes()
-    assert read_run(out).meta["timings"]["resumed_samples"] == done
+    assert read_run(out).meta["timings"]["resumed_samples"] == 6
 
 
 def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_file, tmp_path, capsys, monkeypatch):

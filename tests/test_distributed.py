@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,11 +37,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(model: Path, data: Path, out: Path, samples: int, *extra: str) -> list[str]:
+# `headattr ...` that SIGKILLs itself right after its first checkpoint: a hard kill at a known point (the tiny
+# model computes a group of samples faster than a watcher could react)
+KILLED_AFTER_FIRST = """
+import os, signal
+from headattr import attribution, cli
+real = attribution._save_checkpoint
+def save(*args):
+    real(*args)
+    os.kill(os.getpid(), signal.SIGKILL)
+attribution._save_checkpoint = save
+cli.main()
+"""
+
+
+def command(model: Path, data: Path, out: Path, samples: int, *extra: str, killed: bool = False) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "headattr",
+        *([sys.executable, "-c", KILLED_AFTER_FIRST] if killed else [sys.executable, "-m", "headattr"]),
         "attribute",
         str(model),
         "--data",
@@ -56,8 +67,11 @@ def command(model: Path, data: Path, out: Path, samples: int, *extra: str) -> li
     ]
 
 
-def launch(model: Path, data: Path, outs: list[Path], samples: int, *extra: str) -> list[subprocess.Popen]:
-    """One process per rank, as torchrun starts them (its environment variables, no launcher)."""
+def launch(
+    model: Path, data: Path, outs: list[Path], samples: int, *extra: str, killed: bool = False
+) -> list[subprocess.Popen]:
+    """One process per rank, as torchrun starts them (its environment variables, no launcher); `killed`: each
+    rank SIGKILLs itself after its first checkpoint."""
     port, procs = free_port(), []
     for rank, out in enumerate(outs):
         env = {
@@ -71,7 +85,7 @@ def launch(model: Path, data: Path, outs: list[Path], samples: int, *extra: str)
         }
         procs.append(
             subprocess.Popen(
-                command(model, data, out, samples, *extra),
+                command(model, data, out, samples, *extra, killed=killed),
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -149,15 +163,9 @@ def test_two_gloo_ranks_write_the_one_process_scores(dream_dir, data_file, tmp_p
 def test_interrupted_ranks_resume_from_their_own_checkpoints(dream_dir, data_file, tmp_path):
     expected = single(dream_dir, data_file, tmp_path / "single", 16)
     outs = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
-    procs = launch(dream_dir, data_file, outs, 16)
-    deadline = time.time() + 120
-    while time.time() < deadline and not all(len(list((o / "checkpoints").glob("*.safetensors"))) >= 1 for o in outs):
-        time.sleep(0.02)
-    for p in procs:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+    assert [code for code, _ in wait(launch(dream_dir, data_file, outs, 16, killed=True))] == [-signal.SIGKILL] * 2
     kept = [len(list((o / "checkpoints").glob("*.safetensors"))) for o in outs]
-    assert all(k >= 1 for k in kept) and sum(kept) < 16, "both ranks must have been killed part-way"
+    assert kept == [1, 1]  # both ranks killed part-way
     results = wait(launch(dream_dir, data_file, outs, 16, "--resume"))
     assert [code for code, _ in results] == [0, 0], results
     assert (outs[0] / "scores.safetensors").read_bytes() == expected
