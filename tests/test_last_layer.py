@@ -27,7 +27,8 @@ MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5
 def test_loss_positions_cover_the_answer_and_are_widened_to_the_minimum(dream, llada):
     for spec in (dream, llada):
         rows = core.prepare(spec, SAMPLE, MASKING, 64, cache_layers=False)
-        keep = core.loss_positions(spec, rows).tolist()
+        window = core.loss_positions(spec, rows)
+        keep = list(range(window.start, window.stop))
         # the predictors of 19..23 (18..22 for Dream's shifted logits), widened to 16 positions, the extra ones
         # taken after the span up to the last token, then before it
         assert keep == list(range(8, 24))

@@ -29,10 +29,9 @@ no longer fit the processor's caches and run slower per row. On this project's m
 benchmarks/bench_attribution.py --no-accuracy --skip-reference --batch-size N`, one thread, one sample of 97
 tokens, 8 layers of width 256), Gate-IG took 9.67 s at 32 rows per pass, 9.95 s at 84 and 13.10 s at 168
 (peak memory 0.6, 1.3 and 2.3 GB); an earlier version took 26.5 s at 640, all of a sample's rows in one
-pass. The cap, 2^21 values, allows 84 there. An out-of-memory error
-anyway (fragmentation, a model underestimating) halves the batch and the same sample is computed again; since
-rows never interact, the results do not change. Later samples keep the halving. An integer `--batch-size` is
-used as given.
+pass. The cap, 2^21 values, allows 84 there. An out-of-memory error anyway (fragmentation, a model
+underestimating) halves the batch and the same sample is computed again; since rows never interact, the
+results do not change. Later samples keep the halving. An integer `--batch-size` is used as given.
 """
 
 from __future__ import annotations

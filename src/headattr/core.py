@@ -219,16 +219,17 @@ def loss_window(spec: ModelSpec, answer: tuple[int, int], tokens: int) -> tuple[
     return None if hi_wide - lo_wide == tokens else (lo_wide, hi_wide)
 
 
-def loss_positions(spec: ModelSpec, rows: Rows) -> torch.Tensor | None:
-    """The positions [P] of `loss_window` for `rows`, or None (every position: a short sample, or rows
-    without a single answer span).
+def loss_positions(spec: ModelSpec, rows: Rows) -> slice | None:
+    """The positions of `loss_window` for `rows` as a slice, or None (every position: a short sample, or rows
+    without a single answer span). A slice, so that selecting them is a view, not a copy (a model run whole
+    has every position's logits, [B, T, V], to select from).
 
     Only these reach the loss, so the last layer computes its output only there (`run_joined(keep=)`). The
     window is the sample's, never the batch's masked positions: a pass's numbers must not depend on which rows
     share it (the last layer's gate gradients sum over these positions).
     """
     window = None if rows.answer is None else loss_window(spec, rows.answer, rows.ids.shape[1])
-    return None if window is None else torch.arange(*window, device=spec.device)
+    return None if window is None else slice(*window)
 
 
 def objective(
@@ -264,7 +265,7 @@ def joined_objective(spec: ModelSpec, rows: Rows, joins: list[Join], with_logits
         (j.start, rows.hidden_in[j.start][j.v_idx], None if j.heads is None else j.heads[j.v_idx]) for j in joins
     ]
     keep = loss_positions(spec, rows)
-    at = pos if keep is None else pos - keep[0]  # where each masked token's predictor is among `keep`
+    at = pos if keep is None else pos - keep.start  # where each masked token's predictor is among `keep`
     with autocast_for(spec):
         h = backbone.run_joined(entries, spec.num_layers, rows.ctx.rows(v_idx), keep=keep)
         logits = backbone.logits(h[owner, at])

@@ -23,7 +23,7 @@ and runs rows that join one pass at different layers (each with its own gated la
 every layer share a pass:
 
     h = backbone.run_joined([(0, h0, heads0), (3, h3, heads3)], stop, ctx)   # rows of h0, then of h3
-    h = backbone.run_joined(joins, L, ctx, keep=pos)   # [B, P, d]: the last layer only at positions `pos`
+    h = backbone.run_joined(joins, L, ctx, keep=slice(a, b))   # [B, b - a, d]: the last layer only at a..b-1
 """
 
 from __future__ import annotations
@@ -155,13 +155,13 @@ class LayerStack:
         joins: list[tuple[int, torch.Tensor, torch.Tensor | None]],
         stop: int,
         ctx: LayerContext,
-        keep: torch.Tensor | None = None,
+        keep: slice | None = None,
     ) -> torch.Tensor:
         """One pass whose rows join at different layers: `joins[i] = (layer, h, heads)` adds the rows `h`
         [B_i, T, d] (their input of `layer`) at `layer`, with that layer's head outputs `heads`
         [B_i, T, H * head_dim] (`head_input`) or None (the whole layer runs on them). Layers ascend strictly;
         `ctx` is the context of all rows in join order. Returns [sum B_i, T, d] after layer `stop - 1`, or
-        with `keep` ([P] positions) only those positions' hidden states [sum B_i, P, d].
+        with `keep` (a slice of P positions) only those positions' hidden states [sum B_i, P, d].
 
         Rows already in the pass run each layer whole (their attention computed here); rows joining with
         `heads` enter at the layer's o_proj. One pass instead of one per join: fewer, larger operations, and
@@ -190,7 +190,7 @@ class LayerStack:
         return h
 
     def _run_keeping(
-        self, h: torch.Tensor, start: int, stop: int, ctx: LayerContext, keep: torch.Tensor | None
+        self, h: torch.Tensor, start: int, stop: int, ctx: LayerContext, keep: slice | None
     ) -> torch.Tensor:
         """`run`, except that with `keep` the last layer's output is computed only at those positions."""
         if keep is None or start >= stop:
@@ -198,8 +198,8 @@ class LayerStack:
         h = self.run(h, start, stop - 1, ctx)
         return self._checkpointed(self._layer_keeping, h, stop - 1, ctx, keep)
 
-    def _layer_keeping(self, h: torch.Tensor, layer: int, ctx: LayerContext, keep: torch.Tensor) -> torch.Tensor:
-        """Decoder layer `layer` on [B, T, d], its output only at positions `keep` [P]: [B, P, d]."""
+    def _layer_keeping(self, h: torch.Tensor, layer: int, ctx: LayerContext, keep: slice) -> torch.Tensor:
+        """Decoder layer `layer` on [B, T, d], its output only at the P positions `keep`: [B, P, d]."""
         return self._layer_tail(h[:, keep], self.head_input(h, layer, ctx)[:, keep], layer)
 
     def _checkpointed(self, fn: Any, *args: Any) -> torch.Tensor:
@@ -215,7 +215,7 @@ class LayerStack:
         heads_join: torch.Tensor,
         layer: int,
         ctx_inside: LayerContext,
-        keep: torch.Tensor | None = None,
+        keep: slice | None = None,
     ) -> torch.Tensor:
         """Layer `layer` on the rows inside the pass (`h`, attention computed here) followed by rows that join
         with their head outputs (`h_join`, `heads_join`): one o_proj and MLP for all of them (only at
@@ -279,7 +279,7 @@ class WholeModel:
         joins: list[tuple[int, torch.Tensor, torch.Tensor | None]],
         stop: int,
         ctx: LayerContext,
-        keep: torch.Tensor | None = None,
+        keep: slice | None = None,
     ) -> torch.Tensor:
         """`LayerStack.run_joined` for a model run as a whole: only one join, at layer 0, without head outputs;
         every position is computed, and `keep` selects from the logits."""
