@@ -24,6 +24,11 @@ largest difference of the attributions from the reference's (identical numbers u
 memory (process peak RSS above the loaded model on CPU; peak allocated CUDA memory on GPU). Absolute times
 depend on the machine; the ratios are the result.
 
+FLOPs (unless --no-flops): the straightforward algorithm and headattr each run once more, untimed, under
+torch's FLOP counter (`headattr.plan.flop_counter`: matrix products and the attention kernel). Their ratio is
+the work headattr saves; the time ratio is that times the ratio of the two FLOP rates (large batches run
+faster per FLOP), which is printed with it.
+
 Equal accuracy (on unless --no-accuracy), on the built-in model (a trained model: on random weights every
 rule is exact to float32 rounding at 8 nodes, so there is nothing to compare), its first demo sample: the
 converged scores are Gauss-Legendre with --converged nodes (128); the default configuration (GateIGConfig's
@@ -44,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+COUNTED = ("straightforward", "headattr")  # the implementations whose FLOPs are counted (one more run each)
 
 
 def synthetic_dream(root: Path, layers: int, hidden: int, heads: int, vocab: int, seed: int = 0) -> Path:
@@ -124,11 +131,9 @@ def _peak_rss_mb() -> float:
 def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, queue: mp.Queue) -> None:
     if cfg_kw["threads"]:
         torch.set_num_threads(cfg_kw["threads"])
-    from headattr.attribution import attribute_sample
     from headattr.data import Sample
     from headattr.masking import MaskConfig
     from headattr.models import WholeModel, load_model
-    from headattr.reference import reference_attribution
 
     spec = load_model(model_dir, dtype="float32")
     method = method_config(cfg_kw)
@@ -138,21 +143,35 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
     batch_size = 2 if kind == "straightforward" else cfg_kw["batch_size"]
     if kind in ("batched", "straightforward"):
         spec.backbone = WholeModel(spec.model)
+    if cfg_kw.get("count_flops"):  # an untimed run under torch's FLOP counter
+        from headattr.plan import flop_counter
+
+        with flop_counter() as counter:
+            compute(kind, spec, sample, method, masking, batch_size)
+        queue.put({"kind": kind, "flops": counter.get_total_flops()})
+        return
     base_rss = _peak_rss_mb()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
     start = time.perf_counter()
-    if kind == "reference":
-        attr = reference_attribution(spec, sample, method, masking)
-    else:
-        attr = attribute_sample(spec, sample, method, masking, batch_size).attributions
+    attr = compute(kind, spec, sample, method, masking, batch_size)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if cuda else _peak_rss_mb() - base_rss
     queue.put({"kind": kind, "seconds": seconds, "peak_mb": peak, "attr": attr.tolist(), "device": str(spec.device)})
+
+
+def compute(kind: str, spec, sample, method, masking, batch_size: int) -> np.ndarray:
+    """One sample's attributions [V, L, H] by implementation `kind`."""
+    from headattr.attribution import attribute_sample
+    from headattr.reference import reference_attribution
+
+    if kind == "reference":
+        return reference_attribution(spec, sample, method, masking)
+    return attribute_sample(spec, sample, method, masking, batch_size).attributions
 
 
 def run(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict) -> dict:
@@ -261,6 +280,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per implementation (the median is shown)")
     parser.add_argument("--converged", type=int, default=128, help="Gauss-Legendre nodes of the converged run")
     parser.add_argument("--max-riemann", type=int, default=4096, help="most right-Riemann steps tried")
+    parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip counting the FLOPs")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the equal-accuracy part")
     parser.add_argument("--skip-reference", action="store_true", help="for models too large for the slow path")
     parser.add_argument("--only-accuracy", action="store_true", help="run only the equal-accuracy part")
@@ -285,6 +305,8 @@ def main() -> None:
         kinds = kinds if args.skip_reference else ["reference", *kinds]
         kinds = [] if args.only_accuracy else kinds
         results = alternating(kinds, model_dir, ids, span, cfg_kw, args.repeats) if kinds else {}
+        for kind in COUNTED if args.flops and kinds else ():
+            results[kind]["flops"] = run(kind, model_dir, ids, span, {**cfg_kw, "count_flops": True})["flops"]
     accuracy = equal_accuracy(cfg_kw, args) if args.accuracy or args.only_accuracy else None
     if args.only_accuracy:
         print_accuracy(accuracy, {})
@@ -312,12 +334,21 @@ def main() -> None:
         f"headattr against the straightforward algorithm, median of {args.repeats} alternating rounds' ratios: "
         f"{speedup:.2f}x (range {low:.2f}x to {high:.2f}x)"
     )
+    if all("flops" in results[k] for k in COUNTED):
+        plain_rate, rate = (results[k]["flops"] / results[k]["seconds"] / 1e9 for k in COUNTED)
+        flop_ratio = plain["flops"] / results["headattr"]["flops"]
+        print(
+            f"FLOPs (torch.utils.flop_counter): straightforward {plain['flops'] / 1e9:.1f} G, headattr "
+            f"{results['headattr']['flops'] / 1e9:.1f} G: {flop_ratio:.2f}x fewer; rates {plain_rate:.1f} and "
+            f"{rate:.1f} GFLOP/s (time ratio = FLOP ratio x rate ratio = {flop_ratio:.2f} x {rate / plain_rate:.2f})"
+        )
     summary = {
         "threads": args.threads,
         "seconds": {k: r["seconds"] for k, r in results.items()},
         "rounds": {k: r["rounds"] for k, r in results.items()},
         "headattr_vs_straightforward": speedup,
         "headattr_vs_straightforward_range": [low, high],
+        "flops": {k: results[k]["flops"] for k in COUNTED if "flops" in results[k]},
     }
     print_accuracy(accuracy, summary)
 

@@ -13,8 +13,10 @@ seed report's: 10 masked variants (5 mask probabilities x 2 draws), 8 Gauss-Lege
 Scope `layer` and scope `joint` each run on as many samples as fit in --seconds (at least one).
 
 Printed per scope: tokens/s (sample tokens per second of attribution), achieved TFLOP/s = FLOPs / seconds
-with FLOPs by `headattr.plan` (forward 2 P T + 4 T^2 d per layer pass, LM head 2 d V per masked token,
-backward 2 x forward, counting the layer passes Gate-IG makes), MFU = achieved / the GPU's dense bf16 peak
+with FLOPs by `headattr.plan` (its formula, checked against torch's FLOP counter in the tests: forward
+2 P T + 4 T^2 d per layer pass and 2 d V per LM-head token; backward, with the weights frozen, the same in
+the projections and 2 P T + 10 T^2 d in attention; for the passes Gate-IG made, with the nodes each path
+used), MFU = achieved / the GPU's dense bf16 peak
 (PEAK_TFLOPS, or --peak-tflops), peak memory (torch.cuda.max_memory_allocated), the batch size chosen, and
 the projected wall time of the seed configuration's 50 samples. Then the straightforward algorithm
 (`headattr.reference`: one variant, node and layer per whole forward pass) on --reference-paths of the
@@ -102,7 +104,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     from headattr.attribution import attribute_sample
     from headattr.batching import BatchPlanner
     from headattr.methods import GateIGConfig
-    from headattr.plan import flops, layer_passes
+    from headattr.plan import flops, sample_passes
 
     method = GateIGConfig(ig_steps=8, scope=scope)
     planner = BatchPlanner.create(spec, "auto")
@@ -112,7 +114,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     for s in samples:
         t, answer = len(s.input_ids), s.answer_end - s.answer_start
         planner.calibrate(lambda s=s: core.prepare(spec, s, masking, 1, cache_layers=False), t)
-        planner.run(
+        result = planner.run(
             s.index,
             t,
             answer,
@@ -120,8 +122,8 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
             most_rows=masking.num_variants * method.ig_steps,
         )
         sync(spec)
-        masked = [len(v.positions) for v in core.variants(spec, s, masking)]
-        total_flops += flops(spec, layer_passes(spec, method, masked), t)
+        nodes = result.diagnostics["nodes"]  # the passes the refined rule made, not only its base rule's
+        total_flops += flops(spec, sample_passes(spec, method, s, masking, nodes), t)
         done, tokens = done + 1, tokens + t
         if time.perf_counter() - start >= seconds:
             break

@@ -11,17 +11,29 @@ layer, an "attention" is its norm + q/k/v + attention kernel; a full layer is bo
                                         + V (L tails + L(L-1)/2 layers) [J at each baseline]
                                grad     V n (L tails + L(L-1)/2 layers)
     scope joint:               no grad  V L [J(1)] + V L [J(b)];   grad  V n L
-    whole-model backbone:      every pass runs all L layers from the ids
+    whole-model backbone:      every pass runs all L layers from the ids, and the LM head at every position
+
+With the refined rule (`--ig-tol` > 0) the nodes a = 0 and a = 1 give J(b) and J(1) (no passes of their own),
+and a one-layer path's a = 1 node comes from one pass from layer 0 for every layer (`methods.gate_ig`); given
+the nodes each path used (run.json's `nodes`), `layer_passes` counts those passes, else the base rule's.
 
 On a layer stack the last layer's tail runs only at the positions that reach the loss (`core.loss_window`,
 P of T): each pass through it counts one attention part and P / T of a tail.
 
-FLOPs (T tokens, d hidden, P_attn / P_tail the weights of a layer's q/k/v and of its o_proj + MLP):
+FLOPs (matrix products only, as `torch.utils.flop_counter` counts them; T tokens, d = H x head_dim,
+P_attn / P_tail the weights of a layer's q/k/v projections and of its o_proj and MLP projections):
 
-    forward, per row:  attention  2 P_attn T + 4 T^2 d      (q/k/v projections; QK^T and AV)
-                       tail       2 P_tail T
-                       LM head    2 d V_vocab per masked token
-    backward ~ 2 x forward, for the passes that need gradients.
+    forward, per row:   attention  2 P_attn T + 4 T^2 d     (q/k/v projections; QK^T and AV)
+                        tail       2 P_tail T
+                        LM head    2 d V_vocab per token it runs on
+    backward, per row:  attention  2 P_attn T + 10 T^2 d    (the kernel recomputes QK^T: 5 products)
+                        tail       2 P_tail T;   LM head 2 d V_vocab per token
+
+The weights are frozen, so a backward pass computes input gradients only: as many FLOPs as its forward in
+the projections (training's "backward 2x forward" counts the weight gradients too). No backward reaches what
+lies below a pass's first gate (the gated layer's own attention; on a whole-model backbone the layers below
+the path's layer), so those parts cost their forward only. `tests/test_plan.py` checks the count against
+`torch.utils.flop_counter` on both backbones, both scopes and both rules.
 
 The probe runs one chunk of `batch` rows (forward and backward, every layer) of the first sample, so its
 FLOP rate includes this machine's real efficiency; the time estimate is total FLOPs / that rate.
@@ -35,6 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from . import core
 from .attribution import largest_pass, merge_groups, merge_limit
@@ -48,10 +62,12 @@ from .models import ModelSpec
 
 @dataclass
 class LayerPasses:
-    """Row-layer passes of one sample: full layers, attention-only parts, tails, masked tokens (LM head).
+    """Row-layer passes of one sample: full layers, attention-only parts, tails, LM-head tokens; `grad_*` those
+    of passes that are differentiated.
 
     A tail of the last layer computed at some of the positions (`core.loss_window`) counts as that fraction
-    of a tail."""
+    of a tail. `unreached_layers` and `unreached_attentions` are the parts of the `grad_layers` below their
+    pass's first gate, which no backward reaches (whole layers; the attention part of the first gated layer)."""
 
     grad_layers: float = 0.0
     grad_attentions: float = 0.0
@@ -61,6 +77,8 @@ class LayerPasses:
     attentions: float = 0.0
     tails: float = 0.0
     lm_tokens: float = 0.0
+    unreached_layers: float = 0.0
+    unreached_attentions: float = 0.0
 
     @property
     def total(self) -> float:
@@ -69,27 +87,58 @@ class LayerPasses:
 
 
 def layer_passes(
-    spec: ModelSpec, method: GateIGConfig, masked_per_variant: list[int], kept: float = 1.0
+    spec: ModelSpec,
+    method: GateIGConfig,
+    masked_per_variant: list[int],
+    tokens: int,
+    kept: float = 1.0,
+    nodes: np.ndarray | None = None,
 ) -> LayerPasses:
-    """Gate-IG's passes for one sample (module docstring); `masked_per_variant`: masked tokens of each;
-    `kept`: the fraction of its positions at which the last layer's tail runs (`core.loss_window`)."""
-    v, n, layers, k = len(masked_per_variant), method.base_nodes, spec.num_layers, float(sum(masked_per_variant))
-    p = LayerPasses()
-    stack = spec.backbone.resumable
-    if method.scope == "joint" or not stack:
-        paths = 1 if method.scope == "joint" else layers
-        p.layers = v * layers * (1 + paths)  # J(1) and J(b) per path (all layers from the ids)
-        p.grad_layers = v * n * layers * paths
-        p.lm_tokens, p.grad_lm_tokens = k * (1 + paths), k * n * paths
-        # every pass ends with the last layer
-        return _narrow_last_layer(p, (v * (1 + paths), v * n * paths), (0, 0), kept) if stack else p
-    deep = layers * (layers - 1) / 2  # layers after the gated one, summed over the paths
-    p.layers = v * (layers - 1) + v + v * deep
-    p.attentions, p.tails = v * layers, v * layers
-    p.grad_layers, p.grad_tails = v * n * deep, v * n * layers
-    p.lm_tokens, p.grad_lm_tokens = k * (1 + layers), k * n * layers
-    # the last layer runs whole in J(1) and in the paths of the layers below it, as the gated tail in its own
-    return _narrow_last_layer(p, (v * layers, v * n * (layers - 1)), (v, v * n), kept)
+    """Gate-IG's passes for one sample of `tokens` tokens (module docstring); `masked_per_variant`: masked
+    tokens of each variant; `kept`: the fraction of its positions at which the last layer's tail runs
+    (`core.loss_window`); `nodes` [V, S]: the nodes each path used (default: the base rule's everywhere).
+
+    A path's gradient rows are its nodes, each entering at the path's layer (at its o_proj when the layer stack
+    splits it) and running to the loss; the fixed rule adds J(1) and each path's J(b) as forward passes, the
+    refined rule has them from its a = 1 and a = 0 nodes (one-layer paths: every a = 1 node from one pass)."""
+    v, n_layers, stack = len(masked_per_variant), spec.num_layers, spec.backbone.resumable
+    paths = method.paths(n_layers)
+    nodes = np.full((v, len(paths)), float(method.base_nodes)) if nodes is None else np.asarray(nodes, dtype=float)
+    lm = np.asarray(masked_per_variant, float) if stack else np.full(v, float(tokens))  # a model run whole: all
+    cached = stack and method.cache_layers
+    p = LayerPasses(layers=v * (n_layers - 1) if cached else 0.0)  # every layer's input, cached
+    last = np.zeros((2, 2))  # passes through the last layer: [whole, as the gated tail] x [no grad, grad]
+
+    def add(rows: float, lm_tokens: float, entry: int, gate: int, splits: bool, grad: bool) -> None:
+        """`rows` rows from layer `entry`'s input (its o_proj when `splits`) to the loss; first gate at `gate`."""
+        if grad:
+            p.grad_layers += rows * (n_layers - entry - splits)
+            p.grad_tails += rows * splits
+            p.grad_lm_tokens += lm_tokens
+            p.unreached_layers += rows * (gate - entry)
+            p.unreached_attentions += 0.0 if splits else rows
+        else:
+            p.layers += rows * (n_layers - entry - splits)
+            p.tails += rows * splits
+            p.lm_tokens += lm_tokens
+        last[int(splits and entry == n_layers - 1), int(grad)] += rows
+
+    one_pass_ends = method.adaptive and len(paths) > 1 and all(len(layers) == 1 for layers in paths)
+    if one_pass_ends:  # every one-layer path's a = 1 node, and J(1), from one pass from layer 0
+        add(v, lm.sum(), 0, 0, False, True)
+    elif not method.adaptive:  # J(1), from the deepest cached input
+        add(v, lm.sum(), n_layers - 1 if cached else 0, n_layers, False, False)
+    for i, layers in enumerate(paths):
+        entry, splits = spec.backbone.entry_layer(layers[0]), stack and len(layers) == 1
+        if splits:
+            p.attentions += v  # the gated layer's attention, once per variant
+        if not method.adaptive:  # J at the path's baseline
+            add(v, lm.sum(), entry, layers[0], splits, False)
+        rows = nodes[:, i] - 1 if one_pass_ends else nodes[:, i]
+        add(rows.sum(), (rows * lm).sum(), entry, layers[0], splits, True)
+    if not stack:  # a model run whole computes every position of every layer
+        return p
+    return _narrow_last_layer(p, (last[0, 0], last[0, 1]), (last[1, 0], last[1, 1]), kept)
 
 
 def _narrow_last_layer(
@@ -108,36 +157,78 @@ def _narrow_last_layer(
     return p
 
 
+def sample_passes(
+    spec: ModelSpec, method: GateIGConfig, sample: Sample, masking: MaskConfig, nodes: np.ndarray | None = None
+) -> LayerPasses:
+    """`layer_passes` of one sample: its variants' masked tokens and its loss window from the sample itself."""
+    masked = [len(v.positions) for v in core.variants(spec, sample, masking)]
+    tokens = len(sample.input_ids)
+    window = core.loss_window(spec, core.answer_span(spec, sample), tokens)
+    kept = 1.0 if window is None else (window[1] - window[0]) / tokens
+    return layer_passes(spec, method, masked, tokens, kept, nodes)
+
+
+QKV_NAMES = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "query_key_value", "c_attn"}
+
+
 def layer_weights(spec: ModelSpec) -> tuple[int, int]:
-    """(P_attn, P_tail): weights of layer 0's q/k/v projections and of everything else in it."""
-    if not spec.backbone.resumable:
+    """(P_attn, P_tail): the weights of layer 0's q/k/v projections and of its other projections (o_proj and
+    the MLP's): the matrices of its products (norm weights and biases add none). A model run whole is searched
+    for its first list of L layers; where none is found, or no q/k/v by a known name, its parameters per layer
+    are split as a typical decoder's (q/k/v about a quarter)."""
+    layer = spec.backbone.layers[0] if spec.backbone.resumable else _first_layer(spec)
+    if layer is None:
         per_layer = (spec.num_parameters - 2 * spec.vocab_size * hidden_size(spec)) // spec.num_layers
-        return per_layer // 4, per_layer - per_layer // 4  # q/k/v of a typical decoder: about a quarter
-    layer = spec.backbone.layers[0]
-    attn = sum(m.weight.numel() for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj))
-    return attn, sum(p.numel() for p in layer.parameters()) - attn
+        return per_layer // 4, per_layer - per_layer // 4
+    matrices = [(name.split(".")[-2], w.numel()) for name, w in layer.named_parameters() if w.ndim == 2]
+    total = sum(n for _, n in matrices)
+    attn = sum(n for owner, n in matrices if owner in QKV_NAMES) or total // 4
+    return attn, total - attn
+
+
+def _first_layer(spec: ModelSpec) -> nn.Module | None:
+    """Layer 0 of a model's first module list of L modules (its decoder layers), or None."""
+    for module in spec.model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == spec.num_layers:
+            return module[0]
+    return None
 
 
 def flops(spec: ModelSpec, passes: LayerPasses, tokens: int) -> float:
     """FLOPs of one sample's passes (module docstring's formula)."""
-    d = hidden_size(spec)
+    d = spec.num_heads * spec.head_dim
     p_attn, p_tail = layer_weights(spec)
     attention = 2 * p_attn * tokens + 4 * tokens**2 * d
-    tail = 2 * p_tail * tokens
-    head = 2 * d * spec.vocab_size
+    attention_back = 2 * p_attn * tokens + 10 * tokens**2 * d
+    tail = 2 * p_tail * tokens  # forward and backward alike
+    head = 2 * hidden_size(spec) * spec.vocab_size
+    p = passes
     forward = (
-        passes.layers * (attention + tail)
-        + passes.attentions * attention
-        + passes.tails * tail
-        + passes.lm_tokens * head
+        (p.layers + p.grad_layers) * (attention + tail)
+        + (p.attentions + p.grad_attentions) * attention
+        + (p.tails + p.grad_tails) * tail
+        + (p.lm_tokens + p.grad_lm_tokens) * head
     )
-    grad = (
-        passes.grad_layers * (attention + tail)
-        + passes.grad_attentions * attention
-        + passes.grad_tails * tail
-        + passes.grad_lm_tokens * head
+    reached = p.grad_layers - p.unreached_layers
+    backward = (
+        (reached - p.unreached_attentions + p.grad_attentions) * attention_back
+        + (reached + p.grad_tails) * tail
+        + p.grad_lm_tokens * head
     )
-    return float(forward + 3 * grad)  # backward ~ 2 x forward
+    return float(forward + backward)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter (`torch.utils.flop_counter`), counting the CPU attention kernel as well: torch maps
+    only the GPU kernels; the CPU kernel computes the same products, so torch's own formulas apply."""
+    aten = torch.ops.aten
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+            lambda grad, q, k, v, *_, **__: sdpa_backward_flop_count(grad, q, k, v)
+        ),
+    }
+    return FlopCounterMode(display=False, custom_mapping=cpu_attention)
 
 
 def probe(spec: ModelSpec, sample: Sample, masking: MaskConfig, rows: int) -> tuple[float, float]:
@@ -159,9 +250,19 @@ def probe(spec: ModelSpec, sample: Sample, masking: MaskConfig, rows: int) -> tu
     if spec.device.type == "cuda":
         torch.cuda.synchronize(spec.device)
     seconds = time.perf_counter() - start
-    masked = [len(prepared.labels[int(v)]) for v in v_idx.tolist()]
-    one = LayerPasses(grad_layers=rows * spec.num_layers, grad_lm_tokens=float(sum(masked)))
-    return seconds, flops(spec, one, len(sample.input_ids))
+    return seconds, flops(spec, probe_passes(spec, prepared, v_idx), len(sample.input_ids))
+
+
+def probe_passes(spec: ModelSpec, rows: core.Rows, v_idx: torch.Tensor) -> LayerPasses:
+    """The passes of `probe`: the rows `v_idx` from layer 0 to the loss, every layer gated."""
+    tokens = rows.ids.shape[1]
+    n = len(v_idx)
+    lm = float(n * tokens) if not spec.backbone.resumable else float(sum(len(rows.labels[int(v)]) for v in v_idx))
+    p = LayerPasses(grad_layers=n * spec.num_layers, grad_lm_tokens=lm, unreached_attentions=n)
+    keep = core.loss_positions(spec, rows)
+    if keep is None or not spec.backbone.resumable:
+        return p
+    return _narrow_last_layer(p, (0, n), (0, 0), (keep.stop - keep.start) / tokens)
 
 
 def dry_run(
@@ -182,10 +283,7 @@ def dry_run(
     groups = merge_groups([core.merge_key(s) for s in samples], merge_limit(spec, method))
     companions = {i: len(group) for group in groups for i in group}
     for position, s in enumerate(samples):
-        masked = [len(v.positions) for v in core.variants(spec, s, masking)]
-        window = core.loss_window(spec, core.answer_span(spec, s), len(s.input_ids))
-        kept = 1.0 if window is None else (window[1] - window[0]) / len(s.input_ids)
-        passes = layer_passes(spec, method, masked, kept)
+        passes = sample_passes(spec, method, s, masking)
         f = flops(spec, passes, len(s.input_ids))
         size = planner.size_for(len(s.input_ids), s.answer_end - s.answer_start, companions[position] * most)
         batches.append(size)
@@ -239,7 +337,7 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
             else "[(V n + V) L per path + V L]"
         ),
         f"FLOPs: {plan['flops']:.3g} [forward 2 P T + 4 T^2 d per layer, LM head 2 d V per masked token; "
-        "backward 2x forward]",
+        "backward of frozen weights: 2 P T + 10 T^2 d]",
         f"batch size {b['requested']}: {b['min']}"
         + (f"..{b['max']}" if b["max"] != b["min"] else "")
         + f" rows per pass; peak memory about {plan['peak_memory_bytes'] / 2**30:.2f} GiB (first sample)",
