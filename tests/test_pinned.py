@@ -1,10 +1,16 @@
-"""Gate-IG on the built-in model is pinned bit for bit, so that restructuring the code cannot change a number.
+"""Gate-IG on the built-in model is pinned, so that restructuring the code cannot change a number.
 
 `fixtures/gate_ig_builtin.safetensors` holds, for 4 demo samples (seed 47, stratified by task), 4 IG steps
 and both scopes, every per-variant array one sample's attribution produces. Restructuring the code must not
-change a single bit of them, at any batch size (rows never interact). The model is the built-in model of
-the time the pin was first made (`fixtures/builtin-v3`, the weights shipped until issue 12 retrained them to
-end answers with EOS), kept so that the pin still holds.
+change them, at any batch size (rows never interact): the arrays of two batch sizes are byte-identical to each
+other, and within float32 rounding of the pin. The model is the built-in model of the time the pin was first
+made (`fixtures/builtin-v3`, the weights shipped until issue 12 retrained them to end answers with EOS), kept
+so that the pin still holds.
+
+Why not bit for bit against the pin: the CPU's matrix kernel decides the last bits. MKL picks its kernels by
+CPU, and on AMD EPYC (2026-12-02) the arrays differ from the pin made on an earlier machine by at most 5.9e-5
+(attributions up to 15) and 8.5e-5 (completeness errors up to 51): 4e-6 of an array's largest value, while any
+change of the arithmetic that matters moves them by orders of magnitude more. PIN_TOLERANCE allows 2e-5.
 
 History of the pin (only a deliberate change of the arithmetic may re-pin it, with `python
 tests/test_pinned.py --write`, and each one is recorded here with what it changed):
@@ -44,21 +50,24 @@ def builtin():
     torch.set_num_threads(threads)
 
 
+PIN_TOLERANCE = 2e-5  # of an array's largest |value|: float32 rounding of another CPU's kernels (docstring)
+
+
 @pytest.mark.parametrize("scope", ["layer", "joint"])
-@pytest.mark.parametrize("batch_size", [16, 7])
-def test_gate_ig_is_byte_identical_to_the_pinned_fixture(builtin, scope, batch_size):
+def test_gate_ig_matches_the_pinned_fixture_at_any_batch_size(builtin, scope):
     spec, samples = builtin
     pinned = load_file(str(FIXTURE))
     method = headattr.GateIGConfig(ig_steps=4, scope=scope, ig_tol=0.0)  # --ig-tol 0: the fixed rule of before
     masking = headattr.MaskConfig(mask_seed=47)
     for i, s in enumerate(samples):
-        r = attribute_sample(spec, s, method, masking, batch_size)
-        arrays = {"attributions": r.attributions, **r.diagnostics}
+        runs = [attribute_sample(spec, s, method, masking, batch_size) for batch_size in (16, 7)]
         for name in ("attributions", "j_full", "j_baseline", "completeness_error"):
             expected = pinned[f"{scope}/{i}/{name}"]
-            got = np.asarray(arrays[name])
+            got, other = (np.asarray(r.attributions if name == "attributions" else r.diagnostics[name]) for r in runs)
             assert got.dtype == expected.dtype and got.shape == expected.shape
-            assert got.tobytes() == expected.tobytes(), f"{scope} sample {i} {name} (batch size {batch_size})"
+            assert got.tobytes() == other.tobytes(), f"{scope} sample {i} {name}: batch sizes 16 and 7 differ"
+            bound = PIN_TOLERANCE * max(float(np.abs(expected).max()), 1e-30)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=bound, err_msg=f"{scope} sample {i} {name}")
 
 
 def write_fixture() -> None:
