@@ -23,4 +23,5 @@ def test_gpu_bench_tiny_runs_on_cpu_and_ends_with_one_json_line():
         assert r["projected_50_samples_s"] > 0
     assert result["scopes"]["layer"]["flops"] > result["scopes"]["joint"]["flops"]  # L paths against one
     assert result["reference"]["per_sample_s"] > 0 and result["speedup_vs_reference"] > 0
+    assert result["work_ratio_fixed_rule"] > 1  # headattr does less work than the straightforward algorithm
     assert any(line.startswith("scope layer:") for line in lines) and "straightforward" in p.stdout

@@ -17,7 +17,17 @@ from headattr.gates import gated
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import WholeModel
-from headattr.plan import LayerPasses, dry_run, flop_counter, flops, layer_passes, probe_passes, sample_passes
+from headattr.plan import (
+    LayerPasses,
+    dry_run,
+    flop_counter,
+    flops,
+    layer_passes,
+    probe_passes,
+    reference_passes,
+    sample_passes,
+)
+from headattr.reference import reference_attribution
 
 SAMPLE = Sample(0, "0123456789abcdef", None, (1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12), 8, 13, 0, 0)
 MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
@@ -83,6 +93,17 @@ def test_flop_model_is_torchs_count(request, monkeypatch, family, backbone, scop
     measured, nodes = counted(spec, sample, method)
     modelled = flops(spec, sample_passes(spec, method, sample, MASKING, nodes), len(sample.input_ids))
     assert modelled == pytest.approx(measured, rel=1e-12)  # exact: both count every product
+
+
+@pytest.mark.parametrize("family", ["dream", "llada"])
+@pytest.mark.parametrize("scope", ["layer", "joint"])
+def test_reference_flops_are_torchs_count(request, family, scope):
+    spec = request.getfixturevalue(family)
+    method = GateIGConfig(ig_steps=2, scope=scope, ig_tol=0.0)
+    with flop_counter() as counter:
+        reference_attribution(spec, LONG, method, MASKING)
+    modelled = flops(spec, reference_passes(spec, method, LONG, MASKING), len(LONG.input_ids))
+    assert modelled == pytest.approx(counter.get_total_flops(), rel=1e-12)
 
 
 def test_probe_flops_are_torchs_count(dream):

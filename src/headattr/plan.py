@@ -41,6 +41,7 @@ FLOP rate includes this machine's real efficiency; the time estimate is total FL
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ from .data import Sample
 from .gates import gated
 from .masking import MaskConfig
 from .methods import GateIGConfig
-from .models import ModelSpec
+from .models import ModelSpec, WholeModel
 
 
 @dataclass
@@ -169,6 +170,20 @@ def sample_passes(
 
 
 QKV_NAMES = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "query_key_value", "c_attn"}
+
+
+def reference_passes(spec: ModelSpec, method: GateIGConfig, sample: Sample, masking: MaskConfig) -> LayerPasses:
+    """The passes of the straightforward algorithm (`headattr.reference`) on one sample: a row per variant, node
+    and path through the whole model (its LM head at every position), differentiated down to the path's
+    first gate; no J(1) or J(b) passes, and `method`'s rule without refinement (the reference never refines)."""
+    whole = dataclasses.replace(spec, backbone=WholeModel(spec.model))
+    p = sample_passes(whole, dataclasses.replace(method, ig_tol=0.0), sample, masking)
+    return LayerPasses(
+        grad_layers=p.grad_layers,
+        grad_lm_tokens=p.grad_lm_tokens,
+        unreached_layers=p.unreached_layers,
+        unreached_attentions=p.unreached_attentions,
+    )
 
 
 def layer_weights(spec: ModelSpec) -> tuple[int, int]:
