@@ -169,9 +169,6 @@ def sample_passes(
     return layer_passes(spec, method, masked, tokens, kept, nodes)
 
 
-QKV_NAMES = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "query_key_value", "c_attn"}
-
-
 def reference_passes(spec: ModelSpec, method: GateIGConfig, sample: Sample, masking: MaskConfig) -> LayerPasses:
     """The passes of the straightforward algorithm (`headattr.reference`) on one sample: a row per variant, node
     and path through the whole model (its LM head at every position), differentiated down to the path's
@@ -184,6 +181,10 @@ def reference_passes(spec: ModelSpec, method: GateIGConfig, sample: Sample, mask
         unreached_layers=p.unreached_layers,
         unreached_attentions=p.unreached_attentions,
     )
+
+
+# q/k/v projections under the names transformers' decoders give them
+QKV_NAMES = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "query_key_value", "c_attn"}
 
 
 def layer_weights(spec: ModelSpec) -> tuple[int, int]:
