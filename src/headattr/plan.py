@@ -346,12 +346,7 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
         f"rows: {plan['rows_per_path']} per path (variants x {method.base_nodes} nodes) x {plan['paths']} paths "
         f"(scope {method.scope}) = {plan['rows_per_sample']} per sample",
         f"layer passes per sample (row x layer): min {min(passes):,.0f}, max {max(passes):,.0f} "
-        + (
-            "[V(L-1) + V + VL attention + (Vn + V)(L tails + L(L-1)/2 layers); last layer's tail at the "
-            "answer positions only]"
-            if method.scope == "layer" and spec.backbone.resumable
-            else "[(V n + V) L per path + V L]"
-        ),
+        + pass_formula(spec, method),
         f"FLOPs: {plan['flops']:.3g} [forward 2 P T + 4 T^2 d per layer, LM head 2 d V per masked token; "
         "backward of frozen weights: 2 P T + 10 T^2 d]",
         f"batch size {b['requested']}: {b['min']}"
@@ -362,7 +357,7 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
         lines.append(
             f"error-controlled quadrature (--ig-tol {method.ig_tol:g}): the counts are the base rule's "
             f"{method.base_nodes} nodes per path; refinement can raise a path to {method.ig_max_steps} nodes, so the "
-            f"gradient work is between 1x and {method.ig_max_steps / method.base_nodes:g}x the above "
+            f"gradient work is between 1x and {method.ig_max_steps / method.base_nodes:.3g}x the above "
             "(run.json diagnostics.nodes records what each path used)"
         )
     if "probe" in plan:
@@ -373,6 +368,22 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
             "on this process"
         )
     return lines
+
+
+def pass_formula(spec: ModelSpec, method: GateIGConfig) -> str:
+    """The bracketed formula `describe` prints after the layer passes (module docstring, n: the base nodes)."""
+    stack = spec.backbone.resumable
+    if method.scope == "layer" and stack and method.adaptive:
+        return (
+            "[V(L-1) + VL attention + VL (every a = 1 node) + V(n-1)(L tails + L(L-1)/2 layers); last layer's "
+            "tail at the answer positions only]"
+        )
+    if method.scope == "layer" and stack:
+        return (
+            "[V(L-1) + V + VL attention + (Vn + V)(L tails + L(L-1)/2 layers); last layer's tail at the "
+            "answer positions only]"
+        )
+    return "[V n L per path" + ("" if method.adaptive else " + V L per path + V L") + "]"
 
 
 def format_seconds(seconds: float) -> str:
