@@ -104,7 +104,7 @@ def sync(spec) -> None:
 def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample)."""
     from headattr import core
-    from headattr.attribution import attribute_sample
+    from headattr.attribution import attribute_sample, largest_pass
     from headattr.batching import BatchPlanner
     from headattr.methods import GateIGConfig
     from headattr.plan import flops, sample_passes
@@ -122,7 +122,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
             t,
             answer,
             lambda size, s=s: attribute_sample(spec, s, method, masking, size),
-            most_rows=masking.num_variants * method.ig_steps,
+            most_rows=largest_pass(method, masking, spec.num_layers),  # as `headattr attribute` plans it
         )
         sync(spec)
         nodes = result.diagnostics["nodes"]  # the passes the refined rule made, not only its base rule's
