@@ -20,7 +20,7 @@ demo: install
 	$(VENV)/bin/headattr demo --out $(DEMO_OUT) $(DEMO_FLAGS)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from test_consistency import make_run, standard_signal
 
 from headattr import compare, ensemble
 from headattr.budget import BudgetRule, attention_budget
 from headattr.cli import main
 from headattr.interop import export_run, import_head_importance
 from headattr.rundir import read_run
+from headattr.testing import make_run, standard_signal
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ def resolve_path(path: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken"]
+        patterns = ["*.json", "*.jinja", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken"]
         return Path(snapshot_download(str(path), allow_patterns=patterns))
     except Exception as exc:  # network, auth, missing repo: all user-fixable
         raise HeadattrError(
@@ -94,25 +96,55 @@ def _safetensors_tensors(shard: Path, device: str) -> Iterator[tuple[str, torch.
         ) from None
 
 
-def load_tokenizer(root: Path, trust_remote_code: bool, config: Any = None) -> Any:
-    """AutoTokenizer; when the checkpoint's tokenizer class needs remote code, fall back to tokenizer.json.
+def load_tokenizer(root: Path, trust_remote_code: bool) -> Any:
+    """The checkpoint's own tokenizer, as its tokenizer files declare it.
 
-    `config` is the transformers config the model was built with: given, AutoTokenizer does not parse
-    config.json again (for Dream and LLaDA that would read their old-style RoPE keys and warn).
+    - `tokenizer.json` present: that pipeline exactly (normalizer, pre-tokenizer, model, post-processor), with
+      the special tokens and chat template of `tokenizer_config.json`. transformers 5 would otherwise build a
+      model-specific class (e.g. `Qwen2Tokenizer`, from `tokenizer_class` or from the model config) that
+      rebuilds the pipeline from the vocabulary and ignores the file's pre-tokenizer, so the ids change.
+    - a tokenizer class in the checkpoint's own code (`auto_map`) with `trust_remote_code`: that class.
+    - otherwise (sentencepiece or vocab files only): the class `tokenizer_config.json` names.
+
+    The model config is never consulted: it must not steer which tokenizer is built.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    declared = _tokenizer_config(root)
+    remote = "AutoTokenizer" in (declared.get("auto_map") or {})
+    with _quiet_transformers():
+        try:
+            if remote and trust_remote_code:
+                return AutoTokenizer.from_pretrained(str(root), trust_remote_code=True)
+            if (root / "tokenizer.json").is_file():
+                return PreTrainedTokenizerFast.from_pretrained(str(root))
+            return AutoTokenizer.from_pretrained(str(root), trust_remote_code=False)
+        except Exception as exc:
+            raise HeadattrError(
+                f"cannot load the tokenizer from {root} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "the directory needs tokenizer files (tokenizer.json, or those its tokenizer_config.json names)"
+            ) from None
+
+
+def _tokenizer_config(root: Path) -> dict[str, Any]:
+    """tokenizer_config.json as a dict ({} when absent or unreadable: the tokenizer loader reports the rest)."""
+    try:
+        return json.loads((root / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' notices while a tokenizer loads (e.g. "model of type Dream", raised when a
+    class falls back to reading config.json); what is loaded does not change."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # silence "model of type Dream" notices: the config is read on purpose
+    hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code, config=config)
-    except Exception as exc:
-        if (root / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(root))
-        raise HeadattrError(
-            f"cannot load the tokenizer from {root} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "the directory needs tokenizer files"
-        ) from None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*model of type.*")
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -81,7 +81,7 @@ def load_model(path: str | Path, config: ModelConfig | None = None, **options) -
     device = config.device or default_device()
     family = family_for(raw.get("model_type", "")) or generic.FAMILY
     spec = load_family(family, root, raw, resolve_dtype(config.dtype, device), device, config)
-    spec.tokenizer = load_tokenizer(root, config.trust_remote_code, spec.model.config)
+    spec.tokenizer = load_tokenizer(root, config.trust_remote_code)
     if config.head_module is not None and family is not generic.FAMILY:
         _select_head_module(spec, family, config.head_module)
     _apply_overrides(spec, config.mask_token_id, config.logit_shift)
