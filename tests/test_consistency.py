@@ -1,4 +1,4 @@
-"""Consistency metrics (consistency.py) and ensembles (ensemble.py), checked against SciPy/NumPy and against
+"""Consistency metrics (consistency.py) and ensembles (ensembling.py), checked against SciPy/NumPy and against
 synthetic runs whose true reliability is known.
 
 `headattr.testing.make_run` writes a run directory the way `headattr attribute` does: per-sample attributions are
@@ -44,7 +44,7 @@ from headattr.consistency import (
     top_k_overlap,
     verdict_level,
 )
-from headattr.ensemble import ensemble
+from headattr.ensembling import ensemble
 from headattr.errors import HeadattrError
 from headattr.rundir import read_run
 from headattr.testing import make_run, standard_signal

@@ -15,7 +15,7 @@ import torch
 
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.errors import HeadattrError
-from headattr.generate import completion_ids, completion_text, generate
+from headattr.generation import completion_ids, completion_text, generate
 from headattr.models import load_model
 from headattr.reference import full_logits
 

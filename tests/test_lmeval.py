@@ -13,7 +13,7 @@ pytest.importorskip("lm_eval")
 
 import headattr.lmeval as lmeval  # noqa: E402  (registers the model)
 from headattr.demo import DATA_FILE, MODEL_DIR  # noqa: E402
-from headattr.generate import completion_text, generate  # noqa: E402
+from headattr.generation import completion_text, generate  # noqa: E402
 from headattr.models import load_model  # noqa: E402
 from headattr.reference import full_logits
 

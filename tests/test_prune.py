@@ -23,7 +23,7 @@ from headattr.errors import HeadattrError
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
-from headattr.prune import (
+from headattr.pruning import (
     Metrics,
     PruneResult,
     curve_area,

@@ -13,11 +13,11 @@ from headattr.cli import main
 from headattr.data import build_samples
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.errors import HeadattrError
-from headattr.generate import completion_text, generate
+from headattr.generation import completion_text, generate
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
-from headattr.prune import format_task, gate_matrix, prune, select_eval_samples, write_outputs
+from headattr.pruning import format_task, gate_matrix, prune, select_eval_samples, write_outputs
 from headattr.rundir import read_run
 from headattr.scoring import accuracy, last_number, parse_task, wilson_interval
 from headattr.taskeval import GenerationEval, generation_correct

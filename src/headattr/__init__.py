@@ -6,6 +6,7 @@ The command line (`headattr ...`) is a thin layer over these functions:
     samples, report = headattr.build_samples(data, spec.tokenizer)
     result = headattr.attribute(spec, samples, headattr.GateIGConfig(), headattr.MaskConfig(), out="run")
     headattr.compare(["run-a", "run-b"]);  headattr.prune(spec, headattr.read_run("run"), eval_samples)
+    out = headattr.generate(spec, prompt_ids, max_new_tokens=32, steps=32);  headattr.completion_text(spec, out[0])
     headattr.export_run("run", "adaptive-dllm", "head_importance.pt");  headattr.import_head_importance(...)
     headattr.attention_budget("run", rule=headattr.BudgetRule(select=0.3))
 """
@@ -15,8 +16,9 @@ from .attribution import Attribution, attribute
 from .budget import BudgetRule, attention_budget, keep_ratios
 from .consistency import Comparison, compare
 from .data import DataConfig, Sample, build_samples
-from .ensemble import ensemble
+from .ensembling import ensemble
 from .errors import HeadattrError
+from .generation import completion_ids, completion_text, generate
 from .interop import export_run, import_head_importance, load_head_importance
 from .masking import MaskConfig
 from .methods import (
@@ -29,7 +31,7 @@ from .methods import (
     STPConfig,
 )
 from .models import ModelConfig, ModelSpec, load_model
-from .prune import prune
+from .pruning import prune
 from .rundir import Run, read_run, write_run
 
 __version__ = "0.1.0"
@@ -63,6 +65,9 @@ __all__ = [
     "Run",
     "compare",
     "ensemble",
+    "generate",
+    "completion_ids",
+    "completion_text",
     "final_scores",
     "read_run",
     "sample_scores",

@@ -7,7 +7,7 @@ with the same settings found there is reused). Then, per method (definitions: do
   mean per-layer Pearson and Spearman, global Pearson and Spearman, global top-K overlap and its chance K/N,
   with K = round(N / 5) of the N heads (at least 1);
 - faithfulness on held-out samples (disjoint from every run's samples, `prune.select_eval_samples`), with
-  `prune.prune`: the area A of the pruning curve (loss increase over the unpruned model, trapezoid over
+  `pruning.prune`: the area A of the pruning curve (loss increase over the unpruned model, trapezoid over
   removed fractions 0..0.3) for the `most` and `least` orders of the method's scores, against random orders
   and against the oracle order, which ranks heads by their measured single-head ablation effect (the loss
   increase when that head alone is removed, on the same held-out samples):
@@ -18,7 +18,7 @@ with the same settings found there is reused). Then, per method (definitions: do
 
   The oracle is the best order that per-head measurements can give; F > 1 means the method's order
   removes heads that matter more together than their single-head effects say (interactions). Also the
-  Spearman correlation of the scores with the single-head effects (`prune.single_head_effects`).
+  Spearman correlation of the scores with the single-head effects (`pruning.single_head_effects`).
   Faithfulness numbers are means over the seeds' runs.
 - cost: wall time per sample and forward / backward passes per sample, as recorded in each run's
   run.json (counted by the core: a pass is one masked variant through every layer; a pass started at
@@ -54,8 +54,8 @@ from .errors import HeadattrError
 from .masking import MaskConfig
 from .methods import METHODS, NAMES, MethodConfig, method_config
 from .models import ModelSpec
-from .prune import PruneResult, prune, select_eval_samples, single_head_effects
-from .prune import curve_area as prune_curve_area
+from .pruning import PruneResult, prune, select_eval_samples, single_head_effects
+from .pruning import curve_area as prune_curve_area
 from .rundir import Run, atomic_write_bytes, atomic_write_json, atomic_write_text, read_run
 
 MAX_FRACTION = 0.3

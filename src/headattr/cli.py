@@ -517,7 +517,7 @@ def compare_cmd(
 @click.option("--overwrite", is_flag=True, help="Replace the run files in an existing --out.")
 def ensemble_cmd(runs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Average runs of the same model into a new run directory (usable by compare)."""
-    from .ensemble import ensemble as ensemble_api
+    from .ensembling import ensemble as ensemble_api
 
     path = ensemble_api(list(runs), out, overwrite=overwrite)
     click.echo(f"wrote {path}/ (scores.safetensors, run.json, heads.csv, heatmap.png) from {len(runs)} runs")
@@ -542,7 +542,7 @@ GENERATION_FLAGS = (
 
 def generation_options(f):
     """Sampler settings (None: the family's official default); a flag of the other family is an error."""
-    from .generate import DREAM_ALGS, LLADA_REMASKING
+    from .generation import DREAM_ALGS, LLADA_REMASKING
 
     options = [
         click.option(
@@ -571,7 +571,7 @@ def generation_options(f):
 
 def generation_settings(spec: ModelSpec, options: dict) -> dict:
     """Pop the generation flags from `options` into the family's setting names (only those given)."""
-    from .generate import LENGTH_SETTING, resolve_settings
+    from .generation import LENGTH_SETTING, resolve_settings
 
     given = {k: options.pop(k) for k in GENERATION_FLAGS}
     settings = {k: v for k, v in given.items() if v is not None and k != "length"}
@@ -586,7 +586,7 @@ def generation_settings(spec: ModelSpec, options: dict) -> dict:
 
 def _parse_orders(text: str) -> tuple[str, ...]:
     """'most,least' -> ('most', 'least'), checked by `prune.check_orders`."""
-    from .prune import check_orders
+    from .pruning import check_orders
 
     orders = tuple(o.strip() for o in text.split(",") if o.strip())
     check_orders(orders)
@@ -595,7 +595,7 @@ def _parse_orders(text: str) -> tuple[str, ...]:
 
 def _echo_prune(result, paths: dict) -> None:
     """Print the pruning table, the faithfulness line and where each output is."""
-    from .prune import format_faithfulness, format_table, format_task, format_verdicts
+    from .pruning import format_faithfulness, format_table, format_task, format_verdicts
 
     click.echo(format_table(result))
     for line in format_verdicts(result) + format_task(result):
@@ -702,7 +702,7 @@ def prune_cmd(
     **options,
 ) -> None:
     """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples."""
-    from .prune import check_run_matches, prune, select_eval_samples, write_outputs
+    from .pruning import check_run_matches, prune, select_eval_samples, write_outputs
     from .rundir import read_run
 
     check_output_dir(out, overwrite)
@@ -956,7 +956,7 @@ def generate_cmd(
     """Generate with MODEL's own sampler (Dream or LLaDA), optionally with heads removed; text cut at EOS."""
     import json
 
-    from .generate import completion_ids, completion_text, generate
+    from .generation import completion_ids, completion_text, generate
     from .headmask import read_head_mask
     from .rundir import atomic_write_text
     from .scoring import parse_task

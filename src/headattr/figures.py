@@ -3,7 +3,7 @@
 No pyplot and no global backend: every figure is a `matplotlib.figure.Figure` rendered by its own
 `FigureCanvasAgg`, so importing headattr leaves a notebook's or an application's backend alone, and nothing
 is kept in pyplot's figure registry. The callers (`rundir.write_run`, `report.write_outputs`,
-`prune.write_outputs`) write the bytes atomically; this module writes no file and imports no headattr module.
+`pruning.write_outputs`) write the bytes atomically; this module writes no file and imports no headattr module.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ _PRUNE_STYLE = {"most": ("C3", "o-"), "least": ("C2", "s-"), "random": ("C0", "^
 def plot_pruning_curve(result) -> bytes:
     """`pruning_curve.png` (PNG bytes): each metric vs the fraction of heads removed, one line per order.
 
-    `result` is a `headattr.prune.PruneResult`. The unpruned model is the point at fraction 0 of every line;
+    `result` is a `headattr.pruning.PruneResult`. The unpruned model is the point at fraction 0 of every line;
     the random orders are drawn as their mean, a band for the 95% interval of that mean (the interval the
     verdicts use, `result.random_interval`) and a lighter band from their minimum to their maximum. The legend
     sits below the panels, where it cannot hide a curve.

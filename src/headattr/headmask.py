@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import HeadattrError
 from .models import ModelSpec
-from .prune import HEAD_MASK_FORMAT
+from .pruning import HEAD_MASK_FORMAT
 
 
 def read_head_mask(

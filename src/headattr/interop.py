@@ -97,7 +97,7 @@ def parse_keep(keep: str | Sequence[float]) -> list[float]:
 
 def keep_mask(scores: np.ndarray, keep: float, per_layer: bool = False) -> np.ndarray:
     """[L, H] uint8 mask, 1 for the top `keep` fraction of heads (globally or per layer), see module docstring."""
-    from .prune import heads_to_remove
+    from .pruning import heads_to_remove
 
     scores = np.asarray(scores, dtype=np.float64)
     mask = np.zeros(scores.shape, dtype=np.uint8)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from .generate import LENGTH_SETTING, _logits, completion_text, generate, resolve_settings
+from .generation import LENGTH_SETTING, _logits, completion_text, generate, resolve_settings
 from .headmask import read_head_mask
 from .models import ModelSpec, load_model
 

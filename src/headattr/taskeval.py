@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import Sample
 from .gates import row_gates
-from .generate import completion_text, generate, resolve_settings
+from .generation import completion_text, generate, resolve_settings
 from .models import ModelSpec
 from .scoring import Task, parse_task, wilson_interval
 

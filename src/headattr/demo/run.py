@@ -35,8 +35,8 @@ from ..data import DataConfig
 from ..masking import MaskConfig
 from ..methods import GateIGConfig
 from ..models import ModelSpec, load_model
-from ..prune import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
-from ..prune import write_outputs as write_prune_outputs
+from ..pruning import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
+from ..pruning import write_outputs as write_prune_outputs
 from ..report import render_report, write_outputs
 from ..rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
 from ..taskeval import GenerationEval

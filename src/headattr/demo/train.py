@@ -438,7 +438,7 @@ def exact_match(
 def generated_exact_match(model_dir: str | Path, examples: Sequence[demo_tasks.Example], eos_window: int) -> float:
     """Fraction of answers generated exactly by Dream's sampler (`eos_window` tokens and steps, `maskgit_plus`,
     greedy), the completion cut at EOS: what `headattr generate --task exact` and the demo's pruning measure."""
-    from headattr.generate import completion_text, generate
+    from headattr.generation import completion_text, generate
     from headattr.models import load_model
 
     spec = load_model(model_dir, device="cpu", dtype="float32")

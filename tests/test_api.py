@@ -1,0 +1,32 @@
+"""The public Python API: every public name is what the README calls it, and none hides a module."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import torch
+
+import headattr
+
+
+def test_public_names_are_functions_classes_or_constants_never_modules():
+    assert not [name for name in headattr.__all__ if isinstance(getattr(headattr, name), types.ModuleType)]
+    for name in ("generate", "prune", "ensemble", "compare", "attribute"):
+        assert callable(getattr(headattr, name)), name
+
+
+def test_renamed_modules_keep_their_public_names():
+    # the modules behind headattr.generate / prune / ensemble are named for their job, not for the function
+    assert importlib.import_module("headattr.generation").generate is headattr.generate
+    assert importlib.import_module("headattr.pruning").prune is headattr.prune
+    assert importlib.import_module("headattr.ensembling").ensemble is headattr.ensemble
+
+
+def test_generate_from_import_headattr(dream):
+    """Issue 12's call: `headattr.generate(spec, ids, max_new_tokens=..., steps=...)`."""
+    prompt = dream.tokenizer("k1=v1;k1?", add_special_tokens=False).input_ids
+    out = headattr.generate(dream, prompt, max_new_tokens=4, steps=4)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, len(prompt) + 4)
+    assert out[0, : len(prompt)].tolist() == prompt
+    assert isinstance(headattr.completion_text(dream, out[0, len(prompt) :]), str)
