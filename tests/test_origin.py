@@ -52,14 +52,34 @@ def test_cli_reproduces_the_origin_scores(case, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", ["dream-tiny", "llada-tiny"])
-def test_loaded_model_reproduces_the_origin_logits(model):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_loaded_model_reproduces_the_origin_logits(model, attn):
+    """Whatever attention kernel is asked for, and with the default dtype on CPU (float32)."""
     from headattr import core, load_model
 
     check = next(c for c in CASES if c["model"] == model)["logits_check"]
-    spec = load_model(ORIGIN / model, device="cpu", dtype="float32")
+    spec = load_model(ORIGIN / model, device="cpu", attn_implementation=attn)
+    assert spec.dtype == torch.float32
     with torch.no_grad():
         logits = core.forward_logits(spec, torch.tensor([check["input"]]))
     got = logits[0, check["positions"], :8].double().numpy()
+    np.testing.assert_allclose(got, np.asarray(check["logits_first_row"]), atol=1e-4, rtol=1e-4)
+
+
+def test_left_padding_does_not_change_the_origin_logits():
+    """A padded row (the samplers' batches) gives the origin's logits at its real tokens: padding is hidden
+    from every query and RoPE positions count real tokens only."""
+    from headattr import core, load_model
+
+    check = next(c for c in CASES if c["model"] == "dream-tiny")["logits_check"]
+    spec = load_model(ORIGIN / "dream-tiny", device="cpu", attn_implementation="eager")
+    pad = 3
+    ids = torch.tensor([[95] * pad + check["input"]])
+    key_mask = torch.arange(ids.shape[1])[None] >= pad
+    positions = (torch.arange(ids.shape[1]) - pad).clamp(min=0)[None]
+    with torch.no_grad():
+        logits = core.forward_logits(spec, ids, key_mask, positions)
+    got = logits[0, [pad + p for p in check["positions"]], :8].double().numpy()
     np.testing.assert_allclose(got, np.asarray(check["logits_first_row"]), atol=1e-4, rtol=1e-4)
 
 

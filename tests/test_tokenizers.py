@@ -98,3 +98,27 @@ def test_origin_checkpoint_keeps_its_spaces():
     ids = spec.tokenizer("The mask is lifted.", add_special_tokens=False).input_ids
     assert ids == tokenizers.Tokenizer.from_file(str(root / "tokenizer.json")).encode("The mask is lifted.").ids
     assert len(ids) == 19
+
+
+def test_decoding_is_that_of_tokenizer_json(checkpoints):
+    """Completions are scored on decoded text: no clean-up of spaces the file does not ask for (transformers
+    4 cleaned them by default when tokenizer_config.json said nothing)."""
+    root = checkpoints["dream"]
+    _declare(root, "Qwen2Tokenizer")
+    cfg = json.loads((root / "tokenizer_config.json").read_text())
+    cfg.pop("clean_up_tokenization_spaces", None)
+    (root / "tokenizer_config.json").write_text(json.dumps(cfg))
+    spec = _load(root)
+    reference = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+    ids = reference.encode("a , b ; c ? 1 + 2", add_special_tokens=False).ids
+    assert spec.tokenizer.decode(ids, skip_special_tokens=True) == reference.decode(ids)
+
+
+def test_bos_is_the_one_tokenizer_config_declares(checkpoints):
+    root = checkpoints["llada"]
+    _declare(root, "LlamaTokenizer")
+    spec = _load(root)
+    sample = tokenize_record(Record(0, "k1?", "v1", None, "0" * 16), spec.tokenizer, 64)
+    bos = json.loads((root / "tokenizer_config.json").read_text())["bos_token"]
+    reference = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+    assert list(sample.input_ids) == [reference.token_to_id(bos), *reference.encode("k1?v1").ids]
