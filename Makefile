@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_OUT ?= headattr-demo
 DEMO_FLAGS ?=
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench gpu-check-dry
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,3 +28,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_attribution.py
+
+# the prepared GPU script's CPU rehearsal (CI runs it so the script works when a GPU is lent)
+gpu-check-dry: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/gpu_check.py --dry
