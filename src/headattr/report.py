@@ -64,6 +64,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "imported scores were computed; where another method made them, the agreement below is agreement between "
         "methods, not the reproducibility of one method.",
         "method_item": "{label}: {method}",
+        "method_sep": "; ",
         "runs": "- **Runs compared**:",
         "run_line": "  - **{label}**: `{path}`: {seeds}; {samples} samples x {variants} masked variants",
         "run_line_imported": "  - **{label}**: `{path}`: imported from `{source}`, scores only (no per-sample "
@@ -314,6 +315,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "origins_differ": "- ⚠️ **对比的运行来源不同**: {items}。headattr 不知道导入的分数是如何计算的；若由其他方法"
         "计算，下面的一致性是方法之间的一致性，而不是同一方法的可复现性。",
         "method_item": "{label}：{method}",
+        "method_sep": "；",
         "runs": "- **对比组**:",
         "run_line": "  - **{label}**: `{path}`：{seeds}；{samples} 个样本 x {variants} 个 mask 变体",
         "run_line_imported": "  - **{label}**: `{path}`：导入自 `{source}`，仅有分数（无逐样本归因）",
@@ -688,7 +690,7 @@ class _Renderer:
         if len({r.method for r in c.runs}) == 1:
             lines.append(self.t("method", label=labels[0]))
         else:
-            items = "; ".join(
+            items = self.t("method_sep").join(
                 self.t("method_item", label=r.label, method=m) for r, m in zip(c.runs, labels, strict=True)
             )
             imported = any(r.method in ("imported", "mixed") for r in c.runs)
