@@ -100,6 +100,14 @@ def run_method(meta: dict[str, Any]) -> str:
     return method if isinstance(method, str) else "mixed"
 
 
+def _method_label(meta: dict[str, Any]) -> str:
+    """The name of the method a run's scores come from (heatmap titles)."""
+    from .methods import METHODS  # here, not at the top: the methods import the model code
+
+    name = run_method(meta)
+    return METHODS[name].label if name in METHODS else name
+
+
 # ---------------------------------------------------------------- atomic writes
 
 
@@ -299,7 +307,7 @@ def write_run(
     atomic_save_tensors(out / SCORES_FILE, {"scores": scores, "attributions": attributions})
     atomic_write_text(out / HEADS_FILE, heads_csv(scores))
     if heatmap:
-        title = f"Gate-IG head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
+        title = f"{_method_label(meta)} head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
         atomic_write_bytes(out / HEATMAP_FILE, plot_heatmap(scores, title=title))
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, **meta}
     atomic_write_json(out / META_FILE, meta)
