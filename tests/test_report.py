@@ -467,3 +467,13 @@ def test_post_processing_and_ensembles_of_differing_settings(tmp_path: Path) -> 
     methods, signs = run_lines(text, METHOD_LINE["en"]), run_lines(text, SIGN_LINE["en"])
     assert methods[0] == "    - method: Gate-IG; an ensemble whose inputs differ in its settings: ig_tol=[0.04, 0.02]"
     assert "post-processed with `abs`" in signs[1] and "abs" not in signs[0]
+
+
+def test_run_method_of_old_runs_imports_and_ensembles() -> None:
+    from headattr.rundir import run_method
+
+    assert run_method({"config": {"ig_steps": 8}}) == "gate-ig"  # written before `method` existed
+    assert run_method({"config": {"method": ["gate-ig", None]}}) == "gate-ig"  # ensemble of such a run and a newer
+    assert run_method({"config": {"method": ["gate-ig", "stp"]}}) == "mixed"
+    assert run_method({"config": {"postprocess": "signed"}, "sign": "imported-negated"}) == "imported"
+    assert run_method({"config": {}, "sign": "mixed"}) == "mixed"

@@ -90,7 +90,7 @@ def _score_text(run: Run) -> str:
             "mixed": "an ensemble of runs that differ in method or origin",
         }.get(name, f"scores of method {name!r}")
     try:
-        return method_from_meta(run.meta.get("config", {})).describe("en")
+        return method_from_meta({**run.meta.get("config", {}), "method": name}).describe("en")
     except (HeadattrError, TypeError, ValueError):  # an ensemble whose inputs' settings differ
         return f"{METHODS[name].label} head scores of an ensemble whose inputs differ in the method's settings"
 

@@ -85,6 +85,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "sign_imported": "imported as stored in the file, taken as larger = more important",
         "sign_imported-negated": "imported and negated (the file attributed the loss): larger = more important",
         "sign_mixed": "an ensemble of runs with different sign conventions",
+        "sign_headattr": "computed by headattr: each input's method's own convention",
         "reason_no_samples": "a run has no per-sample attributions (scores only, e.g. imported)",
         "common": "- **Common settings**:",
         "other_common": "  - Other common settings: {items}",
@@ -334,6 +335,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "sign_imported": "按文件原样导入，视为越大越重要",
         "sign_imported-negated": "导入时取负（文件归因的是 loss）：越大越重要",
         "sign_mixed": "由符号约定不同的运行集成而来",
+        "sign_headattr": "由 headattr 计算：各输入运行所用方法各自的符号约定",
         "reason_no_samples": "有运行没有逐样本归因（仅有分数，例如导入的结果）",
         "common": "- **共同参数**:",
         "other_common": "  - 其他共同参数: {items}",
@@ -756,7 +758,8 @@ class _Renderer:
             return self.t("method_unknown", name=r.method), NA
         cls = METHODS[r.method]
         try:
-            method = method_from_meta(r.config).describe(self.lang, (r.completeness or {}).get("nodes"))
+            config = {**r.config, "method": r.method}
+            method = method_from_meta(config).describe(self.lang, (r.completeness or {}).get("nodes"))
         except (HeadattrError, TypeError, ValueError) as exc:  # e.g. an ensemble whose inputs' settings differ
             keys = [k for k in sorted(cls.setting_keys()) if isinstance(r.config.get(k), list)]
             differ = ", ".join(f"{k}={_value(r.config[k])}" for k in keys)

@@ -97,7 +97,10 @@ def run_method(meta: dict[str, Any]) -> str:
     if sign.startswith("imported") or "imported" in meta:
         return "imported"
     method = (meta.get("config") or {}).get("method", "gate-ig")
-    return method if isinstance(method, str) else "mixed"
+    if isinstance(method, list):  # an ensemble's inputs' values (None: a run from before `method`, so gate-ig)
+        names = {m or "gate-ig" for m in method}
+        return str(names.pop()) if len(names) == 1 else "mixed"
+    return str(method)
 
 
 def _method_label(meta: dict[str, Any]) -> str:
