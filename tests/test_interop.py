@@ -225,7 +225,10 @@ def test_compare_and_ensemble_on_imported_runs(tmp_path: Path) -> None:
     assert "导入" in render_report(comp, "zh")
     mixed = compare([a, ia])  # a native run against an imported one (no model identity: shape only)
     assert mixed.config_differences == [] and mixed.common_config["seed"] == 1  # the imported run has no settings
-    assert mixed.pairs[0].intervals is None and "Gate-IG of the reconstruction objective" in render_report(mixed)
+    assert mixed.pairs[0].intervals is None
+    text = render_report(mixed)
+    assert "method: Gate-IG: integrated gradients of J = -loss" in text and "not computed by headattr" in text
+    assert "Runs of different origins are compared**: a: Gate-IG; ia: imported scores." in text
     ens = read_run(ensemble([ia, ib], tmp_path / "ens"))
     expected = (read_run(ia).scores.astype(np.float64) + read_run(ib).scores) / 2
     np.testing.assert_allclose(ens.scores, expected.astype(np.float32))
@@ -263,3 +266,17 @@ def test_prune_reads_an_imported_run(dream_dir: Path, tmp_path: Path, capsys) ->
     torch.save({"importance_scores": {0: torch.ones(4)}}, tmp_path / "one.pt")
     assert main(["import", str(tmp_path / "one.pt"), "--out", str(tmp_path / "r1"), "--model", str(dream_dir)]) == 2
     assert "the file has 1 layers x 4 heads" in one_line_error(capsys) and not (tmp_path / "r1").exists()
+
+
+def test_export_says_which_method_made_the_scores(tmp_path: Path) -> None:
+    """The exported metadata describes the run's own method and settings (not Gate-IG for every run)."""
+    from headattr.methods import AblationConfig
+
+    run_dir = make_run(tmp_path / "abl", standard_signal(3, 4), 0.5, n=4, seed=1, method=AblationConfig())
+    (pt,) = export_run(run_dir, "adaptive-dllm", tmp_path / "abl.pt")
+    meta = torch.load(pt, weights_only=True)["metadata"]
+    assert meta["method"] == "ablation" and meta["score"].startswith("ablation (leave one out)")
+    assert "Gate-IG" not in meta["score"]
+    gate_ig = make_run(tmp_path / "gig", standard_signal(3, 4), 0.5, n=4, seed=2)
+    (pt,) = export_run(gate_ig, "adaptive-dllm", tmp_path / "gig.pt")
+    assert "tolerance 0.04" in torch.load(pt, weights_only=True)["metadata"]["score"]

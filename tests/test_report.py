@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headattr import compare
+from headattr import compare, ensemble
 from headattr.cli import main
 from headattr.consistency import Comparison
 from headattr.figures import plot_consistency
-from headattr.report import STRINGS, _Renderer, fmt_score, render_report, write_outputs
+from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
+from headattr.report import LANGS, STRINGS, _Renderer, fmt_score, render_report, write_outputs
 from headattr.testing import make_run, standard_signal
 
 EN_HEADINGS = [
@@ -296,3 +297,183 @@ def test_report_shows_the_nodes_each_path_used(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{np.median(nodes):g} / {np.percentile(nodes, 90):g} / {nodes.max():g}" and cells[2] == "N/A"
     assert "IG 节点数" in render_report(compare([a, b]), "zh")
+
+
+# ---------------------------------------------------------------- what each run computed (issue 20)
+
+CONFIG_END = {"en": "## Key findings", "zh": "## 核心发现"}
+METHOD_LINE = {"en": "    - method: ", "zh": "    - 方法："}
+SIGN_LINE = {"en": "    - scores: ", "zh": "    - 分数符号："}
+
+
+def configuration(text: str, lang: str) -> str:
+    return text.split(CONFIG_END[lang])[0]
+
+
+def run_lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def method_runs(tmp_path: Path, methods: list, **kw) -> list[Path]:
+    sig = standard_signal(3, 4)
+    return [make_run(tmp_path / f"r{i}", sig, 0.5, n=6, seed=i + 1, method=m, **kw) for i, m in enumerate(methods)]
+
+
+# per method: words its method line must hold, and words its sign line must hold, per language
+METHOD_WORDS = {
+    "stp": (
+        STPConfig(path_samples=3, ig_steps=2),
+        {
+            "en": ["STP", "mean over 3 path samples", "fixed gauss-legendre rule with 2 nodes on each piece"],
+            "zh": ["STP", "对 3 条路径样本取平均", "固定的 gauss-legendre 规则、2 个节点"],
+        },
+        {"en": ["raises J = -loss", "sum to J(1) - J(b)"], "zh": ["提高 J = -loss", "等于 J(1) - J(b)"]},
+    ),
+    "ablation": (
+        AblationConfig(),
+        {"en": ["ablation", "removed on its own", "gate set to 0"], "zh": ["消融", "门控设为 0"]},
+        {
+            "en": ["A = J(all heads) - J(head removed)", "positive = removing the head lowers J"],
+            "zh": ["A = J(全部头) - J(移除该头)", "为正表示移除该头会降低 J"],
+        },
+    ),
+    "gradient": (
+        GradientConfig(),
+        {"en": ["gradient", "dJ/dg of each head's gate at g = 1"], "zh": ["梯度", "g = 1"]},
+        {"en": ["A = dJ/dg at g = 1", "to first order"], "zh": ["A = g = 1 处的 dJ/dg", "一阶"]},
+    ),
+    "dispersion": (
+        DispersionConfig(),
+        {"en": ["dispersion", "normalised entropy"], "zh": ["注意力分散度", "归一化熵"]},
+        {"en": ["not an attribution of J", "not a more useful head"], "zh": ["不是对 J 的归因", "并不表示该头越有用"]},
+    ),
+}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("name", list(METHOD_WORDS))
+def test_report_names_each_runs_method_and_sign(tmp_path: Path, name: str, lang: str) -> None:
+    """Two runs of one method other than Gate-IG: the report names that method and its own sign convention, and
+    nowhere in its configuration calls it Gate-IG or lists Gate-IG's quadrature."""
+    method, method_words, sign_words = METHOD_WORDS[name]
+    comp = compare(method_runs(tmp_path, [method, method]))
+    assert [r.method for r in comp.runs] == [name, name]
+    config = configuration(render_report(comp, lang), lang)
+    heading = {"en": f"- **Attribution method**: {method.label} (", "zh": f"- **归因方法**: {method.label}（"}
+    assert heading[lang] in config
+    methods, signs = run_lines(config, METHOD_LINE[lang]), run_lines(config, SIGN_LINE[lang])
+    assert len(methods) == len(signs) == 2
+    for line in methods:
+        assert all(word in line for word in method_words[lang]), line
+    for line in signs:
+        assert all(word in line for word in sign_words[lang]), line
+    for word in ("Gate-IG", "IG steps", "Simpson", "ig_tol", "different methods", "不同方法"):
+        assert word not in config
+    if name != "stp":  # no path: no baseline, no quadrature
+        assert "gauss-legendre" not in config and "baseline" not in config
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_refined_gate_ig_run_says_the_refined_rule_and_its_tolerance(tmp_path: Path, lang: str) -> None:
+    """Gate-IG's defaults refine Simpson's rule from 3 nodes to tolerance 0.04: the report says so, with the
+    nodes the paths used, and not "IG steps 3, gauss-legendre"."""
+    runs = method_runs(tmp_path, [GateIGConfig(), GateIGConfig()])
+    meta = json.loads((runs[0] / "run.json").read_text())
+    assert meta["config"]["ig_steps"] == 3 and meta["config"]["rule"] == "gauss-legendre"  # what run.json records
+    meta["diagnostics"]["nodes"] = [[[3, 5, 9]] * 2] * 6  # [N, V, S]
+    (runs[0] / "run.json").write_text(json.dumps(meta))
+    config = configuration(render_report(compare(runs), lang), lang)
+    words = {
+        "en": [
+            "Gate-IG",
+            "Simpson's rule from 3 nodes per path, refined by bisection",
+            "tolerance 0.04",
+            "at most 256 nodes",
+            "baseline 0 (head removed)",
+            "one path per layer",
+        ],
+        "zh": [
+            "Gate-IG",
+            "Simpson 规则，每条路径从 3 个节点开始，二分细化",
+            "容差 0.04",
+            "最多 256 个节点",
+            "基线 0（移除该头）",
+        ],
+    }
+    methods = run_lines(config, METHOD_LINE[lang])
+    assert len(methods) == 2 and all(all(w in line for w in words[lang]) for line in methods)
+    nodes = {"en": "nodes used per path: median 5, 90th percentile 9, max 9", "zh": "中位数 5，90 分位 9，最大 9"}
+    assert nodes[lang] in methods[0] and nodes[lang] not in methods[1]
+    for word in ("gauss-legendre", "IG steps", "fixed", "固定"):
+        assert word not in config
+    assert all("J = -loss" in line for line in run_lines(config, SIGN_LINE[lang]))
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_fixed_rule_gate_ig_runs_say_their_rule_and_nodes(tmp_path: Path, lang: str) -> None:
+    """--ig-tol 0, a Riemann rule (never refined, whatever ig_tol says) and a run written before --ig-tol
+    existed (fixed rule): each says its rule and nodes, and no tolerance."""
+    fixed, riemann, old = method_runs(
+        tmp_path, [GateIGConfig(ig_tol=0.0, ig_steps=8), GateIGConfig(rule="riemann-right", ig_steps=16), None]
+    )
+    meta = json.loads((old / "run.json").read_text())
+    assert meta["config"].pop("ig_tol") > 0 and meta["config"].pop("ig_max_steps")
+    (old / "run.json").write_text(json.dumps(meta))
+    config = configuration(render_report(compare([fixed, riemann, old]), lang), lang)
+    methods = run_lines(config, METHOD_LINE[lang])
+    expected = {
+        "en": [
+            "fixed gauss-legendre rule with 8 nodes per path, not refined",
+            "fixed riemann-right rule with 16 nodes per path, not refined",
+            "fixed gauss-legendre rule with 8 nodes per path, not refined",
+        ],
+        "zh": [
+            "固定的 gauss-legendre 规则，每条路径 8 个节点，不细化",
+            "固定的 riemann-right 规则，每条路径 16 个节点，不细化",
+            "固定的 gauss-legendre 规则，每条路径 8 个节点，不细化",
+        ],
+    }
+    assert len(methods) == 3 and all(e in line for e, line in zip(expected[lang], methods, strict=True))
+    for word in ("Simpson", "tolerance", "容差", "different methods", "不同方法"):
+        assert word not in config
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_runs_of_different_methods_say_so(tmp_path: Path, lang: str) -> None:
+    runs = method_runs(tmp_path, [GateIGConfig(), AblationConfig(), STPConfig()])
+    comp = compare(runs)
+    assert [r.method for r in comp.runs] == ["gate-ig", "ablation", "stp"]
+    assert json.loads(json.dumps(comp.to_dict()))["runs"][2]["method"] == "stp"
+    assert "method" in {d["key"] for d in comp.config_differences}
+    config = configuration(render_report(comp, lang), lang)
+    line = {
+        "en": "- ⚠️ **Runs of different methods are compared**: seed 1: Gate-IG; seed 2: ablation; seed 3: STP. "
+        "Their scores measure different things",
+        "zh": "- ⚠️ **对比的是不同方法的运行**: seed 1：Gate-IG；seed 2：ablation；seed 3：STP。",
+    }
+    assert line[lang] in config
+    methods, signs = run_lines(config, METHOD_LINE[lang]), run_lines(config, SIGN_LINE[lang])
+    assert "Gate-IG" in methods[0] and "Gate-IG" not in methods[1] + signs[1] + methods[2] + signs[2]
+    assert "STP" in methods[2] and ("J(all heads)" in signs[1] or "J(全部头)" in signs[1])
+
+
+def test_post_processing_and_ensembles_of_differing_settings(tmp_path: Path) -> None:
+    """`abs` drops the sign, and the sign line says so; an ensemble of Gate-IG runs of different tolerances
+    names the settings its inputs differ in rather than one rule."""
+    a, b = method_runs(tmp_path, [GateIGConfig(ig_tol=0.04), GateIGConfig(ig_tol=0.02)])
+    c = make_run(tmp_path / "abs", standard_signal(3, 4), 0.5, n=6, seed=9, config={"postprocess": "abs"})
+    ens = ensemble([a, b], tmp_path / "ens")
+    text = configuration(render_report(compare([ens, c]), "en"), "en")
+    methods, signs = run_lines(text, METHOD_LINE["en"]), run_lines(text, SIGN_LINE["en"])
+    assert methods[0] == "    - method: Gate-IG; an ensemble whose inputs differ in its settings: ig_tol=[0.04, 0.02]"
+    assert "post-processed with `abs`" in signs[1] and "abs" not in signs[0]
+
+
+def test_run_method_of_old_runs_imports_and_ensembles() -> None:
+    from headattr.rundir import run_method
+
+    assert run_method({"config": {"ig_steps": 8}}) == "gate-ig"  # written before `method` existed
+    assert run_method({"config": {"method": ["gate-ig", None]}}) == "gate-ig"  # ensemble of such a run and a newer
+    assert run_method({"config": {"method": ["gate-ig", "stp"]}}) == "mixed"
+    assert run_method({"config": {"postprocess": "signed"}, "sign": "imported-negated"}) == "imported"
+    assert run_method({"config": {}, "sign": "mixed"}) == "mixed"

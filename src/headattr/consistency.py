@@ -87,7 +87,7 @@ from scipy import stats
 from .aggregate import sample_scores
 from .diagnostics import completeness_from_diagnostics
 from .errors import HeadattrError
-from .rundir import Run, has_samples, read_run, run_sign
+from .rundir import Run, has_samples, read_run, run_method, run_sign
 
 DEFAULT_TOP_K: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
 FOCUS_K = 10
@@ -254,6 +254,7 @@ class RunSummary:
     num_samples: int
     num_variants: int
     postprocess: str
+    method: str  # rundir.run_method: the method that computed the scores, `imported` or `mixed`
     sign: str  # rundir.run_sign: which sign convention the run's scores follow
     scores_only: bool  # no per-sample attributions (an imported run): no reliability, no intervals
     imported_from: str | None  # the file an imported run came from
@@ -806,6 +807,7 @@ def _summarize_run(run: Run, label: str, per_sample: np.ndarray | None, settings
         num_samples=0 if scores_only else int(run.attributions.shape[0]),
         num_variants=0 if scores_only else int(run.attributions.shape[1]),
         postprocess=str(config.get("postprocess", "signed")),
+        method=run_method(run.meta),
         sign=run_sign(run.meta),
         scores_only=scores_only,
         imported_from=(run.meta.get("imported") or {}).get("source"),

@@ -45,6 +45,7 @@ from .rundir import (
     prepare_output_dir,
     read_run,
     run_meta,
+    run_method,
     run_sign,
     write_run,
 )
@@ -73,8 +74,25 @@ def _identity(run: Run) -> dict[str, Any]:
         "num_heads": run.num_heads,
         "sign": SIGN_TEXT,
         "sign_convention": run_sign(run.meta),
-        "score": "Gate-IG head attribution of the masked-reconstruction objective J = -loss",
+        "method": run_method(run.meta),
+        "score": _score_text(run),
     }
+
+
+def _score_text(run: Run) -> str:
+    """What the run's scores are, in its method's own words (`MethodConfig.describe`, English)."""
+    from .methods import METHODS, method_from_meta
+
+    name = run_method(run.meta)
+    if name not in METHODS:
+        return {
+            "imported": "scores imported from a file, not computed by headattr",
+            "mixed": "an ensemble of runs that differ in method or origin",
+        }.get(name, f"scores of method {name!r}")
+    try:
+        return method_from_meta({**run.meta.get("config", {}), "method": name}).describe("en")
+    except (HeadattrError, TypeError, ValueError):  # an ensemble whose inputs' settings differ
+        return f"{METHODS[name].label} head scores of an ensemble whose inputs differ in the method's settings"
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

@@ -29,9 +29,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .consistency import NA_NO_SAMPLES, NA_NON_POSITIVE, Comparison, Interval, PairMetrics, Reliability, Summary
+from .consistency import (
+    NA_NO_SAMPLES,
+    NA_NON_POSITIVE,
+    Comparison,
+    Interval,
+    PairMetrics,
+    Reliability,
+    RunSummary,
+    Summary,
+)
 from .errors import HeadattrError
 from .figures import plot_consistency
+from .methods import METHODS, method_from_meta
 from .rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
 
 REPORT_FILE = "report.md"
@@ -47,18 +57,35 @@ STRINGS: dict[str, dict[str, str]] = {
         "title": "# {model}: head attribution consistency report",
         "h_config": "## Configuration",
         "model": "- **Model**: {name} (config hash `{hash}`, {layers} layers x {heads} heads)",
-        "method": "- **Attribution method**: Gate-IG ({baseline})",
-        "zero_baseline": "zero baseline",
-        "baseline": "baseline {value}",
+        "method": "- **Attribution method**: {label} (each run's settings below)",
+        "methods_differ": "- ⚠️ **Runs of different methods are compared**: {items}. Their scores measure different "
+        "things, so the agreement below is agreement between methods, not the reproducibility of one method.",
+        "origins_differ": "- ⚠️ **Runs of different origins are compared**: {items}. headattr does not know how "
+        "imported scores were computed; where another method made them, the agreement below is agreement between "
+        "methods, not the reproducibility of one method.",
+        "method_item": "{label}: {method}",
+        "method_sep": "; ",
         "runs": "- **Runs compared**:",
         "run_line": "  - **{label}**: `{path}`: {seeds}; {samples} samples x {variants} masked variants",
         "run_line_imported": "  - **{label}**: `{path}`: imported from `{source}`, scores only (no per-sample "
         "attributions)",
+        "run_method": "    - method: {method}",
         "run_sign": "    - scores: {sign}",
-        "sign_headattr": "Gate-IG of the reconstruction objective J = -loss: larger = more useful",
+        "label_imported": "imported scores",
+        "label_mixed": "mixed ensemble",
+        "method_imported": "not computed by headattr: scores imported from an adaptive-dllm `head_importance.pt`; "
+        "how they were computed is up to whatever wrote that file",
+        "method_mixed": "an ensemble of runs that differ in method or origin (config `method`: {methods})",
+        "method_unknown": "`{name}`, a method this headattr does not know",
+        "method_inputs_differ": "{label}; an ensemble whose inputs differ in its settings: {items}",
+        "method_unreadable": "{label}, with settings this headattr cannot read back ({error})",
+        "post_abs": "; post-processed with `abs`: a score is the mean of |per-sample attribution| (size only, "
+        "the sign dropped)",
+        "post_relu": "; post-processed with `relu`: negative per-sample attributions count as 0",
         "sign_imported": "imported as stored in the file, taken as larger = more important",
         "sign_imported-negated": "imported and negated (the file attributed the loss): larger = more important",
         "sign_mixed": "an ensemble of runs with different sign conventions",
+        "sign_headattr": "computed by headattr: each input's method's own convention",
         "reason_no_samples": "a run has no per-sample attributions (scores only, e.g. imported)",
         "common": "- **Common settings**:",
         "other_common": "  - Other common settings: {items}",
@@ -283,17 +310,32 @@ STRINGS: dict[str, dict[str, str]] = {
         "title": "# {model} 归因结果一致性分析报告",
         "h_config": "## 实验配置",
         "model": "- **模型**: {name}（配置哈希 `{hash}`，{layers} 层 x {heads} 头）",
-        "method": "- **归因方法**: Gate-IG（{baseline}）",
-        "zero_baseline": "Zero baseline",
-        "baseline": "baseline {value}",
+        "method": "- **归因方法**: {label}（各运行的设置见下）",
+        "methods_differ": "- ⚠️ **对比的是不同方法的运行**: {items}。它们的分数衡量的是不同的量，下面的一致性是方法"
+        "之间的一致性，而不是同一方法的可复现性。",
+        "origins_differ": "- ⚠️ **对比的运行来源不同**: {items}。headattr 不知道导入的分数是如何计算的；若由其他方法"
+        "计算，下面的一致性是方法之间的一致性，而不是同一方法的可复现性。",
+        "method_item": "{label}：{method}",
+        "method_sep": "；",
         "runs": "- **对比组**:",
         "run_line": "  - **{label}**: `{path}`：{seeds}；{samples} 个样本 x {variants} 个 mask 变体",
         "run_line_imported": "  - **{label}**: `{path}`：导入自 `{source}`，仅有分数（无逐样本归因）",
+        "run_method": "    - 方法：{method}",
         "run_sign": "    - 分数符号：{sign}",
-        "sign_headattr": "Gate-IG，归因对象为重建目标 J = -loss：越大越有用",
+        "label_imported": "导入的分数",
+        "label_mixed": "混合集成",
+        "method_imported": "并非由 headattr 计算：分数导入自 adaptive-dllm 的 `head_importance.pt`，其计算方式取决于"
+        "生成该文件的程序",
+        "method_mixed": "由方法或来源不同的运行集成而来（config `method`：{methods}）",
+        "method_unknown": "`{name}`，本版本 headattr 不认识的方法",
+        "method_inputs_differ": "{label}；集成的各输入运行在以下设置上不同：{items}",
+        "method_unreadable": "{label}，其设置本版本 headattr 无法读回（{error}）",
+        "post_abs": "；后处理为 `abs`：分数是逐样本归因绝对值的平均（只看大小，不看符号）",
+        "post_relu": "；后处理为 `relu`：逐样本归因为负时按 0 计",
         "sign_imported": "按文件原样导入，视为越大越重要",
         "sign_imported-negated": "导入时取负（文件归因的是 loss）：越大越重要",
         "sign_mixed": "由符号约定不同的运行集成而来",
+        "sign_headattr": "由 headattr 计算：各输入运行所用方法各自的符号约定",
         "reason_no_samples": "有运行没有逐样本归因（仅有分数，例如导入的结果）",
         "common": "- **共同参数**:",
         "other_common": "  - 其他共同参数: {items}",
@@ -509,10 +551,6 @@ STRINGS: dict[str, dict[str, str]] = {
 COMMON_KEYS = {
     "en": {
         "samples": "Samples",
-        "ig_steps": "IG steps",
-        "rule": "Quadrature rule",
-        "scope": "Scope",
-        "baseline": "Baseline",
         "mask_probs": "Mask probabilities",
         "mask_samples_per_prob": "Masked draws per probability",
         "max_length": "Max sequence length",
@@ -522,10 +560,6 @@ COMMON_KEYS = {
     },
     "zh": {
         "samples": "样本数",
-        "ig_steps": "IG steps",
-        "rule": "积分规则",
-        "scope": "归因范围",
-        "baseline": "基线",
         "mask_probs": "Mask probabilities",
         "mask_samples_per_prob": "每个概率的 mask 次数",
         "max_length": "最大序列长度",
@@ -654,10 +688,15 @@ class _Renderer:
                 "model", name=m.get("name"), hash=str(m.get("config_hash"))[:12], layers=c.num_layers, heads=c.num_heads
             )
         )
-        baseline = c.common_config.get("baseline")
-        if baseline is not None:
-            text = self.t("zero_baseline") if float(baseline) == 0.0 else self.t("baseline", value=baseline)
-            lines.append(self.t("method", baseline=text))
+        labels = [self.method_label(r) for r in c.runs]
+        if len({r.method for r in c.runs}) == 1:
+            lines.append(self.t("method", label=labels[0]))
+        else:
+            items = self.t("method_sep").join(
+                self.t("method_item", label=r.label, method=m) for r, m in zip(c.runs, labels, strict=True)
+            )
+            imported = any(r.method in ("imported", "mixed") for r in c.runs)
+            lines.append(self.t("origins_differ" if imported else "methods_differ", items=items))
         lines.append(self.t("runs"))
         for r in c.runs:
             seeds = ", ".join(f"{k}={r.config.get(k)}" for k in ("seed", "data_seed", "mask_seed") if k in r.config)
@@ -674,13 +713,17 @@ class _Renderer:
                         variants=r.num_variants,
                     )
                 )
-            lines.append(self.t("run_sign", sign=self.t("sign_" + r.sign)))
+            method, sign = self.method_lines(r)
+            lines += [self.t("run_method", method=method), self.t("run_sign", sign=sign)]
         lines.append(self.t("common"))
         names = COMMON_KEYS[self.lang]
+        # a method's own settings are in its runs' method lines, in words
+        owned = set().union(*(METHODS[r.method].setting_keys() for r in c.runs if r.method in METHODS))
+        common = {k: v for k, v in c.common_config.items() if k not in owned}
         for key, name in names.items():
-            if key in c.common_config:
-                lines.append(f"  - {name}: {_value(c.common_config[key])}")
-        others = [f"{k}={_value(v)}" for k, v in c.common_config.items() if k not in names]
+            if key in common:
+                lines.append(f"  - {name}: {_value(common[key])}")
+        others = [f"{k}={_value(v)}" for k, v in common.items() if k not in names]
         if others:
             lines.append(self.t("other_common", items=", ".join(others)))
         if c.config_differences:
@@ -694,6 +737,40 @@ class _Renderer:
         else:
             lines.append(self.t("no_differences"))
         return lines + [""]
+
+    def method_label(self, r: RunSummary) -> str:
+        """The name of the method a run's scores come from."""
+        if r.method in METHODS:
+            return METHODS[r.method].label
+        if r.method in ("imported", "mixed"):
+            return self.t("label_" + r.method)
+        return r.method
+
+    def method_lines(self, r: RunSummary) -> tuple[str, str]:
+        """What a run computed, with the settings it used, and what its scores' sign means: the method's own
+        words (`MethodConfig.describe`, `sign_text`) for a run headattr computed."""
+        if r.method == "imported":
+            return self.t("method_imported"), self.t("sign_" + r.sign)
+        if r.method == "mixed":
+            methods = _value(r.config.get("method", "gate-ig"))
+            return self.t("method_mixed", methods=methods), self.t("sign_" + r.sign)
+        if r.method not in METHODS:  # a run.json from a newer headattr: its sign is its method's, unknown here
+            return self.t("method_unknown", name=r.method), NA
+        cls = METHODS[r.method]
+        try:
+            config = {**r.config, "method": r.method}
+            method = method_from_meta(config).describe(self.lang, (r.completeness or {}).get("nodes"))
+        except (HeadattrError, TypeError, ValueError) as exc:  # e.g. an ensemble whose inputs' settings differ
+            keys = [k for k in sorted(cls.setting_keys()) if isinstance(r.config.get(k), list)]
+            differ = ", ".join(f"{k}={_value(r.config[k])}" for k in keys)
+            if differ:
+                method = self.t("method_inputs_differ", label=cls.label, items=differ)
+            else:
+                method = self.t("method_unreadable", label=cls.label, error=str(exc))
+        sign = cls.sign_text(self.lang) if r.sign == "headattr" else self.t("sign_" + r.sign)
+        if r.postprocess in ("abs", "relu"):
+            sign += self.t("post_" + r.postprocess)
+        return method, sign
 
     def verdict_rule(self, level: str) -> str:
         levels = self.c.settings.verdict_levels

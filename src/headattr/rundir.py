@@ -78,12 +78,37 @@ def has_samples(run: Run) -> bool:
 def run_sign(meta: dict[str, Any]) -> str:
     """The sign convention of a run's scores (one of SIGNS); runs written by `attribute` are `headattr`.
 
-    `headattr`: Gate-IG of the reconstruction objective J = -loss, so a head that helps scores positive;
+    `headattr`: computed by headattr, with the sign convention of the run's method (`run_method`; for an
+    attribution of J = -loss, a head that helps scores positive; each method's `sign_text` says it exactly);
     `imported`: taken as they were in an imported file (assumed larger = more important); `imported-negated`:
     negated on import (the file attributed the loss); `mixed`: an ensemble of runs with different conventions.
     """
     sign = meta.get("sign", "headattr")
     return sign if sign in SIGNS else "headattr"
+
+
+def run_method(meta: dict[str, Any]) -> str:
+    """Where a run's scores come from: the name of the method that computed them (run.json `config.method`;
+    runs written before `method` existed are `gate-ig`), `imported` for scores imported from a file (and
+    ensembles of such runs), or `mixed` for an ensemble of runs that differ in method or origin."""
+    sign = run_sign(meta)
+    if sign == "mixed":
+        return "mixed"
+    if sign.startswith("imported") or "imported" in meta:
+        return "imported"
+    method = (meta.get("config") or {}).get("method", "gate-ig")
+    if isinstance(method, list):  # an ensemble's inputs' values (None: a run from before `method`, so gate-ig)
+        names = {m or "gate-ig" for m in method}
+        return str(names.pop()) if len(names) == 1 else "mixed"
+    return str(method)
+
+
+def _method_label(meta: dict[str, Any]) -> str:
+    """The name of the method a run's scores come from (heatmap titles)."""
+    from .methods import METHODS  # here, not at the top: the methods import the model code
+
+    name = run_method(meta)
+    return METHODS[name].label if name in METHODS else name
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -285,7 +310,7 @@ def write_run(
     atomic_save_tensors(out / SCORES_FILE, {"scores": scores, "attributions": attributions})
     atomic_write_text(out / HEADS_FILE, heads_csv(scores))
     if heatmap:
-        title = f"Gate-IG head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
+        title = f"{_method_label(meta)} head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
         atomic_write_bytes(out / HEATMAP_FILE, plot_heatmap(scores, title=title))
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, **meta}
     atomic_write_json(out / META_FILE, meta)

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from .aggregate import final_scores
 from .data import DataConfig
 from .masking import MaskConfig
-from .methods import GateIGConfig
+from .methods import GateIGConfig, MethodConfig
 from .models import LLADA_RENAMES, ModelConfig
 from .rundir import prepare_output_dir, run_meta, write_run
 
@@ -191,8 +191,15 @@ def make_run(
     config_hash: str = TOY_HASH,
     sample_ids: list[str] | None = None,
     heatmap: bool = False,
+    method: MethodConfig | None = None,
 ) -> Path:
-    """Write a complete run directory: per-sample attributions = signal + noise[layer] * N(0, 1)."""
+    """Write a complete run directory: per-sample attributions = signal + noise[layer] * N(0, 1).
+
+    `method` (default: Gate-IG with 8 base nodes) is recorded in run.json's `config` with its settings, and its
+    diagnostics: J(1), J(b) and completeness errors per layer for the path methods (`gate-ig`, `stp`), J(1)
+    alone for the others.
+    """
+    method = method or GateIGConfig(ig_steps=8)
     rng = np.random.default_rng(seed)
     num_layers, num_heads = signal.shape
     sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), (num_layers,))[None, :, None]
@@ -202,7 +209,7 @@ def make_run(
     cfg = {
         "seed": seed,
         **DataConfig(samples=n, seed=seed).to_meta(),
-        **GateIGConfig(ig_steps=8).to_meta(),
+        **method.to_meta(),
         **MaskConfig(
             mask_probs=tuple(round(0.1 + 0.8 * i / max(v - 1, 1), 3) for i in range(v)),
             mask_samples_per_prob=1,
@@ -218,6 +225,8 @@ def make_run(
     j_base = j_full[..., None] - rng.uniform(1.0, 2.0, size=(n, v, num_layers))
     err = 0.001 * rng.normal(size=(n, v, num_layers))
     diagnostics = {"j_full": j_full, "j_baseline": j_base, "completeness_error": err}
+    if method.name not in ("gate-ig", "stp"):
+        diagnostics = {"j_full": j_full}
     meta = run_meta(
         config=cfg,
         model={
@@ -243,7 +252,7 @@ def make_run(
             for i, s in enumerate(ids)
         ],
         variants=[{"prob": p, "draw": 0} for p in cfg["mask_probs"]],
-        diagnostics={k: a.tolist() for k, a in diagnostics.items()} | GateIGConfig().summarize(diagnostics),
+        diagnostics={k: a.tolist() for k, a in diagnostics.items()} | method.summarize(diagnostics),
         data_report={},
         device={"type": "cpu", "name": "synthetic"},
         created="2025-12-28T00:00:00+00:00",

@@ -23,7 +23,22 @@ class AblationConfig(MethodConfig):
     """No settings: a removed head has gate 0 (exactly as if its output-projection columns were zero)."""
 
     name = "ablation"
+    label = "ablation"
     cache_layers = True
+    TEXT = {
+        "en": {
+            "describe": "ablation (leave one out): each head removed on its own, exactly (its gate set to 0, as if its "
+            "output-projection columns were zero), all other heads kept; no settings",
+            "sign": "A = J(all heads) - J(head removed), J = -loss of the masked answer tokens: positive = removing "
+            "the head lowers J (raises the loss), i.e. the head helps; negative = the model does better without it",
+        },
+        "zh": {
+            "describe": "消融（逐个移除）：每次只精确移除一个头（其门控设为 0，等同于把它在输出投影中的列置零），"
+            "其余头保留；无额外设置",
+            "sign": "A = J(全部头) - J(移除该头)，J = -loss（被 mask 的答案 token 的损失取负）：为正表示移除该头会"
+            "降低 J（损失升高），即该头有用；为负表示去掉它模型反而更好",
+        },
+    }
 
     def attribute(self, spec: ModelSpec, rows: Rows, batch_size: int, where: str) -> SampleAttribution:
         """Attributions [V, L, H] = J(1) - J(head removed); diagnostics j_full [V]."""

@@ -12,10 +12,16 @@ records `method` and the method's settings in run.json's `config`. Where a metho
 runner may hand it the variants of several samples of one shape (token length, answer span) as one `Rows`
 and split the result (`SampleAttribution.split`). `register` makes a method available to `--method NAME`
 and to `method_from_meta`.
+
+What reports say about a run comes from its method too: `label` (its name in reports), `describe(lang)` (what
+was computed, with the settings used) and `sign_text(lang)` (what a score's sign means, true for that method),
+from the method's own `TEXT` table ("describe" and "sign" per language in `TEXT_LANGS`, formatted with the
+method's run.json settings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,10 +49,16 @@ class SampleAttribution:
         ]
 
 
+TEXT_LANGS = ("en", "zh")
+
+
 class MethodConfig(Settings):
     """Base of every method's settings (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the method's name in reports
+    # per language of TEXT_LANGS: "describe" (what a run computed, formatted with `to_meta()`) and "sign"
+    TEXT: ClassVar[dict[str, dict[str, str]]] = {}
     cache_layers: ClassVar[bool] = True  # whether the core should cache every layer's input for this method
     # whether the variants of several samples of one shape may share one `Rows` (`core.prepare_merged`): true
     # for a method that treats every variant on its own and does not read `rows.uid`
@@ -65,6 +77,21 @@ class MethodConfig(Settings):
 
     def to_meta(self) -> dict[str, Any]:
         return {"method": self.name, **super().to_meta()}
+
+    @classmethod
+    def setting_keys(cls) -> set[str]:
+        """The run.json `config` keys this method owns: `method` and its settings."""
+        return {"method", *(cls.META_NAMES.get(f.name, f.name) for f in dataclasses.fields(cls))}  # type: ignore[arg-type]
+
+    @classmethod
+    def sign_text(cls, lang: str = "en") -> str:
+        """What the sign and size of this method's scores mean, in `lang` (one of TEXT_LANGS)."""
+        return cls.TEXT[lang]["sign"]
+
+    def describe(self, lang: str = "en", nodes: dict[str, float] | None = None) -> str:
+        """What a run of these settings computed, with the settings it used, in `lang`. `nodes`: the quadrature
+        nodes its paths used (`diagnostics.nodes_summary`), for a method that records them."""
+        return self.TEXT[lang]["describe"].format(**self.to_meta())
 
 
 METHODS: dict[str, type[MethodConfig]] = {}

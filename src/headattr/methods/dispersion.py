@@ -30,7 +30,23 @@ class DispersionConfig(MethodConfig):
     """No settings: token-level normalised entropy over the answer queries."""
 
     name = "dispersion"
+    label = "dispersion"
     cache_layers = False
+    TEXT = {
+        "en": {
+            "describe": "dispersion: normalised entropy H(p) / log T of the head's attention p over the T keys, "
+            "mean over the answer's query positions and the masked variants (0: every query attends to one key; "
+            "1: uniform attention); no settings",
+            "sign": "not an attribution of J (no loss is involved): a descriptive value in [0, 1]; larger = more "
+            "spread-out attention, not a more useful head",
+        },
+        "zh": {
+            "describe": "注意力分散度：该头在 T 个 key 上的注意力分布 p 的归一化熵 H(p) / log T，对答案的 query "
+            "位置与各 mask 变体取平均（0：每个 query 只关注一个 key；1：均匀注意力）；无额外设置",
+            "sign": "不是对 J 的归因（不涉及损失）：取值在 [0, 1] 的描述性指标；越大表示注意力越分散，"
+            "并不表示该头越有用",
+        },
+    }
 
     def attribute(self, spec: ModelSpec, rows: Rows, batch_size: int, where: str) -> SampleAttribution:
         """Dispersion [V, L, H] of each variant; diagnostics j_full [V] (J of the same passes)."""

@@ -73,7 +73,39 @@ class GateIGConfig(MethodConfig):
     ig_max_steps: int = DEFAULT_MAX_STEPS
 
     name = "gate-ig"
+    label = "Gate-IG"
     merges_samples = True  # every path is one variant's: rows of several samples never mix
+    TEXT = {
+        "en": {
+            "describe": "Gate-IG: integrated gradients of J = -loss over the head gates, {scope_text}, each gate "
+            "moving from the baseline {baseline:g}{removed} to 1; quadrature: {quadrature}",
+            "scope_layer": "one path per layer (the layer's gates move together, the other layers' stay at 1)",
+            "scope_joint": "one path moving every layer's gates together",
+            "removed": " (head removed)",
+            "kept": "",
+            "refined": "Simpson's rule from {base} nodes per path, refined by bisection until each path's "
+            "completeness error and per-head error estimate are within tolerance {ig_tol:g} of its gap J(1) - J(b) "
+            "(at most {ig_max_steps} nodes)",
+            "fixed": "fixed {rule} rule with {ig_steps} nodes per path, not refined",
+            "nodes": "; nodes used per path: median {median:g}, 90th percentile {p90:g}, max {max:g}",
+            "sign": "positive = the head raises J = -loss (lowers the loss of the masked answer tokens) as its gate "
+            "goes from the baseline b to 1; on every path the attributions of its heads sum to J(1) - J(b)",
+        },
+        "zh": {
+            "describe": "Gate-IG：J = -loss 对头门控的积分梯度，{scope_text}，每个门控从基线 {baseline:g}{removed}"
+            "变到 1；积分：{quadrature}",
+            "scope_layer": "每层一条路径（该层的门控一起变化，其余层保持为 1）",
+            "scope_joint": "一条路径，所有层的门控一起变化",
+            "removed": "（移除该头）",
+            "kept": " ",
+            "refined": "Simpson 规则，每条路径从 {base} 个节点开始，二分细化直到路径的完备性误差和逐头误差估计"
+            "都在其差值 J(1) - J(b) 的容差 {ig_tol:g} 以内（最多 {ig_max_steps} 个节点）",
+            "fixed": "固定的 {rule} 规则，每条路径 {ig_steps} 个节点，不细化",
+            "nodes": "；每条路径实际使用的节点数：中位数 {median:g}，90 分位 {p90:g}，最大 {max:g}",
+            "sign": "为正表示该头的门控从基线 b 升到 1 时提高 J = -loss（降低被 mask 的答案 token 的损失）；"
+            "每条路径上其所含各头的归因之和等于 J(1) - J(b)",
+        },
+    }
 
     def __post_init__(self) -> None:
         if self.ig_steps is None:
@@ -104,6 +136,31 @@ class GateIGConfig(MethodConfig):
                 f"--ig-max-steps {self.ig_max_steps} is below the {base} nodes the refined rule starts from "
                 f"(--ig-steps {self.ig_steps}, rounded up to an odd count); give at least {base}"
             )
+
+    @classmethod
+    def from_meta(cls, config: dict[str, Any]) -> GateIGConfig:
+        """The settings recorded in a run.json `config`; a run written before the refined rule existed (`ig_steps`
+        recorded, no `ig_tol`) used the fixed rule, so it reads back with `ig_tol` 0, not today's default."""
+        if "ig_steps" in config and "ig_tol" not in config:
+            config = {**config, "ig_tol": 0.0}
+        return super().from_meta(config)
+
+    def describe(self, lang: str = "en", nodes: dict[str, float] | None = None) -> str:
+        """What a run computed: scope, baseline and the quadrature it actually ran (the refined rule with its start,
+        tolerance and cap, or the fixed rule with its nodes), with the nodes its paths used when recorded."""
+        text, meta = self.TEXT[lang], self.to_meta()
+        if self.adaptive:
+            quadrature = text["refined"].format(base=self.base_nodes, **meta)
+        else:
+            quadrature = text["fixed"].format(**meta)
+        if nodes:
+            quadrature += text["nodes"].format(**nodes)
+        return text["describe"].format(
+            scope_text=text[f"scope_{self.scope}"],
+            removed=text["removed" if self.baseline == 0 else "kept"],
+            quadrature=quadrature,
+            **meta,
+        )
 
     @property
     def cache_layers(self) -> bool:  # type: ignore[override]

@@ -50,7 +50,25 @@ class STPConfig(MethodConfig):
     scope: str = "joint"
 
     name = "stp"
+    label = "STP"
     cache_layers = False  # every row gates layer 0, so every pass starts there
+    TEXT = {
+        "en": {
+            "describe": "STP (stochastic threshold path): integrated gradients of J = -loss with every head's gate "
+            "rising from the baseline {baseline:g} to 1 after its own random threshold (heads switch on in random "
+            "order, all layers jointly), mean over {path_samples} path samples (path seed {path_seed}); "
+            "quadrature: fixed {rule} rule with {ig_steps} nodes on each piece between consecutive thresholds",
+            "sign": "positive = the head raises J = -loss (lowers the loss of the masked answer tokens) as its gate "
+            "goes from the baseline b to 1; on every path sample the heads' attributions sum to J(1) - J(b)",
+        },
+        "zh": {
+            "describe": "STP（随机阈值路径）：J = -loss 的积分梯度，每个头的门控在各自的随机阈值之后从基线 "
+            "{baseline:g} 升到 1（各头按随机顺序开启，所有层联合），对 {path_samples} 条路径样本取平均"
+            "（路径种子 {path_seed}）；积分：相邻阈值之间的每一段用固定的 {rule} 规则、{ig_steps} 个节点",
+            "sign": "为正表示该头的门控从基线 b 升到 1 时提高 J = -loss（降低被 mask 的答案 token 的损失）；"
+            "每条路径样本上所有头的归因之和等于 J(1) - J(b)",
+        },
+    }
 
     def validate(self) -> None:
         choice("--rule", self.rule, RULES)
