@@ -274,10 +274,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "come from these settings rather than from the random draws.",
         "rec_shared_samples": "- **Shared samples**: {items}; agreement there is partly agreement on the same data.",
         "shared_item": "{a} and {b} share {count}",
-        "rec_completeness_ok": "- **Enough IG steps**: completeness error is at most {max} of J(1) - J(baseline) "
-        "(threshold {rtol}).",
-        "rec_completeness_high": "- **Raise --ig-steps**: completeness error above {rtol} of J(1) - J(baseline) "
-        "in {items}.",
+        "rec_completeness_ok": "- **Quadrature accurate enough**: completeness error is at most {max} of "
+        "J(1) - J(baseline) (threshold {rtol}).",
+        "rec_completeness_high": "- **Integrate more accurately** (lower --ig-tol or raise --ig-max-steps; "
+        "with the fixed rule, --ig-tol 0, raise --ig-steps): completeness error above {rtol} of "
+        "J(1) - J(baseline) in {items}.",
         "h_conclusion": "## Conclusion",
         "conclusion": "The head scores of these runs agree with **{level}** consistency (mean per-layer Pearson "
         "{p}, Spearman {s}, top-{k} overlap {o} against a chance level of {c}). {good}/{layers} layers "
@@ -518,8 +519,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "rec_config_differences": "- **除种子外参数不同**: {keys}；部分差异可能来自这些参数而非随机抽样。",
         "rec_shared_samples": "- **共享样本**: {items}；这部分一致性部分来自相同的数据。",
         "shared_item": "{a} 与 {b} 共享 {count} 个",
-        "rec_completeness_ok": "- **IG 步数足够**: 完备性误差至多为 J(1) - J(baseline) 的 {max}（阈值 {rtol}）。",
-        "rec_completeness_high": "- **增加 --ig-steps**: 以下运行的完备性误差超过 J(1) - J(baseline) 的 {rtol}："
+        "rec_completeness_ok": "- **积分精度足够**: 完备性误差至多为 J(1) - J(baseline) 的 {max}（阈值 {rtol}）。",
+        "rec_completeness_high": "- **提高积分精度**（降低 --ig-tol 或提高 --ig-max-steps；固定规则 --ig-tol 0 时"
+        "增加 --ig-steps）: 以下运行的完备性误差超过 J(1) - J(baseline) 的 {rtol}："
         "{items}。",
         "h_conclusion": "## 结论",
         "conclusion": "这些运行的头重要性分数表现出**{level}的一致性**（逐层 Pearson 平均 {p}，Spearman {s}，"
