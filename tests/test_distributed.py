@@ -13,11 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 
-from headattr.distributed import World, assign, world_from_env
+from headattr import distributed
+from headattr.distributed import World, assign, device_for, world_from_env
 from headattr.errors import HeadattrError
 
 FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet", "--threads", "1"]
@@ -139,10 +142,88 @@ def test_merged_groups_are_shared_out_whole_and_do_not_depend_on_the_share():
 
 def test_world_from_env():
     assert world_from_env({}) is None and world_from_env({"WORLD_SIZE": "1"}) is None
-    assert world_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(3, 4, 1)
-    for bad in ({"WORLD_SIZE": "two"}, {"WORLD_SIZE": "2", "RANK": "2"}):
+    assert world_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}) == World(
+        3, 4, 1, 2
+    )
+    assert world_from_env({"WORLD_SIZE": "4", "RANK": "3"}).local_size == 4  # no LOCAL_WORLD_SIZE: one node
+    for bad in (
+        {"WORLD_SIZE": "two"},
+        {"WORLD_SIZE": "2", "RANK": "2"},
+        {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"},
+    ):
         with pytest.raises(HeadattrError):
             world_from_env(bad)
+
+
+# ---------------------------------------------------------------- GPU nodes, emulated on CPU (issue 24)
+
+
+@pytest.fixture
+def four_gpus(monkeypatch) -> list[int]:
+    """A node with 4 CUDA devices as torch.cuda reports it. `torch.cuda.set_device` keeps its own argument
+    check (an index-less `cuda` raises ValueError, as on a GPU node); the indices it sets are returned."""
+    current: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", current.append, raising=False)
+    return current
+
+
+@pytest.fixture
+def joined(monkeypatch) -> list[dict]:
+    """`init_process_group`'s keyword arguments, recorded instead of joining a group."""
+    import torch.distributed as dist
+
+    calls: list[dict] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kw: calls.append({"args": args, **kw}))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.delenv("HEADATTR_DIST_TIMEOUT", raising=False)
+    return calls
+
+
+def test_gpu_ranks_join_a_gloo_group_that_outwaits_nccls_ten_minutes(four_gpus, joined, monkeypatch):
+    world = World(rank=5, size=8, local_rank=5, local_size=8)
+    distributed.init(world, device_for(world, "cuda"))
+    (call,) = joined
+    assert call["backend"] == "gloo"  # Python objects only: no NCCL watchdog
+    assert (call["rank"], call["world_size"]) == (5, 8)
+    assert call["timeout"] >= timedelta(hours=12)  # a rank waits for the slowest in gather_object
+    assert four_gpus == [1]  # cuda:LOCAL_RANK % 4
+    for text, expected in (("7200", timedelta(hours=2)), ("90m", timedelta(minutes=90)), ("2d", timedelta(days=2))):
+        monkeypatch.setenv("HEADATTR_DIST_TIMEOUT", text)
+        distributed.init(world, "cuda:1")
+        assert joined[-1]["timeout"] == expected
+    for bad in ("soon", "0", "-5m"):
+        monkeypatch.setenv("HEADATTR_DIST_TIMEOUT", bad)
+        with pytest.raises(HeadattrError, match="HEADATTR_DIST_TIMEOUT"):
+            distributed.init(world, "cuda:1")
+    assert len(joined) == 4  # a bad timeout is refused before joining
+
+
+def test_torchrun_device_is_cuda_local_rank(four_gpus):
+    world = World(rank=5, size=8, local_rank=5, local_size=8)
+    assert device_for(world, "cuda") == "cuda:1" and device_for(world, None) == "cuda:1"
+    assert device_for(World(rank=2, size=4, local_rank=2, local_size=4), "cuda") == "cuda:2"
+    assert device_for(world, "cpu") == "cpu"
+    with pytest.raises(HeadattrError, match="cuda:0 would put all 8 ranks of this node on one GPU"):
+        device_for(world, "cuda:0")
+    assert device_for(World(rank=1, size=2, local_rank=0, local_size=1), "cuda:3") == "cuda:3"  # one rank a node
+    with pytest.raises(HeadattrError, match="4 CUDA device"):
+        device_for(World(rank=1, size=2, local_rank=0, local_size=1), "cuda:7")
+
+
+def test_torchrun_device_cuda_without_cuda_is_one_line(dream_dir, data_file, tmp_path, monkeypatch, capsys):
+    from headattr.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    argv = ["attribute", str(dream_dir), "--data", str(data_file), "--out", str(tmp_path / "r"), "--device", "cuda"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and len(err.strip().splitlines()) == 1
 
 
 def test_two_gloo_ranks_write_the_one_process_scores(dream_dir, data_file, tmp_path):
