@@ -112,3 +112,26 @@ def test_path_errors(tmp_path: Path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(HeadattrError, match="is a file"):
         load_model(tmp_path / "file")
+
+
+@pytest.mark.parametrize("family", ["dream", "llada"])
+def test_weights_are_converted_as_they_are_read(family, dream_dir, llada_dir, monkeypatch):
+    """Loading in another dtype than the checkpoint's never holds the checkpoint's tensors all at once (issue 24:
+    `--dtype float32` of a bf16 checkpoint on CUDA held the bf16 and the float32 copies together, 1.5x)."""
+    import weakref
+
+    from headattr.models import files
+
+    real, read, most_alive, stored = files._safetensors_tensors, [], [], set()
+
+    def tracked(shard, device):
+        for name, tensor in real(shard, device):
+            most_alive.append(sum(ref() is not None for ref in read))  # earlier tensors as read, still held
+            read.append(weakref.ref(tensor))
+            stored.add(tensor.dtype)
+            yield name, tensor
+
+    monkeypatch.setattr(files, "_safetensors_tensors", tracked)
+    spec = load_model(dream_dir if family == "dream" else llada_dir, dtype="float64", device="cpu")
+    assert {p.dtype for p in spec.model.parameters()} == {torch.float64} and torch.float64 not in stored
+    assert len(read) > 10 and max(most_alive) <= 1  # one tensor in flight, not the whole checkpoint

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from . import native
-from .files import iter_checkpoint_tensors
 from .registry import Family, register
 from .spec import ModelSpec
 
@@ -34,7 +33,7 @@ def qwen2_config(cfg: dict[str, Any]) -> Any:
 def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, options: Any) -> ModelSpec:
     from transformers import Qwen2ForCausalLM
 
-    weights = dict(iter_checkpoint_tensors(root, device))
+    weights = native.read_weights(root, dtype, device)
     model = native.build(Qwen2ForCausalLM, qwen2_config(cfg), weights, dtype, device, options.attn_implementation)
     return native.native_spec(model, root, "dream", cfg.get("mask_token_id"), logit_shift=True)
 

@@ -14,7 +14,6 @@ import torch
 
 from ..errors import HeadattrError
 from . import native
-from .files import iter_checkpoint_tensors
 from .registry import Family, register
 from .spec import ModelSpec
 
@@ -75,7 +74,7 @@ def llada_llama_config(cfg: dict[str, Any]) -> Any:
 def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, options: Any) -> ModelSpec:
     from transformers import LlamaForCausalLM
 
-    weights = {llada_to_llama_name(k): v for k, v in iter_checkpoint_tensors(root, device)}
+    weights = native.read_weights(root, dtype, device, llada_to_llama_name)
     model = native.build(LlamaForCausalLM, llada_llama_config(cfg), weights, dtype, device, options.attn_implementation)
     mask_id = cfg.get("mask_token_id", LLADA_DEFAULT_MASK_ID)
     return native.native_spec(

@@ -7,6 +7,7 @@ describes it with a `LayerStack`, so the core can start a pass at any layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..errors import HeadattrError
 from .backbone import LayerStack
-from .files import config_hash
+from .files import config_hash, iter_checkpoint_tensors
 from .spec import ModelSpec
 
 
@@ -29,6 +30,18 @@ def rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, A
         params.update({("rope_type" if k == "type" else k): v for k, v in scaling.items()})
     params["rope_theta"] = float(theta)
     return params
+
+
+def read_weights(
+    root: Path, dtype: torch.dtype, device: str, rename: Callable[[str], str] = str
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors on `device` in `dtype`, each converted as it is read (names through `rename`).
+
+    Converting one tensor at a time keeps one copy of the weights: a bf16 checkpoint loaded in float32
+    holds the float32 tensors and one bf16 tensor at a time (a 7B model: 28 GB, not 28 + 14 GB as when all
+    bf16 tensors are read first and converted afterwards).
+    """
+    return {rename(name): tensor.to(dtype) for name, tensor in iter_checkpoint_tensors(root, device)}
 
 
 def build(
