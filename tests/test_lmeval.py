@@ -134,3 +134,93 @@ def test_rolling_and_wrong_settings_are_clear_errors():
         model.loglikelihood_rolling([])
     with pytest.raises(HeadattrError, match="LLaDA setting"):
         lmeval.HeadattrLM(pretrained=str(MODEL_DIR), block_length=4)
+
+
+def test_batch_size_accepts_lm_evals_auto_forms():
+    assert [lmeval.generation_batch_size(v) for v in (None, 3, "5", "auto", "auto:4", "auto:2.5")] == [
+        1,
+        3,
+        5,
+        16,
+        16,
+        16,
+    ]
+    assert lmeval.generation_batch_size("auto:4", max_batch_size=6) == 6
+    from headattr.errors import HeadattrError
+
+    for bad in ("0", "many", "auto:x"):
+        with pytest.raises(HeadattrError, match="batch_size"):
+            lmeval.generation_batch_size(bad)
+    assert lmeval.HeadattrLM(pretrained=str(MODEL_DIR), batch_size="auto:4", steps=4).batch_size == 16
+
+
+def test_ranks_of_a_launch_are_told_to_the_harness(monkeypatch):
+    """Under torchrun / accelerate launch (2 GPUs emulated): rank 1 joins the group and loads on cuda:1."""
+    import torch.distributed as dist
+
+    loaded, joined = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", lambda index: None, raising=False)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: joined.append(kw))
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "x"}
+    for key, value in {**env, "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    cpu_load = lambda path, **kw: loaded.append(kw["device"]) or load_model(path, device="cpu")  # noqa: E731
+    monkeypatch.setattr(lmeval, "load_model", cpu_load)
+    model = lmeval.HeadattrLM(pretrained=str(MODEL_DIR), device="cuda", steps=4)
+    assert (model.rank, model.world_size) == (1, 2) and loaded == ["cuda:1"]
+    assert [(j["backend"], j["rank"], j["world_size"]) for j in joined] == [("gloo", 1, 2)]
+
+
+# one rank of a 2-process launch: simple_evaluate on the copy task; prints the prompts this rank generated for
+# and (rank 0) the logged samples
+RANK_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+import headattr.lmeval as lmeval
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+generated = []
+real = lmeval.HeadattrLM._generate
+def counted(self, requests, chunk, settings):
+    generated.extend(requests[i].args[0] for i in chunk)
+    return real(self, requests, chunk, settings)
+lmeval.HeadattrLM._generate = counted
+result = simple_evaluate(model="headattr", model_args=sys.argv[1], tasks=["headattr_copy"], batch_size=3,
+                         task_manager=TaskManager(include_path=sys.argv[2]), random_seed=0)
+logged = [] if result is None else result["samples"]["headattr_copy"]
+samples = None if result is None else [[s["doc"]["prompt"], s["resps"][0][0]] for s in logged]
+lmeval.distributed.finish()
+print(json.dumps({"generated": generated, "samples": samples}))
+"""
+
+
+def test_two_ranks_share_the_requests_and_rank_0_reports_all(tasks):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = load_model(MODEL_DIR, device="cpu")
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+        argv = [sys.executable, "-c", RANK_SCRIPT, f"pretrained={MODEL_DIR},{GEN_ARGS}", str(tasks)]
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    rank0, rank1 = outs
+    assert rank1["samples"] is None and len(rank0["samples"]) == 4  # the evaluator on rank 0 sees every document
+    assert len(rank0["generated"]) == len(rank1["generated"]) == 2  # each rank generated its half, not all 4
+    assert sorted(rank0["generated"] + rank1["generated"]) == sorted(prompt for prompt, _ in rank0["samples"])
+    for prompt, response in rank0["samples"]:  # as one process generates them
+        assert response == _expected(spec, prompt, None)

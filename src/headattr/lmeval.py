@@ -23,6 +23,14 @@ block_length=1024` (LLaDA).
   (see `mc_loglikelihood`); `is_greedy` is always False (the official Dream evaluation does not compute it;
   LLaDA's is off in its published settings).
 - `loglikelihood_rolling`: not supported (a masked diffusion LM has no left-to-right likelihood).
+
+`batch_size` (lm-eval's flag or model_args): prompts per generation call, an integer or `auto` / `auto:N`;
+there is no memory probing here, so `auto` (whatever N) means 16, or `max_batch_size` if that is smaller.
+
+Several processes (`torchrun` or `accelerate launch`, which set WORLD_SIZE / RANK / LOCAL_RANK): each joins
+`headattr.distributed`'s Gloo group and runs on `cuda:LOCAL_RANK` (see `distributed.device_for`); `rank` and
+`world_size` tell lm-eval's evaluator, which gives each rank its share of the documents and gathers the
+metrics and logged samples to rank 0 through `gather_object`, the only rank that returns results.
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from . import distributed
+from .errors import HeadattrError
 from .generation import LENGTH_SETTING, _logits, completion_text, generate, resolve_settings
 from .headmask import read_head_mask
 from .models import ModelSpec, load_model
 
+AUTO_BATCH_SIZE = 16  # `batch_size=auto`: prompts per generation call (no memory probing)
 DREAM_SAMPLING_EPS = 1e-3  # Dream's evaluation: masking probability (1 - eps) t + eps
 MODEL_ARGS = (
     "head_mask",
@@ -64,6 +75,26 @@ def _seed_for(seed: int, *texts: str) -> int:
     """A generator seed from the run's seed and the request's text: the estimate does not depend on order."""
     digest = hashlib.sha256("\x00".join([str(seed), *texts]).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little")
+
+
+def generation_batch_size(value: Any, max_batch_size: Any = None) -> int:
+    """Prompts per generation call from lm-eval's `batch_size`: an integer (None: 1), or `auto` / `auto:N`.
+
+    lm-eval's `auto:N` re-selects the largest batch that fits N times during a run; this model probes no
+    memory, so every `auto` is `AUTO_BATCH_SIZE`, capped by `max_batch_size` when that is given.
+    """
+    text = "1" if value is None else str(value).strip()
+    try:
+        if text == "auto" or text.startswith("auto:"):
+            float(text[5:] or "1")  # N, the harness's re-selection count: nothing to re-select here
+            cap = int(max_batch_size) if max_batch_size else AUTO_BATCH_SIZE
+            return max(1, min(AUTO_BATCH_SIZE, cap))
+        size = int(text)
+    except ValueError:
+        raise HeadattrError(f"batch_size {text!r}: use an integer, auto or auto:N") from None
+    if size < 1:
+        raise HeadattrError(f"batch_size {size}: must be at least 1")
+    return size
 
 
 # ---------------------------------------------------------------- the likelihood estimators
@@ -150,15 +181,14 @@ class HeadattrLM(LM):
     def __init__(self, pretrained: str, **kwargs: Any) -> None:
         super().__init__()
         options = {k: kwargs.pop(k) for k in MODEL_ARGS if k in kwargs}
-        device = options.get("device")
-        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
-            device = None  # lm-eval's command line passes "cuda" by default: the CPU when there is no GPU
+        self.batch_size = generation_batch_size(options.get("batch_size"), options.get("max_batch_size"))
         self.spec = load_model(
             pretrained,
             dtype=str(options.get("dtype", "auto")),
-            device=device,
+            device=self._join(options.get("device")),
             trust_remote_code=bool(options.get("trust_remote_code", False)),
         )
+        self._device = torch.device(self.spec.device)
         self.settings = dict(kwargs)
         resolve_settings(self.spec, self.settings)  # a wrong-family or bad setting fails here, in one line
         self.removed = None
@@ -175,12 +205,37 @@ class HeadattrLM(LM):
             from .gates import removal_gates
 
             self.gates = removal_gates(self.spec, self.removed)
-        self.batch_size = int(options.get("batch_size") or 1) if str(options.get("batch_size")) != "auto" else 16
         self.add_bos = bool(options.get("add_bos_token", True))
         self.max_length = options.get("max_length")
         self.seed = int(options.get("seed", 1234))
         self.mc_num = int(options.get("mc_num", 128))
         self.mc_batch = int(options.get("mc_batch_size", 32))
+
+    # -------------------------------------------------------------- processes
+
+    def _join(self, device: str | None) -> str | None:
+        """This process's device; under torchrun / accelerate launch, also its rank (the Gloo group joined)."""
+        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = None  # lm-eval's command line may pass "cuda": the CPU when there is no GPU
+        self.world = distributed.world_from_env()
+        if self.world is None:
+            return device
+        device = distributed.device_for(self.world, device)
+        distributed.init(self.world, device)
+        self._rank, self._world_size = self.world.rank, self.world.size
+        return device
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor` concatenated (lm-eval gathers each rank's request count, a 0-d tensor)."""
+        return tensor if self.world is None else distributed.all_gather_tensor(tensor, self.world)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's `obj` on rank `dst` (lm-eval gathers metrics and samples to rank 0); None elsewhere."""
+        return [obj] if self.world is None else distributed.gather_to_main(obj, self.world, dst)
+
+    def barrier(self) -> None:
+        if self.world is not None:
+            distributed.barrier()
 
     # -------------------------------------------------------------- encoding
 
@@ -272,7 +327,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    finally:
+        distributed.finish()  # the group a torchrun / accelerate launch process joined
 
 
 if __name__ == "__main__":
