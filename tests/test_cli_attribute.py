@@ -81,6 +81,42 @@ def test_threads_apply_to_one_command_only(dream_dir, capsys, monkeypatch):
     assert code == 2 and "--threads" in err and "Traceback" not in err
 
 
+def test_deterministic_applies_before_loading_and_to_one_command_only(dream_dir, capsys, monkeypatch):
+    import os
+
+    import torch
+
+    from headattr.models import loading
+
+    def state():
+        cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        return torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, cublas
+
+    seen = []
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: seen.append(state()) or real_load(*a, **k))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = state()
+    assert before == (False, False, None)
+    assert run_cli(["info", dream_dir, "--deterministic"], capsys)[0] == 0
+    assert seen == [(True, True, ":4096:8")] and state() == before  # set before cuBLAS could start; undone
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a setting of the user's own is kept
+    assert run_cli(["info", dream_dir, "--deterministic"], capsys)[0] == 0
+    assert seen[-1] == (True, True, ":16:8") and state() == (False, False, ":16:8")
+
+
+def test_deterministic_runs_change_nothing_on_cpu(dream_dir, data_file, tmp_path, capsys):
+    """Every op of attribute and generate has a deterministic CPU path (none raises), with the same numbers."""
+    args = ["attribute", dream_dir, "--data", data_file, "--samples", 2, *FAST]
+    assert run_cli([*args, "--out", tmp_path / "a"], capsys)[0] == 0
+    assert run_cli([*args, "--out", tmp_path / "b", "--deterministic"], capsys)[0] == 0
+    scores = [(tmp_path / r / "scores.safetensors").read_bytes() for r in "ab"]
+    assert scores[0] == scores[1]
+    gen = ["generate", dream_dir, "--prompt", "k1=v1;k1?", "--max-new-tokens", 4, "--steps", 4, "--temperature", 0.5]
+    outputs = [run_cli([*gen, *extra], capsys) for extra in ([], ["--deterministic"])]
+    assert outputs[0][0] == outputs[1][0] == 0 and outputs[0][1] == outputs[1][1]
+
+
 def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(dream_dir, data_file, tmp_path, capsys):
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 4, *FAST]
     for name, extra in (("a", []), ("b", []), ("c", ["--batch-size", "1"])):

@@ -6,13 +6,14 @@ on one line and exits with status 2, never with a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 import torch
 
-from . import distributed
+from . import devices, distributed
 from .adaptive import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .aggregate import POSTPROCESS
 from .attribution import attribute as attribute_api
@@ -60,6 +61,21 @@ threads_option = click.option(
 )
 
 
+def _set_deterministic(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        devices.set_deterministic()  # `main` restores the previous settings
+
+
+deterministic_option = click.option(
+    "--deterministic",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_deterministic,
+    help="Deterministic GPU kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG): "
+    "the same bits run to run at the same batch size; slower.",
+)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'1/4' -> (1, 4); text that is not two integers is a one-line error."""
     try:
@@ -76,6 +92,7 @@ def model_options(f):
             "--trust-remote-code", is_flag=True, help="Run the checkpoint's own Python code (off by default)."
         ),
         threads_option,
+        deterministic_option,
         click.option(
             "--head-module",
             default=None,
@@ -784,6 +801,7 @@ def prune_cmd(
     help="A prompt/answer JSONL with a task field [default: the built-in demo data].",
 )
 @threads_option
+@deterministic_option
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def demo_cmd(
     out: Path,
@@ -1095,7 +1113,7 @@ def methods_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; input errors become one line on stderr and exit status 2."""
-    threads = torch.get_num_threads()
+    threads, determinism = torch.get_num_threads(), _determinism()
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="headattr")
     except HeadattrError as exc:
@@ -1110,7 +1128,30 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     finally:
         torch.set_num_threads(threads)  # `--threads` lasts one command, also when main is called in-process
+        _restore_determinism(determinism)  # so does `--deterministic`
     return 0
+
+
+def _determinism() -> tuple:
+    """What `--deterministic` changes: torch's and cuDNN's flags and CUBLAS_WORKSPACE_CONFIG."""
+    cudnn = torch.backends.cudnn
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+
+
+def _restore_determinism(state: tuple) -> None:
+    enabled, warn_only, cudnn_deterministic, cudnn_benchmark, cublas = state
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, cudnn_benchmark
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 if __name__ == "__main__":

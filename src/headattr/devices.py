@@ -2,9 +2,13 @@
 
 Without it, `--device cuda` on a machine without CUDA fails deep inside loading (a `pin_memory` RuntimeError
 with a traceback), after the user has waited for the checkpoint to be read.
+
+Also `set_deterministic`, the `--deterministic` flag: deterministic kernels for the process.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -57,3 +61,21 @@ def check_device(device: str | None) -> str | None:
     else:
         _check_other(parsed, device)
     return device
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace setting (NVIDIA's cuBLAS reproducibility notes)
+
+
+def set_deterministic() -> None:
+    """Run-to-run determinism for this process (the `--deterministic` flag; `headattr.cli.main` undoes it).
+
+    `torch.use_deterministic_algorithms(True)`: CUDA ops with atomics switch to deterministic kernels
+    (`index_add`, `index_put` with accumulate, the flash and memory-efficient attention backward), and an op
+    with none raises. `CUBLAS_WORKSPACE_CONFIG` (unless set already) must be in place before cuBLAS starts, so
+    this runs before the model loads; cuDNN deterministic, its autotuner off. Same machine, same software,
+    same batch size: same bits. Not across batch sizes or GPU models (kernels are chosen by problem size).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
