@@ -112,3 +112,21 @@ def test_path_errors(tmp_path: Path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(HeadattrError, match="is a file"):
         load_model(tmp_path / "file")
+
+
+def test_the_suite_and_the_demo_load_on_cpu_float32_on_a_gpu_host(dream_dir, monkeypatch):
+    # issue 24: on a host with a GPU, models loaded without --device went to CUDA in bfloat16, and the pinned
+    # CPU float32 numbers failed; conftest sets HEADATTR_DEVICE=cpu, and the demo asks for the CPU itself
+    import torch
+
+    from headattr.demo.run import demo_model
+    from headattr.models import default_device, load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cpu"
+    for spec in (load_model(dream_dir), demo_model()):
+        assert spec.device.type == "cpu" and spec.dtype == torch.float32
+        assert {p.device.type for p in spec.model.parameters()} == {"cpu"}
+    monkeypatch.delenv("HEADATTR_DEVICE")
+    assert default_device() == "cuda"  # what a user's GPU host gets
+    assert demo_model().device.type == "cpu"
