@@ -305,18 +305,25 @@ def forward_logits(
     ids: torch.Tensor,
     key_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    keep: slice | None = None,
 ) -> torch.Tensor:
-    """Logits [B, T, V] at every position of [B, T] `ids` (no shift applied), under the caller's gates.
+    """Logits [B, T, V] at every position of [B, T] `ids` (no shift applied), under the caller's gates; with
+    `keep` (a slice of P positions) only there, [B, P, V].
 
     `key_mask` [B, T] (True = real token) keeps every query from attending to padding; `position_ids` [B, T]
-    (default 0..T-1) are the RoPE positions, e.g. counted over real tokens for left-padded prompts.
+    (default 0..T-1) are the RoPE positions, e.g. counted over real tokens for left-padded prompts. With
+    `keep` the last layer's output and the LM head are computed only at those positions (`run_joined(keep=)`,
+    as for the attribution's loss): a sampler that reads the generated positions of a long prompt does not
+    hold B x T x V logits.
     """
     backbone = spec.backbone
     _count(spec, ids.shape[0], spec.num_layers, backward=False)
     with autocast_for(spec):
         h = backbone.embed(ids)
         ctx = backbone.context(h, key_mask, position_ids)
-        return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))
+        if keep is None:
+            return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))
+        return backbone.logits(backbone.run_joined([(0, h, None)], spec.num_layers, ctx, keep=keep))
 
 
 # ---------------------------------------------------------------- cost accounting
