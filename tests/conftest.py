@@ -1,12 +1,21 @@
-"""Session fixtures: tiny checkpoints in Dream's and LLaDA's on-disk formats (built by `headattr.testing`)."""
+"""Session fixtures: tiny checkpoints in Dream's and LLaDA's on-disk formats (built by `headattr.testing`).
+
+The suite runs on the CPU in float32 (`--dtype auto` there) whatever the host: its pinned and byte-identity
+numbers are CPU float32 numbers, and a GPU host would otherwise load every model on CUDA in bfloat16. Set
+before any test runs, so subprocesses (the CLI tests) inherit it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from headattr.models.loading import DEVICE_ENV
 from headattr.testing import make_dream_checkpoint, make_llada_checkpoint
+
+os.environ[DEVICE_ENV] = "cpu"
 
 
 @pytest.fixture(scope="session")

@@ -194,3 +194,26 @@ def test_bad_arguments():
         integrate_paths(evaluate, [1.0], steps=8, tol=-1.0)
     with pytest.raises(ValueError, match="expected"):
         integrate_paths(lambda reqs: [np.zeros(3) for _ in reqs], [1.0], steps=8)
+
+
+def test_a_noisy_integrand_stops_at_its_noise_floor_instead_of_the_cap():
+    # rounding noise (bf16 products) of relative size 1e-2 on top of a smooth integrand: every split changes the
+    # value by the noise, so the estimate never falls below it and, without a floor, the path runs to the cap
+    rng = np.random.default_rng(0)
+
+    def noisy(a):
+        return np.cos(3 * a) * (1 + 1e-2 * rng.standard_normal(np.shape(a)))
+
+    exact = np.sin(3.0) / 3
+    (capped,) = integrate_paths(vector_integrand((noisy,)), [exact], steps=3, tol=1e-4, atol=0.0, max_steps=256)
+    assert capped.nodes + 2 > 256 and not capped.at_floor
+    (r,) = integrate_paths(vector_integrand((noisy,)), [exact], steps=3, tol=1e-4, atol=0.0, noise=4e-2)
+    assert r.at_floor and r.nodes < 64
+    assert abs(r.completeness_error) <= 4e-2 * 0.7 and abs(r.integral[0] - exact) <= 4e-2 * 0.7  # int |cos 3a| ~ 0.68
+
+
+def test_a_zero_noise_floor_changes_nothing():
+    f, exact = peak(0.01)
+    a = integrate_paths(vector_integrand((f,)), [exact], steps=3, tol=1e-3, atol=0.0)
+    b = integrate_paths(vector_integrand((f,)), [exact], steps=3, tol=1e-3, atol=0.0, noise=0.0)
+    assert a[0].integral.tobytes() == b[0].integral.tobytes() and a[0].nodes == b[0].nodes and not b[0].at_floor

@@ -404,3 +404,25 @@ def test_merge_groups_and_split():
     assert first.attributions.shape == (2, 2, 3) and np.array_equal(second.diagnostics["j"], [2.0, 3.0, 4.0])
     with pytest.raises(ValueError, match="one token length and answer span"):
         core.prepare_merged(None, [SAMPLE, Sample(1, "1" * 16, None, tuple(IDS[:-1]), 8, 12, 0, 0)], MASKING, 4, True)
+
+
+def test_bf16_autocast_keeps_the_quadrature_off_its_cap_on_the_built_in_model():
+    # issue 24: bf16 weights under autocast (CPU autocast here, as on CUDA), the issue's 3 samples. With a bf16
+    # residual stream 5 of 60 paths ran to the 256-node cap (docs/gate-ig.md, "Precision")
+    from headattr.attribution import attribute_samples
+    from headattr.data import build_samples
+    from headattr.demo import DATA_FILE, MODEL_DIR
+    from headattr.models import load_model
+
+    spec = load_model(MODEL_DIR, dtype="bfloat16", device="cpu")
+    assert core.autocasts(spec)
+    samples, _ = build_samples(str(DATA_FILE), spec.tokenizer, samples=3, seed=47, stratify_by="task")
+    rows = core.prepare(spec, samples[0], MaskConfig(), 64, cache_layers=True)
+    assert {h.dtype for h in rows.hidden_in} == {torch.float32}  # the residual stream between layers
+    method = GateIGConfig()
+    for s in samples:
+        (r,) = attribute_samples(spec, [s], method, MaskConfig(), 256)
+        d = r.diagnostics
+        gap = np.abs(d["j_full"][:, None] - d["j_baseline"])
+        assert d["nodes"].max() < method.ig_max_steps - 1  # one more split would not have passed the cap
+        assert np.abs(d["completeness_error"]).sum() <= 0.025 * gap.sum()  # documented: at most 2.5% per sample

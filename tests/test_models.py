@@ -135,3 +135,21 @@ def test_weights_are_converted_as_they_are_read(family, dream_dir, llada_dir, mo
     spec = load_model(dream_dir if family == "dream" else llada_dir, dtype="float64", device="cpu")
     assert {p.dtype for p in spec.model.parameters()} == {torch.float64} and torch.float64 not in stored
     assert len(read) > 10 and max(most_alive) <= 1  # one tensor in flight, not the whole checkpoint
+
+
+def test_the_suite_and_the_demo_load_on_cpu_float32_on_a_gpu_host(dream_dir, monkeypatch):
+    # issue 24: on a host with a GPU, models loaded without --device went to CUDA in bfloat16, and the pinned
+    # CPU float32 numbers failed; conftest sets HEADATTR_DEVICE=cpu, and the demo asks for the CPU itself
+    import torch
+
+    from headattr.demo.run import demo_model
+    from headattr.models import default_device, load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cpu"
+    for spec in (load_model(dream_dir), demo_model()):
+        assert spec.device.type == "cpu" and spec.dtype == torch.float32
+        assert {p.device.type for p in spec.model.parameters()} == {"cpu"}
+    monkeypatch.delenv("HEADATTR_DEVICE")
+    assert default_device() == "cuda"  # what a user's GPU host gets
+    assert demo_model().device.type == "cpu"

@@ -67,6 +67,7 @@ class PathResult:
     nodes: int  # integrand evaluations spent on the path
     error_estimate: float  # estimated |error| of the worst head's attribution (nan for fixed rules)
     completeness_error: float  # sum(integral) - target
+    at_floor: bool = False  # the path's bound was its noise floor (`integrate_paths(noise=)`), not tol's
 
 
 @dataclass
@@ -111,6 +112,14 @@ def _weighted_sum(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def _bound(target: float, tol: float, atol: float) -> float:
     return tol * abs(target) + atol
+
+
+def _floor(path: _Path, noise: float, scale: float) -> float:
+    """`noise` x scale x the integral of sum over heads of |f| (Simpson on the path's intervals): the error that
+    an integrand of relative rounding noise `noise` leaves however many nodes it gets (0 when `noise` is)."""
+    if noise == 0:
+        return 0.0
+    return noise * scale * float(_simpson(path.lo, path.hi, np.abs(path.f)).sum())
 
 
 def _status(path: _Path, scale: float) -> tuple[np.ndarray, float, float]:
@@ -197,13 +206,17 @@ def integrate_paths(
     atol: float = DEFAULT_ATOL,
     scale: float = 1.0,
     rule: str = "gauss-legendre",
+    noise: float = 0.0,
 ) -> list[PathResult]:
     """Integrate paths 0..len(targets)-1; `evaluate` is called once per round with every path's new nodes.
 
     `tol` is the relative tolerance: 0 (or any rule but Gauss-Legendre) means the fixed `steps`-node `rule`
     of `quadrature.RULES`, with a nan error estimate; > 0 the refined rule, from `steps` nodes (rounded up to
     an odd number, `base_intervals`). `max_steps` is the most evaluations per path, `atol` the absolute floor
-    (units of J), `scale` = 1 - b. Paths may have different head counts H_p.
+    (units of J), `scale` = 1 - b. Paths may have different head counts H_p. `noise` is the integrand's
+    relative rounding noise (0: none to speak of): a path's bound is never below `noise` times the integral of
+    its |integrand| summed over heads (`_floor`), since no number of nodes resolves an integrand more finely
+    than its own rounding (docs/gate-ig.md, "Precision").
     """
     if tol < 0 or atol < 0:
         raise ValueError(f"tolerances must be >= 0, got tol={tol}, atol={atol}")
@@ -224,13 +237,13 @@ def integrate_paths(
             path = paths[p]
             budget = (max_steps - path.nodes) // 2
             _, estimate, completeness = _status(path, scale)
-            bound = _bound(path.target, tol, atol)
+            bound = max(_bound(path.target, tol, atol), _floor(path, noise, scale))
             if budget >= 1 and (abs(completeness) > bound or estimate > bound):
                 plans.append((p, _intervals_to_split(path, estimate, bound, budget, scale)))
         if plans:
             _refine_round(evaluate, paths, plans)
         active = [p for p, _ in plans]  # a path not refined this round is done: nothing about it changes
-    return [_result(path, scale) for path in paths]
+    return [_result(path, scale, tol, atol, noise) for path in paths]
 
 
 def _base_round(evaluate: Evaluate, targets: Sequence[float], n_intervals: int) -> list[_Path]:
@@ -270,6 +283,7 @@ def _fixed(evaluate: Evaluate, targets: Sequence[float], rule: str, n: int, scal
     return out
 
 
-def _result(path: _Path, scale: float) -> PathResult:
+def _result(path: _Path, scale: float, tol: float, atol: float, noise: float) -> PathResult:
     integral, estimate, completeness = _status(path, scale)
-    return PathResult(integral, path.nodes, estimate, completeness)
+    at_floor = _floor(path, noise, scale) > _bound(path.target, tol, atol)
+    return PathResult(integral, path.nodes, estimate, completeness, at_floor)

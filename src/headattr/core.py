@@ -38,12 +38,32 @@ from .errors import HeadattrError
 from .masking import MaskConfig, Variant, make_variants
 from .models import LayerContext, ModelSpec
 
+AUTOCAST_DEVICES = ("cuda", "cpu")  # where bf16 weights run under bf16 autocast (torch supports both)
+
+
+def autocasts(spec: ModelSpec) -> bool:
+    """Whether the model runs under bf16 autocast: bf16 weights on CUDA or the CPU."""
+    return spec.device.type in AUTOCAST_DEVICES and spec.dtype == torch.bfloat16
+
 
 def autocast_for(spec: ModelSpec) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when the weights are bf16; plain precision otherwise."""
-    if spec.device.type == "cuda" and spec.dtype == torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast when the weights are bf16 (`autocasts`); plain precision otherwise."""
+    if autocasts(spec):
+        return torch.autocast(spec.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def residual_dtype(spec: ModelSpec) -> torch.dtype:
+    """The dtype of the hidden states between layers in the core's passes: float32 under autocast, else the
+    weights'.
+
+    Under autocast the matrix products run in bf16 whatever this is, but a bf16 residual stream rounds every
+    layer's sum, so that J(g) is a rough function of the gates whose differences, J(1) - J(b), the integral of
+    its gradient does not reproduce: the quadrature chased that mismatch to its node cap (docs/gate-ig.md,
+    "Precision"). With float32 hidden states the norms and residual sums are float32 (the layers' own code
+    keeps its input's dtype) and only the products round.
+    """
+    return torch.float32 if autocasts(spec) else spec.dtype
 
 
 def answer_span(spec: ModelSpec, sample: Sample) -> tuple[int, int]:
@@ -147,6 +167,8 @@ def stack_variants(
     backbone, n = spec.backbone, len(variants)
     with torch.no_grad(), autocast_for(spec):
         h = torch.cat([backbone.embed(rows.ids[sl]) for sl in chunks(n, batch_size)])
+        if backbone.resumable:  # the layer stack's hidden states (a whole model's are the token ids)
+            h = h.to(residual_dtype(spec))
         rows.ctx = backbone.context(h)
         rows.hidden_in = [h]
         if cache_layers and backbone.resumable:
@@ -283,18 +305,25 @@ def forward_logits(
     ids: torch.Tensor,
     key_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    keep: slice | None = None,
 ) -> torch.Tensor:
-    """Logits [B, T, V] at every position of [B, T] `ids` (no shift applied), under the caller's gates.
+    """Logits [B, T, V] at every position of [B, T] `ids` (no shift applied), under the caller's gates; with
+    `keep` (a slice of P positions) only there, [B, P, V].
 
     `key_mask` [B, T] (True = real token) keeps every query from attending to padding; `position_ids` [B, T]
-    (default 0..T-1) are the RoPE positions, e.g. counted over real tokens for left-padded prompts.
+    (default 0..T-1) are the RoPE positions, e.g. counted over real tokens for left-padded prompts. With
+    `keep` the last layer's output and the LM head are computed only at those positions (`run_joined(keep=)`,
+    as for the attribution's loss): a sampler that reads the generated positions of a long prompt does not
+    hold B x T x V logits.
     """
     backbone = spec.backbone
     _count(spec, ids.shape[0], spec.num_layers, backward=False)
     with autocast_for(spec):
         h = backbone.embed(ids)
         ctx = backbone.context(h, key_mask, position_ids)
-        return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))
+        if keep is None:
+            return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))
+        return backbone.logits(backbone.run_joined([(0, h, None)], spec.num_layers, ctx, keep=keep))
 
 
 # ---------------------------------------------------------------- cost accounting

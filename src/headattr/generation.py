@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .batching import is_out_of_memory
 from .core import forward_logits
 from .errors import HeadattrError
 from .gates import gated, removal_gates
@@ -193,18 +194,53 @@ def _is_flat(prompt_ids: Any) -> bool:
 
 @torch.no_grad()
 def _logits(
-    spec: ModelSpec, ids: torch.Tensor, valid: torch.Tensor | None, gates: dict[int, torch.Tensor]
+    spec: ModelSpec,
+    ids: torch.Tensor,
+    valid: torch.Tensor | None,
+    gates: dict[int, torch.Tensor],
+    keep: slice | None = None,
 ) -> torch.Tensor:
-    """Unshifted logits [B, T, V] of `ids` [B, T] under `gates`; `valid` [B, T] (None: no padding).
+    """Unshifted logits [B, T, V] of `ids` [B, T] under `gates`, or only at the positions `keep` [B, P, V];
+    `valid` [B, T] (None: no padding).
 
     With padding, positions count real tokens only (a left-padded prompt keeps the RoPE positions it has
     alone) and pad keys are hidden. This is the only place that drives the model.
     """
     with gated(spec, gates):
         if valid is None or bool(valid.all()):
-            return forward_logits(spec, ids)
+            return forward_logits(spec, ids, keep=keep)
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        return forward_logits(spec, ids, key_mask=valid, position_ids=positions)
+        return forward_logits(spec, ids, key_mask=valid, position_ids=positions, keep=keep)
+
+
+def _first_masked(x: torch.Tensor, valid: torch.Tensor, mask_id: int) -> int:
+    """The first position of [B, T] `x` holding a real mask token in any row (T when none does): the samplers
+    read predictions from there on (the generated span, or earlier where a prompt holds the mask token)."""
+    anywhere = ((x == mask_id) & valid).any(dim=0).nonzero()
+    return int(anywhere[0]) if len(anywhere) else x.shape[1]
+
+
+def _predictions(
+    spec: ModelSpec, x: torch.Tensor, valid: torch.Tensor, gates: dict[int, torch.Tensor], lo: int, shift: bool
+) -> torch.Tensor:
+    """The logits [B, T - lo, V] that predict positions lo..T-1 of `x` [B, T]: with `shift` (Dream) position
+    j's from the output at j - 1 and position 0's from its own, else each position's own.
+
+    The model's last layer and LM head run only at the outputs read (`_logits(keep=)`), not at all T.
+    """
+    t = x.shape[1]
+    if not shift:
+        return _logits(spec, x, valid, gates, slice(lo, t))
+    if lo > 0:
+        return _logits(spec, x, valid, gates, slice(lo - 1, t - 1))
+    logits = _logits(spec, x, valid, gates, slice(0, max(t - 1, 1)))
+    return torch.cat([logits[:, :1], logits], dim=1)[:, :t]
+
+
+def _row_span(logits: torch.Tensor, b: int, off: int, lo: int) -> tuple[torch.Tensor, int]:
+    """Row b's predictions from `_predictions` (positions lo..T-1) for its unpadded view (positions off..T-1):
+    ([T - max(lo, off), V], the view's index of their first position)."""
+    return logits[b, max(off - lo, 0) :], max(lo - off, 0)
 
 
 def _row_gates(gates: dict[int, torch.Tensor], batch: int, repeat: int = 1) -> dict[int, torch.Tensor]:
@@ -245,7 +281,33 @@ def generate(
     ids, valid = batch_prompts(spec, prompt_ids, attention_mask)
     row_gates = _row_gates({k: v.to(spec.device) for k, v in (gates or {}).items()}, ids.shape[0])
     sampler = _dream_sample if spec.family == "dream" else _llada_sample
-    return sampler(spec, ids, valid, row_gates, seed, resolved)
+    return _sample_halving(sampler, spec, ids, valid, row_gates, seed, resolved)
+
+
+def _sample_halving(
+    sampler: Any,
+    spec: ModelSpec,
+    ids: torch.Tensor,
+    valid: torch.Tensor,
+    gates: dict[int, torch.Tensor],
+    seed: int,
+    s: dict[str, Any],
+) -> torch.Tensor:
+    """`sampler` on the rows of `ids` [B, P]; when that runs out of memory, on each half of them in turn (and so
+    on down to one row, which re-raises). The tokens are the same: rows never interact, each draws from its own
+    generator, and a half keeps the batch's padding, which a row's tokens do not depend on."""
+    try:
+        return sampler(spec, ids, valid, gates, seed, s)
+    except Exception as err:
+        if ids.shape[0] == 1 or not is_out_of_memory(err):
+            raise
+    # after the except block, whose traceback held the failed attempt's tensors: now they can be freed
+    if spec.device.type == "cuda":
+        torch.cuda.empty_cache()
+    halves = (slice(0, (ids.shape[0] + 1) // 2), slice((ids.shape[0] + 1) // 2, None))
+    return torch.cat(
+        [_sample_halving(sampler, spec, ids[h], valid[h], {k: g[h] for k, g in gates.items()}, seed, s) for h in halves]
+    )
 
 
 def _generators(device: torch.device, batch: int, seed: int) -> list[torch.Generator]:
@@ -321,11 +383,13 @@ def _dream_step_row(
     last: bool,
     mask_id: int,
     gen: torch.Generator,
+    lo: int = 0,
 ) -> None:
-    """One step on one row's unpadded view `x` [T] in place; `logits` [T, V] are already shifted."""
+    """One step on one row's unpadded view `x` [T] in place; `logits` [T - lo, V] are the (already shifted)
+    predictions of positions lo..T-1, where every masked position is."""
     masked = x == mask_id
     pos = torch.nonzero(masked).squeeze(1)
-    mask_logits = logits[pos]
+    mask_logits = logits[pos - lo]
     if s["alg"] == "origin":
         p_transfer = 1 - t_next / t if not last else 1
         proposal = torch.full_like(pos, mask_id)
@@ -373,12 +437,12 @@ def _dream_sample(
     x, valid, offsets, gens = _start(ids, valid, s["max_new_tokens"], mask_id, seed)
     timesteps = torch.linspace(1, s["eps"], s["steps"] + 1, device=x.device)
     for i in range(s["steps"]):
-        logits = _logits(spec, x, valid, gates)
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # Dream's shift: j is predicted at j - 1
+        lo = _first_masked(x, valid, mask_id)
+        logits = _predictions(spec, x, valid, gates, lo, shift=True)  # Dream's shift: j is predicted at j - 1
         for b, off in enumerate(offsets):
-            _dream_step_row(
-                x[b, off:], logits[b, off:], s, timesteps[i], timesteps[i + 1], i == s["steps"] - 1, mask_id, gens[b]
-            )
+            row_logits, row_lo = _row_span(logits, b, off, lo)
+            last = i == s["steps"] - 1
+            _dream_step_row(x[b, off:], row_logits, s, timesteps[i], timesteps[i + 1], last, mask_id, gens[b], row_lo)
     return x
 
 
@@ -399,19 +463,25 @@ def _llada_step_row(
     count: int,
     mask_id: int,
     gen: torch.Generator,
+    lo: int = 0,
 ) -> None:
-    """One step on one row's unpadded view `x` [T] in place; `logits` [T, V]; `block_end` ends the block."""
+    """One step on one row's unpadded view `x` [T] in place; `logits` [T - lo, V] predict positions lo..T-1,
+    where every masked position is; `block_end` ends the block."""
     masked = x == mask_id
     if s["temperature"] > 0:
-        # Gumbel-max in float64: exp(logits) / (-log u) ** temperature, as LLaDA's add_gumbel_noise
-        noise = torch.rand((1, *logits.shape), dtype=torch.float64, device=x.device, generator=gen)[0]
+        # Gumbel-max in float64: exp(logits) / (-log u) ** temperature, as LLaDA's add_gumbel_noise; the noise
+        # is drawn for every position, as the official code draws it, so that the generator gives the same draws
+        shape = (1, x.shape[0], logits.shape[-1])
+        noise = torch.rand(shape, dtype=torch.float64, device=x.device, generator=gen)[0, lo:]
         noisy = logits.to(torch.float64).exp() / (-torch.log(noise)) ** s["temperature"]
     else:
         noisy = logits
-    tokens = torch.argmax(noisy, dim=-1)  # may be the mask token: then the position stays masked
+    tokens = x.clone()
+    tokens[lo:] = torch.argmax(noisy, dim=-1)  # may be the mask token: then the position stays masked
     if s["remasking"] == "low_confidence":
         p = F.softmax(logits, dim=-1)
-        score = torch.gather(p, -1, tokens[:, None])[:, 0]
+        score = torch.full(x.shape, -torch.inf, dtype=p.dtype, device=x.device)
+        score[lo:] = torch.gather(p, -1, tokens[lo:, None])[:, 0]
     else:
         score = torch.rand((1, x.shape[0]), device=x.device, generator=gen)[0]
     score[block_end:] = -torch.inf
@@ -442,15 +512,17 @@ def _llada_sample(
         end = start + s["block_length"]
         schedules = [_transfer_schedule(int((x[b, start:end] == mask_id).sum()), steps) for b in range(x.shape[0])]
         for i in range(steps):
+            lo = _first_masked(x, valid, mask_id)  # only x's masked positions are read, also under guidance
             if guided:
                 un_x = x.masked_fill(prompt, mask_id)
-                both = _logits(spec, torch.cat([x, un_x]), torch.cat([valid, valid]), both_gates)
+                both = _predictions(spec, torch.cat([x, un_x]), torch.cat([valid, valid]), both_gates, lo, False)
                 cond, uncond = torch.chunk(both, 2, dim=0)
                 logits = uncond + (s["cfg_scale"] + 1) * (cond - uncond)
             else:
-                logits = _logits(spec, x, valid, gates)
+                logits = _predictions(spec, x, valid, gates, lo, shift=False)
             for b, off in enumerate(offsets):
-                _llada_step_row(x[b, off:], logits[b, off:], s, end - off, schedules[b][i], mask_id, gens[b])
+                row_logits, row_lo = _row_span(logits, b, off, lo)
+                _llada_step_row(x[b, off:], row_logits, s, end - off, schedules[b][i], mask_id, gens[b], row_lo)
     return x
 
 

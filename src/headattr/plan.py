@@ -329,7 +329,7 @@ def dry_run(
 
 def peak_memory(spec: ModelSpec, planner: BatchPlanner, sample: Sample, masking: MaskConfig, batch: int) -> int:
     """Bytes at the peak of the first sample: weights + cached layer inputs + `batch` rows' activations."""
-    e = torch.finfo(spec.dtype).bits // 8
+    e = torch.finfo(core.residual_dtype(spec)).bits // 8  # the cached inputs are float32 under bf16 autocast
     weights = sum(p.numel() * p.element_size() for p in spec.model.parameters())
     tokens = len(sample.input_ids)
     cache = masking.num_variants * spec.num_layers * tokens * hidden_size(spec) * e

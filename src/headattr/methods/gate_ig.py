@@ -42,7 +42,7 @@ from ..adaptive import (
     base_intervals,
     integrate_paths,
 )
-from ..core import Join, Rows, head_inputs
+from ..core import Join, Rows, autocasts, head_inputs
 from ..diagnostics import completeness_from_diagnostics, completeness_lines
 from ..errors import HeadattrError
 from ..models import ModelSpec
@@ -52,6 +52,9 @@ from .base import MethodConfig, SampleAttribution, register
 from .common import GatedRows, all_variants, evaluate_j, gate_gradients, joined_gate_gradients, path_gates
 
 SCOPES = ("layer", "joint")
+# Relative rounding noise of the integrand under bf16 autocast, for the quadrature's noise floor
+# (`adaptive.integrate_paths(noise=)`): two times bf16's unit roundoff 2^-8 (docs/gate-ig.md, "Precision").
+BF16_NOISE = 2 * 2.0**-8
 
 
 @register
@@ -201,6 +204,7 @@ class GateIGConfig(MethodConfig):
             atol=DEFAULT_ATOL,
             scale=1.0 - b,
             rule=self.rule,
+            noise=BF16_NOISE if autocasts(spec) else 0.0,
         )
         attributions = np.zeros((n_var, spec.num_layers, n_heads))
         nodes = np.zeros((n_var, len(paths)))

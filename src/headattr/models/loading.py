@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,13 @@ LOGIT_SHIFT = ("auto", "on", "off")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
+DEVICE_ENV = "HEADATTR_DEVICE"
+
+
 def default_device() -> str:
-    """Where models run unless `--device` says otherwise: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """Where models run unless `--device` says otherwise: `$HEADATTR_DEVICE` when set (the test suite sets
+    cpu, so that its pinned numbers hold on a GPU host too), else the GPU when there is one."""
+    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
