@@ -104,8 +104,8 @@ def sync(spec) -> None:
 def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample)."""
     from headattr import core
-    from headattr.attribution import attribute_sample, largest_pass
-    from headattr.batching import BatchPlanner
+    from headattr.attribution import attribute_sample, cached_width, largest_pass
+    from headattr.batching import BatchPlanner, cache_bytes
     from headattr.methods import GateIGConfig
     from headattr.plan import flops, sample_passes
 
@@ -123,6 +123,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
             answer,
             lambda size, s=s: attribute_sample(spec, s, method, masking, size),
             most_rows=largest_pass(method, masking, spec.num_layers),  # as `headattr attribute` plans it
+            held=cache_bytes(spec, masking.num_variants, t, cached_width(spec, method)),
         )
         sync(spec)
         nodes = result.diagnostics["nodes"]  # the passes the refined rule made, not only its base rule's

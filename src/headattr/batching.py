@@ -92,10 +92,18 @@ def parse_max_memory(text: str | float | int | None) -> float | int | None:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on `device`: CUDA's free memory, or the kernel's MemAvailable on CPU."""
+    """Bytes this process can allocate on `device` now: on CUDA the device's free memory plus what this
+    process's caching allocator holds but has not allocated; the kernel's MemAvailable on CPU.
+
+    `mem_get_info` counts the allocator's cached blocks as used, and nothing returns them to the device
+    between samples, so without them the budget of every sample after the first would be what the first left
+    over. The allocator frees its cached blocks and tries again before it reports an out-of-memory error, so
+    they are free for this process (up to fragmentation: a partly used segment cannot be returned).
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(int(cached), 0)
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -160,6 +168,13 @@ def measure_row_bytes(spec: Any, rows: Any) -> int:
     return max(peak(2) - peak(1), 1)
 
 
+def cache_bytes(spec: Any, variants: int, tokens: int, width: int) -> int:
+    """Bytes of the tensors a sample holds beside its passes, `width` elements per variant and token (the
+    caller's method decides: `attribution.cached_width`), in the model's dtype."""
+    e = torch.finfo(spec.dtype).bits // 8 if spec.dtype.is_floating_point else 4
+    return int(width) * variants * tokens * e
+
+
 @dataclass
 class BatchPlanner:
     """Rows per pass for each sample of a run, and the out-of-memory retry (module docstring).
@@ -184,13 +199,14 @@ class BatchPlanner:
     def auto(self) -> bool:
         return self.fixed is None
 
-    def budget(self) -> int:
-        """Bytes the rows of one pass may take now."""
+    def budget(self, held: int = 0) -> int:
+        """Bytes the rows of one pass may take now, when the sample will hold `held` bytes beside them (its
+        cached layer inputs and head outputs, `cache_bytes`: allocated after this is measured)."""
         free = free_memory(self.spec.device)
         cap = self.max_memory
         if cap is None:
             cap = DEFAULT_FRACTION
-        limit = int(free * cap) if isinstance(cap, float) else min(int(cap), free)
+        limit = (int(free * cap) if isinstance(cap, float) else min(int(cap), free)) - held
         return max(int(limit * self.scale), 1)
 
     def row_bytes(self, tokens: int, answer_tokens: int) -> int:
@@ -199,12 +215,13 @@ class BatchPlanner:
             return max(int(math.ceil(self.bytes_per_row_token * tokens)), 1)
         return activation_bytes(self.spec, tokens, answer_tokens)
 
-    def size_for(self, tokens: int, answer_tokens: int, most_rows: int = MAX_ROWS) -> int:
+    def size_for(self, tokens: int, answer_tokens: int, most_rows: int = MAX_ROWS, held: int = 0) -> int:
         """Rows per pass for a sample of `tokens` tokens whose largest pass has `most_rows` rows (more
-        would change nothing; capping there keeps the size printed meaningful and an OOM retry short)."""
+        would change nothing; capping there keeps the size printed meaningful and an OOM retry short) and
+        which holds `held` bytes beside its passes (`budget`)."""
         if self.fixed is not None:
             return self.fixed
-        fits = max(self.budget() // self.row_bytes(tokens, answer_tokens), 1)
+        fits = max(self.budget(held) // self.row_bytes(tokens, answer_tokens), 1)
         return int(min(fits, most_rows, MAX_ROWS, self.cache_rows(tokens)))
 
     def cache_rows(self, tokens: int) -> int:
@@ -222,10 +239,17 @@ class BatchPlanner:
                 self.bytes_per_row_token = measure_row_bytes(self.spec, probe_rows()) / tokens
 
     def run(
-        self, index: int, tokens: int, answer_tokens: int, compute: Callable[[int], T], most_rows: int = MAX_ROWS
+        self,
+        index: int,
+        tokens: int,
+        answer_tokens: int,
+        compute: Callable[[int], T],
+        most_rows: int = MAX_ROWS,
+        held: int = 0,
     ) -> T:
-        """`compute(batch_size)` for sample `index`; under auto, an out-of-memory error halves and retries."""
-        size = self.size_for(tokens, answer_tokens, most_rows)
+        """`compute(batch_size)` for sample `index` (which holds `held` bytes beside its passes, `budget`);
+        under auto, an out-of-memory error halves and retries."""
+        size = self.size_for(tokens, answer_tokens, most_rows, held)
         while True:
             try:
                 result = compute(size)
