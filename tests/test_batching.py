@@ -103,6 +103,8 @@ def test_cpu_passes_stay_within_the_cache_budget_and_change_nothing(dream, tmp_p
     [
         lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+        lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
     ],
 )
 def test_out_of_memory_halves_the_batch_and_retries_the_same_rows(dream, tmp_path, monkeypatch, error):

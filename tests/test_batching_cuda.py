@@ -7,14 +7,15 @@ returns them to the device itself before it reports an out-of-memory error.
 
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from headattr import core
+from headattr import batching, core
 from headattr.attribution import cached_width
-from headattr.batching import BatchPlanner, cache_bytes
+from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, is_out_of_memory
 from headattr.data import Sample
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
@@ -162,3 +163,102 @@ def test_cached_width_is_what_a_sample_holds(dream):
         if method.scope == "layer":
             held += sum(core.head_inputs(dream, rows, layer, 64).nbytes for layer in range(dream.num_layers))
         assert cache_bytes(dream, masking.num_variants, tokens, cached_width(dream, method)) == held
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "CUDA error: out of memory",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 8",
+    ],
+)
+def test_out_of_memory_messages_are_recognised(message):
+    assert is_out_of_memory(RuntimeError(message))
+    assert is_out_of_memory(torch.OutOfMemoryError(message))
+
+
+def test_other_errors_are_not_out_of_memory():
+    for message in ("CUDA error: device-side assert triggered", "CUBLAS_STATUS_EXECUTION_FAILED", "shape mismatch"):
+        assert not is_out_of_memory(RuntimeError(message))
+    assert not is_out_of_memory(ValueError("out of memory"))  # only torch's error types
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        lambda: RuntimeError("CUDA error: out of memory"),
+        lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasSgemm( handle, ...)`"),
+    ],
+)
+def test_the_failed_attempt_is_freed_before_the_cache_is_emptied(monkeypatch, error):
+    """empty_cache can return only blocks no tensor holds: the failed attempt's tensors must be gone by then
+    (inside the `except` block its traceback still held them)."""
+    cuda = h200(monkeypatch)
+    alive_at_empty: list[list[bool]] = []
+    attempts: list[weakref.ref] = []
+
+    def empty_cache() -> None:
+        alive_at_empty.append([ref() is not None for ref in attempts])
+        cuda.empty_cache()
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+
+    def compute(size: int) -> int:
+        activations = torch.zeros(size)  # what the attempt holds when it fails
+        attempts.append(weakref.ref(activations))
+        if size > 4:
+            raise error()
+        return size
+
+    assert planner_measured(GB).run(0, TOKENS, ANSWER, compute, most_rows=16) == 4
+    assert alive_at_empty == [[False], [False, False]]  # once per failure (16, 8), every failed attempt freed
+
+
+def test_a_shortage_lowers_the_next_samples_plan_and_recovers(monkeypatch):
+    """After an out-of-memory error the next sample starts at the size that fitted (not at the plan capped by
+    `most_rows`, which would fail again); each sample without one doubles the scale back, so a passing shortage
+    does not shrink the rest of the run."""
+    cuda, row = h200(monkeypatch), GB
+    planner, tried, short = planner_measured(row), [], [True]
+
+    def compute(size: int) -> int:
+        tried.append(size)
+        if short[0] and size > 5:  # fragmentation, say: 5 rows fit now
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return passes(cuda, row)(size)
+
+    first = planner.run(0, TOKENS, ANSWER, compute, most_rows=24)
+    assert tried == [24, 12, 6, 3] and first == 3
+    tried.clear()
+    assert planner.run(1, TOKENS, ANSWER, compute, most_rows=24) == 3  # no attempt at a size known to fail
+    assert tried == [3]
+    short[0] = False  # the shortage passes: two samples without an error bring the plan back to 24 rows
+    sizes = [planner.run(i, TOKENS, ANSWER, compute, most_rows=24) for i in (2, 3, 4)]
+    assert sizes == [6, 12, 24]
+
+
+def test_an_out_of_memory_probe_falls_back_to_the_activation_model(monkeypatch):
+    """The 2-row probe runs before the retry loop: an error there leaves the activation model for the sample
+    (its tensors freed before the cache is emptied), and the next sample probes again."""
+    cuda = h200(monkeypatch)
+    spec = dream_7b_on_cuda()
+    planner, probes = BatchPlanner(spec), []
+
+    def failing_probe(spec, rows):
+        probes.append(weakref.ref(torch.zeros(8)))
+        held = probes[-1]()
+        cuda.malloc(10**15)  # more than the device has
+        return held
+
+    monkeypatch.setattr(batching, "measure_row_bytes", failing_probe)
+    planner.calibrate(lambda: None, TOKENS)
+    assert planner.bytes_per_row_token is None and cuda.emptied == 1 and probes[0]() is None
+    row = activation_bytes(spec, TOKENS, ANSWER)
+    assert planner.size_for(TOKENS, ANSWER) == planner.budget() // row  # the activation model plans
+    monkeypatch.setattr(batching, "measure_row_bytes", lambda spec, rows: 3 * GB)
+    planner.calibrate(lambda: None, TOKENS)
+    assert planner.bytes_per_row_token == 3 * GB / TOKENS

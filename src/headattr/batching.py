@@ -36,6 +36,8 @@ results do not change. Later samples keep the halving. An integer `--batch-size`
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 import re
 from collections.abc import Callable
@@ -114,11 +116,48 @@ def free_memory(device: torch.device) -> int:
     return 8 * 2**30  # no /proc (not Linux): assume a modest machine; --max-memory overrides
 
 
+# What running out of memory says, besides `torch.OutOfMemoryError` (the caching allocator's): the CUDA
+# runtime's own error ("CUDA error: out of memory", a RuntimeError, e.g. from a kernel's launch), the CPU
+# allocator, and the libraries that allocate their own workspaces (cuBLAS, cuDNN; cuDNN 9 names it
+# ..._DEVICE_ALLOCATION_FAILED). Each is transient: fewer rows per pass need less memory.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "not enough memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "DEVICE_ALLOCATION_FAILED",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is torch running out of memory (CUDA's OutOfMemoryError, or the CPU allocator's)."""
+    """Whether `exc` is torch, CUDA or a CUDA library running out of memory (`OUT_OF_MEMORY_MESSAGES`)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MESSAGES)
+
+
+def attempt(compute: Callable[[], T]) -> tuple[bool, T | None]:
+    """(True, compute()) or, when it runs out of memory, (False, None); other errors propagate.
+
+    Returns instead of handling the failure inside the `except` block: until that block is left, the
+    exception's traceback holds the frames of the failed attempt and so its tensors, and no memory could be
+    released (`release_memory`).
+    """
+    try:
+        return True, compute()
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+    return False, None
+
+
+def release_memory(device: torch.device) -> None:
+    """After a failed attempt (`attempt`): collect what only reference cycles still hold, and on CUDA return
+    the allocator's cached blocks, so that the next attempt starts from the memory the plan assumed."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def hidden_size(spec: Any) -> int:
@@ -187,7 +226,7 @@ class BatchPlanner:
     fixed: int | None = None
     max_memory: float | int | None = None
     bytes_per_row_token: float | None = None  # measured (CUDA) on the first sample, per token of a row
-    scale: float = 1.0  # halved by each out-of-memory error
+    ceiling: int | None = None  # bytes: what the rows fitted in after an out-of-memory error (`_adapt`)
     used: dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -207,7 +246,9 @@ class BatchPlanner:
         if cap is None:
             cap = DEFAULT_FRACTION
         limit = (int(free * cap) if isinstance(cap, float) else min(int(cap), free)) - held
-        return max(int(limit * self.scale), 1)
+        if self.ceiling is not None:
+            limit = min(limit, self.ceiling)
+        return max(limit, 1)
 
     def row_bytes(self, tokens: int, answer_tokens: int) -> int:
         """The cost of one row of a sample with `tokens` tokens: measured per token, or the model."""
@@ -233,10 +274,17 @@ class BatchPlanner:
 
     def calibrate(self, probe_rows: Callable[[], Any], tokens: int) -> None:
         """Measure the cost of a row on CUDA, once, on `probe_rows()` (a sample's `core.Rows`, embeddings
-        only, of `tokens` tokens); on CPU the activation model stands."""
-        if self.auto and self.bytes_per_row_token is None and self.spec.device.type == "cuda":
-            if getattr(self.spec.backbone, "resumable", False):
-                self.bytes_per_row_token = measure_row_bytes(self.spec, probe_rows()) / tokens
+        only, of `tokens` tokens); on CPU the activation model stands. A probe that runs out of memory leaves
+        the activation model for this sample, and the next sample probes again."""
+        if not (self.auto and self.bytes_per_row_token is None and self.spec.device.type == "cuda"):
+            return
+        if not getattr(self.spec.backbone, "resumable", False):
+            return
+        ok, measured = attempt(lambda: measure_row_bytes(self.spec, probe_rows()))
+        if ok:
+            self.bytes_per_row_token = measured / tokens
+        else:
+            release_memory(self.spec.device)
 
     def run(
         self,
@@ -248,31 +296,43 @@ class BatchPlanner:
         held: int = 0,
     ) -> T:
         """`compute(batch_size)` for sample `index` (which holds `held` bytes beside its passes, `budget`);
-        under auto, an out-of-memory error halves and retries."""
+        under auto, an out-of-memory error halves the size and computes the sample again."""
         size = self.size_for(tokens, answer_tokens, most_rows, held)
+        failed = False
         while True:
-            try:
-                result = compute(size)
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                if self.spec.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if not self.auto:
-                    raise HeadattrError(
-                        f"out of memory at --batch-size {size}; use --batch-size auto (or a smaller size, "
-                        "--grad-checkpoint, a shorter --max-length)"
-                    ) from None
-                if size == 1:
-                    raise HeadattrError(
-                        "out of memory with one row per pass; use --grad-checkpoint, a shorter --max-length, "
-                        "or a device with more memory"
-                    ) from None
-                size //= 2
-                self.scale /= 2
-                continue
-            self.used[index] = size
-            return result
+            ok, result = attempt(functools.partial(compute, size))
+            if ok:
+                break
+            release_memory(self.spec.device)  # outside the except block: the failed attempt's tensors are gone
+            self._check_retry(size)
+            size, failed = size // 2, True
+        if self.auto:
+            self._adapt(failed, size * self.row_bytes(tokens, answer_tokens))
+        self.used[index] = size
+        return result  # type: ignore[return-value]
+
+    def _adapt(self, failed: bool, fitted: int) -> None:
+        """Later samples' budgets. After an out-of-memory error: at most `fitted`, the bytes this sample's rows
+        fitted in (not half the budget: `most_rows` may have kept the plan below it, and half the budget would
+        plan the same size again). After a sample without one, that ceiling doubles, so a passing shortage
+        (fragmentation, another process) does not shrink the rest of the run."""
+        if failed:
+            self.ceiling = fitted
+        elif self.ceiling is not None:
+            self.ceiling *= 2
+
+    def _check_retry(self, size: int) -> None:
+        """After an out-of-memory error at `size` rows: a one-line error where halving cannot help."""
+        if not self.auto:
+            raise HeadattrError(
+                f"out of memory at --batch-size {size}; use --batch-size auto (or a smaller size, "
+                "--grad-checkpoint, a shorter --max-length)"
+            )
+        if size == 1:
+            raise HeadattrError(
+                "out of memory with one row per pass; use --grad-checkpoint, a shorter --max-length, "
+                "or a device with more memory"
+            )
 
     def record(self) -> dict[str, Any]:
         """run.json `timings` entries: the batch sizes used (smallest and largest over computed samples)."""
