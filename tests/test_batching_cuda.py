@@ -15,7 +15,7 @@ import torch
 
 from headattr import batching, core
 from headattr.attribution import cached_width
-from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, is_out_of_memory
+from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, is_out_of_memory, measure_row_bytes
 from headattr.data import Sample
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
@@ -262,3 +262,24 @@ def test_an_out_of_memory_probe_falls_back_to_the_activation_model(monkeypatch):
     monkeypatch.setattr(batching, "measure_row_bytes", lambda spec, rows: 3 * GB)
     planner.calibrate(lambda: None, TOKENS)
     assert planner.bytes_per_row_token == 3 * GB / TOKENS
+
+
+def test_the_probe_measures_the_variant_with_the_most_masked_tokens(dream, monkeypatch):
+    """A row's logits grow with its masked tokens: the probe's rows are the densest variant's."""
+    cuda = FakeCuda(10 * GB).install(monkeypatch)
+    per_token = 1000  # bytes the fake charges per masked token of a pass (its logits)
+    real = core.objective
+
+    def objective(spec, rows, v_idx, start, **kw):
+        logits = per_token * sum(len(rows.labels[v]) for v in v_idx.tolist())
+        cuda.malloc(logits)
+        out = real(spec, rows, v_idx, start, **kw)
+        cuda.free(logits)
+        return out
+
+    monkeypatch.setattr(core, "objective", objective)
+    sample = Sample(0, f"{0:016x}", None, (1, *range(4, 12), *range(20, 40)), 9, 29, 0, 0)
+    rows = core.prepare(dream, sample, MaskConfig(mask_seed=5), 1, cache_layers=False)
+    masked = [len(labels) for labels in rows.labels]
+    assert max(masked) > masked[0]  # the sparsest variant comes first
+    assert measure_row_bytes(dream, rows) == per_token * max(masked)
