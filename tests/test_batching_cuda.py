@@ -19,6 +19,8 @@ from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, is_ou
 from headattr.data import Sample
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
+from headattr.models import ModelSpec
+from headattr.plan import dry_run
 
 GB = 10**9
 TOKENS, ANSWER = 600, 200
@@ -283,3 +285,19 @@ def test_the_probe_measures_the_variant_with_the_most_masked_tokens(dream, monke
     masked = [len(labels) for labels in rows.labels]
     assert max(masked) > masked[0]  # the sparsest variant comes first
     assert measure_row_bytes(dream, rows) == per_token * max(masked)
+
+
+def test_the_dry_run_measures_a_row_on_cuda_as_the_run_does(dream, monkeypatch):
+    """`--dry-run` on CUDA plans with the probe's measured row, not the activation model."""
+    FakeCuda(80 * GB).install(monkeypatch)
+    monkeypatch.setattr(ModelSpec, "device", property(lambda self: torch.device("cuda")))
+    sample = Sample(0, f"{0:016x}", None, (1, *range(4, 12), 27, 28, 29, 30), 9, 13, 0, 0)
+    measured = 40 * activation_bytes(dream, len(sample.input_ids), 4)  # far from the model: which one planned
+    prepared = []  # the probe's rows: the first sample's variants (on the "GPU": stand-ins)
+    monkeypatch.setattr(core, "prepare", lambda spec, s, masking, size, cache_layers: prepared.append(s) or "rows")
+    monkeypatch.setattr(batching, "measure_row_bytes", lambda spec, rows: measured if rows == "rows" else None)
+    method, masking = GateIGConfig(ig_steps=4, ig_tol=0.0), MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2)
+    plan = dry_run(dream, [sample], method, masking, max_memory=int(10.5 * measured), run_probe=False)
+    held = cache_bytes(dream, masking.num_variants, len(sample.input_ids), cached_width(dream, method))
+    assert plan["batch_size"]["min"] == (int(10.5 * measured) - held) // measured == 10
+    assert prepared == [sample]

@@ -36,7 +36,9 @@ the path's layer), so those parts cost their forward only. `tests/test_plan.py` 
 `torch.utils.flop_counter` on both backbones, both scopes and both rules.
 
 The probe runs one chunk of `batch` rows (forward and backward, every layer) of the first sample, so its
-FLOP rate includes this machine's real efficiency; the time estimate is total FLOPs / that rate.
+FLOP rate includes this machine's real efficiency; the time estimate is total FLOPs / that rate. The batch
+sizes are the run's: on CUDA the plan first measures a row on the first sample, as the run does
+(`BatchPlanner.calibrate`), and sets each sample's cached tensors aside from the budget.
 """
 
 from __future__ import annotations
@@ -299,6 +301,8 @@ def dry_run(
     groups = merge_groups([core.merge_key(s) for s in samples], merge_limit(spec, method))
     companions = {i: len(group) for group in groups for i in group}
     first = samples[0]
+    # on CUDA the run measures a row's cost on its first sample (`BatchPlanner.calibrate`): so does the plan
+    planner.calibrate(lambda: core.prepare(spec, first, masking, 1, cache_layers=False), len(first.input_ids))
     width = cached_width(spec, method)
     for position, s in enumerate(samples):
         passes = sample_passes(spec, method, s, masking)
