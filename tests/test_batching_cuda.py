@@ -7,7 +7,9 @@ returns them to the device itself before it reports an out-of-memory error.
 
 from __future__ import annotations
 
+import importlib
 import weakref
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -301,3 +303,27 @@ def test_the_dry_run_measures_a_row_on_cuda_as_the_run_does(dream, monkeypatch):
     held = cache_bytes(dream, masking.num_variants, len(sample.input_ids), cached_width(dream, method))
     assert plan["batch_size"]["min"] == (int(10.5 * measured) - held) // measured == 10
     assert prepared == [sample]
+
+
+def test_peak_flops_table_tells_gpu_form_factors_apart(monkeypatch):
+    """gpu_bench's MFU divides by the peak of the GPU torch names: Hopper's SXM, NVL and PCIe parts differ."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("gpu_bench")
+    expected = {
+        "NVIDIA H100 80GB HBM3": 989.0,  # SXM5
+        "NVIDIA H100 PCIe": 756.0,
+        "NVIDIA H100 NVL": 835.0,
+        "NVIDIA H200": 989.0,
+        "NVIDIA H200 NVL": 835.0,
+        "NVIDIA GH200 480GB": 989.0,
+        "NVIDIA A100-SXM4-80GB": 312.0,
+        "NVIDIA A100-PCIE-40GB": 312.0,
+        "NVIDIA A100 80GB PCIe": 312.0,
+        "NVIDIA L40S": 362.0,
+        "NVIDIA L4": 121.0,
+        "NVIDIA L40": None,  # not L4
+        "NVIDIA A10G": 70.0,
+        "NVIDIA H100": None,  # a form factor the table cannot tell: no guess
+        "Tesla T4": None,
+    }
+    assert {name: bench.peak_for(name) for name in expected} == expected
