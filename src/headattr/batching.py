@@ -5,7 +5,8 @@ activations autograd keeps for the backward pass, which grow with the sample's t
 
 - CUDA: measured on the first sample computed. One and two rows of the deepest pass (every layer, gates
   requiring gradients) run forward and backward under `torch.cuda.max_memory_allocated`; the difference is
-  the cost of a row, which later samples scale by their token count.
+  the cost of a row, which later samples scale by their token count. The rows are the variant with the most
+  masked tokens: a row's logits grow with them (`measure_row_bytes`).
 - CPU (nothing to measure peaks with): the activation model below, from the model's shapes.
 
 Activation model, bytes per row (e = bytes per activation element: 2 bf16, 4 float32, 8 float64):
@@ -21,17 +22,24 @@ with d the hidden size, d_kv the key/value width, d_mlp the MLP width, H query h
 V the vocabulary. With `--grad-checkpoint` only each layer's input is kept (e * d per token and layer) plus
 one layer's activations. For Dream 7B in bf16 the first term is 225 KB per token per layer.
 
-The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default
-0.9 of the free memory: the rest holds the sample's cached layer inputs, V L T d elements, 1.2 GB for Dream
-7B at 600 tokens, and allocator slack), never more than the free memory. Rows per pass = budget // cost of a row, at
-least 1. On CPU a pass is also capped at `CPU_PASS_VALUES` hidden-state values (rows x T x d): larger passes
-no longer fit the processor's caches and run slower per row. On this project's machine (`python
-benchmarks/bench_attribution.py --no-accuracy --skip-reference --batch-size N`, one thread, one sample of 97
-tokens, 8 layers of width 256), Gate-IG took 9.67 s at 32 rows per pass, 9.95 s at 84 and 13.10 s at 168
-(peak memory 0.6, 1.3 and 2.3 GB); an earlier version took 26.5 s at 640, all of a sample's rows in one
-pass. The cap, 2^21 values, allows 84 there. An out-of-memory error anyway (fragmentation, a model
-underestimating) halves the batch and the same sample is computed again; since rows never interact, the
-results do not change. Later samples keep the halving. An integer `--batch-size` is used as given.
+The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default 0.9
+of the free memory, the rest being slack for the allocator and temporaries), never more than the free memory,
+less what the sample holds beside its passes: its cached layer inputs and, for Gate-IG's one-layer paths,
+every layer's head outputs (V x T x width each, `cache_bytes`), which are allocated after the budget is taken.
+On CUDA "free" is what this process can allocate: the device's free memory plus the blocks its caching
+allocator holds but has not allocated (`free_memory`), which `mem_get_info` counts as used and which would
+otherwise make every sample's budget what the previous one left over. Rows per pass = budget // cost of a
+row, at least 1. On CPU a pass is also capped at `CPU_PASS_VALUES` hidden-state values (rows x T x d): larger
+passes no longer fit the processor's caches and run slower per row (README, measured there).
+
+An out-of-memory error anyway (fragmentation, a model underestimating; torch's error, CUDA's own "out of
+memory", cuBLAS or cuDNN failing to allocate, `is_out_of_memory`) halves the batch and the same sample is
+computed again; since rows never interact, the results are those of a run at the size it settled on. The
+failed attempt's tensors are released before the next one (`attempt`, `release_memory`). Later samples'
+budgets are held to what the rows fitted in, a ceiling that doubles after each sample without an error: a
+persistent shortage costs a failed attempt every other sample at most, a passing one (fragmentation) does not
+shrink the rest of the run. A probe that runs out of memory leaves the activation model for that sample. An
+integer `--batch-size` is used as given.
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ from .errors import HeadattrError
 AUTO = "auto"
 DEFAULT_FRACTION = 0.9
 MAX_ROWS = 1 << 16  # no pass holds more rows than this (a sample's rows are far fewer)
-# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 8 MB in float32 (module docstring;
-# 84 rows for the measured 97-token, width-256 sample; 1724 for a 19-token sample of the built-in model)
+# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 8 MB in float32 (README, "batch size
+# auto" timings; 84 rows for the measured 97-token, width-256 sample; 1724 for a 19-token sample of the built-in
+# model)
 CPU_PASS_VALUES = 1 << 21
 T = TypeVar("T")
 
