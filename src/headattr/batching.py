@@ -198,9 +198,9 @@ def activation_bytes(spec: Any, tokens: int, answer_tokens: int) -> int:
 def measure_row_bytes(spec: Any, rows: Any) -> int:
     """CUDA: peak memory of 2 rows minus that of 1 row, forward and backward through every layer (bytes).
 
-    The rows are copies of the variant with the most masked tokens: a row's logits and their gradient grow
-    with its masked tokens (about 170 MB more for Dream's 152k vocabulary between the seed report's sparsest
-    and densest variants of a 200-token answer), and the plan must hold for the densest.
+    The rows are copies of the variant with the most masked tokens: a row's logits, their float32 copy and
+    their gradient take a vocabulary's worth of values per masked token (152k for Dream), and the plan must
+    hold for the densest variant, not the sparsest.
     """
     from . import core
     from .gates import gated
