@@ -18,7 +18,8 @@ with FLOPs by `headattr.plan` (its formula, checked against torch's FLOP counter
 2 P T + 4 T^2 d per layer pass and 2 d V per LM-head token; backward, with the weights frozen, the same in
 the projections and 2 P T + 10 T^2 d in attention; for the passes Gate-IG made, with the nodes each path
 used), MFU = achieved / the GPU's dense bf16 peak
-(PEAK_TFLOPS, or --peak-tflops), peak memory (torch.cuda.max_memory_allocated), the batch size chosen, and
+(PEAK_TFLOPS by the device's name, or --peak-tflops), peak memory (torch.cuda.max_memory_allocated), the
+batch size chosen (the planner of `headattr attribute`, with its budget), and
 the projected wall time of the seed configuration's 50 samples. Then the straightforward algorithm
 (`headattr.reference`: one variant, node and layer per whole forward pass) on --reference-paths of the
 first sample's layer paths, scaled to all of them (every path of it costs the same), for the speed ratio
@@ -31,20 +32,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-PEAK_TFLOPS = {  # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts)
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A10G": 70.0,
-    "L4": 121.0,
-}
+# Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets, without sparsity), by the name torch reports
+# (`torch.cuda.get_device_name()`), first match wins. Hopper's form factors differ by up to a quarter: SXM parts
+# ("H100 80GB HBM3", "H200", GH200) 989, NVL cards 835, H100 PCIe 756. Every A100 (SXM4 or PCIe, 40 or 80 GB)
+# is 312. An H100 the table cannot place gives no peak (MFU n/a; pass --peak-tflops) rather than a guess.
+PEAK_TFLOPS = (
+    (r"H100.*PCIe", 756.0),
+    (r"H100.*NVL", 835.0),
+    (r"H100.*(SXM|HBM3)", 989.0),
+    (r"GH200", 989.0),
+    (r"H200.*NVL", 835.0),
+    (r"H200", 989.0),
+    (r"A100", 312.0),
+    (r"L40S", 362.0),
+    (r"A10G", 70.0),
+    (r"\bL4\b", 121.0),
+)
+
+
+def peak_for(name: str) -> float | None:
+    """The dense bf16 peak of the GPU torch calls `name` (`PEAK_TFLOPS`), or None when not in the table."""
+    return next((peak for pattern, peak in PEAK_TFLOPS if re.search(pattern, name, re.IGNORECASE)), None)
 
 
 @dataclass(frozen=True)
@@ -104,8 +119,8 @@ def sync(spec) -> None:
 def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample)."""
     from headattr import core
-    from headattr.attribution import attribute_sample, largest_pass
-    from headattr.batching import BatchPlanner
+    from headattr.attribution import attribute_sample, cached_width, largest_pass
+    from headattr.batching import BatchPlanner, cache_bytes
     from headattr.methods import GateIGConfig
     from headattr.plan import flops, sample_passes
 
@@ -123,6 +138,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
             answer,
             lambda size, s=s: attribute_sample(spec, s, method, masking, size),
             most_rows=largest_pass(method, masking, spec.num_layers),  # as `headattr attribute` plans it
+            held=cache_bytes(spec, masking.num_variants, t, cached_width(spec, method)),
         )
         sync(spec)
         nodes = result.diagnostics["nodes"]  # the passes the refined rule made, not only its base rule's
@@ -178,8 +194,7 @@ def peak_tflops(args) -> float | None:
         return args.peak_tflops
     if not torch.cuda.is_available() or args.tiny:
         return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return peak_for(torch.cuda.get_device_name())
 
 
 def main() -> None:

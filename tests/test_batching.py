@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from headattr import batching
-from headattr.attribution import attribute
-from headattr.batching import BatchPlanner, activation_bytes, parse_batch_size, parse_max_memory
+from headattr.attribution import attribute, cached_width
+from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, parse_batch_size, parse_max_memory
 from headattr.cli import main
 from headattr.data import Sample
 from headattr.errors import HeadattrError
@@ -70,14 +70,18 @@ def test_activation_model_of_dream_7b_shapes():
 
 def test_limited_memory_picks_a_small_batch_and_changes_nothing(dream, tmp_path, monkeypatch):
     fixed = run(dream, tmp_path, "fixed", batch_size=64)
-    row = activation_bytes(dream, len(SAMPLES[0].input_ids), 4)
-    monkeypatch.setattr(batching, "free_memory", lambda device: int(3.5 * row / batching.DEFAULT_FRACTION))
+    tokens = len(SAMPLES[0].input_ids)
+    row = activation_bytes(dream, tokens, 4)
+    # the 3 samples (one shape: merged on CPU) hold their layer inputs and head outputs beside the rows
+    held = cache_bytes(dream, len(SAMPLES) * MASKING.num_variants, tokens, cached_width(dream, METHOD))
+    assert held > row  # enough that planning without it would pick 4 rows below
+    monkeypatch.setattr(batching, "free_memory", lambda device: int((3.5 * row + held) / batching.DEFAULT_FRACTION))
     auto = run(dream, tmp_path, "auto")
-    assert auto.timings["batch_size"] == 3  # 3.5 rows' worth of budget
+    assert auto.timings["batch_size"] == 3  # 3.5 rows' worth of budget once the caches are set aside
     assert (tmp_path / "auto/scores.safetensors").read_bytes() == (tmp_path / "fixed/scores.safetensors").read_bytes()
     meta = json.loads((tmp_path / "auto/run.json").read_text())
     assert meta["config"]["batch_size"] == "auto" and meta["timings"]["batch_size"] == 3
-    capped = run(dream, tmp_path, "capped", max_memory=int(2 * row))  # --max-memory caps the budget
+    capped = run(dream, tmp_path, "capped", max_memory=int(2 * row + held))  # --max-memory caps the budget
     assert capped.timings["batch_size"] == 2
     np.testing.assert_array_equal(capped.attributions, fixed.attributions)
 
@@ -99,6 +103,8 @@ def test_cpu_passes_stay_within_the_cache_budget_and_change_nothing(dream, tmp_p
     [
         lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+        lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
     ],
 )
 def test_out_of_memory_halves_the_batch_and_retries_the_same_rows(dream, tmp_path, monkeypatch, error):

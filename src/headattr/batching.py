@@ -5,7 +5,8 @@ activations autograd keeps for the backward pass, which grow with the sample's t
 
 - CUDA: measured on the first sample computed. One and two rows of the deepest pass (every layer, gates
   requiring gradients) run forward and backward under `torch.cuda.max_memory_allocated`; the difference is
-  the cost of a row, which later samples scale by their token count.
+  the cost of a row, which later samples scale by their token count. The rows are the variant with the most
+  masked tokens: a row's logits grow with them (`measure_row_bytes`).
 - CPU (nothing to measure peaks with): the activation model below, from the model's shapes.
 
 Activation model, bytes per row (e = bytes per activation element: 2 bf16, 4 float32, 8 float64):
@@ -21,21 +22,30 @@ with d the hidden size, d_kv the key/value width, d_mlp the MLP width, H query h
 V the vocabulary. With `--grad-checkpoint` only each layer's input is kept (e * d per token and layer) plus
 one layer's activations. For Dream 7B in bf16 the first term is 225 KB per token per layer.
 
-The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default
-0.9 of the free memory: the rest holds the sample's cached layer inputs, V L T d elements, 1.2 GB for Dream
-7B at 600 tokens, and allocator slack), never more than the free memory. Rows per pass = budget // cost of a row, at
-least 1. On CPU a pass is also capped at `CPU_PASS_VALUES` hidden-state values (rows x T x d): larger passes
-no longer fit the processor's caches and run slower per row. On this project's machine (`python
-benchmarks/bench_attribution.py --no-accuracy --skip-reference --batch-size N`, one thread, one sample of 97
-tokens, 8 layers of width 256), Gate-IG took 9.67 s at 32 rows per pass, 9.95 s at 84 and 13.10 s at 168
-(peak memory 0.6, 1.3 and 2.3 GB); an earlier version took 26.5 s at 640, all of a sample's rows in one
-pass. The cap, 2^21 values, allows 84 there. An out-of-memory error anyway (fragmentation, a model
-underestimating) halves the batch and the same sample is computed again; since rows never interact, the
-results do not change. Later samples keep the halving. An integer `--batch-size` is used as given.
+The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default 0.9
+of the free memory, the rest being slack for the allocator and temporaries), never more than the free memory,
+less what the sample holds beside its passes: its cached layer inputs and, for Gate-IG's one-layer paths,
+every layer's head outputs (V x T x width each, `cache_bytes`), which are allocated after the budget is taken.
+On CUDA "free" is what this process can allocate: the device's free memory plus the blocks its caching
+allocator holds but has not allocated (`free_memory`), which `mem_get_info` counts as used and which would
+otherwise make every sample's budget what the previous one left over. Rows per pass = budget // cost of a
+row, at least 1. On CPU a pass is also capped at `CPU_PASS_VALUES` hidden-state values (rows x T x d): larger
+passes no longer fit the processor's caches and run slower per row (README, measured there).
+
+An out-of-memory error anyway (fragmentation, a model underestimating; torch's error, CUDA's own "out of
+memory", cuBLAS or cuDNN failing to allocate, `is_out_of_memory`) halves the batch and the same sample is
+computed again; since rows never interact, the results are those of a run at the size it settled on. The
+failed attempt's tensors are released before the next one (`attempt`, `release_memory`). Later samples'
+budgets are held to what the rows fitted in, a ceiling that doubles after each sample without an error: a
+persistent shortage costs a failed attempt every other sample at most, a passing one (fragmentation) does not
+shrink the rest of the run. A probe that runs out of memory leaves the activation model for that sample. An
+integer `--batch-size` is used as given.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 import re
 from collections.abc import Callable
@@ -49,8 +59,9 @@ from .errors import HeadattrError
 AUTO = "auto"
 DEFAULT_FRACTION = 0.9
 MAX_ROWS = 1 << 16  # no pass holds more rows than this (a sample's rows are far fewer)
-# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 8 MB in float32 (module docstring;
-# 84 rows for the measured 97-token, width-256 sample; 1724 for a 19-token sample of the built-in model)
+# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 8 MB in float32 (README, "batch size
+# auto" timings; 84 rows for the measured 97-token, width-256 sample; 1724 for a 19-token sample of the built-in
+# model)
 CPU_PASS_VALUES = 1 << 21
 T = TypeVar("T")
 
@@ -92,10 +103,18 @@ def parse_max_memory(text: str | float | int | None) -> float | int | None:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on `device`: CUDA's free memory, or the kernel's MemAvailable on CPU."""
+    """Bytes this process can allocate on `device` now: on CUDA the device's free memory plus what this
+    process's caching allocator holds but has not allocated; the kernel's MemAvailable on CPU.
+
+    `mem_get_info` counts the allocator's cached blocks as used, and nothing returns them to the device
+    between samples, so without them the budget of every sample after the first would be what the first left
+    over. The allocator frees its cached blocks and tries again before it reports an out-of-memory error, so
+    they are free for this process (up to fragmentation: a partly used segment cannot be returned).
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(int(cached), 0)
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -106,11 +125,48 @@ def free_memory(device: torch.device) -> int:
     return 8 * 2**30  # no /proc (not Linux): assume a modest machine; --max-memory overrides
 
 
+# What running out of memory says, besides `torch.OutOfMemoryError` (the caching allocator's): the CUDA
+# runtime's own error ("CUDA error: out of memory", a RuntimeError, e.g. from a kernel's launch), the CPU
+# allocator, and the libraries that allocate their own workspaces (cuBLAS, cuDNN; cuDNN 9 names it
+# ..._DEVICE_ALLOCATION_FAILED). Each is transient: fewer rows per pass need less memory.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "not enough memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "DEVICE_ALLOCATION_FAILED",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is torch running out of memory (CUDA's OutOfMemoryError, or the CPU allocator's)."""
+    """Whether `exc` is torch, CUDA or a CUDA library running out of memory (`OUT_OF_MEMORY_MESSAGES`)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MESSAGES)
+
+
+def attempt(compute: Callable[[], T]) -> tuple[bool, T | None]:
+    """(True, compute()) or, when it runs out of memory, (False, None); other errors propagate.
+
+    Returns instead of handling the failure inside the `except` block: until that block is left, the
+    exception's traceback holds the frames of the failed attempt and so its tensors, and no memory could be
+    released (`release_memory`).
+    """
+    try:
+        return True, compute()
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+    return False, None
+
+
+def release_memory(device: torch.device) -> None:
+    """After a failed attempt (`attempt`): collect what only reference cycles still hold, and on CUDA return
+    the allocator's cached blocks, so that the next attempt starts from the memory the plan assumed."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def hidden_size(spec: Any) -> int:
@@ -140,16 +196,23 @@ def activation_bytes(spec: Any, tokens: int, answer_tokens: int) -> int:
 
 
 def measure_row_bytes(spec: Any, rows: Any) -> int:
-    """CUDA: peak memory of 2 rows minus that of 1 row, forward and backward through every layer (bytes)."""
+    """CUDA: peak memory of 2 rows minus that of 1 row, forward and backward through every layer (bytes).
+
+    The rows are copies of the variant with the most masked tokens: a row's logits, their float32 copy and
+    their gradient take a vocabulary's worth of values per masked token (152k for Dream), and the plan must
+    hold for the densest variant, not the sparsest.
+    """
     from . import core
     from .gates import gated
+
+    densest = max(range(rows.num_variants), key=lambda v: len(rows.labels[v]))
 
     def peak(n: int) -> int:
         torch.cuda.synchronize(spec.device)
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(spec.device)
         torch.cuda.reset_peak_memory_stats(spec.device)
-        v_idx = torch.zeros(n, dtype=torch.long, device=spec.device)
+        v_idx = torch.full((n,), densest, dtype=torch.long, device=spec.device)
         g = torch.ones(n, spec.num_layers, spec.num_heads, device=spec.device, requires_grad=True)
         with gated(spec, {layer: g[:, layer] for layer in range(spec.num_layers)}):
             j = core.objective(spec, rows, v_idx, 0).j
@@ -158,6 +221,17 @@ def measure_row_bytes(spec: Any, rows: Any) -> int:
         return torch.cuda.max_memory_allocated(spec.device) - base
 
     return max(peak(2) - peak(1), 1)
+
+
+def cache_bytes(spec: Any, variants: int, tokens: int, width: int) -> int:
+    """Bytes of the tensors a sample holds beside its passes, `width` elements per variant and token (the
+    caller's method decides: `attribution.cached_width`), in the residual stream's dtype (float32 under bf16
+    autocast: `core.residual_dtype`; an overestimate for head outputs, which autocast keeps in bf16)."""
+    from .core import residual_dtype
+
+    dtype = residual_dtype(spec)
+    e = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    return int(width) * variants * tokens * e
 
 
 @dataclass
@@ -172,7 +246,7 @@ class BatchPlanner:
     fixed: int | None = None
     max_memory: float | int | None = None
     bytes_per_row_token: float | None = None  # measured (CUDA) on the first sample, per token of a row
-    scale: float = 1.0  # halved by each out-of-memory error
+    ceiling: int | None = None  # bytes: what the rows fitted in after an out-of-memory error (`_adapt`)
     used: dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -184,14 +258,17 @@ class BatchPlanner:
     def auto(self) -> bool:
         return self.fixed is None
 
-    def budget(self) -> int:
-        """Bytes the rows of one pass may take now."""
+    def budget(self, held: int = 0) -> int:
+        """Bytes the rows of one pass may take now, when the sample will hold `held` bytes beside them (its
+        cached layer inputs and head outputs, `cache_bytes`: allocated after this is measured)."""
         free = free_memory(self.spec.device)
         cap = self.max_memory
         if cap is None:
             cap = DEFAULT_FRACTION
-        limit = int(free * cap) if isinstance(cap, float) else min(int(cap), free)
-        return max(int(limit * self.scale), 1)
+        limit = (int(free * cap) if isinstance(cap, float) else min(int(cap), free)) - held
+        if self.ceiling is not None:
+            limit = min(limit, self.ceiling)
+        return max(limit, 1)
 
     def row_bytes(self, tokens: int, answer_tokens: int) -> int:
         """The cost of one row of a sample with `tokens` tokens: measured per token, or the model."""
@@ -199,12 +276,13 @@ class BatchPlanner:
             return max(int(math.ceil(self.bytes_per_row_token * tokens)), 1)
         return activation_bytes(self.spec, tokens, answer_tokens)
 
-    def size_for(self, tokens: int, answer_tokens: int, most_rows: int = MAX_ROWS) -> int:
+    def size_for(self, tokens: int, answer_tokens: int, most_rows: int = MAX_ROWS, held: int = 0) -> int:
         """Rows per pass for a sample of `tokens` tokens whose largest pass has `most_rows` rows (more
-        would change nothing; capping there keeps the size printed meaningful and an OOM retry short)."""
+        would change nothing; capping there keeps the size printed meaningful and an OOM retry short) and
+        which holds `held` bytes beside its passes (`budget`)."""
         if self.fixed is not None:
             return self.fixed
-        fits = max(self.budget() // self.row_bytes(tokens, answer_tokens), 1)
+        fits = max(self.budget(held) // self.row_bytes(tokens, answer_tokens), 1)
         return int(min(fits, most_rows, MAX_ROWS, self.cache_rows(tokens)))
 
     def cache_rows(self, tokens: int) -> int:
@@ -216,39 +294,65 @@ class BatchPlanner:
 
     def calibrate(self, probe_rows: Callable[[], Any], tokens: int) -> None:
         """Measure the cost of a row on CUDA, once, on `probe_rows()` (a sample's `core.Rows`, embeddings
-        only, of `tokens` tokens); on CPU the activation model stands."""
-        if self.auto and self.bytes_per_row_token is None and self.spec.device.type == "cuda":
-            if getattr(self.spec.backbone, "resumable", False):
-                self.bytes_per_row_token = measure_row_bytes(self.spec, probe_rows()) / tokens
+        only, of `tokens` tokens); on CPU the activation model stands. A probe that runs out of memory leaves
+        the activation model for this sample, and the next sample probes again."""
+        if not (self.auto and self.bytes_per_row_token is None and self.spec.device.type == "cuda"):
+            return
+        if not getattr(self.spec.backbone, "resumable", False):
+            return
+        ok, measured = attempt(lambda: measure_row_bytes(self.spec, probe_rows()))
+        if ok:
+            self.bytes_per_row_token = measured / tokens
+        else:
+            release_memory(self.spec.device)
 
     def run(
-        self, index: int, tokens: int, answer_tokens: int, compute: Callable[[int], T], most_rows: int = MAX_ROWS
+        self,
+        index: int,
+        tokens: int,
+        answer_tokens: int,
+        compute: Callable[[int], T],
+        most_rows: int = MAX_ROWS,
+        held: int = 0,
     ) -> T:
-        """`compute(batch_size)` for sample `index`; under auto, an out-of-memory error halves and retries."""
-        size = self.size_for(tokens, answer_tokens, most_rows)
+        """`compute(batch_size)` for sample `index` (which holds `held` bytes beside its passes, `budget`);
+        under auto, an out-of-memory error halves the size and computes the sample again."""
+        size = self.size_for(tokens, answer_tokens, most_rows, held)
+        failed = False
         while True:
-            try:
-                result = compute(size)
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                if self.spec.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if not self.auto:
-                    raise HeadattrError(
-                        f"out of memory at --batch-size {size}; use --batch-size auto (or a smaller size, "
-                        "--grad-checkpoint, a shorter --max-length)"
-                    ) from None
-                if size == 1:
-                    raise HeadattrError(
-                        "out of memory with one row per pass; use --grad-checkpoint, a shorter --max-length, "
-                        "or a device with more memory"
-                    ) from None
-                size //= 2
-                self.scale /= 2
-                continue
-            self.used[index] = size
-            return result
+            ok, result = attempt(functools.partial(compute, size))
+            if ok:
+                break
+            release_memory(self.spec.device)  # outside the except block: the failed attempt's tensors are gone
+            self._check_retry(size)
+            size, failed = size // 2, True
+        if self.auto:
+            self._adapt(failed, size * self.row_bytes(tokens, answer_tokens))
+        self.used[index] = size
+        return result  # type: ignore[return-value]
+
+    def _adapt(self, failed: bool, fitted: int) -> None:
+        """Later samples' budgets. After an out-of-memory error: at most `fitted`, the bytes this sample's rows
+        fitted in (not half the budget: `most_rows` may have kept the plan below it, and half the budget would
+        plan the same size again). After a sample without one, that ceiling doubles, so a passing shortage
+        (fragmentation, another process) does not shrink the rest of the run."""
+        if failed:
+            self.ceiling = fitted
+        elif self.ceiling is not None:
+            self.ceiling *= 2
+
+    def _check_retry(self, size: int) -> None:
+        """After an out-of-memory error at `size` rows: a one-line error where halving cannot help."""
+        if not self.auto:
+            raise HeadattrError(
+                f"out of memory at --batch-size {size}; use --batch-size auto (or a smaller size, "
+                "--grad-checkpoint, a shorter --max-length)"
+            )
+        if size == 1:
+            raise HeadattrError(
+                "out of memory with one row per pass; use --grad-checkpoint, a shorter --max-length, "
+                "or a device with more memory"
+            )
 
     def record(self) -> dict[str, Any]:
         """run.json `timings` entries: the batch sizes used (smallest and largest over computed samples)."""

@@ -36,7 +36,9 @@ the path's layer), so those parts cost their forward only. `tests/test_plan.py` 
 `torch.utils.flop_counter` on both backbones, both scopes and both rules.
 
 The probe runs one chunk of `batch` rows (forward and backward, every layer) of the first sample, so its
-FLOP rate includes this machine's real efficiency; the time estimate is total FLOPs / that rate.
+FLOP rate includes this machine's real efficiency; the time estimate is total FLOPs / that rate. The batch
+sizes are the run's: on CUDA the plan first measures a row on the first sample, as the run does
+(`BatchPlanner.calibrate`), and sets each sample's cached tensors aside from the budget.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from . import core
-from .attribution import largest_pass, merge_groups, merge_limit
-from .batching import BatchPlanner, hidden_size
+from .attribution import cached_width, largest_pass, merge_groups, merge_limit
+from .batching import BatchPlanner, cache_bytes, hidden_size
 from .data import Sample
 from .gates import gated
 from .masking import MaskConfig
@@ -293,19 +295,25 @@ def dry_run(
     """The plan of an attribution run (module docstring), as a JSON-ready dict; computes no attribution."""
     planner = BatchPlanner.create(spec, batch_size, max_memory)
     tokens = np.array([len(s.input_ids) for s in samples])
-    per_sample, total_flops, batches = [], 0.0, []
+    per_sample, total_flops, batches, holds = [], 0.0, [], []
     most = largest_pass(method, masking, spec.num_layers)
     # samples computed together (CPU) share their passes, which may then hold more rows: as the runner plans
     groups = merge_groups([core.merge_key(s) for s in samples], merge_limit(spec, method))
     companions = {i: len(group) for group in groups for i in group}
+    first = samples[0]
+    # on CUDA the run measures a row's cost on its first sample (`BatchPlanner.calibrate`): so does the plan
+    planner.calibrate(lambda: core.prepare(spec, first, masking, 1, cache_layers=False), len(first.input_ids))
+    width = cached_width(spec, method)
     for position, s in enumerate(samples):
         passes = sample_passes(spec, method, s, masking)
         f = flops(spec, passes, len(s.input_ids))
-        size = planner.size_for(len(s.input_ids), s.answer_end - s.answer_start, companions[position] * most)
+        tokens_s, variants = len(s.input_ids), companions[position] * masking.num_variants
+        held = cache_bytes(spec, variants, tokens_s, width)
+        size = planner.size_for(tokens_s, s.answer_end - s.answer_start, companions[position] * most, held)
         batches.append(size)
+        holds.append(held)
         total_flops += f
         per_sample.append({"index": s.index, "tokens": len(s.input_ids), "layer_passes": passes.total, "flops": f})
-    first = samples[0]
     paths = len(method.paths(spec.num_layers))
     plan: dict[str, Any] = {
         "samples": len(samples),
@@ -316,7 +324,7 @@ def dry_run(
         "layer_passes_per_sample": [p["layer_passes"] for p in per_sample],
         "flops": total_flops,
         "batch_size": {"requested": batch_size, "min": min(batches), "max": max(batches)},
-        "peak_memory_bytes": peak_memory(spec, planner, first, masking, batches[0]),
+        "peak_memory_bytes": peak_memory(spec, planner, first, holds[0], batches[0]),
         "per_sample": per_sample,
     }
     if run_probe:
@@ -327,14 +335,12 @@ def dry_run(
     return plan
 
 
-def peak_memory(spec: ModelSpec, planner: BatchPlanner, sample: Sample, masking: MaskConfig, batch: int) -> int:
-    """Bytes at the peak of the first sample: weights + cached layer inputs + `batch` rows' activations."""
-    e = torch.finfo(core.residual_dtype(spec)).bits // 8  # the cached inputs are float32 under bf16 autocast
+def peak_memory(spec: ModelSpec, planner: BatchPlanner, sample: Sample, held: int, batch: int) -> int:
+    """Bytes at the peak of the first sample: weights + its cached tensors (`held`: layer inputs, head
+    outputs) + `batch` rows' activations."""
     weights = sum(p.numel() * p.element_size() for p in spec.model.parameters())
-    tokens = len(sample.input_ids)
-    cache = masking.num_variants * spec.num_layers * tokens * hidden_size(spec) * e
-    rows = batch * planner.row_bytes(tokens, sample.answer_end - sample.answer_start)
-    return int(weights + cache + rows)
+    rows = batch * planner.row_bytes(len(sample.input_ids), sample.answer_end - sample.answer_start)
+    return int(weights + held + rows)
 
 
 def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> list[str]:
