@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from . import core, distributed, rundir
@@ -362,12 +363,14 @@ def cached_width(spec: ModelSpec, method: MethodConfig) -> int:
     """Elements per variant and token of what a sample holds beside its passes (`batching.cache_bytes`), on a
     layer stack: the embeddings and, where the method caches layers, every other layer's input (d each); for
     Gate-IG's one-layer paths every layer's head outputs as well (`gate_ig.path_heads`, H x head_dim each).
-    Dream 7B, 10 variants of 600 tokens in bf16: 1.2 GB of layer inputs and 1.2 GB of head outputs. A
-    whole-model backbone keeps only the token ids."""
+    The layer inputs are in the residual stream's dtype (`core.residual_dtype`: float32 under bf16 autocast),
+    counted as that many model-dtype elements. A whole-model backbone keeps only the token ids."""
     backbone = spec.backbone
     if not backbone.resumable:
         return 0
-    width = (spec.num_layers if method.cache_layers else 1) * hidden_size(spec)
+    floating = spec.dtype.is_floating_point
+    wider = torch.finfo(core.residual_dtype(spec)).bits // torch.finfo(spec.dtype).bits if floating else 1
+    width = (spec.num_layers if method.cache_layers else 1) * hidden_size(spec) * max(wider, 1)
     if isinstance(method, GateIGConfig) and method.scope == "layer" and backbone.splits_attention:
         width += spec.num_layers * spec.num_heads * spec.head_dim
     return width

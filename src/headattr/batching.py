@@ -225,12 +225,9 @@ def measure_row_bytes(spec: Any, rows: Any) -> int:
 
 def cache_bytes(spec: Any, variants: int, tokens: int, width: int) -> int:
     """Bytes of the tensors a sample holds beside its passes, `width` elements per variant and token (the
-    caller's method decides: `attribution.cached_width`), in the residual stream's dtype (float32 under bf16
-    autocast: `core.residual_dtype`; an overestimate for head outputs, which autocast keeps in bf16)."""
-    from .core import residual_dtype
-
-    dtype = residual_dtype(spec)
-    e = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    caller's method decides: `attribution.cached_width`, which counts wider residual-stream tensors as more
+    elements), in the model's dtype."""
+    e = torch.finfo(spec.dtype).bits // 8 if spec.dtype.is_floating_point else 4
     return int(width) * variants * tokens * e
 
 
