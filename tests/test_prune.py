@@ -486,3 +486,19 @@ def test_verdicts_need_all_three_orders():
     result = _result(np.ones((3, 1)), [2.0], [0.5], [0.1])
     result.orders = ["most", "random"]
     assert result.verdicts() == {}
+
+
+def test_decode_runs_the_lm_head_only_where_predictions_are_read(dream, run, eval_samples, monkeypatch):
+    """Issue 24: exact-match decoding computed [B, T, V] logits at every position; it needs only the answer's
+    predictors (the span shifted by one for Dream)."""
+    real, widths = core.forward_logits, []
+
+    def spy(spec, ids, *args, keep=None, **kwargs):
+        out = real(spec, ids, *args, keep=keep, **kwargs)
+        widths.append((out.shape[1], ids.shape[1]))
+        return out
+
+    monkeypatch.setattr(core, "forward_logits", spy)
+    evaluate(dream, eval_samples[:2], None, eval_masking(run), decode=True)
+    spans = {s.answer_end - s.answer_start for s in eval_samples[:2]}
+    assert widths and all(w in spans and w < t for w, t in widths)

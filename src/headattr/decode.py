@@ -46,6 +46,7 @@ def unmask_decode(
     mask_token_id: int,
     shift: bool,
     steps: int | None = None,
+    narrow: bool = False,
 ) -> torch.LongTensor:
     """Fill the answer `positions` of `input_ids` ([B, T]) by confidence-ordered iterative unmasking.
 
@@ -55,6 +56,10 @@ def unmask_decode(
     most confident ones (highest softmax probability of the argmax token; ties go to the earlier position).
     `steps` defaults to the number of answer positions, i.e. one token per step; fewer steps commit several
     tokens per step. Rows are decoded together and independently. Returns the completed ids ([B, T]).
+
+    `narrow`: `logits_fn(ids, keep=slice(lo, hi))` returns only the logits [B, hi - lo, V] of the positions the
+    predictions are read from, so the model's LM head need not run at every position (a [B, T, V] tensor at
+    a 150k vocabulary is gigabytes).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
@@ -72,9 +77,12 @@ def unmask_decode(
     still_masked = torch.ones(batch, n_answer, dtype=torch.bool, device=ids.device)
     source = pos - 1 if shift else pos  # where each answer position's prediction is read
     rows = torch.arange(batch, device=ids.device).unsqueeze(1)
+    lo, hi = int(source.min()), int(source.max()) + 1
     for count in _commit_counts(n_answer, steps):
-        logits = logits_fn(ids)
-        scores = logits[rows, source].float()  # [B, P, V]
+        if narrow:
+            scores = logits_fn(ids, keep=slice(lo, hi))[rows, source - lo].float()  # [B, P, V]
+        else:
+            scores = logits_fn(ids)[rows, source].float()
         scores[..., mask_token_id] = float("-inf")
         probs = torch.softmax(scores, dim=-1)
         confidence, tokens = probs.max(dim=-1)  # [B, P]

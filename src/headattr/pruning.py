@@ -220,12 +220,12 @@ def sample_exact_match(spec: ModelSpec, sample: Sample, gates: torch.Tensor, bat
     for sl in core.chunks(gates.shape[0], batch_size):
         chunk = gates[sl]
 
-        def logits_fn(batch_ids: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
+        def logits_fn(batch_ids: torch.Tensor, keep: slice, chunk: torch.Tensor = chunk) -> torch.Tensor:
             with gated(spec, row_gates(chunk)):
-                return core.forward_logits(spec, batch_ids)
+                return core.forward_logits(spec, batch_ids, keep=keep)
 
         batch = ids.expand(len(chunk), -1)
-        decoded = unmask_decode(logits_fn, batch, positions, spec.mask_token_id, shift=spec.logit_shift)
+        decoded = unmask_decode(logits_fn, batch, positions, spec.mask_token_id, shift=spec.logit_shift, narrow=True)
         exact[sl] = (decoded == batch).all(dim=1).cpu().numpy()
     return exact
 
