@@ -117,6 +117,25 @@ def test_llada_estimate_of_one_token_is_its_exact_log_probability(llada):
     assert estimate == pytest.approx(float(exact), rel=1e-9)
 
 
+@pytest.mark.parametrize("family", ["dream", "llada"])
+def test_target_loss_is_the_weighted_cross_entropy_of_the_whole_models_logits(family, request):
+    """The estimators' loss (LM head only from the first masked column on; Dream's shift) against the model's
+    own full forward pass: position j read at j - 1 for Dream, at j for LLaDA."""
+    spec = request.getfixturevalue(family)
+    seq = torch.tensor([[1, 8, 9, 10, 12, 13, 14], [1, 8, 9, 10, 15, 16, 17]])
+    noisy = seq.clone()
+    noisy[0, [4, 6]] = spec.mask_token_id
+    noisy[1, [5]] = spec.mask_token_id
+    weight = torch.full(seq.shape, 0.5, dtype=torch.float64)
+    got = lmeval._target_loss(spec, seq, noisy, weight, {})
+    logits = full_logits(spec, noisy).double()
+    if spec.logit_shift:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    masked = noisy == spec.mask_token_id
+    nll = torch.nn.functional.cross_entropy(logits[masked], seq[masked], reduction="none")
+    assert float(got) == pytest.approx(float((nll / 0.5).sum()), rel=1e-9)
+
+
 def test_dream_estimate_is_seeded_and_gated(dream):
     prompt, target = [1, 8, 9], [12, 13, 14, 2]
     a = lmeval.mc_loglikelihood(dream, prompt, target, mc_num=8, batch=4, seed=3)

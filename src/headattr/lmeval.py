@@ -47,7 +47,7 @@ from lm_eval.api.registry import register_model
 
 from . import distributed
 from .errors import HeadattrError
-from .generation import LENGTH_SETTING, _logits, completion_text, generate, resolve_settings
+from .generation import LENGTH_SETTING, _predictions, completion_text, generate, resolve_settings
 from .headmask import read_head_mask
 from .models import ModelSpec, load_model
 
@@ -104,10 +104,16 @@ def _target_loss(
     spec: ModelSpec, seq: torch.Tensor, noisy: torch.Tensor, weight: torch.Tensor, gates: dict[int, torch.Tensor]
 ) -> torch.Tensor:
     """Sum over rows of the masked positions' cross-entropy / their masking probability ([b, T] inputs)."""
-    logits = _logits(spec, noisy, None, {k: v.expand(noisy.shape[0], -1) for k, v in gates.items()})
-    if spec.logit_shift:
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     masked = noisy == spec.mask_token_id
+    columns = masked.any(dim=0).nonzero()
+    lo = int(columns[0]) if len(columns) else noisy.shape[1] - 1
+    # the LM head runs only from the first masked column on ([b, T - lo, V]), not at every position
+    row_gates = {k: v.expand(noisy.shape[0], -1) for k, v in gates.items()}
+    valid = torch.ones_like(noisy, dtype=torch.bool)
+    logits = _predictions(spec, noisy, valid, row_gates, lo, spec.logit_shift)
+    masked = masked[:, lo:]
+    seq = seq[:, lo:]
+    weight = weight[:, lo:]
     wide = logits[masked].to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: loss in float32
     nll = F.cross_entropy(wide, seq[masked], reduction="none")
     return (nll / weight[masked]).sum()
