@@ -21,6 +21,7 @@ from headattr.data import Sample
 from headattr.errors import HeadattrError
 from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig, common
+from headattr.testing import dream_7b_shapes_on_cuda
 
 MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)  # V = 4
 METHOD = GateIGConfig(ig_steps=4, ig_tol=0.0)  # the fixed rule: 16 rows per path
@@ -48,18 +49,7 @@ def test_parse_batch_size_and_max_memory():
 
 def test_activation_model_of_dream_7b_shapes():
     """The documented model: 225 KB per token per layer in bf16 for Dream 7B on CUDA, plus the logits."""
-    config = SimpleNamespace(hidden_size=3584, intermediate_size=18944)
-    spec = SimpleNamespace(
-        model=SimpleNamespace(config=config),
-        num_kv_heads=4,
-        head_dim=128,
-        num_heads=28,
-        num_layers=28,
-        dtype=torch.bfloat16,
-        device=torch.device("cuda"),
-        vocab_size=152064,
-        backbone=SimpleNamespace(),
-    )
+    spec = dream_7b_shapes_on_cuda()
     per_token_layer = 2 * (10 * 3584 + 2 * 512 + 4 * 18944)
     assert per_token_layer == 225_280
     assert activation_bytes(spec, 600, 0) == 600 * 28 * per_token_layer

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import weakref
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec
 from headattr.plan import dry_run
+from headattr.testing import dream_7b_shapes_on_cuda
 
 GB = 10**9
 TOKENS, ANSWER = 600, 200
@@ -83,21 +83,6 @@ class FakeCuda:
         return self
 
 
-def dream_7b_on_cuda() -> SimpleNamespace:
-    """What the planner reads of Dream 7B in bf16 on a GPU (nothing runs on it)."""
-    return SimpleNamespace(
-        model=SimpleNamespace(config=SimpleNamespace(hidden_size=3584, intermediate_size=18944)),
-        num_kv_heads=4,
-        head_dim=128,
-        num_heads=28,
-        num_layers=28,
-        dtype=torch.bfloat16,
-        device=torch.device("cuda"),
-        vocab_size=152064,
-        backbone=SimpleNamespace(resumable=True),
-    )
-
-
 def h200(monkeypatch) -> FakeCuda:
     """An H200 (140 GiB) holding a 15 GB model."""
     return FakeCuda(140 * 2**30, weights=15 * GB).install(monkeypatch)
@@ -105,7 +90,7 @@ def h200(monkeypatch) -> FakeCuda:
 
 def planner_measured(row: int) -> BatchPlanner:
     """An auto planner whose probe measured `row` bytes per row of a TOKENS-token sample."""
-    return BatchPlanner(dream_7b_on_cuda(), bytes_per_row_token=row / TOKENS)
+    return BatchPlanner(dream_7b_shapes_on_cuda(), bytes_per_row_token=row / TOKENS)
 
 
 def passes(cuda: FakeCuda, row: int):
@@ -134,7 +119,7 @@ def test_the_budget_sets_aside_the_samples_cached_tensors(monkeypatch):
     """The layer inputs and head outputs are allocated after the budget is measured: the plan subtracts them, so
     the planned rows fit beside them at the first attempt."""
     cuda, row = FakeCuda(40 * GB, weights=15 * GB).install(monkeypatch), int(3.8 * GB)
-    spec = dream_7b_on_cuda()
+    spec = dream_7b_shapes_on_cuda()
     spec.backbone.splits_attention = True
     held = cache_bytes(spec, 10, TOKENS, cached_width(spec, GateIGConfig()))
     # layer inputs (float32 under bf16 autocast: core.residual_dtype) and bf16 head outputs: 3.6 GB at 600 tokens
@@ -250,7 +235,7 @@ def test_an_out_of_memory_probe_falls_back_to_the_activation_model(monkeypatch):
     """The 2-row probe runs before the retry loop: an error there leaves the activation model for the sample
     (its tensors freed before the cache is emptied), and the next sample probes again."""
     cuda = h200(monkeypatch)
-    spec = dream_7b_on_cuda()
+    spec = dream_7b_shapes_on_cuda()
     planner, probes = BatchPlanner(spec), []
 
     def failing_probe(spec, rows):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import string
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -266,3 +267,18 @@ def standard_signal(num_layers: int, num_heads: int, seed: int = 1) -> np.ndarra
     """Per layer: head signals with mean 0 and population variance exactly 1."""
     s = np.random.default_rng(seed).standard_normal((num_layers, num_heads))
     return (s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True)
+
+
+def dream_7b_shapes_on_cuda() -> SimpleNamespace:
+    """What the batch planner reads of Dream 7B in bf16 on a GPU (shapes only; nothing runs on it)."""
+    return SimpleNamespace(
+        model=SimpleNamespace(config=SimpleNamespace(hidden_size=3584, intermediate_size=18944)),
+        num_kv_heads=4,
+        head_dim=128,
+        num_heads=28,
+        num_layers=28,
+        dtype=torch.bfloat16,
+        device=torch.device("cuda"),
+        vocab_size=152064,
+        backbone=SimpleNamespace(resumable=True),
+    )
