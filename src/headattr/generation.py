@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .batching import is_out_of_memory
+from .batching import attempt, release_memory
 from .core import forward_logits
 from .errors import HeadattrError
 from .gates import gated, removal_gates
@@ -296,14 +296,12 @@ def _sample_halving(
     """`sampler` on the rows of `ids` [B, P]; when that runs out of memory, on each half of them in turn (and so
     on down to one row, which re-raises). The tokens are the same: rows never interact, each draws from its own
     generator, and a half keeps the batch's padding, which a row's tokens do not depend on."""
-    try:
+    if ids.shape[0] == 1:  # nothing to split: an out-of-memory error reaches the caller
         return sampler(spec, ids, valid, gates, seed, s)
-    except Exception as err:
-        if ids.shape[0] == 1 or not is_out_of_memory(err):
-            raise
-    # after the except block, whose traceback held the failed attempt's tensors: now they can be freed
-    if spec.device.type == "cuda":
-        torch.cuda.empty_cache()
+    ok, out = attempt(lambda: sampler(spec, ids, valid, gates, seed, s))
+    if ok:
+        return out
+    release_memory(spec.device)  # outside the except block: the failed attempt's tensors are gone
     halves = (slice(0, (ids.shape[0] + 1) // 2), slice((ids.shape[0] + 1) // 2, None))
     return torch.cat(
         [_sample_halving(sampler, spec, ids[h], valid[h], {k: g[h] for k, g in gates.items()}, seed, s) for h in halves]
