@@ -131,8 +131,8 @@ def _peak_rss_mb() -> float:
 def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, queue: mp.Queue) -> None:
     if cfg_kw["threads"]:
         torch.set_num_threads(cfg_kw["threads"])
-    from headattr.data import Sample
-    from headattr.masking import MaskConfig
+    from headattr.data.samples import Sample
+    from headattr.engine.masking import MaskConfig
     from headattr.models import WholeModel, load_model
 
     spec = load_model(model_dir, dtype="float32")
@@ -144,7 +144,7 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
     if kind in ("batched", "straightforward"):
         spec.backbone = WholeModel(spec.model)
     if cfg_kw.get("count_flops"):  # an untimed run under torch's FLOP counter
-        from headattr.plan import flop_counter
+        from headattr.runs.plan import flop_counter
 
         with flop_counter() as counter:
             compute(kind, spec, sample, method, masking, batch_size)
@@ -166,8 +166,8 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
 
 def compute(kind: str, spec, sample, method, masking, batch_size: int) -> np.ndarray:
     """One sample's attributions [V, L, H] by implementation `kind`."""
-    from headattr.attribution import attribute_sample
-    from headattr.reference import reference_attribution
+    from headattr.methods.reference import reference_attribution
+    from headattr.runs.attribution import attribute_sample
 
     if kind == "reference":
         return reference_attribution(spec, sample, method, masking)

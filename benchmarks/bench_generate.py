@@ -16,7 +16,7 @@ import time
 import torch
 
 from headattr.demo import DATA_FILE, MODEL_DIR
-from headattr.generation import LENGTH_SETTING, generate
+from headattr.generation.sampling import LENGTH_SETTING, generate
 from headattr.models import load_model
 
 

@@ -101,7 +101,7 @@ def dream_shaped_spec(shape: Shape, device: str, dtype: torch.dtype):
 
 
 def synthetic_samples(n: int, prompt: int, answer: int, vocab: int, seed: int = 0) -> list:
-    from headattr.data import Sample
+    from headattr.data.samples import Sample
 
     rng = np.random.default_rng(seed)
     out = []
@@ -118,11 +118,11 @@ def sync(spec) -> None:
 
 def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample)."""
-    from headattr import core
-    from headattr.attribution import attribute_sample, cached_width, largest_pass
-    from headattr.batching import BatchPlanner, cache_bytes
+    from headattr.engine import core
+    from headattr.engine.batching import BatchPlanner, cache_bytes
     from headattr.methods import GateIGConfig
-    from headattr.plan import flops, sample_passes
+    from headattr.runs.attribution import attribute_sample, cached_width, largest_pass
+    from headattr.runs.plan import flops, sample_passes
 
     method = GateIGConfig(scope=scope)  # headattr's defaults: what `headattr attribute` runs
     planner = BatchPlanner.create(spec, "auto")
@@ -165,7 +165,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
 def run_reference(spec, sample, masking, paths: int) -> dict:
     """The straightforward algorithm on `paths` of the sample's layer paths, scaled to all of them."""
     from headattr.methods import GateIGConfig
-    from headattr.reference import reference_attribution
+    from headattr.methods.reference import reference_attribution
 
     method = GateIGConfig(ig_steps=8, scope="layer")
     paths = min(paths, spec.num_layers)
@@ -182,7 +182,7 @@ def run_reference(spec, sample, masking, paths: int) -> dict:
 def work_ratio(spec, sample, masking) -> float:
     """FLOPs of the straightforward algorithm over headattr's on `sample`, both at the fixed 8-node rule."""
     from headattr.methods import GateIGConfig
-    from headattr.plan import flops, reference_passes, sample_passes
+    from headattr.runs.plan import flops, reference_passes, sample_passes
 
     fixed, tokens = GateIGConfig(ig_steps=8, ig_tol=0.0), len(sample.input_ids)
     plain = flops(spec, reference_passes(spec, fixed, sample, masking), tokens)
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, TFLOP/s")
     args = parser.parse_args()
 
-    from headattr.masking import MaskConfig
+    from headattr.engine.masking import MaskConfig
 
     if args.tiny:
         shape, device, dtype = TINY, "cpu", torch.float32

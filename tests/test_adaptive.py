@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headattr.adaptive import integrate_paths
-from headattr.quadrature import nodes_and_weights
+from headattr.methods.adaptive import integrate_paths
+from headattr.methods.quadrature import nodes_and_weights
 
 
 def vector_integrand(*heads):

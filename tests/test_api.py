@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import types
 
 import torch
@@ -20,7 +22,7 @@ def test_renamed_modules_keep_their_public_names():
     # the modules behind headattr.generate / prune / ensemble are named for their job, not for the function
     assert importlib.import_module("headattr.generation").generate is headattr.generate
     assert importlib.import_module("headattr.pruning").prune is headattr.prune
-    assert importlib.import_module("headattr.ensembling").ensemble is headattr.ensemble
+    assert importlib.import_module("headattr.runs.ensembling").ensemble is headattr.ensemble
 
 
 def test_generate_from_import_headattr(dream):
@@ -30,3 +32,10 @@ def test_generate_from_import_headattr(dream):
     assert isinstance(out, torch.Tensor) and out.shape == (1, len(prompt) + 4)
     assert out[0, : len(prompt)].tolist() == prompt
     assert isinstance(headattr.completion_text(dream, out[0, len(prompt) :]), str)
+
+
+def test_import_headattr_loads_no_matplotlib():
+    # figures are drawn on demand: `import headattr` (and the command line's import) must not pull matplotlib in
+    code = "import sys, headattr, headattr.cli; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

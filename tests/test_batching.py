@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from headattr import batching
-from headattr.attribution import attribute, cached_width
-from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, parse_batch_size, parse_max_memory
-from headattr.cli import main
-from headattr.data import Sample
+from headattr.cli.commands import main
+from headattr.data.samples import Sample
+from headattr.engine import batching
+from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes, parse_batch_size, parse_max_memory
+from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
-from headattr.masking import MaskConfig
 from headattr.methods import GateIGConfig, common
+from headattr.runs.attribution import attribute, cached_width
 from headattr.testing import dream_7b_shapes_on_cuda
 
 MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)  # V = 4

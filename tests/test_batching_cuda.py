@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr import batching, core
-from headattr.attribution import cached_width
-from headattr.batching import BatchPlanner, activation_bytes, cache_bytes, is_out_of_memory, measure_row_bytes
-from headattr.data import Sample
-from headattr.masking import MaskConfig
+from headattr.data.samples import Sample
+from headattr.engine import batching, core
+from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes, is_out_of_memory, measure_row_bytes
+from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec
-from headattr.plan import dry_run
+from headattr.runs.attribution import cached_width
+from headattr.runs.plan import dry_run
 from headattr.testing import dream_7b_shapes_on_cuda
 
 GB = 10**9

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from headattr.cli import main
-from headattr.rundir import read_run
+from headattr.cli.commands import main
+from headattr.runs.rundir import read_run
 
 FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet"]
 
@@ -132,7 +132,8 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
 # tiny model computes a group faster than a watcher could react)
 KILLED_AFTER_6 = """
 import os, signal
-from headattr import attribution, cli
+from headattr.runs import attribution
+from headattr.cli import commands as cli
 real, saved = attribution._save_checkpoint, []
 def save(*args):
     real(*args)
@@ -163,7 +164,7 @@ def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_pa
 
 
 def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_file, tmp_path, capsys, monkeypatch):
-    from headattr import attribution
+    from headattr.runs import attribution
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
@@ -301,7 +302,7 @@ def test_meta_device_describes_without_reading_weights(family, request, tmp_path
 
 
 def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path, capsys, monkeypatch):
-    from headattr import attribution
+    from headattr.runs import attribution
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
@@ -330,7 +331,7 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
 def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(
     dream_dir, data_file, tmp_path, capsys, monkeypatch
 ):
-    from headattr import attribution
+    from headattr.runs import attribution
 
     # one thread in every run: a product split over threads can round its rows differently (MKL on AMD EPYC)
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 5, *FAST, "--threads", 1]

@@ -20,9 +20,7 @@ import pytest
 from scipy import stats
 
 from headattr import compare
-from headattr.aggregate import final_scores, sample_scores
-from headattr.cli import main
-from headattr.consistency import (
+from headattr.analysis.consistency import (
     NA_NON_POSITIVE,
     NA_ONE_SAMPLE,
     chance_overlap,
@@ -44,9 +42,11 @@ from headattr.consistency import (
     top_k_overlap,
     verdict_level,
 )
-from headattr.ensembling import ensemble
+from headattr.cli.commands import main
 from headattr.errors import HeadattrError
-from headattr.rundir import read_run
+from headattr.methods.aggregate import final_scores, sample_scores
+from headattr.runs.ensembling import ensemble
+from headattr.runs.rundir import read_run
 from headattr.testing import make_run, standard_signal
 
 

@@ -19,7 +19,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from headattr.data import (
+from headattr.data.samples import (
     FORMATS,
     DataConfig,
     DataReport,

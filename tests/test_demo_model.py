@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from headattr.decode import unmask_decode
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.demo import tasks as demo_tasks
 from headattr.demo import train as demo_train
 from headattr.demo.tokenizer import build_tokenizer
+from headattr.generation.decode import unmask_decode
 
 MAX_WEIGHT_BYTES = 5_000_000
 # Per-task floors for masked-token accuracy at mask rate 0.5 on 40 held-out examples, about 0.1 below what the
@@ -384,7 +384,7 @@ def test_saved_checkpoint_round_trips_with_the_umask_mode(tmp_path):
 
 
 def test_the_full_demo_records_the_quadrature_it_runs():
-    from headattr.adaptive import DEFAULT_BASE_STEPS, DEFAULT_TOL
     from headattr.demo.run import FULL, _quadrature, gate_ig_config
+    from headattr.methods.adaptive import DEFAULT_BASE_STEPS, DEFAULT_TOL
 
     assert _quadrature(gate_ig_config(FULL)) == {"ig_steps": DEFAULT_BASE_STEPS, "ig_tol": DEFAULT_TOL}

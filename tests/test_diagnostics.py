@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headattr.diagnostics import GAP_FLOOR_FRACTION, completeness_from_diagnostics, completeness_summary
+from headattr.methods.diagnostics import GAP_FLOOR_FRACTION, completeness_from_diagnostics, completeness_summary
 
 
 def test_summary_against_direct_computation() -> None:

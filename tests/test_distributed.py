@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr import distributed
-from headattr.distributed import World, assign, device_for, world_from_env
 from headattr.errors import HeadattrError
+from headattr.runs import distributed
+from headattr.runs.distributed import World, assign, device_for, world_from_env
 
 FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet", "--threads", "1"]
 
@@ -44,7 +44,8 @@ def free_port() -> int:
 # model computes a group of samples faster than a watcher could react)
 KILLED_AFTER_FIRST = """
 import os, signal
-from headattr import attribution, cli
+from headattr.runs import attribution
+from headattr.cli import commands as cli
 real = attribution._save_checkpoint
 def save(*args):
     real(*args)
@@ -124,8 +125,8 @@ def test_assign_balances_tokens_deterministically():
 
 
 def test_merged_groups_are_shared_out_whole_and_do_not_depend_on_the_share():
-    from headattr.attribution import _my_groups
-    from headattr.data import Sample
+    from headattr.data.samples import Sample
+    from headattr.runs.attribution import _my_groups
 
     # lengths 5, 7, 5, 5, 7, 9, 5 (answer spans follow the length): groups of up to 2 of one shape
     samples = [
@@ -215,7 +216,7 @@ def test_torchrun_device_is_cuda_local_rank(four_gpus):
 
 
 def test_torchrun_device_cuda_without_cuda_is_one_line(dream_dir, data_file, tmp_path, monkeypatch, capsys):
-    from headattr.cli import main
+    from headattr.cli.commands import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from headattr import core
-from headattr.attribution import attribute, attribute_sample
-from headattr.data import Sample
-from headattr.gates import gated
-from headattr.masking import MaskConfig, make_variants
+from headattr.data.samples import Sample
+from headattr.engine import core
+from headattr.engine.gates import gated
+from headattr.engine.masking import MaskConfig, make_variants
 from headattr.methods import GateIGConfig
-from headattr.reference import full_logits, reference_attribution, reference_objective
+from headattr.methods.reference import full_logits, reference_attribution, reference_objective
+from headattr.runs.attribution import attribute, attribute_sample
 
 IDS = [1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12]  # [bos] + prompt (7) + answer (5)
 SPAN = (8, 13)
@@ -335,8 +335,8 @@ def test_the_end_nodes_come_from_shared_passes_and_equal_each_paths_own(dream):
 
 
 def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, monkeypatch):
-    from headattr import attribution
     from headattr.methods import common
+    from headattr.runs import attribution
 
     same = [
         Sample(i, f"{i:016x}", None, tuple([1, *range(4 + i, 11 + i), 39, 30, 12, 9, 8]), 8, 13, 0, 0) for i in range(3)
@@ -363,7 +363,7 @@ def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, mon
 
 
 def test_a_group_interrupted_between_checkpoints_is_computed_whole_on_resume(dream, tmp_path, monkeypatch):
-    from headattr import attribution
+    from headattr.runs import attribution
 
     samples = [
         Sample(i, f"{i:016x}", None, tuple([1, *range(4 + i, 11 + i), 39, 30, 12, 9, 8]), 8, 13, 0, 0) for i in range(4)
@@ -394,8 +394,8 @@ def test_a_group_interrupted_between_checkpoints_is_computed_whole_on_resume(dre
 
 
 def test_merge_groups_and_split():
-    from headattr.attribution import merge_groups
     from headattr.methods import SampleAttribution
+    from headattr.runs.attribution import merge_groups
 
     assert merge_groups([5, 7, 5, 5, 7, 5], 2) == [[0, 2], [1, 4], [3, 5]]
     assert merge_groups([5, 5, 5], 1) == [[0], [1], [2]]
@@ -409,10 +409,10 @@ def test_merge_groups_and_split():
 def test_bf16_autocast_keeps_the_quadrature_off_its_cap_on_the_built_in_model():
     # issue 24: bf16 weights under autocast (CPU autocast here, as on CUDA), the issue's 3 samples. With a bf16
     # residual stream 5 of 60 paths ran to the 256-node cap (docs/gate-ig.md, "Precision")
-    from headattr.attribution import attribute_samples
-    from headattr.data import build_samples
+    from headattr.data.samples import build_samples
     from headattr.demo import DATA_FILE, MODEL_DIR
     from headattr.models import load_model
+    from headattr.runs.attribution import attribute_samples
 
     spec = load_model(MODEL_DIR, dtype="bfloat16", device="cpu")
     assert core.autocasts(spec)

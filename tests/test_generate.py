@@ -15,9 +15,9 @@ import torch
 
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.errors import HeadattrError
-from headattr.generation import completion_ids, completion_text, generate
+from headattr.generation.sampling import completion_ids, completion_text, generate
+from headattr.methods.reference import full_logits
 from headattr.models import load_model
-from headattr.reference import full_logits
 
 PROMPTS = [[1, 8, 9, 10], [1, 20, 21, 22, 23, 24, 25], [1, 5], [1, 12, 3, 14, 15, 16]]  # 3 = mask id in a prompt
 
@@ -376,7 +376,7 @@ def test_dream_reads_mask_tokens_inside_prompts_as_the_reference_does(dream):
 
 @pytest.mark.parametrize("fixture, settings", [("dream", DREAM_SAMPLED), ("llada", LLADA_SAMPLED)])
 def test_out_of_memory_halves_the_generation_batch_with_the_same_tokens(request, fixture, settings, monkeypatch):
-    from headattr import generation
+    from headattr.generation import sampling as generation
 
     spec = request.getfixturevalue(fixture)
     want = generate(spec, PROMPTS, seed=3, **settings)

@@ -13,10 +13,10 @@ import torch
 from safetensors.numpy import load_file
 
 from headattr import compare, ensemble
-from headattr.budget import BudgetRule, attention_budget
-from headattr.cli import main
-from headattr.interop import export_run, import_head_importance
-from headattr.rundir import read_run
+from headattr.cli.commands import main
+from headattr.runs.budget import BudgetRule, attention_budget
+from headattr.runs.interop import export_run, import_head_importance
+from headattr.runs.rundir import read_run
 from headattr.testing import make_run, standard_signal
 
 
@@ -217,7 +217,7 @@ def test_compare_and_ensemble_on_imported_runs(tmp_path: Path) -> None:
     assert all(r.scores_only and r.reliability.full_layer == [None] * 4 for r in comp.runs)
     assert {item["rule"] for item in comp.recommendations} >= {"scores_only_runs"}
     assert "no_signal_layers" not in {item["rule"] for item in comp.recommendations}
-    from headattr.report import render_report
+    from headattr.reports.compare import render_report
 
     text = render_report(comp, "en")
     assert "imported from" in text and "imported as stored in the file" in text and "N/A (scores only)" in text

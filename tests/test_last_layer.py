@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from headattr import core
-from headattr.attribution import attribute_sample
-from headattr.data import Sample
-from headattr.masking import MaskConfig
+from headattr.data.samples import Sample
+from headattr.engine import core
+from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
+from headattr.runs.attribution import attribute_sample
 
 # 24 tokens with a 5-token answer: the kept positions (16, the minimum) are fewer than the tokens
 IDS = (1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18)

@@ -11,11 +11,11 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-import headattr.lmeval as lmeval  # noqa: E402  (registers the model)
+import headattr.generation.lmeval as lmeval  # noqa: E402  (registers the model)
 from headattr.demo import DATA_FILE, MODEL_DIR  # noqa: E402
-from headattr.generation import completion_text, generate  # noqa: E402
+from headattr.generation.sampling import completion_text, generate  # noqa: E402
+from headattr.methods.reference import full_logits
 from headattr.models import load_model  # noqa: E402
-from headattr.reference import full_logits
 
 REMOVED = [[0, 0], [0, 3], [1, 2], [2, 5]]
 GEN_ARGS = "steps=8,alg=maskgit_plus"
@@ -198,7 +198,7 @@ def test_ranks_of_a_launch_are_told_to_the_harness(monkeypatch):
 RANK_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
-import headattr.lmeval as lmeval
+import headattr.generation.lmeval as lmeval
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 generated = []

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from headattr import core
-from headattr.attribution import attribute, attribute_sample
-from headattr.cli import main
-from headattr.data import Sample
-from headattr.gates import gated
-from headattr.masking import MaskConfig
+from headattr.cli.commands import main
+from headattr.data.samples import Sample
+from headattr.engine import core
+from headattr.engine.gates import gated
+from headattr.engine.masking import MaskConfig
 from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
 from headattr.methods.stp import threshold_path_attribution
-from headattr.rundir import read_run
+from headattr.runs.attribution import attribute, attribute_sample
+from headattr.runs.rundir import read_run
 
 IDS = [1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12]  # [bos] + prompt (7) + answer (5)
 SPAN = (8, 13)
@@ -146,7 +146,7 @@ def test_stp_numbers_do_not_depend_on_batch_size(dream):
 
 
 def test_stp_runs_resumed_or_sharded_give_the_same_scores(dream, tmp_path):
-    from headattr.distributed import assign
+    from headattr.runs.distributed import assign
 
     method = STPConfig(ig_steps=1, path_samples=2)
     kw = dict(method=method, masking=MASKING, progress=False)
@@ -395,7 +395,7 @@ def test_methods_command_end_to_end_every_number_of_the_report_is_in_the_json(dr
         both = [read_run(out / "runs" / f"{name}-s{seed}").meta["timings"] for seed in (47, 1234)]
         passes = [t["forward_passes_per_sample"] for t in both]  # the adaptive rule spends per seed's samples
         assert m["cost"]["forward_passes_per_sample"] == pytest.approx(np.mean(passes), rel=1e-12)
-        from headattr.consistency import compare
+        from headattr.analysis.consistency import compare
 
         pair = compare(
             [run, read_run(out / "runs" / f"{name}-s1234")], top_k=[m["consistency"]["top_k"]], bootstrap=0

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr.cli import main
+from headattr.cli.commands import main
 from headattr.errors import HeadattrError
+from headattr.methods.reference import full_logits
 from headattr.models import FAMILIES, WholeModel, load_model
-from headattr.reference import full_logits
 from headattr.testing import make_dream_checkpoint
 
 IDS = torch.tensor([[1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12]])

@@ -21,8 +21,8 @@ import tokenizers
 import torch
 from safetensors.torch import load_file
 
-from headattr.cli import main
-from headattr.rundir import read_run
+from headattr.cli.commands import main
+from headattr.runs.rundir import read_run
 
 ORIGIN = Path(__file__).parent / "fixtures" / "origin-gate-ig"
 CASES = json.loads((ORIGIN / "references.json").read_text())
@@ -55,7 +55,8 @@ def test_cli_reproduces_the_origin_scores(case, tmp_path, capsys):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_loaded_model_reproduces_the_origin_logits(model, attn):
     """Whatever attention kernel is asked for, and with the default dtype on CPU (float32)."""
-    from headattr import core, load_model
+    from headattr import load_model
+    from headattr.engine import core
 
     check = next(c for c in CASES if c["model"] == model)["logits_check"]
     spec = load_model(ORIGIN / model, device="cpu", attn_implementation=attn)
@@ -69,7 +70,8 @@ def test_loaded_model_reproduces_the_origin_logits(model, attn):
 def test_left_padding_does_not_change_the_origin_logits():
     """A padded row (the samplers' batches) gives the origin's logits at its real tokens: padding is hidden
     from every query and RoPE positions count real tokens only."""
-    from headattr import core, load_model
+    from headattr import load_model
+    from headattr.engine import core
 
     check = next(c for c in CASES if c["model"] == "dream-tiny")["logits_check"]
     spec = load_model(ORIGIN / "dream-tiny", device="cpu", attn_implementation="eager")

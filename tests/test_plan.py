@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr import core
-from headattr.attribution import attribute_sample
-from headattr.cli import main
-from headattr.data import Sample
-from headattr.gates import gated
-from headattr.masking import MaskConfig
+from headattr.cli.commands import main
+from headattr.data.samples import Sample
+from headattr.engine import core
+from headattr.engine.gates import gated
+from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
+from headattr.methods.reference import reference_attribution
 from headattr.models import WholeModel
-from headattr.plan import (
+from headattr.runs.attribution import attribute_sample
+from headattr.runs.plan import (
     LayerPasses,
     dry_run,
     flop_counter,
@@ -27,7 +28,6 @@ from headattr.plan import (
     reference_passes,
     sample_passes,
 )
-from headattr.reference import reference_attribution
 
 SAMPLE = Sample(0, "0123456789abcdef", None, (1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12), 8, 13, 0, 0)
 MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)
@@ -126,7 +126,7 @@ def test_dry_run_plan_and_probe(dream):
 
 
 def test_dry_run_plans_the_batch_size_the_run_uses(dream):
-    from headattr.attribution import attribute
+    from headattr.runs.attribution import attribute
 
     method = GateIGConfig(ig_steps=2, ig_tol=0.0)
     plan = dry_run(dream, [SAMPLE] * 3, method, MASKING, run_probe=False)

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from headattr import core
-from headattr.attribution import attribute, attribute_sample
-from headattr.cli import main
-from headattr.data import build_samples
-from headattr.decode import unmask_decode
+from headattr.cli.commands import main
+from headattr.data.samples import build_samples
+from headattr.engine import core
+from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
-from headattr.masking import MaskConfig
+from headattr.generation.decode import unmask_decode
 from headattr.methods import GateIGConfig
+from headattr.methods.reference import full_logits
 from headattr.models import load_model
-from headattr.pruning import (
+from headattr.pruning.experiment import (
     Metrics,
     PruneResult,
     curve_area,
@@ -31,16 +31,13 @@ from headattr.pruning import (
     evaluate,
     format_verdict_row,
     gate_matrix,
-    head_order,
-    heads_to_remove,
-    num_to_remove,
     prune,
-    random_rng,
     run_uids,
     select_eval_samples,
 )
-from headattr.reference import full_logits
-from headattr.rundir import read_run
+from headattr.runs.attribution import attribute, attribute_sample
+from headattr.runs.headmask import head_order, heads_to_remove, num_to_remove, random_rng
+from headattr.runs.rundir import read_run
 
 RUN_SAMPLES = 6
 METHOD = GateIGConfig(ig_steps=2)
@@ -305,7 +302,7 @@ def test_prune_refuses_attribution_samples(dream, run, data_file):
 def test_no_eval_samples_left(dream, run, data_file, tmp_path):
     used = [json.loads(line) for line in data_file.read_text().splitlines()]
     own = {s["hash"] for s in run.meta["samples"]}
-    from headattr.data import content_uid
+    from headattr.data.samples import content_uid
 
     only_run_rows = tmp_path / "own.jsonl"
     only_run_rows.write_text(

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from headattr import compare, ensemble
-from headattr.cli import main
-from headattr.consistency import Comparison
+from headattr.analysis.consistency import Comparison
+from headattr.cli.commands import main
 from headattr.figures import plot_consistency
 from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
-from headattr.report import LANGS, STRINGS, _Renderer, fmt_score, render_report, write_outputs
+from headattr.reports.compare import LANGS, STRINGS, _Renderer, fmt_score, render_report, write_outputs
 from headattr.testing import make_run, standard_signal
 
 EN_HEADINGS = [
@@ -265,7 +265,7 @@ def test_reliability_with_non_positive_half_correlation_is_na_with_r(tmp_path: P
     comp = compare([a, b], bootstrap=0)
     rel = comp.runs[0].reliability
     assert rel.full_layer[1] is not None
-    from headattr.consistency import split_half
+    from headattr.analysis.consistency import split_half
 
     anti = split_half(np.concatenate([x, -x]), 4, np.random.default_rng(0), 0.9)  # r = -1 in both layers
     comp.runs[0].reliability = anti
@@ -284,7 +284,7 @@ def test_report_shows_the_nodes_each_path_used(tmp_path):
     import numpy as np
 
     from headattr import compare
-    from headattr.report import render_report
+    from headattr.reports.compare import render_report
 
     sig = standard_signal(3, 4)
     a, b = make_run(tmp_path / "a", sig, 0.5, n=6, seed=1), make_run(tmp_path / "b", sig, 0.5, n=6, seed=2)
@@ -470,7 +470,7 @@ def test_post_processing_and_ensembles_of_differing_settings(tmp_path: Path) -> 
 
 
 def test_run_method_of_old_runs_imports_and_ensembles() -> None:
-    from headattr.rundir import run_method
+    from headattr.runs.rundir import run_method
 
     assert run_method({"config": {"ig_steps": 8}}) == "gate-ig"  # written before `method` existed
     assert run_method({"config": {"method": ["gate-ig", None]}}) == "gate-ig"  # ensemble of such a run and a newer

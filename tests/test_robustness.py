@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from headattr import rundir
-from headattr.cli import main
-from headattr.devices import check_device
+from headattr.cli.commands import main
 from headattr.errors import HeadattrError
+from headattr.models.devices import check_device
+from headattr.runs import rundir
 
 FAST = ["--ig-steps", "1", "--mask-probs", "0.5", "--mask-samples-per-prob", "1", "--samples", "1", "--quiet"]
 

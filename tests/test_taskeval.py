@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.attribution import attribute
-from headattr.cli import main
-from headattr.data import build_samples
+from headattr.cli.commands import main
+from headattr.data.samples import build_samples
 from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
-from headattr.generation import completion_text, generate
-from headattr.masking import MaskConfig
+from headattr.generation.sampling import completion_text, generate
+from headattr.generation.scoring import accuracy, last_number, parse_task, wilson_interval
+from headattr.generation.taskeval import GenerationEval, generation_correct
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
-from headattr.pruning import format_task, gate_matrix, prune, select_eval_samples, write_outputs
-from headattr.rundir import read_run
-from headattr.scoring import accuracy, last_number, parse_task, wilson_interval
-from headattr.taskeval import GenerationEval, generation_correct
+from headattr.pruning.experiment import format_task, gate_matrix, prune, select_eval_samples, write_outputs
+from headattr.runs.attribution import attribute
+from headattr.runs.rundir import read_run
 
 SETTINGS = {"max_new_tokens": 4, "steps": 2, "alg": "maskgit_plus"}
 

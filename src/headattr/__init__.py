@@ -11,17 +11,12 @@ The command line (`headattr ...`) is a thin layer over these functions:
     headattr.attention_budget("run", rule=headattr.BudgetRule(select=0.3))
 """
 
-from .aggregate import final_scores, sample_scores
-from .attribution import Attribution, attribute
-from .budget import BudgetRule, attention_budget, keep_ratios
-from .consistency import Comparison, compare
-from .data import DataConfig, Sample, build_samples
-from .ensembling import ensemble
-from .errors import HeadattrError
-from .generation import completion_ids, completion_text, generate
-from .interop import export_run, import_head_importance, load_head_importance
-from .masking import MaskConfig
-from .methods import (
+from headattr.analysis.consistency import Comparison, compare
+from headattr.data.samples import DataConfig, Sample, build_samples
+from headattr.engine.masking import MaskConfig
+from headattr.errors import HeadattrError
+from headattr.generation.sampling import completion_ids, completion_text, generate
+from headattr.methods import (
     METHODS,
     AblationConfig,
     DispersionConfig,
@@ -30,11 +25,15 @@ from .methods import (
     MethodConfig,
     STPConfig,
 )
-from .models import ModelConfig, ModelSpec, load_model
-from .pruning import prune
-from .rundir import Run, read_run, write_run
-
-__version__ = "0.1.0"
+from headattr.methods.aggregate import final_scores, sample_scores
+from headattr.models import ModelConfig, ModelSpec, load_model
+from headattr.pruning.experiment import prune
+from headattr.runs.attribution import Attribution, attribute
+from headattr.runs.budget import BudgetRule, attention_budget, keep_ratios
+from headattr.runs.ensembling import ensemble
+from headattr.runs.interop import export_run, import_head_importance, load_head_importance
+from headattr.runs.rundir import Run, read_run, write_run
+from headattr.version import __version__ as __version__
 
 __all__ = [
     "AblationConfig",

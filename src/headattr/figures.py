@@ -226,3 +226,32 @@ def plot_pruning_curve(result) -> bytes:
     fig.suptitle("Head pruning by Gate-IG score" + (f" ({n_eval} held-out samples)" if n_eval else ""))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _png(fig)
+
+
+def plot_methods(summary: dict) -> bytes:
+    """methods.png: consistency vs faithfulness (one point per method) and the agreement matrix."""
+    methods = summary["methods"]
+    fig = _new_figure((12, 5))
+    fig.set_layout_engine("constrained")
+    ax, bx = fig.subplots(1, 2)
+    for name, m in methods.items():
+        x, y = m["consistency"]["global_spearman"], m["faithfulness"]["F"]
+        if x is None or y is None:  # undefined (constant scores, or no head matters): no point to draw
+            continue
+        ax.scatter([x], [y], s=40)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4))
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("consistency: global Spearman between seeds")
+    ax.set_ylabel("faithfulness F (0 random, 1 single-head oracle)")
+    ax.set_title("consistency vs faithfulness")
+    names, grid = summary["agreement"]["methods"], np.array(summary["agreement"]["global_spearman"], dtype=float)
+    im = bx.imshow(grid, cmap="RdBu_r", vmin=-1, vmax=1)
+    bx.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    bx.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            bx.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    bx.set_title("agreement: global Spearman\n(diagonal: between seeds)")
+    fig.colorbar(im, ax=bx)
+    return _png(fig)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, TypeVar
 
-from .errors import HeadattrError
+from headattr.errors import HeadattrError
 
 S = TypeVar("S", bound="Settings")
 

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .aggregate import final_scores
-from .data import DataConfig
-from .masking import MaskConfig
-from .methods import GateIGConfig, MethodConfig
-from .models import LLADA_RENAMES, ModelConfig
-from .rundir import prepare_output_dir, run_meta, write_run
+from headattr.data.samples import DataConfig
+from headattr.engine.masking import MaskConfig
+from headattr.methods import GateIGConfig, MethodConfig
+from headattr.methods.aggregate import final_scores
+from headattr.models import LLADA_RENAMES, ModelConfig
+from headattr.runs.rundir import prepare_output_dir, run_meta, write_run
 
 TOY_HASH = "ab" * 32
 

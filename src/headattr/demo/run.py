@@ -29,18 +29,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..attribution import attribute
-from ..consistency import Comparison, compare
-from ..data import DataConfig
-from ..masking import MaskConfig
-from ..methods import GateIGConfig
-from ..models import ModelSpec, load_model
-from ..pruning import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
-from ..pruning import write_outputs as write_prune_outputs
-from ..report import render_report, write_outputs
-from ..rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
-from ..taskeval import GenerationEval
-from . import DATA_FILE, MODEL_DIR
+from headattr.analysis.consistency import Comparison, compare
+from headattr.data.samples import DataConfig
+from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.engine.masking import MaskConfig
+from headattr.generation.taskeval import GenerationEval
+from headattr.methods import GateIGConfig
+from headattr.models import ModelSpec, load_model
+from headattr.pruning.experiment import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
+from headattr.pruning.experiment import write_outputs as write_prune_outputs
+from headattr.reports.compare import render_report, write_outputs
+from headattr.runs.attribution import attribute
+from headattr.runs.rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
 
 SEEDS = (47, 1234)
 STRATIFY_BY = "task"

@@ -55,11 +55,11 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from headattr.decode import unmask_decode
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.demo import tasks as demo_tasks
 from headattr.demo.tokenizer import build_tokenizer
-from headattr.rundir import atomic_write_bytes
+from headattr.generation.decode import unmask_decode
+from headattr.runs.rundir import atomic_write_bytes
 
 T_MIN = 1e-3
 EVAL_SEED = 777  # held-out evaluation examples (a different stream from training's and the dataset's)
@@ -438,7 +438,7 @@ def exact_match(
 def generated_exact_match(model_dir: str | Path, examples: Sequence[demo_tasks.Example], eos_window: int) -> float:
     """Fraction of answers generated exactly by Dream's sampler (`eos_window` tokens and steps, `maskgit_plus`,
     greedy), the completion cut at EOS: what `headattr generate --task exact` and the demo's pruning measure."""
-    from headattr.generation import completion_text, generate
+    from headattr.generation.sampling import completion_text, generate
     from headattr.models import load_model
 
     spec = load_model(model_dir, device="cpu", dtype="float32")

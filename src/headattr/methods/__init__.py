@@ -1,11 +1,11 @@
 """Attribution methods, each a module registering a `MethodConfig` (see `methods.base`)."""
 
-from .ablation import AblationConfig
-from .base import METHODS, MethodConfig, SampleAttribution, method_config, method_from_meta, register
-from .dispersion import DispersionConfig
-from .gate_ig import SCOPES, GateIGConfig
-from .gradient import GradientConfig
-from .stp import STPConfig
+from headattr.methods.ablation import AblationConfig
+from headattr.methods.base import METHODS, MethodConfig, SampleAttribution, method_config, method_from_meta, register
+from headattr.methods.dispersion import DispersionConfig
+from headattr.methods.gate_ig import SCOPES, GateIGConfig
+from headattr.methods.gradient import GradientConfig
+from headattr.methods.stp import STPConfig
 
 NAMES = ("gate-ig", "stp", "gradient", "ablation", "dispersion")  # the order help texts and reports list them
 

@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import HeadattrError
-from ..models import ModelSpec
-from ..settings import Settings
+from headattr.errors import HeadattrError
+from headattr.models import ModelSpec
+from headattr.settings import Settings
 
 
 @dataclass

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core import Join, Rows, chunks, joined_objective, objective
-from ..errors import HeadattrError
-from ..gates import gated
-from ..models import ModelSpec
+from headattr.engine.core import Join, Rows, chunks, joined_objective, objective
+from headattr.engine.gates import gated
+from headattr.errors import HeadattrError
+from headattr.models import ModelSpec
 
 
 def path_gates(layers: list[int], values: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import attention
-from ..core import Rows, chunks, objective
-from ..models import ModelSpec
-from .base import MethodConfig, SampleAttribution, register
-from .common import all_variants
+from headattr.engine import attention
+from headattr.engine.core import Rows, chunks, objective
+from headattr.methods.base import MethodConfig, SampleAttribution, register
+from headattr.methods.common import all_variants
+from headattr.models import ModelSpec
 
 
 @register

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adaptive import (
+from headattr.engine.core import Join, Rows, autocasts, head_inputs
+from headattr.errors import HeadattrError
+from headattr.methods.adaptive import (
     DEFAULT_ATOL,
     DEFAULT_BASE_STEPS,
     DEFAULT_MAX_STEPS,
@@ -42,14 +44,19 @@ from ..adaptive import (
     base_intervals,
     integrate_paths,
 )
-from ..core import Join, Rows, autocasts, head_inputs
-from ..diagnostics import completeness_from_diagnostics, completeness_lines
-from ..errors import HeadattrError
-from ..models import ModelSpec
-from ..quadrature import RULES
-from ..settings import at_least, choice
-from .base import MethodConfig, SampleAttribution, register
-from .common import GatedRows, all_variants, evaluate_j, gate_gradients, joined_gate_gradients, path_gates
+from headattr.methods.base import MethodConfig, SampleAttribution, register
+from headattr.methods.common import (
+    GatedRows,
+    all_variants,
+    evaluate_j,
+    gate_gradients,
+    joined_gate_gradients,
+    path_gates,
+)
+from headattr.methods.diagnostics import completeness_from_diagnostics, completeness_lines
+from headattr.methods.quadrature import RULES
+from headattr.models import ModelSpec
+from headattr.settings import at_least, choice
 
 SCOPES = ("layer", "joint")
 # Relative rounding noise of the integrand under bf16 autocast, for the quadrature's noise floor

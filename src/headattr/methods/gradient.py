@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import Rows
-from ..models import ModelSpec
-from .base import MethodConfig, SampleAttribution, register
-from .common import all_variants, gate_gradients
+from headattr.engine.core import Rows
+from headattr.methods.base import MethodConfig, SampleAttribution, register
+from headattr.methods.common import all_variants, gate_gradients
+from headattr.models import ModelSpec
 
 
 @register

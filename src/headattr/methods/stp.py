@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import Rows
-from ..diagnostics import completeness_from_diagnostics, completeness_lines
-from ..errors import HeadattrError
-from ..models import ModelSpec
-from ..quadrature import RULES, nodes_and_weights
-from ..settings import at_least, choice
-from .base import MethodConfig, SampleAttribution, register
-from .common import all_variants, evaluate_j, gate_gradients, path_gates
+from headattr.engine.core import Rows
+from headattr.errors import HeadattrError
+from headattr.methods.base import MethodConfig, SampleAttribution, register
+from headattr.methods.common import all_variants, evaluate_j, gate_gradients, path_gates
+from headattr.methods.diagnostics import completeness_from_diagnostics, completeness_lines
+from headattr.methods.quadrature import RULES, nodes_and_weights
+from headattr.models import ModelSpec
+from headattr.settings import at_least, choice
 
 STREAM_TAG = 0x535450  # "STP": keeps the threshold streams apart from the mask streams of the same seed
 

@@ -9,13 +9,13 @@
 below).
 """
 
-from . import dream, llada  # noqa: F401  (registers the native families)
-from .backbone import LayerContext, LayerStack, WholeModel
-from .files import config_hash, iter_checkpoint_tensors
-from .llada import LLADA_DEFAULT_MASK_ID, LLADA_RENAMES, llada_llama_config, llada_to_llama_name
-from .loading import DTYPES, ModelConfig, default_device, load_model, resolve_dtype
-from .registry import FAMILIES, Family, register
-from .spec import ModelSpec, find_head_modules
+from headattr.models import dream, llada  # noqa: F401  (registers the native families)
+from headattr.models.backbone import LayerContext, LayerStack, WholeModel
+from headattr.models.files import config_hash, iter_checkpoint_tensors
+from headattr.models.llada import LLADA_DEFAULT_MASK_ID, LLADA_RENAMES, llada_llama_config, llada_to_llama_name
+from headattr.models.loading import DTYPES, ModelConfig, default_device, load_model, resolve_dtype
+from headattr.models.registry import FAMILIES, Family, register
+from headattr.models.spec import ModelSpec, find_head_modules
 
 __all__ = [
     "DTYPES",

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import HeadattrError
+from headattr.errors import HeadattrError
 
 
 @dataclass

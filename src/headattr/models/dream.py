@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from . import native
-from .registry import Family, register
-from .spec import ModelSpec
+from headattr.models import native
+from headattr.models.registry import Family, register
+from headattr.models.spec import ModelSpec
 
 IGNORED_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "rope_theta", "rope_scaling")
 

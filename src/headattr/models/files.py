@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import HeadattrError
+from headattr.errors import HeadattrError
 
 
 def resolve_path(path: str | Path) -> Path:

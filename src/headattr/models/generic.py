@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from ..errors import HeadattrError
-from .backbone import WholeModel
-from .files import config_hash
-from .registry import Family
-from .spec import ModelSpec, find_head_modules
+from headattr.errors import HeadattrError
+from headattr.models.backbone import WholeModel
+from headattr.models.files import config_hash
+from headattr.models.registry import Family
+from headattr.models.spec import ModelSpec, find_head_modules
 
 
 def _auto_model(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, trust: bool) -> torch.nn.Module:

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ..errors import HeadattrError
-from . import native
-from .registry import Family, register
-from .spec import ModelSpec
+from headattr.errors import HeadattrError
+from headattr.models import native
+from headattr.models.registry import Family, register
+from headattr.models.spec import ModelSpec
 
 LLADA_DEFAULT_MASK_ID = 126336
 LLADA_RENAMES = [

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..devices import check_device
-from ..errors import HeadattrError
-from ..settings import Settings, choice
-from . import generic
-from .files import load_tokenizer, read_config, resolve_path
-from .registry import Family, family_for, load_family
-from .spec import ModelSpec, find_head_modules
+from headattr.errors import HeadattrError
+from headattr.models import generic
+from headattr.models.devices import check_device
+from headattr.models.files import load_tokenizer, read_config, resolve_path
+from headattr.models.registry import Family, family_for, load_family
+from headattr.models.spec import ModelSpec, find_head_modules
+from headattr.settings import Settings, choice
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 DTYPE_CHOICES = ("auto", *DTYPES)

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import HeadattrError
-from .backbone import LayerStack
-from .files import config_hash, iter_checkpoint_tensors
-from .spec import ModelSpec
+from headattr.errors import HeadattrError
+from headattr.models.backbone import LayerStack
+from headattr.models.files import config_hash, iter_checkpoint_tensors
+from headattr.models.spec import ModelSpec
 
 
 def rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:

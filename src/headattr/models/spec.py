@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbone import LayerStack, WholeModel
+from headattr.models.backbone import LayerStack, WholeModel
 
 
 @dataclass
@@ -88,7 +88,7 @@ def find_head_modules(model: nn.Module, num_layers: int, name: str | None) -> tu
     """
     import re
 
-    from ..errors import HeadattrError
+    from headattr.errors import HeadattrError
 
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     names = [name] if name else list(HEAD_MODULE_CANDIDATES)

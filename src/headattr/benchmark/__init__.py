@@ -1,0 +1,1 @@
+"""`headattr methods`: every method measured on one model (methods.md/.json, methods.png)."""

@@ -1,0 +1,5 @@
+"""The `headattr` command line."""
+
+from headattr.cli.commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Reports: `compare`'s report (Markdown, HTML, CSV, JSON; en and zh)."""
