@@ -144,3 +144,26 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(dream_dir, tmp_path: Pat
     assert code == 0 and not out.exists()
     assert "dry run: 3 samples; tokens min" in stdout and "FLOPs" in stdout and "batch size auto" in stdout
     assert "layer passes per sample" in stdout and "estimated time" in stdout and "peak memory" in stdout
+
+
+def test_cli_dry_run_of_a_method_it_cannot_plan_is_one_line(dream_dir, tmp_path: Path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"k{i}=v;k{i}?", "answer": f"v{i}"}) + "\n" for i in range(3)))
+    args = ["attribute", str(dream_dir), "--data", str(data), "--samples", "2", "--out", str(tmp_path / "o")]
+    assert main([*args, "--dry-run", "--method", "stp"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "headattr: error: --dry-run plans gate-ig runs; drop it for --method stp"
+    ]
+
+
+def test_largest_pass_counts_the_first_rounds_rows():
+    # rows of a first round, counted from the rule: variants x nodes (x paths for Gate-IG, whose paths share passes)
+    from headattr.engine.batching import MAX_ROWS
+    from headattr.methods import GradientConfig, STPConfig
+    from headattr.runs.attribution import largest_pass
+
+    masking = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2)
+    assert largest_pass(GateIGConfig(), masking, 6) == 4 * 3 * 6  # Simpson's 3 nodes per one-layer path
+    assert largest_pass(GateIGConfig(scope="joint", ig_steps=8, ig_tol=0.0), masking, 6) == 4 * 8
+    assert largest_pass(STPConfig(ig_steps=2), masking, 6) == 4 * 2
+    assert largest_pass(GradientConfig(), masking, 6) == MAX_ROWS

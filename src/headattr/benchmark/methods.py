@@ -50,7 +50,7 @@ from headattr.data.samples import DataConfig
 from headattr.engine.attention import attention_modules
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
-from headattr.methods import METHODS, NAMES, MethodConfig, method_config
+from headattr.methods import METHODS, NAMES, MethodConfig
 from headattr.models import ModelSpec
 from headattr.pruning.experiment import PruneResult, prune, select_eval_samples, single_head_effects
 from headattr.pruning.experiment import curve_area as prune_curve_area
@@ -66,25 +66,19 @@ class BenchmarkSize:
     """How much work `headattr methods` does; FULL fits a few minutes on 2 CPU cores for the built-in model."""
 
     samples: int = 12
-    ig_steps: int | None = None  # gate-ig's base nodes (None: its default, the error-controlled rule)
-    stp_ig_steps: int = 1  # stp nodes per piece
-    stp_path_samples: int = 2
+    quick: bool = False  # the methods' reduced settings (`MethodConfig.benchmark_config`)
     eval_samples: int = 24
     random_orders: int = 20
     fractions: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
 
 FULL = BenchmarkSize()
-QUICK = BenchmarkSize(samples=4, ig_steps=2, stp_path_samples=1, eval_samples=8, random_orders=5)
+QUICK = BenchmarkSize(samples=4, quick=True, eval_samples=8, random_orders=5)
 
 
 def method_for(name: str, size: BenchmarkSize, seed: int) -> MethodConfig:
-    """The settings method `name` runs with at `size` (seeded methods use the run's seed)."""
-    if name == "gate-ig":
-        return method_config(name) if size.ig_steps is None else method_config(name, ig_steps=size.ig_steps)
-    if name == "stp":
-        return method_config(name, ig_steps=size.stp_ig_steps, path_samples=size.stp_path_samples, path_seed=seed)
-    return method_config(name)
+    """The settings method `name` runs with at `size` (`MethodConfig.benchmark_config`)."""
+    return METHODS[name].benchmark_config(size.quick, seed)
 
 
 def parse_methods(text: str) -> list[str]:

@@ -389,11 +389,11 @@ def attribute(
 
 def _print_plan(spec, samples, method, masking, batch, max_memory) -> None:
     """`attribute --dry-run`: the plan's lines (headattr.plan), nothing computed or written."""
-    from headattr.methods import GateIGConfig
     from headattr.runs.plan import describe, dry_run
 
-    if not isinstance(method, GateIGConfig):
-        raise HeadattrError(f"--dry-run plans gate-ig runs; drop it for --method {method.name}")
+    if not method.plannable:
+        plannable = ", ".join(name for name, cls in METHODS.items() if cls.plannable)
+        raise HeadattrError(f"--dry-run plans {plannable} runs; drop it for --method {method.name}")
     if not samples:
         raise HeadattrError("no samples to attribute; check the dataset and --samples")
     for line in describe(dry_run(spec, samples, method, masking, batch, max_memory), spec, method):

@@ -63,9 +63,27 @@ class MethodConfig(Settings):
     # whether the variants of several samples of one shape may share one `Rows` (`core.prepare_merged`): true
     # for a method that treats every variant on its own and does not read `rows.uid`
     merges_samples: ClassVar[bool] = False
+    # whether `attribute --dry-run` can plan this method (`runs.plan` counts Gate-IG's layer passes)
+    plannable: ClassVar[bool] = False
 
     def attribute(self, spec: ModelSpec, rows: Any, batch_size: int, where: str) -> SampleAttribution:
         raise NotImplementedError
+
+    def largest_pass(self, num_variants: int, num_layers: int) -> int | None:
+        """The most rows one pass of a sample's first round holds, or None: the planner's own limit. A method
+        that evaluates `ig_steps` nodes per variant in one pass asks for variants x nodes."""
+        steps = getattr(self, "ig_steps", None)
+        return num_variants * steps if isinstance(steps, int) else None
+
+    def cached_outputs_width(self, spec: ModelSpec) -> int:
+        """Elements per variant and token the method keeps besides the cached layer inputs (default: none)."""
+        return 0
+
+    @classmethod
+    def benchmark_config(cls, quick: bool, seed: int) -> MethodConfig:
+        """The settings `headattr methods` runs this method with (`quick`: its reduced size); seeded methods
+        use the run's `seed`."""
+        return cls()
 
     def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
         """run.json's diagnostics summary from the stacked per-variant diagnostics ([N, V, ...])."""

@@ -85,6 +85,7 @@ class GateIGConfig(MethodConfig):
     name = "gate-ig"
     label = "Gate-IG"
     merges_samples = True  # every path is one variant's: rows of several samples never mix
+    plannable = True
     TEXT = {
         "en": {
             "describe": "Gate-IG: integrated gradients of J = -loss over the head gates, {scope_text}, each gate "
@@ -175,6 +176,21 @@ class GateIGConfig(MethodConfig):
     @property
     def cache_layers(self) -> bool:  # type: ignore[override]
         return self.scope == "layer"
+
+    def largest_pass(self, num_variants: int, num_layers: int) -> int:
+        """Variants x base nodes x paths: the first round's nodes of all paths share passes."""
+        return num_variants * self.base_nodes * len(self.paths(num_layers))
+
+    def cached_outputs_width(self, spec: ModelSpec) -> int:
+        """One-layer paths on a stack that splits attention keep every layer's head outputs (`path_heads`)."""
+        if self.scope == "layer" and spec.backbone.splits_attention:
+            return spec.num_layers * spec.num_heads * spec.head_dim
+        return 0
+
+    @classmethod
+    def benchmark_config(cls, quick: bool, seed: int) -> GateIGConfig:
+        """The default rule; `quick`: 2 base nodes."""
+        return cls(ig_steps=2) if quick else cls()
 
     def paths(self, num_layers: int) -> list[list[int]]:
         """The layers whose gates move together along one IG path."""

@@ -52,6 +52,12 @@ class STPConfig(MethodConfig):
     name = "stp"
     label = "STP"
     cache_layers = False  # every row gates layer 0, so every pass starts there
+
+    @classmethod
+    def benchmark_config(cls, quick: bool, seed: int) -> STPConfig:
+        """One node per piece and 2 path samples (`quick`: 1), the paths seeded by the run's seed."""
+        return cls(ig_steps=1, path_samples=1 if quick else 2, path_seed=seed)
+
     TEXT = {
         "en": {
             "describe": "STP (stochastic threshold path): integrated gradients of J = -loss with every head's gate "

@@ -351,19 +351,16 @@ def _sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, p
 
 
 def largest_pass(method: MethodConfig, masking: MaskConfig, num_layers: int) -> int:
-    """The most rows one pass of a sample's first round holds: for Gate-IG variants x nodes x paths (the paths
-    of all layers share passes), for another path method variants x nodes, else the planner's own limit.
-    Later rounds that hold more are cut into passes of this size."""
-    if isinstance(method, GateIGConfig):
-        return masking.num_variants * method.base_nodes * len(method.paths(num_layers))
-    steps = getattr(method, "ig_steps", None)
-    return masking.num_variants * steps if isinstance(steps, int) else BATCH_LIMIT
+    """The most rows one pass of a sample's first round holds (`MethodConfig.largest_pass`, else the planner's
+    limit). Later rounds that hold more are cut into passes of this size."""
+    rows = method.largest_pass(masking.num_variants, num_layers)
+    return BATCH_LIMIT if rows is None else rows
 
 
 def cached_width(spec: ModelSpec, method: MethodConfig) -> int:
     """Elements per variant and token of what a sample holds beside its passes (`batching.cache_bytes`), on a
     layer stack: the embeddings and, where the method caches layers, every other layer's input (d each); for
-    Gate-IG's one-layer paths every layer's head outputs as well (`gate_ig.path_heads`, H x head_dim each).
+    what the method keeps besides (`MethodConfig.cached_outputs_width`).
     The layer inputs are in the residual stream's dtype (`core.residual_dtype`: float32 under bf16 autocast),
     counted as that many model-dtype elements. A whole-model backbone keeps only the token ids."""
     backbone = spec.backbone
@@ -372,9 +369,7 @@ def cached_width(spec: ModelSpec, method: MethodConfig) -> int:
     floating = spec.dtype.is_floating_point
     wider = torch.finfo(core.residual_dtype(spec)).bits // torch.finfo(spec.dtype).bits if floating else 1
     width = (spec.num_layers if method.cache_layers else 1) * hidden_size(spec) * max(wider, 1)
-    if isinstance(method, GateIGConfig) and method.scope == "layer" and backbone.splits_attention:
-        width += spec.num_layers * spec.num_heads * spec.head_dim
-    return width
+    return width + method.cached_outputs_width(spec)
 
 
 def _open_run_dir(
