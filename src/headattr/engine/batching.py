@@ -59,9 +59,7 @@ from headattr.errors import HeadattrError
 AUTO = "auto"
 DEFAULT_FRACTION = 0.9
 MAX_ROWS = 1 << 16  # no pass holds more rows than this (a sample's rows are far fewer)
-# CPU only: the most hidden-state values (rows x tokens x d) of one pass, 8 MB in float32 (README, "batch size
-# auto" timings; 84 rows for the measured 97-token, width-256 sample; 1724 for a 19-token sample of the built-in
-# model)
+# CPU only: the most hidden-state values (rows x tokens x d) of one pass (README, "batch size auto" timings)
 CPU_PASS_VALUES = 1 << 21
 T = TypeVar("T")
 

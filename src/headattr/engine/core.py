@@ -230,8 +230,8 @@ def loss_window(spec: ModelSpec, answer: tuple[int, int], tokens: int) -> tuple[
     predictable answer is `answer` (`answer_span`), shifted with the logits; None when that is every position.
 
     Widened to MIN_LOSS_POSITIONS: with fewer, a pass of few rows is a product of fewer than 16 rows, which
-    the CPU matrix kernels sum in another order (MKL, float32, measured: 11 to 16 rows by shape), and the
-    numbers would depend on the batch.
+    the CPU matrix kernels may sum in another order (docs/gate-ig.md), and the numbers would depend on the
+    batch.
     """
     shift = 1 if spec.logit_shift else 0
     lo, hi = answer[0] - shift, answer[1] - shift

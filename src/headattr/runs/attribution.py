@@ -298,10 +298,8 @@ def merge_limit(spec: ModelSpec, method: MethodConfig) -> int:
     """How many samples of one shape (`core.merge_key`) the runner computes together (1: each on its own).
 
     On CPU a small model's passes cost mostly per-operation overhead, and the refinement's later rounds hold
-    few rows: samples of one shape share them (on the built-in model, where samples often have one length,
-    the default quadrature took 8% less time on 20 samples). On CUDA a real model's passes are
-    compute-bound and each sample's layer cache is large (Dream 7B, 10 variants of 600 tokens: 28 x 10 x 600 x
-    3584 x 2 bytes = 1.2 GB), so samples are not merged there.
+    few rows: samples of one shape share them. On CUDA a real model's passes are compute-bound and each sample's
+    layer cache is large, so samples are not merged there (docs/gate-ig.md, "Cost").
     """
     return MERGE_SAMPLES if method.merges_samples and spec.device.type == "cpu" else 1
 
