@@ -167,7 +167,7 @@ def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cf
 def compute(kind: str, spec, sample, method, masking, batch_size: int) -> np.ndarray:
     """One sample's attributions [V, L, H] by implementation `kind`."""
     from headattr.methods.reference import reference_attribution
-    from headattr.runs.attribution import attribute_sample
+    from headattr.runs.compute import attribute_sample
 
     if kind == "reference":
         return reference_attribution(spec, sample, method, masking)

@@ -121,7 +121,7 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     from headattr.engine import core
     from headattr.engine.batching import BatchPlanner, cache_bytes
     from headattr.methods import GateIGConfig
-    from headattr.runs.attribution import attribute_sample, cached_width, largest_pass
+    from headattr.runs.compute import attribute_sample, cached_width, largest_pass
     from headattr.runs.plan import flops, sample_passes
 
     method = GateIGConfig(scope=scope)  # headattr's defaults: what `headattr attribute` runs

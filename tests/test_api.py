@@ -36,6 +36,7 @@ def test_generate_from_import_headattr(dream):
 
 def test_import_headattr_loads_no_matplotlib():
     # figures are drawn on demand: `import headattr` (and the command line's import) must not pull matplotlib in
-    code = "import sys, headattr, headattr.cli; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    modules = "headattr, headattr.cli, headattr.figures, headattr.runs.rundir"
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

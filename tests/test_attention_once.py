@@ -17,7 +17,7 @@ from headattr.engine import core
 from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
-from headattr.runs.attribution import attribute_sample
+from headattr.runs.compute import attribute_sample
 
 IDS = (1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12)
 SAMPLE = Sample(0, "0123456789abcdef", None, IDS, 8, 13, 0, 0)

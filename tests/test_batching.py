@@ -20,7 +20,8 @@ from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
 from headattr.methods import GateIGConfig, common
-from headattr.runs.attribution import attribute, cached_width
+from headattr.runs.attribution import attribute
+from headattr.runs.compute import cached_width
 from headattr.testing import dream_7b_shapes_on_cuda
 
 MASKING = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2, mask_seed=5)  # V = 4

@@ -20,7 +20,7 @@ from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec
-from headattr.runs.attribution import cached_width
+from headattr.runs.compute import cached_width
 from headattr.runs.plan import dry_run
 from headattr.testing import dream_7b_shapes_on_cuda
 

@@ -132,15 +132,15 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
 # tiny model computes a group faster than a watcher could react)
 KILLED_AFTER_6 = """
 import os, signal
-from headattr.runs import attribution
+from headattr.runs import checkpoints
 from headattr.cli import commands as cli
-real, saved = attribution._save_checkpoint, []
+real, saved = checkpoints.save_checkpoint, []
 def save(*args):
     real(*args)
     saved.append(1)
     if len(saved) == 6:
         os.kill(os.getpid(), signal.SIGKILL)
-attribution._save_checkpoint = save
+checkpoints.save_checkpoint = save
 cli.main()
 """
 
@@ -164,11 +164,11 @@ def test_resume_after_sigkill_gives_the_same_scores(dream_dir, data_file, tmp_pa
 
 
 def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_file, tmp_path, capsys, monkeypatch):
-    from headattr.runs import attribution
+    from headattr.runs import compute
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
-    real = attribution.attribute_samples
+    real = compute.attribute_samples
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -177,10 +177,10 @@ def test_resume_refuses_checkpoints_from_another_configuration(dream_dir, data_f
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(attribution, "MERGE_SAMPLES", 1)  # a sample at a time, so the second call is sample 2
-    monkeypatch.setattr(attribution, "attribute_samples", flaky)
+    monkeypatch.setattr(compute, "MERGE_SAMPLES", 1)  # a sample at a time, so the second call is sample 2
+    monkeypatch.setattr(compute, "attribute_samples", flaky)
     code, _, err = run_cli(args, capsys)  # Ctrl-C: exit 130, finished samples stay checkpointed
-    monkeypatch.setattr(attribution, "attribute_samples", real)
+    monkeypatch.setattr(compute, "attribute_samples", real)
     assert code == 130 and "--resume" in err
     assert len(list((out / "checkpoints").glob("*.safetensors"))) == 1
     code, _, err = run_cli([*args, "--resume", "--ig-steps", "3"], capsys)
@@ -302,13 +302,13 @@ def test_meta_device_describes_without_reading_weights(family, request, tmp_path
 
 
 def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path, capsys, monkeypatch):
-    from headattr.runs import attribution
+    from headattr.runs import compute
 
     out = tmp_path / "run"
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 3, "--out", out, *FAST]
     assert run_cli(args, capsys)[0] == 0
     old = (out / "scores.safetensors").read_bytes()
-    real, calls = attribution.attribute_samples, {"n": 0}
+    real, calls = compute.attribute_samples, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -316,12 +316,12 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(attribution, "MERGE_SAMPLES", 1)  # a sample at a time, so the second call is sample 2
-    monkeypatch.setattr(attribution, "attribute_samples", interrupted)
+    monkeypatch.setattr(compute, "MERGE_SAMPLES", 1)  # a sample at a time, so the second call is sample 2
+    monkeypatch.setattr(compute, "attribute_samples", interrupted)
     assert run_cli([*args, "--seed", 5, "--overwrite"], capsys)[0] == 130
     assert (out / "scores.safetensors").read_bytes() == old  # the finished run is intact and readable
     assert read_run(out).meta["config"]["seed"] == 47
-    monkeypatch.setattr(attribution, "attribute_samples", real)
+    monkeypatch.setattr(compute, "attribute_samples", real)
     assert run_cli([*args, "--seed", 5, "--resume"], capsys)[0] == 0  # finishing the new run replaces it
     assert run_cli([*args, "--seed", 5, "--out", tmp_path / "fresh"], capsys)[0] == 0
     assert (out / "scores.safetensors").read_bytes() == (tmp_path / "fresh/scores.safetensors").read_bytes()
@@ -331,14 +331,14 @@ def test_failed_overwrite_keeps_the_finished_run(dream_dir, data_file, tmp_path,
 def test_shards_in_sequence_and_in_parallel_give_the_one_process_run(
     dream_dir, data_file, tmp_path, capsys, monkeypatch
 ):
-    from headattr.runs import attribution
+    from headattr.runs import compute
 
     # one thread in every run: a product split over threads can round its rows differently (MKL on AMD EPYC)
     args = ["attribute", dream_dir, "--data", data_file, "--samples", 5, *FAST, "--threads", 1]
     assert run_cli([*args, "--out", tmp_path / "merged"], capsys)[0] == 0
     merged = (tmp_path / "merged/scores.safetensors").read_bytes()
     # in sequence, a sample at a time, so that every shard gets samples (merged groups are shared out whole)
-    monkeypatch.setattr(attribution, "MERGE_SAMPLES", 1)
+    monkeypatch.setattr(compute, "MERGE_SAMPLES", 1)
     assert run_cli([*args, "--out", tmp_path / "one"], capsys)[0] == 0
     expected = (tmp_path / "one/scores.safetensors").read_bytes()
 

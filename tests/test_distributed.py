@@ -44,13 +44,13 @@ def free_port() -> int:
 # model computes a group of samples faster than a watcher could react)
 KILLED_AFTER_FIRST = """
 import os, signal
-from headattr.runs import attribution
+from headattr.runs import checkpoints
 from headattr.cli import commands as cli
-real = attribution._save_checkpoint
+real = checkpoints.save_checkpoint
 def save(*args):
     real(*args)
     os.kill(os.getpid(), signal.SIGKILL)
-attribution._save_checkpoint = save
+checkpoints.save_checkpoint = save
 cli.main()
 """
 

@@ -12,7 +12,8 @@ from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig, make_variants
 from headattr.methods import GateIGConfig
 from headattr.methods.reference import full_logits, reference_attribution, reference_objective
-from headattr.runs.attribution import attribute, attribute_sample
+from headattr.runs.attribution import attribute
+from headattr.runs.compute import attribute_sample
 
 IDS = [1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12]  # [bos] + prompt (7) + answer (5)
 SPAN = (8, 13)
@@ -336,7 +337,7 @@ def test_the_end_nodes_come_from_shared_passes_and_equal_each_paths_own(dream):
 
 def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, monkeypatch):
     from headattr.methods import common
-    from headattr.runs import attribution
+    from headattr.runs import compute
 
     same = [
         Sample(i, f"{i:016x}", None, tuple([1, *range(4 + i, 11 + i), 39, 30, 12, 9, 8]), 8, 13, 0, 0) for i in range(3)
@@ -352,8 +353,8 @@ def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, mon
 
     monkeypatch.setattr(common, "joined_objective", counted)
     results = []
-    for merge in (attribution.MERGE_SAMPLES, 1):
-        monkeypatch.setattr(attribution, "MERGE_SAMPLES", merge)
+    for merge in (compute.MERGE_SAMPLES, 1):
+        monkeypatch.setattr(compute, "MERGE_SAMPLES", merge)
         passes.clear()
         results.append((attribute(dream, samples, method, MASKING, batch_size=64, progress=False), len(passes)))
     (merged, merged_passes), (alone, alone_passes) = results
@@ -363,14 +364,14 @@ def test_samples_of_one_length_share_passes_and_give_the_same_numbers(dream, mon
 
 
 def test_a_group_interrupted_between_checkpoints_is_computed_whole_on_resume(dream, tmp_path, monkeypatch):
-    from headattr.runs import attribution
+    from headattr.runs import checkpoints, compute
 
     samples = [
         Sample(i, f"{i:016x}", None, tuple([1, *range(4 + i, 11 + i), 39, 30, 12, 9, 8]), 8, 13, 0, 0) for i in range(4)
     ]
     kw = dict(method=GateIGConfig(ig_steps=2, ig_tol=0.01), masking=MASKING, batch_size=64, progress=False)
     whole = attribute(dream, samples, out=tmp_path / "whole", **kw)
-    saved, real = [], attribution._save_checkpoint
+    saved, real = [], checkpoints.save_checkpoint
 
     def save_twice(*args):
         if len(saved) == 2:
@@ -378,13 +379,13 @@ def test_a_group_interrupted_between_checkpoints_is_computed_whole_on_resume(dre
         saved.append(args[1])
         real(*args)
 
-    monkeypatch.setattr(attribution, "_save_checkpoint", save_twice)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_twice)
     with pytest.raises(KeyboardInterrupt):
         attribute(dream, samples, out=tmp_path / "cut", **kw)
-    monkeypatch.setattr(attribution, "_save_checkpoint", real)
-    groups, compute = [], attribution.attribute_samples
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real)
+    groups, real_compute = [], compute.attribute_samples
     monkeypatch.setattr(
-        attribution, "attribute_samples", lambda spec, group, *a: groups.append(len(group)) or compute(spec, group, *a)
+        compute, "attribute_samples", lambda spec, group, *a: groups.append(len(group)) or real_compute(spec, group, *a)
     )
     resumed = attribute(dream, samples, out=tmp_path / "cut", resume=True, **kw)
     assert groups == [4]  # the two read back are computed again as companions: the same passes as the whole run
@@ -395,7 +396,7 @@ def test_a_group_interrupted_between_checkpoints_is_computed_whole_on_resume(dre
 
 def test_merge_groups_and_split():
     from headattr.methods import SampleAttribution
-    from headattr.runs.attribution import merge_groups
+    from headattr.runs.compute import merge_groups
 
     assert merge_groups([5, 7, 5, 5, 7, 5], 2) == [[0, 2], [1, 4], [3, 5]]
     assert merge_groups([5, 5, 5], 1) == [[0], [1], [2]]
@@ -412,7 +413,7 @@ def test_bf16_autocast_keeps_the_quadrature_off_its_cap_on_the_built_in_model():
     from headattr.data.samples import build_samples
     from headattr.demo import DATA_FILE, MODEL_DIR
     from headattr.models import load_model
-    from headattr.runs.attribution import attribute_samples
+    from headattr.runs.compute import attribute_samples
 
     spec = load_model(MODEL_DIR, dtype="bfloat16", device="cpu")
     assert core.autocasts(spec)

@@ -16,7 +16,7 @@ from headattr.data.samples import Sample
 from headattr.engine import core
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
-from headattr.runs.attribution import attribute_sample
+from headattr.runs.compute import attribute_sample
 
 # 24 tokens with a 5-token answer: the kept positions (16, the minimum) are fewer than the tokens
 IDS = (1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18)

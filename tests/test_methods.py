@@ -17,7 +17,8 @@ from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig
 from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
 from headattr.methods.stp import threshold_path_attribution
-from headattr.runs.attribution import attribute, attribute_sample
+from headattr.runs.attribution import attribute
+from headattr.runs.compute import attribute_sample
 from headattr.runs.rundir import read_run
 
 IDS = [1, 4, 5, 6, 41, 31, 32, 27, 28, 29, 39, 30, 12]  # [bos] + prompt (7) + answer (5)

@@ -34,7 +34,7 @@ from safetensors.numpy import load_file
 
 import headattr
 from headattr.demo import DATA_FILE
-from headattr.runs.attribution import attribute_sample
+from headattr.runs.compute import attribute_sample
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gate_ig_builtin.safetensors"
 MODEL_DIR = Path(__file__).parent / "fixtures" / "builtin-v3"  # the built-in model f219245 ran

@@ -17,7 +17,7 @@ from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.methods.reference import reference_attribution
 from headattr.models import WholeModel
-from headattr.runs.attribution import attribute_sample
+from headattr.runs.compute import attribute_sample
 from headattr.runs.plan import (
     LayerPasses,
     dry_run,
@@ -160,7 +160,7 @@ def test_largest_pass_counts_the_first_rounds_rows():
     # rows of a first round, counted from the rule: variants x nodes (x paths for Gate-IG, whose paths share passes)
     from headattr.engine.batching import MAX_ROWS
     from headattr.methods import GradientConfig, STPConfig
-    from headattr.runs.attribution import largest_pass
+    from headattr.runs.compute import largest_pass
 
     masking = MaskConfig(mask_probs=(0.3, 0.7), mask_samples_per_prob=2)
     assert largest_pass(GateIGConfig(), masking, 6) == 4 * 3 * 6  # Simpson's 3 nodes per one-layer path

@@ -35,7 +35,8 @@ from headattr.pruning.experiment import (
     run_uids,
     select_eval_samples,
 )
-from headattr.runs.attribution import attribute, attribute_sample
+from headattr.runs.attribution import attribute
+from headattr.runs.compute import attribute_sample
 from headattr.runs.headmask import head_order, heads_to_remove, num_to_remove, random_rng
 from headattr.runs.rundir import read_run
 

@@ -9,20 +9,31 @@ is kept in pyplot's figure registry. The callers (`rundir.write_run`, `report.wr
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import matplotlib.ticker
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
+
+if TYPE_CHECKING:  # matplotlib itself loads with the first figure (`_new_figure`): `import headattr` stays light
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
     """A figure with its own Agg canvas (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _integer_ticks():
+    """A tick locator at whole numbers (layers, heads)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _png(fig: Figure) -> bytes:
@@ -41,8 +52,8 @@ def draw_heatmap(ax: Axes, scores: np.ndarray, title: str = "") -> AxesImage:
     """Draw a layers x heads score map on `ax`, diverging colours centred on zero."""
     lim = _diverging_limits(scores)
     im = ax.imshow(scores, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.yaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     if title:
@@ -97,7 +108,7 @@ def _panel_layer_correlations(ax: Axes, pair, layers: np.ndarray, threshold: flo
     ax.plot(layers, _nan(m.spearman for m in pair.layers), "s--", label="Spearman")
     ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:g}")
     ax.set_xlabel("layer")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("correlation between runs")
     ax.set_title(f"per-layer correlation ({pair.good_count}/{len(layers)} layers > {threshold:g})")
     values = [v for m in pair.layers for v in (m.pearson, m.spearman) if v is not None]
@@ -157,7 +168,7 @@ def _panel_reliability(ax: Axes, comparison, runs, layers: np.ndarray) -> None:
         ax.plot(layers, _nan(rel.full_layer), "o-", color=f"C{i + 2}", label=f"{run.label} (N={rel.n_samples})")
     ax.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")
     ax.set_xlabel("layer")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("split-half reliability (Spearman-Brown)")
     ax.set_title("reliability within each run")
     values = [v for run in runs for v in run.reliability.full_layer if v is not None]

@@ -181,6 +181,27 @@ def make_llada_checkpoint(root: Path, seed: int = 0, shards: int = 2) -> Path:
     return root
 
 
+# run.json's `model` of a synthetic run (`make_run` fills in the hash and the shape, in these places)
+TOY_MODEL = {
+    "name": "toy-dream",
+    "path": "/models/toy",
+    "family": "dream",
+    "config_hash": None,
+    "num_parameters": 123,
+    "num_layers": None,
+    "num_heads": None,
+    "num_kv_heads": 2,
+    "head_dim": 8,
+    "head_module": "self_attn.o_proj",
+    "head_module_label": "self_attn.o_proj",
+    "mask_token_id": 3,
+    "logit_shift": True,
+    "dtype": "float32",
+    "device": "cpu",
+    "layer_reuse": True,
+}
+
+
 def make_run(
     path: Path,
     signal: np.ndarray,
@@ -207,20 +228,7 @@ def make_run(
     per_sample = signal[None] + sigma * rng.standard_normal((n, num_layers, num_heads))
     offsets = np.linspace(-1.0, 1.0, v) if v > 1 else np.zeros(1)  # variants differ, mean unchanged
     att = (per_sample[:, None] + offsets[None, :, None, None] * 0.01).astype(np.float32)
-    cfg = {
-        "seed": seed,
-        **DataConfig(samples=n, seed=seed).to_meta(),
-        **method.to_meta(),
-        **MaskConfig(
-            mask_probs=tuple(round(0.1 + 0.8 * i / max(v - 1, 1), 3) for i in range(v)),
-            mask_samples_per_prob=1,
-            mask_seed=seed,
-        ).to_meta(),
-        "postprocess": "signed",
-        "batch_size": 64,
-        **ModelConfig(dtype="float32").to_meta(),
-    }
-    cfg.update(config or {})
+    cfg = _toy_config(n, v, seed, method) | (config or {})
     ids = sample_ids or [f"{seed}-{i}" for i in range(n)]
     j_full = rng.normal(size=(n, v))
     j_base = j_full[..., None] - rng.uniform(1.0, 2.0, size=(n, v, num_layers))
@@ -230,24 +238,7 @@ def make_run(
         diagnostics = {"j_full": j_full}
     meta = run_meta(
         config=cfg,
-        model={
-            "name": "toy-dream",
-            "path": "/models/toy",
-            "family": "dream",
-            "config_hash": config_hash,
-            "num_parameters": 123,
-            "num_layers": num_layers,
-            "num_heads": num_heads,
-            "num_kv_heads": 2,
-            "head_dim": 8,
-            "head_module": "self_attn.o_proj",
-            "head_module_label": "self_attn.o_proj",
-            "mask_token_id": 3,
-            "logit_shift": True,
-            "dtype": "float32",
-            "device": "cpu",
-            "layer_reuse": True,
-        },
+        model=TOY_MODEL | {"config_hash": config_hash, "num_layers": num_layers, "num_heads": num_heads},
         samples=[
             {"index": i, "hash": hashlib.sha256(s.encode()).hexdigest()[:16], "prompt_tokens": 5, "answer_tokens": 3}
             for i, s in enumerate(ids)
@@ -261,6 +252,23 @@ def make_run(
     prepare_output_dir(path)
     write_run(path, final_scores(att, cfg["postprocess"]), att, meta, heatmap=heatmap)
     return path
+
+
+def _toy_config(n: int, v: int, seed: int, method: MethodConfig) -> dict:
+    """run.json's `config` of a synthetic run: its data, method, `v` masking rates and model settings."""
+    return {
+        "seed": seed,
+        **DataConfig(samples=n, seed=seed).to_meta(),
+        **method.to_meta(),
+        **MaskConfig(
+            mask_probs=tuple(round(0.1 + 0.8 * i / max(v - 1, 1), 3) for i in range(v)),
+            mask_samples_per_prob=1,
+            mask_seed=seed,
+        ).to_meta(),
+        "postprocess": "signed",
+        "batch_size": 64,
+        **ModelConfig(dtype="float32").to_meta(),
+    }
 
 
 def standard_signal(num_layers: int, num_heads: int, seed: int = 1) -> np.ndarray:

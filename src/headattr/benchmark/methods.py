@@ -46,10 +46,12 @@ from typing import Any
 import numpy as np
 
 from headattr.analysis.consistency import compare, spearman
+from headattr.benchmark.report import render_markdown
 from headattr.data.samples import DataConfig
 from headattr.engine.attention import attention_modules
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
+from headattr.figures import plot_methods
 from headattr.methods import METHODS, NAMES, MethodConfig
 from headattr.models import ModelSpec
 from headattr.pruning.experiment import PruneResult, prune, select_eval_samples, single_head_effects
@@ -338,10 +340,27 @@ def run_benchmark(
             "faithfulness": faithfulness_of(spec, runs[name], selection.samples, ref, size, progress),
             "cost": cost_of(runs[name]),
         }
+    summary = _summary(spec, data, seeds, size, ref, table, runs)
+    summary["total_s"] = time.perf_counter() - started
+    return BenchmarkResult(summary, _write(out, summary, lang))
+
+
+def _summary(
+    spec: ModelSpec,
+    data: DataConfig,
+    seeds: Sequence[int],
+    size: BenchmarkSize,
+    ref: Reference,
+    table: dict[str, dict[str, Any]],
+    runs: dict[str, list[Run]],
+) -> dict[str, Any]:
+    """methods.json: the model, data and size, the reference ends of the F scale, each method's measures with
+    its rank, the methods' agreement, the ranking and the Pareto front (`total_s` is added by the caller)."""
+    methods = list(table)
     ranking, pareto = rank_methods(table)
     for rank, name in enumerate(ranking, start=1):
         table[name]["rank"] = rank
-    summary = {
+    return {
         "format": "headattr-methods",
         "version": 1,
         "model": {
@@ -366,18 +385,18 @@ def run_benchmark(
         },
         "methods": table,
         "agreement": {
-            "methods": list(methods),
+            "methods": methods,
             "global_spearman": agreement(runs, {n: table[n]["consistency"] for n in methods}),
         },
         "ranking": ranking,
         "pareto": pareto,
-        "total_s": time.perf_counter() - started,
     }
-    from headattr.benchmark.report import render_markdown
-    from headattr.figures import plot_methods
 
+
+def _write(out: Path, summary: dict[str, Any], lang: str) -> dict[str, Path]:
+    """methods.json, methods.md (in `lang`) and methods.png, each written atomically."""
     paths = {name: out / name for name in (METHODS_MD, METHODS_JSON, METHODS_PNG)}
     atomic_write_json(paths[METHODS_JSON], summary)
     atomic_write_text(paths[METHODS_MD], render_markdown(summary, lang))
     atomic_write_bytes(paths[METHODS_PNG], plot_methods(summary))
-    return BenchmarkResult(summary, paths)
+    return paths

@@ -25,7 +25,7 @@ from headattr.models import ModelConfig, ModelSpec, default_device, devices, res
 from headattr.models.loading import ATTN_IMPLEMENTATIONS, DTYPE_CHOICES, LOGIT_SHIFT
 from headattr.runs import distributed
 from headattr.runs.attribution import attribute as attribute_api
-from headattr.runs.attribution import check_shard
+from headattr.runs.checkpoints import check_shard
 from headattr.runs.rundir import check_output_dir
 
 

@@ -263,6 +263,78 @@ def demo_model(model_dir: str | Path = MODEL_DIR) -> ModelSpec:
     return load_model(model_dir, device=DEMO_DEVICE)
 
 
+def _size(quick: bool, samples: int | None, ig_steps: int | None, prune_eval_samples: int | None) -> DemoSize:
+    """`FULL` (or `QUICK`) with the caller's overrides."""
+    base = QUICK if quick else FULL
+    return DemoSize(
+        samples=samples or base.samples,
+        ig_steps=ig_steps or base.ig_steps,
+        ig_tol=base.ig_tol,
+        prune_eval_samples=prune_eval_samples or base.prune_eval_samples,
+        random_orders=base.random_orders,
+        fractions=base.fractions,
+    )
+
+
+def _attribute_runs(
+    spec: ModelSpec,
+    size: DemoSize,
+    data_file: Path,
+    out: Path,
+    overwrite: bool,
+    progress: bool,
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+) -> list[Run]:
+    """Steps 1 and 2: a Gate-IG run per seed of `SEEDS`, each timed into `timings`."""
+    runs: list[Run] = []
+    for step, seed in enumerate(SEEDS, start=1):
+        method = gate_ig_config(size)
+        rule = (
+            f"{method.ig_steps} nodes refined to tol {method.ig_tol:g}"
+            if method.adaptive
+            else f"{method.ig_steps} IG steps"
+        )
+        echo(f"[{step}/4] Gate-IG attribution, seed {seed}: {size.samples} samples, {rule}")
+        t = time.perf_counter()
+        runs.append(_attribute_seed(spec, seed, size, data_file, out / f"run-seed{seed}", overwrite, progress))
+        timings[f"attribute_seed{seed}_s"] = time.perf_counter() - t
+    return runs
+
+
+def _prune_step(
+    spec: ModelSpec,
+    runs: list[Run],
+    size: DemoSize,
+    rank_by: str,
+    model_dir: str | Path,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> PruneResult:
+    """Step 4: prune by the first seed's scores on held-out samples the runs did not use."""
+    selection = select_eval_samples(spec, runs[0], n=size.prune_eval_samples, seed=0, exclude_runs=runs[1:])
+    echo(
+        f"[4/4] prune by the seed-{SEEDS[0]} scores on {len(selection.samples)} held-out samples "
+        f"(single heads, exact match)"
+    )
+    generation = demo_generation(model_dir)
+    result = prune(
+        spec,
+        runs[0],
+        selection.samples,
+        fractions=size.fractions,
+        random_orders=size.random_orders,
+        rank_by=rank_by,
+        single_head=True,
+        decode=generation is None,
+        batch_size=256,
+        progress=progress,
+        generation=generation,
+    )
+    result.eval_info.update(selection.to_dict(), eval_seed=0)
+    return result
+
+
 def run_demo(
     out: str | Path = "headattr-demo",
     *,
@@ -286,15 +358,7 @@ def run_demo(
     """
     if echo is None:
         echo = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
-    base = QUICK if quick else FULL
-    size = DemoSize(
-        samples=samples or base.samples,
-        ig_steps=ig_steps or base.ig_steps,
-        ig_tol=base.ig_tol,
-        prune_eval_samples=prune_eval_samples or base.prune_eval_samples,
-        random_orders=base.random_orders,
-        fractions=base.fractions,
-    )
+    size = _size(quick, samples, ig_steps, prune_eval_samples)
     out, data_file = Path(out), Path(data_file)
     check_output_dir(out, overwrite)
     started = time.perf_counter()
@@ -305,45 +369,15 @@ def run_demo(
         f"{spec.num_parameters:,} parameters; "
         f"data {data_file}"
     )
-    runs: list[Run] = []
-    for step, seed in enumerate(SEEDS, start=1):
-        method = gate_ig_config(size)
-        rule = (
-            f"{method.ig_steps} nodes refined to tol {method.ig_tol:g}"
-            if method.adaptive
-            else f"{method.ig_steps} IG steps"
-        )
-        echo(f"[{step}/4] Gate-IG attribution, seed {seed}: {size.samples} samples, {rule}")
-        t = time.perf_counter()
-        runs.append(_attribute_seed(spec, seed, size, data_file, out / f"run-seed{seed}", overwrite, progress))
-        timings[f"attribute_seed{seed}_s"] = time.perf_counter() - t
+    runs = _attribute_runs(spec, size, data_file, out, overwrite, progress, echo, timings)
     echo("[3/4] compare the two runs (report in English and Chinese)")
     t = time.perf_counter()
     comparison = compare(runs)
     paths: dict[str, Path] = {f"run-seed{seed}": out / f"run-seed{seed}" for seed in SEEDS}
     paths.update(_write_comparison(comparison, out / "compare", overwrite))
     timings["compare_s"] = time.perf_counter() - t
-    selection = select_eval_samples(spec, runs[0], n=size.prune_eval_samples, seed=0, exclude_runs=runs[1:])
-    echo(
-        f"[4/4] prune by the seed-{SEEDS[0]} scores on {len(selection.samples)} held-out samples "
-        f"(single heads, exact match)"
-    )
     t = time.perf_counter()
-    generation = demo_generation(model_dir)
-    result = prune(
-        spec,
-        runs[0],
-        selection.samples,
-        fractions=size.fractions,
-        random_orders=size.random_orders,
-        rank_by=rank_by,
-        single_head=True,
-        decode=generation is None,
-        batch_size=256,
-        progress=progress,
-        generation=generation,
-    )
-    result.eval_info.update(selection.to_dict(), eval_seed=0)
+    result = _prune_step(spec, runs, size, rank_by, model_dir, progress, echo)
     paths.update(write_prune_outputs(result, out / "prune"))
     timings["prune_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started

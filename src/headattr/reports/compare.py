@@ -40,6 +40,7 @@ from headattr.analysis.consistency import (
     Summary,
 )
 from headattr.errors import HeadattrError
+from headattr.figures import plot_consistency
 from headattr.methods import METHODS, method_from_meta
 from headattr.runs.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
 
@@ -1318,8 +1319,6 @@ def write_outputs(
     paths = {name: out / name for name in OUTPUT_FILES}
     atomic_write_json(paths[METRICS_FILE], comparison.to_dict())
     atomic_write_text(paths[LAYER_CSV_FILE], layer_metrics_csv(comparison))
-    from headattr.figures import plot_consistency  # here: matplotlib loads only when a figure is drawn
-
     atomic_write_bytes(paths[FIGURE_FILE], plot_consistency(comparison, 0, 1))
     atomic_write_text(paths[REPORT_FILE], render_report(comparison, lang))
     return paths

@@ -60,7 +60,7 @@ from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec, WholeModel
-from headattr.runs.attribution import cached_width, largest_pass, merge_groups, merge_limit
+from headattr.runs.compute import cached_width, largest_pass, merge_groups, merge_limit
 
 
 @dataclass

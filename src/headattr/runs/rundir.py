@@ -32,6 +32,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from headattr.errors import HeadattrError
+from headattr.figures import plot_heatmap
 
 RUN_FORMAT = "headattr-run"
 RUN_VERSION = 1
@@ -311,8 +312,6 @@ def write_run(
     atomic_write_text(out / HEADS_FILE, heads_csv(scores))
     if heatmap:
         title = f"{_method_label(meta)} head scores: {meta.get('model', {}).get('name', '')}".rstrip(": ")
-        from headattr.figures import plot_heatmap  # here: matplotlib loads only when a figure is drawn
-
         atomic_write_bytes(out / HEATMAP_FILE, plot_heatmap(scores, title=title))
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, **meta}
     atomic_write_json(out / META_FILE, meta)
