@@ -12,6 +12,9 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.demo import checkpoint as demo_checkpoint
+from headattr.demo import evaluate as demo_evaluate
+from headattr.demo import objective as demo_objective
 from headattr.demo import tasks as demo_tasks
 from headattr.demo import train as demo_train
 from headattr.demo.tokenizer import build_tokenizer
@@ -27,7 +30,7 @@ ACCURACY_FLOOR = {"kv": 0.9, "copy": 0.9, "reverse": 0.9, "add": 0.9}
 @pytest.fixture(scope="module")
 def demo() -> tuple[Qwen2ForCausalLM, object]:
     torch.set_num_threads(1)
-    return demo_train.load_checkpoint(MODEL_DIR)
+    return demo_checkpoint.load_checkpoint(MODEL_DIR)
 
 
 def _dataset_by_task() -> dict[str, list[dict[str, str]]]:
@@ -72,10 +75,10 @@ def test_loads_as_plain_qwen2_and_is_bidirectional(demo) -> None:
     config = Qwen2Config(**fields)
     config.is_causal = False
     model = Qwen2ForCausalLM.from_pretrained(str(MODEL_DIR), config=config)
-    model = demo_train.make_bidirectional(model).eval()
+    model = demo_checkpoint.make_bidirectional(model).eval()
     reference, tokenizer = demo
     example = demo_tasks.reverse_example(demo_tasks.random.Random(3))
-    ids = torch.tensor([demo_train.encode(example, tokenizer)[0]])
+    ids = torch.tensor([demo_objective.encode(example, tokenizer)[0]])
     with torch.no_grad():
         logits = model(input_ids=ids).logits
         torch.testing.assert_close(logits, reference(input_ids=ids).logits)
@@ -99,7 +102,7 @@ def test_model_solves_heldout_examples(demo, task: str) -> None:
     model, tokenizer = demo
     examples = _dataset_by_task()[task][:40]
     assert all(demo_tasks.is_heldout(example) for example in examples)
-    accuracy = demo_train.masked_accuracy(model, tokenizer, examples, rate=0.5, seed=1)
+    accuracy = demo_evaluate.masked_accuracy(model, tokenizer, examples, rate=0.5, seed=1)
     assert accuracy > ACCURACY_FLOOR[task], f"{task}: masked-token accuracy {accuracy:.3f}"
 
 
@@ -111,15 +114,15 @@ GENERATION_FLOOR = {"kv": 0.9, "copy": 0.9, "reverse": 0.9, "add": 0.9}
 
 def test_shipped_model_is_what_the_default_training_command_writes() -> None:
     shipped = json.loads((MODEL_DIR / "training_args.json").read_text())
-    assert shipped == asdict(demo_train.TrainConfig())
+    assert shipped == asdict(demo_objective.TrainConfig())
     assert shipped["eos_window"] > 0  # so the demo judges pruning by generated answers
 
 
 @pytest.mark.parametrize("task", demo_tasks.TASKS)
 def test_model_generates_heldout_answers_ending_in_eos(task: str) -> None:
-    window = demo_train.TrainConfig().eos_window
+    window = demo_objective.TrainConfig().eos_window
     examples = _dataset_by_task()[task][:40]
-    accuracy = demo_train.generated_exact_match(MODEL_DIR, examples, window)
+    accuracy = demo_evaluate.generated_exact_match(MODEL_DIR, examples, window)
     assert accuracy > GENERATION_FLOOR[task], f"{task}: generated exact match {accuracy:.3f}"
 
 
@@ -167,7 +170,7 @@ def test_tokenizer_is_one_id_per_character() -> None:
 
 
 def test_training_smoke(tmp_path) -> None:
-    cfg = demo_train.TrainConfig(
+    cfg = demo_objective.TrainConfig(
         steps=3,
         batch_size=8,
         hidden_size=32,
@@ -178,10 +181,10 @@ def test_training_smoke(tmp_path) -> None:
         warmup_steps=1,
     )
     model, tokenizer = demo_train.train(cfg, tmp_path, log=False)
-    loaded, loaded_tokenizer = demo_train.load_checkpoint(tmp_path)
+    loaded, loaded_tokenizer = demo_checkpoint.load_checkpoint(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "Dream" and config["num_hidden_layers"] == 2
-    ids = torch.tensor([demo_train.encode(demo_tasks.add_example(demo_tasks.random.Random(0)), tokenizer)[0]])
+    ids = torch.tensor([demo_objective.encode(demo_tasks.add_example(demo_tasks.random.Random(0)), tokenizer)[0]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
     assert loaded_tokenizer.mask_token_id == tokenizer.mask_token_id
@@ -193,8 +196,8 @@ def test_training_smoke(tmp_path) -> None:
 
 def test_training_command_exposes_every_setting(tmp_path, capsys) -> None:
     args = demo_train.parse_args([])
-    assert demo_train.TrainConfig(**{name: getattr(args, name) for name in demo_train.CLI_FIELDS}) == (
-        demo_train.TrainConfig()
+    assert demo_objective.TrainConfig(**{name: getattr(args, name) for name in demo_train.CLI_FIELDS}) == (
+        demo_objective.TrainConfig()
     )
     threads = torch.get_num_threads()
     try:
@@ -239,11 +242,11 @@ def test_padding_is_invisible_to_real_tokens(demo) -> None:
     model, tokenizer = demo
     rng = demo_tasks.random.Random(2)
     examples = [demo_tasks.kv_example(rng), demo_tasks.copy_example(rng), demo_tasks.add_example(rng)]
-    batch = demo_train.make_batch(examples, tokenizer)
+    batch = demo_objective.make_batch(examples, tokenizer)
     with torch.no_grad():
         padded = model(input_ids=batch.ids, attention_mask=batch.attention_mask()).logits
         for row, example in enumerate(examples):
-            ids = torch.tensor([demo_train.encode(example, tokenizer)[0]])
+            ids = torch.tensor([demo_objective.encode(example, tokenizer)[0]])
             alone = model(input_ids=ids).logits[0]
             torch.testing.assert_close(padded[row, : ids.shape[1]], alone, atol=1e-4, rtol=1e-4)
 
@@ -254,7 +257,7 @@ def test_eos_padding_is_marked_and_trained_on() -> None:
         {"prompt": "12+30=", "answer": "042", "task": "add"},
         {"prompt": "copy:abcd=", "answer": "abcd", "task": "copy"},
     ]
-    batch = demo_train.make_batch(examples, tokenizer, [12, 0])
+    batch = demo_objective.make_batch(examples, tokenizer, [12, 0])
     assert batch.answer.sum(dim=1).tolist() == [12, 4] and batch.eos.sum(dim=1).tolist() == [9, 0]
     assert not (batch.eos & ~batch.answer).any()
     start = 1 + len("12+30=")
@@ -265,25 +268,25 @@ def test_eos_padding_is_marked_and_trained_on() -> None:
 def test_eos_padding_adds_to_the_loss_without_diluting_the_answer() -> None:
     tokenizer = build_tokenizer()
     example = {"prompt": "12+30=", "answer": "042", "task": "add"}
-    batch = demo_train.make_batch([example, example], tokenizer, [0, 12])
+    batch = demo_objective.make_batch([example, example], tokenizer, [0, 12])
     ones = torch.ones(batch.ids.shape)
     rate = torch.ones(2)
     answer_only = batch.answer & ~batch.eos
     # every answer token masked: a mean of 1 per real answer token, with or without EOS after the answer
-    torch.testing.assert_close(demo_train.weighted_loss(ones, answer_only, rate, batch), torch.ones(2))
+    torch.testing.assert_close(demo_objective.weighted_loss(ones, answer_only, rate, batch), torch.ones(2))
     # the 9 EOS tokens add 9 / 3 on top instead of shrinking the answer's share to 3 / 12
-    torch.testing.assert_close(demo_train.weighted_loss(ones, batch.answer, rate, batch), torch.tensor([1.0, 4.0]))
+    torch.testing.assert_close(demo_objective.weighted_loss(ones, batch.answer, rate, batch), torch.tensor([1.0, 4.0]))
 
 
 def test_training_batches_mix_answers_with_and_without_eos() -> None:
     def windows(seed: int) -> list[int]:
-        stream = demo_train.batches(seed, 32, eos_window=12, eos_fraction=0.5)
+        stream = demo_objective.batches(seed, 32, eos_window=12, eos_fraction=0.5)
         return [window for _, batch in zip(range(40), stream, strict=False) for _, window in batch]
 
     drawn = windows(0)
     assert set(drawn) == {0, 12} and 0.45 < drawn.count(12) / len(drawn) < 0.55
     assert drawn == windows(0) and drawn != windows(1)
-    assert {window for batch in [next(demo_train.batches(0, 32))] for _, window in batch} == {0}
+    assert {window for batch in [next(demo_objective.batches(0, 32))] for _, window in batch} == {0}
 
 
 # ---------------------------------------------------------------- decoder
@@ -292,7 +295,7 @@ def test_training_batches_mix_answers_with_and_without_eos() -> None:
 def test_unmask_decode_solves_an_easy_example(demo) -> None:
     model, tokenizer = demo
     example = {"prompt": "copy:abcd=", "answer": "abcd", "task": "copy"}
-    ids, start = demo_train.encode(example, tokenizer)
+    ids, start = demo_objective.encode(example, tokenizer)
     batch = torch.tensor([ids])
     positions = torch.arange(start, len(ids))
     decoded = unmask_decode(lambda x: model(input_ids=x).logits, batch, positions, tokenizer.mask_token_id, shift=True)
@@ -371,14 +374,14 @@ def test_unmask_decode_steps_and_checks() -> None:
 def test_saved_checkpoint_round_trips_with_the_umask_mode(tmp_path):
     import os
 
-    model, tokenizer = demo_train.load_checkpoint()
+    model, tokenizer = demo_checkpoint.load_checkpoint()
     old = os.umask(0o022)
     try:
-        out = demo_train.save_checkpoint(model, tokenizer, tmp_path / "copy")
+        out = demo_checkpoint.save_checkpoint(model, tokenizer, tmp_path / "copy")
     finally:
         os.umask(old)
-    assert (out / demo_train.WEIGHTS_FILE).stat().st_mode & 0o777 == 0o644  # not safetensors' own 0600
-    copy, _ = demo_train.load_checkpoint(out)
+    assert (out / demo_checkpoint.WEIGHTS_FILE).stat().st_mode & 0o777 == 0o644  # not safetensors' own 0600
+    copy, _ = demo_checkpoint.load_checkpoint(out)
     for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
