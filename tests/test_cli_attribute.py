@@ -112,6 +112,7 @@ def test_deterministic_runs_change_nothing_on_cpu(dream_dir, data_file, tmp_path
     assert run_cli([*args, "--out", tmp_path / "b", "--deterministic"], capsys)[0] == 0
     scores = [(tmp_path / r / "scores.safetensors").read_bytes() for r in "ab"]
     assert scores[0] == scores[1]
+    assert [read_run(tmp_path / r).meta["device"]["deterministic"] for r in "ab"] == [False, True]  # run.json says
     gen = ["generate", dream_dir, "--prompt", "k1=v1;k1?", "--max-new-tokens", 4, "--steps", 4, "--temperature", 0.5]
     outputs = [run_cli([*gen, *extra], capsys) for extra in ([], ["--deterministic"])]
     assert outputs[0][0] == outputs[1][0] == 0 and outputs[0][1] == outputs[1][1]

@@ -74,12 +74,12 @@ def run_config(
     return config
 
 
-def device_record(spec: ModelSpec) -> dict[str, str]:
-    """run.json's `device`: its type and name."""
-
+def device_record(spec: ModelSpec) -> dict[str, Any]:
+    """run.json's `device`: its type and name, and whether torch ran deterministic algorithms only
+    (`--deterministic`: what makes a GPU run repeat bit for bit, README "A 7B model on a GPU")."""
     device = spec.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"type": device.type, "name": name}
+    return {"type": device.type, "name": name, "deterministic": torch.are_deterministic_algorithms_enabled()}
 
 
 def attribution_meta(
