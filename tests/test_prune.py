@@ -23,18 +23,13 @@ from headattr.generation.decode import unmask_decode
 from headattr.methods import GateIGConfig
 from headattr.methods.reference import full_logits
 from headattr.models import load_model
-from headattr.pruning.experiment import (
-    Metrics,
-    PruneResult,
-    curve_area,
-    eval_masking,
-    evaluate,
-    format_verdict_row,
-    gate_matrix,
-    prune,
-    run_uids,
-    select_eval_samples,
-)
+from headattr.pruning.evaluation import Metrics, eval_masking, evaluate
+from headattr.pruning.plan import gate_matrix
+from headattr.pruning.results import PruneResult
+from headattr.pruning.runner import prune
+from headattr.pruning.samples import run_uids, select_eval_samples
+from headattr.pruning.text import format_verdict_row
+from headattr.pruning.verdicts import curve_area
 from headattr.runs.attribution import attribute
 from headattr.runs.compute import attribute_sample
 from headattr.runs.headmask import head_order, heads_to_remove, num_to_remove, random_rng

@@ -18,7 +18,11 @@ from headattr.generation.scoring import accuracy, last_number, parse_task, wilso
 from headattr.generation.taskeval import GenerationEval, generation_correct
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
-from headattr.pruning.experiment import format_task, gate_matrix, prune, select_eval_samples, write_outputs
+from headattr.pruning.outputs import write_outputs
+from headattr.pruning.plan import gate_matrix
+from headattr.pruning.runner import prune
+from headattr.pruning.samples import select_eval_samples
+from headattr.pruning.text import format_task
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import read_run
 

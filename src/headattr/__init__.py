@@ -27,7 +27,7 @@ from headattr.methods import (
 )
 from headattr.methods.aggregate import final_scores, sample_scores
 from headattr.models import ModelConfig, ModelSpec, load_model
-from headattr.pruning.experiment import prune
+from headattr.pruning import PruneSettings, prune
 from headattr.runs.attribution import Attribution, attribute
 from headattr.runs.budget import BudgetRule, attention_budget, keep_ratios
 from headattr.runs.ensembling import ensemble
@@ -60,6 +60,7 @@ __all__ = [
     "build_samples",
     "load_model",
     "prune",
+    "PruneSettings",
     "HeadattrError",
     "Run",
     "compare",

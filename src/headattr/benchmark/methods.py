@@ -54,8 +54,11 @@ from headattr.errors import HeadattrError
 from headattr.figures import plot_methods
 from headattr.methods import METHODS, NAMES, MethodConfig
 from headattr.models import ModelSpec
-from headattr.pruning.experiment import PruneResult, prune, select_eval_samples, single_head_effects
-from headattr.pruning.experiment import curve_area as prune_curve_area
+from headattr.pruning.faithfulness import single_head_effects
+from headattr.pruning.results import PruneResult
+from headattr.pruning.runner import prune
+from headattr.pruning.samples import select_eval_samples
+from headattr.pruning.verdicts import curve_area as prune_curve_area
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import Run, atomic_write_bytes, atomic_write_json, atomic_write_text, read_run
 

@@ -36,8 +36,11 @@ from headattr.engine.masking import MaskConfig
 from headattr.generation.taskeval import GenerationEval
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec, load_model
-from headattr.pruning.experiment import DEFAULT_FRACTIONS, PruneResult, prune, select_eval_samples
-from headattr.pruning.experiment import write_outputs as write_prune_outputs
+from headattr.pruning.outputs import write_outputs as write_prune_outputs
+from headattr.pruning.results import PruneResult
+from headattr.pruning.runner import prune
+from headattr.pruning.samples import select_eval_samples
+from headattr.pruning.settings import DEFAULT_FRACTIONS
 from headattr.reports.compare import render_report, write_outputs
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
