@@ -2,7 +2,7 @@
 
 Dream's weight names are Qwen2's. Position j is predicted from the logits at j-1. Dream never applies a
 sliding window, whatever `use_sliding_window` says, so it is forced off (the whole-model path would otherwise
-apply one the layer stack does not).
+apply one the layer stack does not). It generates with Dream's sampler (`headattr.generation.dream`).
 """
 
 from __future__ import annotations
@@ -38,4 +38,4 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
     return native.native_spec(model, root, "dream", cfg.get("mask_token_id"), logit_shift=True)
 
 
-FAMILY = register(Family("dream", ("dream",), load))
+FAMILY = register(Family("dream", ("dream",), load, display_name="Dream", sampler="dream"))

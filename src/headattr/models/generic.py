@@ -76,4 +76,4 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
     )
 
 
-FAMILY = Family("generic", (), load)  # the fallback: not registered for any model type
+FAMILY = Family("generic", (), load, display_name="generic")  # the fallback: not registered for any model type

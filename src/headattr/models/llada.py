@@ -1,6 +1,7 @@
 """LLaDA (`model_type` "llada"): an OLMo-style checkpoint mapped onto transformers' Llama, bidirectional.
 
-Logits are not shifted (position j is predicted from j). The gates sit on LLaDA's `attn_out`, which becomes
+Logits are not shifted (position j is predicted from j); it generates with LLaDA's sampler
+(`headattr.generation.llada`). The gates sit on LLaDA's `attn_out`, which becomes
 Llama's `self_attn.o_proj`; `--head-module attn_out` names it by the checkpoint's own name.
 """
 
@@ -82,4 +83,13 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
     )
 
 
-FAMILY = register(Family("llada", ("llada",), load, head_module_aliases={"attn_out": "self_attn.o_proj"}))
+FAMILY = register(
+    Family(
+        "llada",
+        ("llada",),
+        load,
+        head_module_aliases={"attn_out": "self_attn.o_proj"},
+        display_name="LLaDA",
+        sampler="llada",
+    )
+)
