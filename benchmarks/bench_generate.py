@@ -16,7 +16,7 @@ import time
 import torch
 
 from headattr.demo import DATA_FILE, MODEL_DIR
-from headattr.generation.sampling import LENGTH_SETTING, generate
+from headattr.generation.sampling import generate, sampler_for
 from headattr.models import load_model
 
 
@@ -34,9 +34,7 @@ def main() -> None:
     rows = [json.loads(line) for line in DATA_FILE.read_text().splitlines()[: args.prompts]]
     bos = [spec.tokenizer.bos_token_id] if spec.tokenizer.bos_token_id is not None else []
     prompts = [bos + spec.tokenizer.encode(r["prompt"], add_special_tokens=False) for r in rows]
-    settings = {LENGTH_SETTING[spec.family]: args.tokens, "steps": args.steps}
-    if spec.family == "llada":
-        settings["block_length"] = args.tokens
+    settings = sampler_for(spec).with_length({"steps": args.steps}, args.tokens)  # LLaDA: one block
     generate(spec, prompts[:2], **settings)  # warm-up
 
     start = time.perf_counter()

@@ -559,7 +559,8 @@ GENERATION_FLAGS = (
 
 def generation_options(f):
     """Sampler settings (None: the family's official default); a flag of the other family is an error."""
-    from headattr.generation.sampling import DREAM_ALGS, LLADA_REMASKING
+    from headattr.generation.dream import DREAM_ALGS
+    from headattr.generation.llada import LLADA_REMASKING
 
     options = [
         click.option(

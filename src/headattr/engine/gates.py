@@ -52,6 +52,16 @@ def row_gates(gates: torch.Tensor, start: int = 0) -> dict[int, torch.Tensor]:
     return {layer: gates[:, layer] for layer in range(start, gates.shape[1]) if bool((gates[:, layer] != 1).any())}
 
 
+def batch_gates(gates: dict[int, torch.Tensor], batch: int, repeat: int = 1) -> dict[int, torch.Tensor]:
+    """Gates {layer: [batch * repeat, H]} from {layer: [H] (every row) or [batch, H]}: the batch's rows,
+    `repeat` times over along the batch (LLaDA's guidance runs each row twice in one pass)."""
+    out = {}
+    for layer, g in gates.items():
+        g = g.expand(batch, -1) if g.dim() == 1 else g
+        out[layer] = g.repeat(repeat, 1)
+    return out
+
+
 def removal_gates(
     spec: ModelSpec, removed: list[tuple[int, int]], device: torch.device | None = None
 ) -> dict[int, torch.Tensor]:

@@ -1,6 +1,8 @@
 """Generation: the samplers on the layer stack with head gates, and what is measured with them.
 
-- `sampling`: `headattr.generate` (Dream's and LLaDA's samplers), completion ids and text.
+- `sampling`: `headattr.generate` (dispatching to the family's sampler), completion ids and text.
+- `sampler`: the `Sampler` record and the registry families name their samplers in; `dream`, `llada`: each
+  family's sampler, settings and likelihood estimate; `rows`, `schedule`: what the samplers share.
 - `decode`: the unmasking decoder of a known-length answer (prune's exact match).
 - `scoring`, `taskeval`: task answers scored, accuracy per gate configuration.
 - `lmeval`: the lm-evaluation-harness model `headattr`.

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from headattr.generation.schedule import transfer_counts
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -30,12 +32,6 @@ def _answer_positions(positions: torch.Tensor | Sequence[int], batch: int, lengt
         if row.unique().numel() != row.numel():
             raise ValueError("answer positions of a row must be distinct")
     return pos
-
-
-def _commit_counts(n_masked: int, steps: int) -> list[int]:
-    """How many positions each step commits: as even as possible, earlier steps taking the remainder."""
-    base, extra = divmod(n_masked, steps)
-    return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
 @torch.no_grad()
@@ -78,7 +74,7 @@ def unmask_decode(
     source = pos - 1 if shift else pos  # where each answer position's prediction is read
     rows = torch.arange(batch, device=ids.device).unsqueeze(1)
     lo, hi = int(source.min()), int(source.max()) + 1
-    for count in _commit_counts(n_answer, steps):
+    for count in transfer_counts(n_answer, steps):  # as even as possible, earlier steps one more
         if narrow:
             scores = logits_fn(ids, keep=slice(lo, hi))[rows, source - lo].float()  # [B, P, V]
         else:

@@ -45,20 +45,14 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from headattr.engine.gates import batch_gates
 from headattr.errors import HeadattrError
-from headattr.generation.sampling import (
-    LENGTH_SETTING,
-    _predictions,
-    completion_text,
-    generate,
-    resolve_settings,
-)
+from headattr.generation.sampling import _predictions, completion_text, generate, resolve_settings, sampler_for
 from headattr.models import ModelSpec, load_model
 from headattr.runs import distributed
 from headattr.runs.headmask import read_head_mask
 
 AUTO_BATCH_SIZE = 16  # `batch_size=auto`: prompts per generation call (no memory probing)
-DREAM_SAMPLING_EPS = 1e-3  # Dream's evaluation: masking probability (1 - eps) t + eps
 MODEL_ARGS = (
     "head_mask",
     "fraction",
@@ -114,43 +108,14 @@ def _target_loss(
     columns = masked.any(dim=0).nonzero()
     lo = int(columns[0]) if len(columns) else noisy.shape[1] - 1
     # the LM head runs only from the first masked column on ([b, T - lo, V]), not at every position
-    row_gates = {k: v.expand(noisy.shape[0], -1) for k, v in gates.items()}
     valid = torch.ones_like(noisy, dtype=torch.bool)
-    logits = _predictions(spec, noisy, valid, row_gates, lo, spec.logit_shift)
+    logits = _predictions(spec, noisy, valid, batch_gates(gates, noisy.shape[0]), lo, spec.logit_shift)
     masked = masked[:, lo:]
     seq = seq[:, lo:]
     weight = weight[:, lo:]
     wide = logits[masked].to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: loss in float32
     nll = F.cross_entropy(wide, seq[masked], reduction="none")
     return (nll / weight[masked]).sum()
-
-
-def _llada_batch(seq: torch.Tensor, n_prompt: int, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """LLaDA's draw: b rows mask exactly x_i of the L target tokens, x_i spread evenly over 1..L from a random k."""
-    b, total = seq.shape
-    length = total - n_prompt
-    k = int(torch.randint(1, length + 1, (), generator=gen))
-    counts = torch.round(torch.linspace(float(k), k + (b - 1) * (length / b), steps=b)).long()
-    counts = ((counts - 1) % length) + 1
-    masked = torch.zeros(b, total, dtype=torch.bool)
-    for i in range(b):
-        masked[i, n_prompt + torch.randperm(length, generator=gen)[: int(counts[i])]] = True
-    weight = (counts.double() / length)[:, None].expand(b, total)
-    return torch.where(masked, mask_id, seq), weight
-
-
-def _dream_batch(seq: torch.Tensor, n_prompt: int, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Dream's draw: row i masks each target token with p_i = (1 - eps) t_i + eps, t_i = (u + i / b) mod 1.
-
-    The last position (the EOS Dream appends to the continuation) is never masked, as in Dream's evaluation.
-    """
-    b, total = seq.shape
-    t = (torch.rand(1, generator=gen) + torch.arange(b) / b) % 1
-    p = ((1 - DREAM_SAMPLING_EPS) * t + DREAM_SAMPLING_EPS)[:, None].expand(b, total).double()
-    masked = torch.rand(b, total, generator=gen) < p
-    masked[:, :n_prompt] = False
-    masked[:, -1] = False
-    return torch.where(masked, mask_id, seq), p
 
 
 @torch.no_grad()
@@ -168,10 +133,11 @@ def mc_loglikelihood(
 
     Both average, over `mc_num // batch` (at least 1) batches of `batch` masked copies, minus the summed
     cross-entropy of the masked target tokens weighted by 1 / (their masking probability), divided by the
-    batch size: an unbiased estimate of the masked-diffusion ELBO. LLaDA's copies mask exact counts spread
-    evenly over 1..L (stratified), Dream's mask each token with stratified probabilities (see `_dream_batch`).
+    batch size: an unbiased estimate of the masked-diffusion ELBO. The family's sampler module draws the masked
+    copies (`Sampler.likelihood_masks`): LLaDA's mask exact counts spread evenly over 1..L (stratified),
+    Dream's mask each token with stratified probabilities.
     """
-    draw = _dream_batch if spec.family == "dream" else _llada_batch
+    draw = sampler_for(spec).likelihood_masks
     seq = torch.tensor([*prompt, *target], dtype=torch.long)[None].expand(batch, -1).clone()
     gen = torch.Generator().manual_seed(seed)
     gates = {k: v.to(spec.device) for k, v in (gates or {}).items()}
@@ -203,6 +169,7 @@ class HeadattrLM(LM):
         self._device = torch.device(self.spec.device)
         self.settings = dict(kwargs)
         resolve_settings(self.spec, self.settings)  # a wrong-family or bad setting fails here, in one line
+        self.sampler = sampler_for(self.spec)
         self.removed = None
         if options.get("head_mask") is not None:
             self.removed = read_head_mask(
@@ -263,8 +230,8 @@ class HeadattrLM(LM):
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = self._encode(context + continuation), self._encode(context)
         target = whole[len(ctx) :]
-        if self.spec.family == "dream":
-            target = target + [int(self.spec.tokenizer.eos_token_id)]  # Dream's evaluation appends EOS
+        if self.sampler.likelihood_eos:
+            target = target + [int(self.spec.tokenizer.eos_token_id)]  # as the family's evaluation does
         return ctx, target
 
     # -------------------------------------------------------------- requests
@@ -294,12 +261,9 @@ class HeadattrLM(LM):
 
     def _length(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Settings of one request: model_args, with the request's max_gen_toks when they fix no length."""
-        name = LENGTH_SETTING[self.spec.family]
         settings = dict(self.settings)
-        if name not in settings:
-            settings[name] = int(gen_kwargs.get("max_gen_toks", 256))
-            if self.spec.family == "llada" and "block_length" not in settings:
-                settings["block_length"] = settings[name]
+        if self.sampler.length_setting not in settings:
+            settings = self.sampler.with_length(settings, int(gen_kwargs.get("max_gen_toks", 256)))
         return settings
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
@@ -316,7 +280,7 @@ class HeadattrLM(LM):
         return [r if r is not None else "" for r in results]
 
     def _generate(self, requests: list[Any], chunk: list[int], settings: dict[str, Any]) -> list[str]:
-        n = settings[LENGTH_SETTING[self.spec.family]]
+        n = settings[self.sampler.length_setting]
         prompts = [self._encode(requests[i].args[0]) for i in chunk]
         if self.max_length is not None:
             keep = max(1, int(self.max_length) - n)

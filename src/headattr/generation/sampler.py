@@ -1,0 +1,62 @@
+"""What a family's sampler is: the `Sampler` record `headattr.generate` dispatches through, and its registry.
+
+A model family names its sampler by key (`models.registry.Family.sampler`); a sampler module
+(`generation.dream`, `generation.llada`) registers a `Sampler` under that key, and `generation.sampling` imports
+the sampler modules (its one registration line). A sampler never drives the model itself: it receives a
+`Predict` function (the gated forward pass of `generation.sampling`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from headattr.errors import HeadattrError
+
+# (x [B, T], valid [B, T], gates {layer: [B, H]}, lo, shift) -> logits [B, T - lo, V] predicting positions lo..T-1
+Predict = Callable[[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], int, bool], torch.Tensor]
+# (spec, predict, ids [B, P], valid [B, P], gates {layer: [B, H]}, seed, settings) -> ids [B, P + N]
+SampleFn = Callable[..., torch.Tensor]
+# (seq [b, T], n_prompt, mask_id, generator) -> (noisy ids [b, T], masking probability [b, T])
+MaskDraw = Callable[[torch.Tensor, int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A family's official sampler and what its evaluations fix.
+
+    `defaults`: every generation setting and its default (the names a caller may pass); `check(settings)`
+    raises a one-line `HeadattrError` for a bad resolved setting; `length_setting`: the setting that is N, the
+    number of generated tokens; `with_length(settings, n)`: the settings of an lm-eval request whose length
+    the harness gives; `sample`: the sampler itself (see `SampleFn`). The log-likelihood estimate of the
+    family's own evaluation: `likelihood_masks` draws a batch of masked copies (see `MaskDraw`), and
+    `likelihood_eos` says whether an EOS is appended to the continuation.
+    """
+
+    name: str
+    defaults: dict[str, Any]
+    length_setting: str
+    check: Callable[[dict[str, Any]], None]
+    with_length: Callable[[dict[str, Any], int], dict[str, Any]]
+    sample: SampleFn
+    likelihood_masks: MaskDraw
+    likelihood_eos: bool = False
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(sampler: Sampler) -> Sampler:
+    """Make `sampler` the one families name by `sampler.name`."""
+    SAMPLERS[sampler.name] = sampler
+    return sampler
+
+
+def positive_int(settings: dict[str, Any], name: str, minimum: int = 1) -> None:
+    """Refuse `settings[name]` unless it is an integer (not a bool) >= `minimum`."""
+    value = settings[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise HeadattrError(f"generation setting {name} must be an integer >= {minimum}, got {value!r}")
