@@ -604,7 +604,7 @@ def generation_settings(spec: ModelSpec, options: dict) -> dict:
 
 def _parse_orders(text: str) -> tuple[str, ...]:
     """'most,least' -> ('most', 'least'), checked by `prune.check_orders`."""
-    from headattr.pruning.experiment import check_orders
+    from headattr.pruning.settings import check_orders
 
     orders = tuple(o.strip() for o in text.split(",") if o.strip())
     check_orders(orders)
@@ -613,7 +613,7 @@ def _parse_orders(text: str) -> tuple[str, ...]:
 
 def _echo_prune(result, paths: dict) -> None:
     """Print the pruning table, the faithfulness line and where each output is."""
-    from headattr.pruning.experiment import format_faithfulness, format_table, format_task, format_verdicts
+    from headattr.pruning.text import format_faithfulness, format_table, format_task, format_verdicts
 
     click.echo(format_table(result))
     for line in format_verdicts(result) + format_task(result):
@@ -720,7 +720,9 @@ def prune_cmd(
     **options,
 ) -> None:
     """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples."""
-    from headattr.pruning.experiment import check_run_matches, prune, select_eval_samples, write_outputs
+    from headattr.pruning.outputs import write_outputs
+    from headattr.pruning.runner import prune
+    from headattr.pruning.samples import check_run_matches, select_eval_samples
     from headattr.runs.rundir import read_run
 
     check_output_dir(out, overwrite)
