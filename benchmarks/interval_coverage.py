@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from headattr.analysis.consistency import INTERVAL_STATISTICS, _interval_statistics, pair_intervals
+from headattr.analysis.uncertainty import INTERVAL_STATISTICS, _interval_statistics, pair_intervals
 
 LAYERS, HEADS = 6, 8
 

@@ -20,33 +20,25 @@ import pytest
 from scipy import stats
 
 from headattr import compare
-from headattr.analysis.consistency import (
-    NA_NON_POSITIVE,
-    NA_ONE_SAMPLE,
+from headattr.analysis.agreement import (
     chance_overlap,
-    correlate,
-    default_bands,
-    kendall,
     kuncheva,
     layer_metrics,
-    leave_one_out_means,
-    parse_bands,
-    parse_top_k,
-    pearson,
-    samples_needed,
-    spearman,
-    spearman_brown,
-    split_half,
     summarize,
     top_k_indices,
     top_k_overlap,
     verdict_level,
 )
+from headattr.analysis.options import default_bands, parse_bands, parse_top_k
+from headattr.analysis.reliability import NA_NON_POSITIVE, NA_ONE_SAMPLE, split_half
 from headattr.cli.commands import main
 from headattr.errors import HeadattrError
 from headattr.methods.aggregate import final_scores, sample_scores
 from headattr.runs.ensembling import ensemble
 from headattr.runs.rundir import read_run
+from headattr.stats.correlations import correlate, kendall, pearson, spearman
+from headattr.stats.intervals import leave_one_out_means
+from headattr.stats.reliability import samples_needed, spearman_brown
 from headattr.testing import make_run, standard_signal
 
 

@@ -396,7 +396,7 @@ def test_methods_command_end_to_end_every_number_of_the_report_is_in_the_json(dr
         both = [read_run(out / "runs" / f"{name}-s{seed}").meta["timings"] for seed in (47, 1234)]
         passes = [t["forward_passes_per_sample"] for t in both]  # the adaptive rule spends per seed's samples
         assert m["cost"]["forward_passes_per_sample"] == pytest.approx(np.mean(passes), rel=1e-12)
-        from headattr.analysis.consistency import compare
+        from headattr.analysis.comparison import compare
 
         pair = compare(
             [run, read_run(out / "runs" / f"{name}-s1234")], top_k=[m["consistency"]["top_k"]], bootstrap=0

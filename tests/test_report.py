@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from headattr import compare, ensemble
-from headattr.analysis.consistency import Comparison
+from headattr.analysis.results import Comparison
 from headattr.cli.commands import main
 from headattr.figures import plot_consistency
 from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
@@ -265,7 +265,7 @@ def test_reliability_with_non_positive_half_correlation_is_na_with_r(tmp_path: P
     comp = compare([a, b], bootstrap=0)
     rel = comp.runs[0].reliability
     assert rel.full_layer[1] is not None
-    from headattr.analysis.consistency import split_half
+    from headattr.analysis.reliability import split_half
 
     anti = split_half(np.concatenate([x, -x]), 4, np.random.default_rng(0), 0.9)  # r = -1 in both layers
     comp.runs[0].reliability = anti

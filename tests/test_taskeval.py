@@ -14,7 +14,7 @@ from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
 from headattr.generation.sampling import completion_text, generate
-from headattr.generation.scoring import accuracy, last_number, parse_task, wilson_interval
+from headattr.generation.scoring import accuracy, last_number, parse_task
 from headattr.generation.taskeval import GenerationEval, generation_correct
 from headattr.methods import GateIGConfig
 from headattr.models import load_model
@@ -25,6 +25,7 @@ from headattr.pruning.samples import select_eval_samples
 from headattr.pruning.text import format_task
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import read_run
+from headattr.stats.intervals import wilson_interval
 
 SETTINGS = {"max_new_tokens": 4, "steps": 2, "alg": "maskgit_plus"}
 

@@ -11,7 +11,8 @@ The command line (`headattr ...`) is a thin layer over these functions:
     headattr.attention_budget("run", rule=headattr.BudgetRule(select=0.3))
 """
 
-from headattr.analysis.consistency import Comparison, compare
+from headattr.analysis.comparison import compare
+from headattr.analysis.results import Comparison
 from headattr.data.samples import DataConfig, Sample, build_samples
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError

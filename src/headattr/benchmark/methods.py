@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from headattr.analysis.consistency import compare, spearman
+from headattr.analysis.comparison import compare
 from headattr.benchmark.report import render_markdown
 from headattr.data.samples import DataConfig
 from headattr.engine.attention import attention_modules
@@ -58,9 +58,10 @@ from headattr.pruning.faithfulness import single_head_effects
 from headattr.pruning.results import PruneResult
 from headattr.pruning.runner import prune
 from headattr.pruning.samples import select_eval_samples
-from headattr.pruning.verdicts import curve_area as prune_curve_area
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import Run, atomic_write_bytes, atomic_write_json, atomic_write_text, read_run
+from headattr.stats.correlations import spearman
+from headattr.stats.curves import curve_area
 
 MAX_FRACTION = 0.3
 METHODS_MD, METHODS_JSON, METHODS_PNG = "methods.md", "methods.json", "methods.png"
@@ -165,17 +166,17 @@ def consistency_of(runs: Sequence[Run]) -> dict[str, Any]:
     }
 
 
-def curve_area(fractions: Sequence[float], losses: np.ndarray, baseline: float) -> float:
-    """Trapezoid area of (loss - baseline) over [0] + fractions: `prune.curve_area` (the verdicts' area) less
-    the baseline's rectangle."""
+def excess_area(fractions: Sequence[float], losses: np.ndarray, baseline: float) -> float:
+    """Trapezoid area of (loss - baseline) over [0] + fractions: `curve_area` (the verdicts' area) less the
+    baseline's rectangle."""
     upto = float(max(fractions))
-    return float(prune_curve_area(fractions, baseline, losses, upto)) - baseline * upto
+    return float(curve_area(fractions, losses, baseline, upto)) - baseline * upto
 
 
 def order_areas(result: PruneResult) -> dict[str, float]:
     """Areas of the `most` / `least` loss curves of a pruning result."""
     base = result.baseline.loss
-    return {o: curve_area(result.fractions, result.curves[o]["loss"], base) for o in ("most", "least")}
+    return {o: excess_area(result.fractions, result.curves[o]["loss"], base) for o in ("most", "least")}
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -222,7 +223,7 @@ def reference(spec: ModelSpec, run: Run, samples: list, size: BenchmarkSize, pro
     d_loss = np.asarray(ref.single_head["delta_loss"])
     d_acc = np.asarray(ref.single_head["delta_accuracy"])
     base = ref.baseline.loss
-    random_area = float(np.mean([curve_area(ref.fractions, r, base) for r in ref.curves["random"]["loss"]]))
+    random_area = float(np.mean([excess_area(ref.fractions, r, base) for r in ref.curves["random"]["loss"]]))
     oracle_run = replace(run, scores=d_loss.astype(np.float32))
     oracle = prune(
         spec, oracle_run, samples, fractions=size.fractions, orders=("most", "least"), batch_size=256, progress=progress

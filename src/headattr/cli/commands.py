@@ -504,7 +504,7 @@ def compare_cmd(
     overwrite: bool,
 ) -> None:
     """Compare two or more runs of the same model: report.md, metrics.json, layer_metrics.csv, figure."""
-    from headattr.analysis.consistency import compare as compare_api
+    from headattr.analysis.comparison import compare as compare_api
     from headattr.reports.compare import fmt_corr, write_outputs
 
     check_output_dir(out, overwrite)

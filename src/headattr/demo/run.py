@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headattr.analysis.consistency import Comparison, compare
+from headattr.analysis.comparison import compare
+from headattr.analysis.results import Comparison
 from headattr.data.samples import DataConfig
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.engine.masking import MaskConfig

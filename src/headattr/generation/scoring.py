@@ -12,22 +12,20 @@ Tasks (`parse_task`), each giving one or more named metrics per completion (True
 - `regex:PATTERN`: `re.search(PATTERN, completion)` succeeds; with a group, the first group must equal the
   normalised answer instead.
 
-Accuracy intervals are Wilson score intervals at 95% (`wilson_interval`): unlike the normal approximation
-they stay inside [0, 1] and are not degenerate at 0 or n successes, which small evaluation sets often give.
+Accuracy intervals are Wilson score intervals at 95% (`headattr.stats.intervals.wilson_interval`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headattr.errors import HeadattrError
+from headattr.stats.intervals import wilson_interval
 
 TASK_NAMES = ("gsm8k", "exact", "contains", "regex:PATTERN")
 _NUMBER = re.compile(r"-?[$0-9][0-9,]*(?:\.[0-9]+)?")
-_Z95 = 1.959963984540054  # the standard normal's 0.975 quantile
 
 
 @dataclass(frozen=True)
@@ -99,19 +97,6 @@ def gsm8k_strict(text: str) -> str | None:
 def gsm8k_reference(answer: str) -> str | None:
     """The reference number of a GSM8K answer: after `####` if present, else the last number."""
     return gsm8k_strict(answer) or last_number(answer)
-
-
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default); (0, 1) when n is 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at 0 (n) successes the bound is exactly 0 (1); rounding could put it a hair inside
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
 
 
 def accuracy(correct: Sequence[bool]) -> dict[str, float | int]:

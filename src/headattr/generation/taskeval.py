@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from headattr.data.samples import Sample
 from headattr.engine.gates import row_gates
 from headattr.generation.sampling import completion_text, generate, resolve_settings
-from headattr.generation.scoring import Task, parse_task, wilson_interval
+from headattr.generation.scoring import Task, parse_task
 from headattr.models import ModelSpec
+from headattr.stats.intervals import wilson_interval
 
 
 @dataclass(frozen=True)

@@ -29,20 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from headattr.analysis.consistency import (
-    NA_NO_SAMPLES,
-    NA_NON_POSITIVE,
-    Comparison,
-    Interval,
-    PairMetrics,
-    Reliability,
-    RunSummary,
-    Summary,
-)
+from headattr.analysis.reliability import NA_NO_SAMPLES, NA_NON_POSITIVE
+from headattr.analysis.results import Comparison, PairMetrics, Reliability, RunSummary, Summary
 from headattr.errors import HeadattrError
 from headattr.figures import plot_consistency
 from headattr.methods import METHODS, method_from_meta
 from headattr.runs.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir
+from headattr.stats.intervals import Interval
 
 REPORT_FILE = "report.md"
 FIGURE_FILE = "consistency_analysis.png"
