@@ -217,7 +217,7 @@ def test_compare_and_ensemble_on_imported_runs(tmp_path: Path) -> None:
     assert all(r.scores_only and r.reliability.full_layer == [None] * 4 for r in comp.runs)
     assert {item["rule"] for item in comp.recommendations} >= {"scores_only_runs"}
     assert "no_signal_layers" not in {item["rule"] for item in comp.recommendations}
-    from headattr.reports.compare import render_report
+    from headattr.reports.markdown.report import render_report
 
     text = render_report(comp, "en")
     assert "imported from" in text and "imported as stored in the file" in text and "N/A (scores only)" in text

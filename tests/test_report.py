@@ -16,7 +16,11 @@ from headattr.analysis.results import Comparison
 from headattr.cli.commands import main
 from headattr.figures import plot_consistency
 from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
-from headattr.reports.compare import LANGS, STRINGS, _Renderer, fmt_score, render_report, write_outputs
+from headattr.reports.markdown.format import fmt_score
+from headattr.reports.markdown.report import Renderer as _Renderer
+from headattr.reports.markdown.report import render_report
+from headattr.reports.outputs import write_outputs
+from headattr.reports.strings import LANGS, STRINGS
 from headattr.testing import make_run, standard_signal
 
 EN_HEADINGS = [
@@ -284,7 +288,7 @@ def test_report_shows_the_nodes_each_path_used(tmp_path):
     import numpy as np
 
     from headattr import compare
-    from headattr.reports.compare import render_report
+    from headattr.reports.markdown.report import render_report
 
     sig = standard_signal(3, 4)
     a, b = make_run(tmp_path / "a", sig, 0.5, n=6, seed=1), make_run(tmp_path / "b", sig, 0.5, n=6, seed=2)

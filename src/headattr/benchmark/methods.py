@@ -3,7 +3,7 @@
 For each method and seed a normal run directory is written to OUT/runs/<method>-s<seed> (a finished run
 with the same settings found there is reused). Then, per method (definitions: docs/methods.md):
 
-- consistency between seeds: `consistency.compare` of the method's runs (the `headattr compare` code):
+- consistency between seeds: `analysis.comparison.compare` of the method's runs (the `headattr compare` code):
   mean per-layer Pearson and Spearman, global Pearson and Spearman, global top-K overlap and its chance K/N,
   with K = round(N / 5) of the N heads (at least 1);
 - faithfulness on held-out samples (disjoint from every run's samples, `prune.select_eval_samples`), with

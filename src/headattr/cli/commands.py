@@ -505,7 +505,8 @@ def compare_cmd(
 ) -> None:
     """Compare two or more runs of the same model: report.md, metrics.json, layer_metrics.csv, figure."""
     from headattr.analysis.comparison import compare as compare_api
-    from headattr.reports.compare import fmt_corr, write_outputs
+    from headattr.reports.markdown.format import fmt_corr
+    from headattr.reports.outputs import write_outputs
 
     check_output_dir(out, overwrite)
     comparison = compare_api(

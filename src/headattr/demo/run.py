@@ -42,7 +42,8 @@ from headattr.pruning.results import PruneResult
 from headattr.pruning.runner import prune
 from headattr.pruning.samples import select_eval_samples
 from headattr.pruning.settings import DEFAULT_FRACTIONS
-from headattr.reports.compare import render_report, write_outputs
+from headattr.reports.markdown.report import render_report
+from headattr.reports.outputs import write_outputs
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
 
