@@ -29,11 +29,11 @@ from headattr.pruning.results import PruneResult
 from headattr.pruning.runner import prune
 from headattr.pruning.samples import run_uids, select_eval_samples
 from headattr.pruning.text import format_verdict_row
-from headattr.pruning.verdicts import curve_area
 from headattr.runs.attribution import attribute
 from headattr.runs.compute import attribute_sample
 from headattr.runs.headmask import head_order, heads_to_remove, num_to_remove, random_rng
 from headattr.runs.rundir import read_run
+from headattr.stats.curves import curve_area
 
 RUN_SAMPLES = 6
 METHOD = GateIGConfig(ig_steps=2)
@@ -466,7 +466,7 @@ def test_verdicts_against_a_direct_computation():
     assert area["upto"] == 0.3 and area["most"] == pytest.approx(by_hand([0.1, 1.2, 3.0, 5.0]))
     per_order = [by_hand([0.1, *r[:3]]) for r in random_loss]
     assert area["random_mean"] == pytest.approx(np.mean(per_order))
-    np.testing.assert_allclose(curve_area(fractions, 0.1, random_loss, 0.3), per_order)
+    np.testing.assert_allclose(curve_area(fractions, random_loss, 0.1, 0.3), per_order)
     # accuracy: lower is worse, so the same ordering gives the same verdicts
     acc = v["metrics"]["accuracy"]
     assert [r["holds"] for r in acc["fractions"]] == [r["holds"] for r in loss["fractions"]]

@@ -6,20 +6,17 @@ from typing import Any
 
 import numpy as np
 
+from headattr.stats.correlations import correlate, spearman
+
 
 def _spearman(scores: np.ndarray, effect: np.ndarray) -> dict[str, Any]:
     """Spearman correlation over all heads (with its p-value) and per layer (None for a constant layer)."""
-    from scipy.stats import spearmanr
-
-    rho, p = spearmanr(scores.reshape(-1), effect.reshape(-1))
-    per_layer = [
-        None if np.ptp(s) == 0 or np.ptp(d) == 0 else float(spearmanr(s, d)[0])
-        for s, d in zip(scores, effect, strict=True)
-    ]
+    rho, p = correlate("spearman", scores, effect)
+    per_layer = [spearman(s, d) for s, d in zip(scores, effect, strict=True)]
     valid = [r for r in per_layer if r is not None]
     return {
-        "spearman": float(rho) if np.isfinite(rho) else None,
-        "spearman_p": float(p) if np.isfinite(p) else None,
+        "spearman": rho,
+        "spearman_p": p,
         "spearman_per_layer": per_layer,
         "spearman_per_layer_mean": float(np.mean(valid)) if valid else None,
     }

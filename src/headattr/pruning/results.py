@@ -11,6 +11,7 @@ from headattr.engine.masking import MaskConfig
 from headattr.pruning.evaluation import Metrics, measured_metrics
 from headattr.pruning.verdicts import mean_interval, pruning_verdicts, verdict_rng
 from headattr.runs.headmask import HEAD_MASK_FORMAT
+from headattr.stats.intervals import wilson_interval
 
 PRUNING_FORMAT = "headattr-pruning"
 
@@ -50,8 +51,6 @@ class PruneResult:
 
     def interval(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """95% Wilson interval (low, high) of task accuracies `values` (any shape) over the evaluated samples."""
-        from headattr.generation.scoring import wilson_interval
-
         n = int(self.eval_info["samples"])
         flat = [wilson_interval(int(round(v * n)), n) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
         bounds = np.array(flat).reshape(*np.shape(values), 2)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from headattr.pruning.evaluation import Metrics
+from headattr.stats.curves import curve_area
+from headattr.stats.intervals import bootstrap_mean_interval
 
 VERDICT_LEVEL = 0.95
 VERDICT_RESAMPLES = 2000
@@ -37,38 +39,15 @@ def worse_sign(metric: str) -> float:
     return 1.0 if metric == "loss" else -1.0
 
 
-def mean_interval(
-    values: np.ndarray, rng: np.random.Generator, level: float = VERDICT_LEVEL, resamples: int = VERDICT_RESAMPLES
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over the rows of [R, K] `values` and its percentile bootstrap interval (rows resampled), each [K]."""
-    values = np.asarray(values, dtype=np.float64)
-    idx = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
-    means = values[idx].mean(axis=1)  # [resamples, K]
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
-    return values.mean(axis=0), low, high
+def mean_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the rows of [R, K] `values` and its bootstrap interval at the verdicts' level, each [K]."""
+    return bootstrap_mean_interval(values, rng, VERDICT_LEVEL, VERDICT_RESAMPLES)
 
 
 def empirical_percentile(x: float, values: np.ndarray) -> float:
     """Percent of `values` below `x`, ties counted half (0: below every value, 100: above every value)."""
     values = np.asarray(values, dtype=np.float64)
     return float(100 * ((values < x).sum() + 0.5 * (values == x).sum()) / values.size)
-
-
-def curve_area(fractions: Sequence[float], baseline: float, values: np.ndarray, upto: float) -> np.ndarray | None:
-    """Trapezoid area under `values` ([..., F] at `fractions`) from fraction 0 (`baseline`) to `upto`.
-
-    Only measured fractions in (0, upto] count (within 1e-9); None when there is none.
-    """
-    fr = np.asarray(fractions, dtype=np.float64)
-    keep = (fr > 0) & (fr <= upto + 1e-9)
-    if not keep.any():
-        return None
-    order = np.argsort(fr[keep])
-    x = np.concatenate([[0.0], fr[keep][order]])
-    v = np.asarray(values, dtype=np.float64)[..., keep][..., order]
-    y = np.concatenate([np.full(v.shape[:-1] + (1,), baseline), v], axis=-1)
-    return ((x[1:] - x[:-1]) * (y[..., 1:] + y[..., :-1]) / 2).sum(axis=-1)
 
 
 def _verdict_row(
@@ -129,7 +108,7 @@ def metric_verdicts(
 ) -> dict[str, Any]:
     """One metric's verdicts: per fraction and for the area, from `values` (most, least: [F]; random: [R, F])."""
     most, least, random = values["most"], values["least"], values["random"]
-    area = curve_area(fractions, base, random, AREA_MAX_FRACTION)  # [R] or None
+    area = curve_area(fractions, random, base, AREA_MAX_FRACTION)  # [R] or None
     table = random if area is None else np.concatenate([random, area[:, None]], axis=1)
     mean, low, high = mean_interval(table, rng)
     rows = [
@@ -138,8 +117,8 @@ def metric_verdicts(
     ]
     area_row = None
     if area is not None:
-        a_most = float(curve_area(fractions, base, most, AREA_MAX_FRACTION))
-        a_least = float(curve_area(fractions, base, least, AREA_MAX_FRACTION))
+        a_most = float(curve_area(fractions, most, base, AREA_MAX_FRACTION))
+        a_least = float(curve_area(fractions, least, base, AREA_MAX_FRACTION))
         upto = max(f for f in fractions if 0 < f <= AREA_MAX_FRACTION + 1e-9)
         area_row = {"upto": upto, **_verdict_row(a_most, a_least, area, mean[-1], low[-1], high[-1], sign)}
     return {"fractions": rows, "area": area_row}
