@@ -73,7 +73,7 @@ def plot_heatmap(scores: np.ndarray, title: str = "Gate-IG head scores") -> byte
 
 
 def plot_consistency(comparison, run_a: int, run_b: int) -> bytes:
-    """`consistency_analysis.png` (PNG bytes) for runs `run_a` and `run_b` of a `consistency.Comparison`.
+    """`consistency_analysis.png` (PNG bytes) for runs `run_a` and `run_b` of a `headattr.Comparison`.
 
     Six panels, each backing a claim of the report: per-layer Pearson and Spearman with the threshold;
     every head score of run A against run B, coloured by layer; top-K overlap against K with its chance

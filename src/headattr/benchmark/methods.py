@@ -6,7 +6,7 @@ with the same settings found there is reused). Then, per method (definitions: do
 - consistency between seeds: `analysis.comparison.compare` of the method's runs (the `headattr compare` code):
   mean per-layer Pearson and Spearman, global Pearson and Spearman, global top-K overlap and its chance K/N,
   with K = round(N / 5) of the N heads (at least 1);
-- faithfulness on held-out samples (disjoint from every run's samples, `prune.select_eval_samples`), with
+- faithfulness on held-out samples (disjoint from every run's samples, `pruning.samples.select_eval_samples`), with
   `pruning.prune`: the area A of the pruning curve (loss increase over the unpruned model, trapezoid over
   removed fractions 0..0.3) for the `most` and `least` orders of the method's scores, against random orders
   and against the oracle order, which ranks heads by their measured single-head ablation effect (the loss
