@@ -57,11 +57,12 @@ def residual_dtype(spec: ModelSpec) -> torch.dtype:
     """The dtype of the hidden states between layers in the core's passes: float32 under autocast, else the
     weights'.
 
-    Under autocast the matrix products run in bf16 whatever this is, but a bf16 residual stream rounds every
+    Under autocast the MLP's products run in bf16 whatever this is, but a bf16 residual stream rounds every
     layer's sum, so that J(g) is a rough function of the gates whose differences, J(1) - J(b), the integral of
     its gradient does not reproduce: the quadrature chased that mismatch to its node cap (docs/gate-ig.md,
     "Precision"). With float32 hidden states the norms and residual sums are float32 (the layers' own code
-    keeps its input's dtype) and only the products round.
+    keeps its input's dtype) and only the MLP's and LM head's products round (the attention block is float32:
+    `models.backbone.float32_attention`).
     """
     return torch.float32 if autocasts(spec) else spec.dtype
 

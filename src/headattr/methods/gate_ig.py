@@ -62,6 +62,10 @@ SCOPES = ("layer", "joint")
 # Relative rounding noise of the integrand under bf16 autocast, for the quadrature's noise floor
 # (`adaptive.integrate_paths(noise=)`): two times bf16's unit roundoff 2^-8 (docs/gate-ig.md, "Precision").
 BF16_NOISE = 2 * 2.0**-8
+# The absolute floor of a path's bound under bf16 autocast, in nats: the MLP and the LM head still run in bf16, so J
+# itself is rounded at about this level, and a path whose gap is ~0 cannot meet the float32 floor (DEFAULT_ATOL)
+# by refinement (docs/gate-ig.md, "Precision").
+BF16_ATOL = BF16_NOISE
 
 
 @register
@@ -224,7 +228,7 @@ class GateIGConfig(MethodConfig):
             steps=self.ig_steps,
             tol=self.ig_tol if self.adaptive else 0.0,
             max_steps=self.ig_max_steps if self.adaptive else self.ig_steps,  # the cap bounds refinement only
-            atol=DEFAULT_ATOL,
+            atol=BF16_ATOL if autocasts(spec) else DEFAULT_ATOL,
             scale=1.0 - b,
             rule=self.rule,
             noise=BF16_NOISE if autocasts(spec) else 0.0,

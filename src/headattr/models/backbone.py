@@ -28,6 +28,8 @@ every layer share a pass:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,80 @@ class LayerContext:
             rope = tuple(r[index] for r in rope)
         mask = None if self.attention_mask is None else self.attention_mask[index]
         return LayerContext(rope, mask)
+
+
+_ATTRIBUTING = [0]  # depth of `attributing()`: a plain global, so the autograd engine's threads see it too
+
+
+@contextlib.contextmanager
+def attributing() -> Iterator[None]:
+    """Inside, the attention blocks `float32_attention` prepared compute in float32 under bf16 autocast; outside
+    (generation, lm-eval, pruning's evaluations) they run the family's own bf16 arithmetic. Attribution needs
+    the float32 block for an unbiased gradient; the samplers should compute what the official code computes."""
+    _ATTRIBUTING[0] += 1
+    try:
+        yield
+    finally:
+        _ATTRIBUTING[0] -= 1
+
+
+def float32_attention(layers: nn.ModuleList) -> None:
+    """Make every layer's attention block (q/k/v projections, attention kernel and o_proj, where the head gates
+    act) compute in float32 from the bf16 weights whenever it runs under bf16 autocast while attributing
+    (`attributing`); the MLP and the LM head stay under autocast, and outside autocast nothing changes.
+
+    The gradient through bf16 attention is biased, not merely noisy: the integral of Gate-IG's bf16 integrand
+    misses J(1) - J(b) however many nodes it gets, where a float32 attention block does not (docs/gate-ig.md,
+    "Precision"). Installed on the modules, not around a pass, so that a layer recomputed during the backward
+    pass (gradient checkpointing) runs the same arithmetic as its forward pass, and a layer run whole and one
+    entered at its o_proj (`_layer_tail`) the same o_proj.
+    """
+    for layer in layers:
+        attn = layer.self_attn
+        if getattr(attn, "float32_under_autocast", False):  # already made so: wrap once
+            continue
+        attn.float32_under_autocast = True
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            projection = getattr(attn, name)
+            projection.forward = _float32_linear(projection)
+        attn.forward = _without_autocast(attn.forward)
+
+
+def _bf16_autocast(device: str) -> bool:
+    """Whether a float32 attention block should switch autocast off here: bf16 autocast, while attributing."""
+    attributing_now = _ATTRIBUTING[0] > 0
+    return attributing_now and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+
+
+def _float32_linear(module: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module.forward`, except that under bf16 autocast, or inside the attention block that switched it off
+    (a float32 input for bf16 weights), it computes in float32 from its bf16 weights."""
+    forward = module.forward
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        inside = _ATTRIBUTING[0] > 0 and x.dtype == torch.float32 and module.weight.dtype == torch.bfloat16
+        if not (_bf16_autocast(device) or inside):
+            return forward(x)
+        bias = None if module.bias is None else module.bias.float()
+        with torch.autocast(device, enabled=False):
+            return nn.functional.linear(x.float(), module.weight.float(), bias)
+
+    return run
+
+
+def _without_autocast(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """An attention module's `forward(hidden_states, ...)` with bf16 autocast switched off (and a float32
+    input) while it runs, when it was on: the float32 attention block (`float32_attention`)."""
+
+    def run(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        device = hidden_states.device.type
+        if not _bf16_autocast(device):
+            return forward(hidden_states, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return forward(hidden_states.float(), *args, **kwargs)
+
+    return run
 
 
 class _Captured(Exception):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from headattr.errors import HeadattrError
-from headattr.models.backbone import LayerStack
+from headattr.models.backbone import LayerStack, float32_attention
 from headattr.models.files import config_hash, iter_checkpoint_tensors
 from headattr.models.spec import ModelSpec
 
@@ -112,6 +112,8 @@ def native_spec(
     """Describe a model built by `build` (or `random_model`: then `identity` stands in for the hash of a
     config.json it does not have); the gates sit on every layer's `self_attn.o_proj`."""
     c, base = model.config, model.model
+    if base.embed_tokens.weight.dtype == torch.bfloat16:  # run under autocast: its attention in float32
+        float32_attention(base.layers)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     stack = LayerStack(
         base.embed_tokens, base.layers, base.norm, model.lm_head, base.rotary_emb, c._attn_implementation

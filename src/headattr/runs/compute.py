@@ -19,6 +19,7 @@ from headattr.engine.batching import BatchPlanner, cache_bytes, hidden_size
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig, MethodConfig, SampleAttribution
 from headattr.models import ModelSpec
+from headattr.models.backbone import attributing
 
 # Samples of one shape (token length and answer span) computed together on CPU (`merge_limit`): enough to
 # fill the refinement's later rounds on the built-in model; more would only hold more layer caches at once.
@@ -34,8 +35,9 @@ def attribute_sample(
 ) -> SampleAttribution:
     """One sample's per-variant attributions and diagnostics: its rows through the core, then the method."""
     method, masking = method or GateIGConfig(), masking or MaskConfig()
-    rows = core.prepare(spec, sample, masking, batch_size, cache_layers=method.cache_layers)
-    return method.attribute(spec, rows, batch_size, where=f"sample {sample.index} (uid {sample.uid})")
+    with attributing():
+        rows = core.prepare(spec, sample, masking, batch_size, cache_layers=method.cache_layers)
+        return method.attribute(spec, rows, batch_size, where=f"sample {sample.index} (uid {sample.uid})")
 
 
 def attribute_samples(
@@ -51,9 +53,10 @@ def attribute_samples(
     method, masking = method or GateIGConfig(), masking or MaskConfig()
     if len(samples) == 1 or not method.merges_samples:
         return [attribute_sample(spec, sample, method, masking, batch_size) for sample in samples]
-    rows, counts = core.prepare_merged(spec, samples, masking, batch_size, cache_layers=method.cache_layers)
     where = "samples " + ", ".join(f"{s.index} (uid {s.uid})" for s in samples)
-    return method.attribute(spec, rows, batch_size, where).split(counts)
+    with attributing():
+        rows, counts = core.prepare_merged(spec, samples, masking, batch_size, cache_layers=method.cache_layers)
+        return method.attribute(spec, rows, batch_size, where).split(counts)
 
 
 def merge_limit(spec: ModelSpec, method: MethodConfig) -> int:
@@ -91,7 +94,8 @@ def sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, pl
     def compute(group: list[Sample]) -> list[SampleAttribution]:
         first = group[0]
         tokens, answer = len(first.input_ids), max(s.answer_end - s.answer_start for s in group)
-        planner.calibrate(lambda: core.prepare(spec, first, masking, 1, cache_layers=False), tokens)
+        with attributing():  # the probe measures the passes the method will run
+            planner.calibrate(lambda: core.prepare(spec, first, masking, 1, cache_layers=False), tokens)
         results = planner.run(
             first.index,
             tokens,

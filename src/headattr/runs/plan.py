@@ -60,6 +60,7 @@ from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec, WholeModel
+from headattr.models.backbone import attributing
 from headattr.runs.compute import cached_width, largest_pass, merge_groups, merge_limit
 
 
@@ -292,7 +293,21 @@ def dry_run(
     max_memory: str | float | int | None = None,
     run_probe: bool = True,
 ) -> dict[str, Any]:
-    """The plan of an attribution run (module docstring), as a JSON-ready dict; computes no attribution."""
+    """The plan of an attribution run (module docstring), as a JSON-ready dict; computes no attribution. Its
+    probes run as the attribution would (`models.backbone.attributing`)."""
+    with attributing():
+        return _plan(spec, samples, method, masking, batch_size, max_memory, run_probe)
+
+
+def _plan(
+    spec: ModelSpec,
+    samples: list[Sample],
+    method: GateIGConfig,
+    masking: MaskConfig,
+    batch_size: int | str,
+    max_memory: str | float | int | None,
+    run_probe: bool,
+) -> dict[str, Any]:
     planner = BatchPlanner.create(spec, batch_size, max_memory)
     tokens = np.array([len(s.input_ids) for s in samples])
     per_sample, total_flops, batches, holds = [], 0.0, [], []
