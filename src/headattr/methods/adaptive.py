@@ -40,10 +40,7 @@ import numpy as np
 
 from headattr.methods.quadrature import nodes_and_weights
 
-# Measured on the built-in model (README, "Defaults"; `benchmarks/bench_quadrature.py`): Simpson from 3 nodes and
-# tol 0.04 meet the issue's targets (total completeness error <= 2% of the gap: 1.17%; scores within 1% of a
-# 256-node run: 0.36%, the same as tol 0.03's; at most 2.5x the time of the fixed 8-node rule: 2.3x, 2.3-2.5x
-# over four runs, where tol 0.03 took 2.5-2.7x).
+# The defaults meet the accuracy and time targets measured in the README ("Defaults", `benchmarks/bench_quadrature.py`)
 DEFAULT_BASE_STEPS = 3
 DEFAULT_TOL = 0.04
 DEFAULT_MAX_STEPS = 256
@@ -51,8 +48,8 @@ DEFAULT_MAX_STEPS = 256
 # gap J(1) - J(b) is about 0 (a layer that does not matter for the variant) cannot meet a purely relative bound,
 # and an error of 1e-3 nats is far below any score that ranks a head.
 DEFAULT_ATOL = 1e-3
-# Per round, every interval whose estimate is at least this fraction of the path's largest is bisected: on the
-# built-in model 0.5 takes a third fewer rounds than splitting one interval for 5% more gradients.
+# Per round, every interval whose estimate is at least this fraction of the path's largest is bisected: fewer,
+# larger passes than one split per round (docs/gate-ig.md, "Error-controlled quadrature")
 SPLIT_FRACTION = 0.5
 
 Request = tuple[int, np.ndarray]  # (path id, alphas in [0, 1], shape [m])
