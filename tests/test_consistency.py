@@ -476,3 +476,25 @@ def test_ensemble_input_errors(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     with pytest.raises(HeadattrError, match="one of the input runs"):
         ensemble([a, b], a, overwrite=True)
     assert (a / "scores.safetensors").is_file()
+
+
+def test_compare_settings_own_the_options(tmp_path: Path) -> None:
+    from headattr import CompareSettings
+
+    # one-line errors naming the flag, at construction
+    for bad, flag in (({"top_k": "5,x"}, "--top-k"), ({"bands": "3-1"}, "--bands"), ({"target": 1.0}, "--target")):
+        with pytest.raises(HeadattrError, match=flag):
+            CompareSettings(**bad)
+    chosen = CompareSettings(top_k="10,5,5", bands="0-1,2-5", seed=3, intervals=False)
+    assert chosen.top_k == (5, 10) and chosen.bands == ((0, 1), (2, 5))
+    assert CompareSettings.from_meta(json.loads(json.dumps(chosen.to_meta()))) == chosen
+    # settings= and the keyword arguments compute the same comparison; keywords override the settings' fields
+    sig = standard_signal(6, 12) * np.linspace(0.3, 2.0, 6)[:, None]
+    runs = [make_run(tmp_path / "a", sig, 1.0, seed=47), make_run(tmp_path / "b", sig, 1.0, seed=1234)]
+    by_keywords = compare(runs, top_k="5,10", bands="0-1,2-5", seed=3, intervals=False).to_dict()
+    by_settings = compare(runs, settings=chosen).to_dict()
+    base = CompareSettings(top_k=(7,), seed=3, intervals=False)
+    overridden = compare(runs, settings=base, top_k="5,10", bands="0-1,2-5").to_dict()
+    for d in (by_keywords, by_settings, overridden):
+        d.pop("created")
+    assert by_keywords == by_settings == overridden

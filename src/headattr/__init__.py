@@ -12,6 +12,7 @@ The command line (`headattr ...`) is a thin layer over these functions:
 """
 
 from headattr.analysis.comparison import compare
+from headattr.analysis.options import CompareSettings
 from headattr.analysis.results import Comparison
 from headattr.data.samples import DataConfig, Sample, build_samples
 from headattr.engine.masking import MaskConfig
@@ -49,6 +50,7 @@ __all__ = [
     "keep_ratios",
     "load_head_importance",
     "Comparison",
+    "CompareSettings",
     "DataConfig",
     "GateIGConfig",
     "METHODS",

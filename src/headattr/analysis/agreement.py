@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from headattr.analysis.inputs import shared_samples
-from headattr.analysis.options import TREND_ALPHA, VERDICT_LEVELS, Settings
+from headattr.analysis.options import TREND_ALPHA, VERDICT_LEVELS, Applied
 from headattr.analysis.results import (
     BandMetrics,
     GlobalMetrics,
@@ -146,7 +146,7 @@ def mean_of(values: Sequence[Number]) -> Number:
     return summarize(values).mean
 
 
-def band_metrics(layers: list[LayerMetrics], settings: Settings, needed: Sequence[int | None]) -> list[BandMetrics]:
+def band_metrics(layers: list[LayerMetrics], settings: Applied, needed: Sequence[int | None]) -> list[BandMetrics]:
     """Per-band means of the per-layer metrics; `needed` is the projected sample count per layer."""
     out = []
     for (lo, hi), name in zip(settings.bands, settings.band_names, strict=True):
@@ -207,7 +207,7 @@ def _predicted(ra: Reliability, rb: Reliability) -> tuple[list[Number], Number]:
 
 
 def pair_metrics(
-    runs: Sequence[Run], summaries: Sequence[RunSummary], a: int, b: int, settings: Settings
+    runs: Sequence[Run], summaries: Sequence[RunSummary], a: int, b: int, settings: Applied
 ) -> PairMetrics:
     """All point metrics of runs `a` and `b` (intervals added by `compare`)."""
     sa, sb = summaries[a].scores, summaries[b].scores

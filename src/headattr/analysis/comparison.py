@@ -20,16 +20,12 @@ import numpy as np
 from headattr.analysis.agreement import mean_of, pair_metrics, verdict_level
 from headattr.analysis.inputs import config_differences, load_runs, run_labels, summarize_run
 from headattr.analysis.options import (
-    DEFAULT_TOP_K,
-    GOOD_THRESHOLD,
-    SPLITS,
-    Settings,
+    Applied,
+    CompareSettings,
     check_bands,
     check_options,
     default_bands,
     focus_k,
-    parse_bands,
-    parse_top_k,
 )
 from headattr.analysis.recommendations import recommendations
 from headattr.analysis.reliability import NA_NO_SAMPLES
@@ -62,50 +58,49 @@ def pair_matrix(pairs: list[PairMetrics], num_runs: int, focus_k: int | None) ->
 
 def compare(
     runs: Sequence[Run | str | Path],
-    top_k: str | Sequence[int] = DEFAULT_TOP_K,
-    good_threshold: float = GOOD_THRESHOLD,
+    top_k: str | Sequence[int] | None = None,
+    good_threshold: float | None = None,
     bands: str | Sequence[Sequence[int]] | None = None,
     bootstrap: int | None = None,
-    seed: int = 0,
-    target: float = 0.9,
-    splits: int = SPLITS,
-    intervals: bool = True,
+    seed: int | None = None,
+    target: float | None = None,
+    splits: int | None = None,
+    intervals: bool | None = None,
+    *,
+    settings: CompareSettings | None = None,
 ) -> Comparison:
     """Compare two or more runs of the same model; every number of `headattr compare` is in the result.
 
     `runs` are `Run` objects or run directories; scores-only runs (imported, no per-sample attributions)
-    are compared on their scores, with reliability and intervals N/A. `intervals=False` skips the jackknife
-    intervals; `bootstrap` is kept for callers of the former bootstrap: 0 means `intervals=False`, any other
-    count is accepted and unused (the jackknife needs no replicates).
+    are compared on their scores, with reliability and intervals N/A. What is computed is `settings`
+    (default `CompareSettings()`); the keyword arguments of the same names, where given, override its fields.
+    `bootstrap` is kept for callers of the former bootstrap: 0 means `intervals=False`, any other count is
+    accepted and unused (the jackknife needs no replicates).
     Raises `HeadattrError` for bad input (fewer than two runs, different models, bad options).
     """
-    ks = parse_top_k(top_k)
-    band_ranges = parse_bands(bands)
-    check_options(good_threshold, bootstrap, target, splits)
+    chosen = (settings or CompareSettings()).override(
+        top_k=top_k, good_threshold=good_threshold, bands=bands, seed=seed, target=target, splits=splits
+    )
+    check_options(chosen.good_threshold, bootstrap, chosen.target, chosen.splits)
+    with_intervals = (chosen.intervals if intervals is None else bool(intervals)) and bootstrap != 0
     loaded = load_runs(runs)
     check_same_model(loaded)
     num_layers, num_heads = loaded[0].scores.shape
-    with_intervals = bool(intervals) and bootstrap != 0
-    settings = _settings(ks, band_ranges, num_layers, num_heads, good_threshold, with_intervals, seed, target, splits)
-    per_sample = [
-        sample_scores(r.attributions, str(r.meta.get("config", {}).get("postprocess", "signed")))
-        if has_samples(r)
-        else None
-        for r in loaded
-    ]
+    applied = _applied(chosen, with_intervals, num_layers, num_heads)
+    per_sample = [_sample_scores(r) for r in loaded]
     labels = run_labels(loaded)
-    summaries = [summarize_run(r, labels[i], per_sample[i], settings, i) for i, r in enumerate(loaded)]
+    summaries = [summarize_run(r, labels[i], per_sample[i], applied, i) for i, r in enumerate(loaded)]
     pairs = [
-        pair_metrics(loaded, summaries, a, b, settings) for a in range(len(loaded)) for b in range(a + 1, len(loaded))
+        pair_metrics(loaded, summaries, a, b, applied) for a in range(len(loaded)) for b in range(a + 1, len(loaded))
     ]
-    if settings.intervals:
-        _add_intervals(pairs, per_sample, settings)
-    matrix, means = pair_matrix(pairs, len(loaded), settings.focus_k)
+    if applied.intervals:
+        _add_intervals(pairs, per_sample, applied)
+    matrix, means = pair_matrix(pairs, len(loaded), applied.focus_k)
     common, diffs = _config_table(summaries)
     model = dict(loaded[0].meta.get("model", {}))
     model.update(num_layers=int(num_layers), num_heads=int(num_heads))
     comp = Comparison(
-        settings=settings,
+        settings=applied,
         model=model,
         runs=summaries,
         common_config=common,
@@ -119,7 +114,7 @@ def compare(
             means["mean_layer_spearman"],
         ),
         consistent_layers=sum(
-            all(p.layers[i].pearson is not None and p.layers[i].pearson > settings.good_threshold for p in pairs)
+            all(p.layers[i].pearson is not None and p.layers[i].pearson > applied.good_threshold for p in pairs)
             for i in range(num_layers)
         ),
         recommendations=[],
@@ -129,37 +124,35 @@ def compare(
     return comp
 
 
-def _settings(
-    ks: list[int],
-    band_ranges: list[tuple[int, int]] | None,
-    num_layers: int,
-    num_heads: int,
-    good_threshold: float,
-    intervals: bool,
-    seed: int,
-    target: float,
-    splits: int,
-) -> Settings:
-    """The comparison's `Settings` for a model of `num_layers` x `num_heads` (default bands: thirds)."""
+def _sample_scores(run: Run) -> np.ndarray | None:
+    """[N, L, H] per-sample scores of a run with samples, post-processed as the run's scores were; else None."""
+    if not has_samples(run):
+        return None
+    return sample_scores(run.attributions, str(run.meta.get("config", {}).get("postprocess", "signed")))
+
+
+def _applied(chosen: CompareSettings, intervals: bool, num_layers: int, num_heads: int) -> Applied:
+    """The comparison's `Applied` for a model of `num_layers` x `num_heads` (default bands: thirds)."""
+    ks, band_ranges = list(chosen.top_k), None if chosen.bands is None else list(chosen.bands)
     if band_ranges is None:
         band_ranges, band_names = default_bands(num_layers)
     else:
         check_bands(band_ranges, num_layers)
         band_names = ["custom"] * len(band_ranges)
-    return Settings(
+    return Applied(
         top_k=ks,
         focus_k=focus_k(ks, num_heads),
-        good_threshold=float(good_threshold),
+        good_threshold=float(chosen.good_threshold),
         bands=band_ranges,
         band_names=band_names,
         intervals=intervals,
-        seed=int(seed),
-        target=float(target),
-        splits=int(splits),
+        seed=int(chosen.seed),
+        target=float(chosen.target),
+        splits=int(chosen.splits),
     )
 
 
-def _add_intervals(pairs: list[PairMetrics], per_sample: list[np.ndarray | None], settings: Settings) -> None:
+def _add_intervals(pairs: list[PairMetrics], per_sample: list[np.ndarray | None], settings: Applied) -> None:
     """Set each pair's jackknife intervals, or the reason it has none (a scores-only run)."""
     for p in pairs:
         pa, pb = per_sample[p.a], per_sample[p.b]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from headattr.analysis.options import Settings
+from headattr.analysis.options import Applied
 from headattr.analysis.reliability import split_half
 from headattr.analysis.results import RunSummary, jsonable
 from headattr.errors import HeadattrError
@@ -91,7 +91,7 @@ def _distribution(scores: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize_run(run: Run, label: str, per_sample: np.ndarray | None, settings: Settings, index: int) -> RunSummary:
+def summarize_run(run: Run, label: str, per_sample: np.ndarray | None, settings: Applied, index: int) -> RunSummary:
     """What the comparison keeps of run number `index`: settings, distribution, completeness, reliability."""
     config = dict(run.meta.get("config", {}))
     rng = np.random.default_rng([settings.seed, 0, index])

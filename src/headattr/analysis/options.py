@@ -1,14 +1,17 @@
-"""The options of a comparison: defaults and fixed thresholds, their parsing and checks, and `Settings`."""
+"""The options of a comparison: `CompareSettings` (what a caller chooses), its parsing and checks, the fixed
+thresholds, and `Applied` (the settings as resolved for one model, recorded in metrics.json)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from headattr.errors import HeadattrError
+from headattr.settings import Settings
 from headattr.stats.intervals import CI_LEVEL
 
 DEFAULT_TOP_K: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
@@ -22,9 +25,41 @@ SPLITS = 20
 BAND_NAMES = ("shallow", "middle", "deep")
 
 
+@dataclass(frozen=True)
+class CompareSettings(Settings):
+    """What `compare` computes (the `headattr compare` flags of the same names).
+
+    `top_k`: the top-k overlaps (a "5,10" string or ints); `good_threshold`: the correlation a layer needs to
+    count as consistent; `bands`: (first, last) layer ranges (None: thirds of the model); `intervals`: the
+    jackknife intervals, seeded by `seed` where a split is drawn; `target` and `splits`: split-half reliability.
+    """
+
+    top_k: tuple[int, ...] = DEFAULT_TOP_K
+    good_threshold: float = GOOD_THRESHOLD
+    bands: tuple[tuple[int, int], ...] | None = None
+    seed: int = 0
+    target: float = 0.9
+    splits: int = SPLITS
+    intervals: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "top_k", tuple(parse_top_k(self.top_k)))
+        bands = parse_bands(self.bands)
+        object.__setattr__(self, "bands", None if bands is None else tuple(bands))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_options(self.good_threshold, None, self.target, self.splits)
+
+    def override(self, **options: Any) -> CompareSettings:
+        """A copy with the `options` that are not None applied (and validated); self when there are none."""
+        given = {k: v for k, v in options.items() if v is not None}
+        return self.replace(**given) if given else self
+
+
 @dataclass
-class Settings:
-    """The options the comparison ran with, and the fixed thresholds it applied."""
+class Applied:
+    """The options the comparison ran with, resolved for the model, and the fixed thresholds it applied."""
 
     top_k: list[int]
     focus_k: int | None

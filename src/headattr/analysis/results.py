@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from headattr.analysis.options import Settings
+from headattr.analysis.options import Applied
 from headattr.stats.intervals import Interval
 
 Number = float | None
@@ -162,7 +162,7 @@ class RunSummary:
 class Comparison:
     """The result of `compare`: settings, per-run summaries, per-pair metrics, matrix, verdict, advice."""
 
-    settings: Settings
+    settings: Applied
     model: dict[str, Any]
     runs: list[RunSummary]
     common_config: dict[str, Any]
