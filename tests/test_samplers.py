@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+import torch
+
 import headattr.generation.sampling  # noqa: F401  (registers the samplers)
 from headattr.generation import decode, llada, sampler
 from headattr.generation.schedule import transfer_counts
@@ -43,3 +46,32 @@ def test_an_evaluation_length_keeps_a_given_llada_block():
     assert sampler_.with_length({"steps": 8}, 8) == {"steps": 8, "block_length": 8, "gen_length": 8}
     assert sampler_.with_length({"block_length": 4}, 8) == {"block_length": 4, "gen_length": 8}
     assert sampler.SAMPLERS["dream"].with_length({"steps": 8}, 6) == {"steps": 8, "max_new_tokens": 6}
+
+
+def test_generation_settings_classes_own_the_defaults_and_checks(dream, llada):
+    import headattr
+    from headattr.errors import HeadattrError
+    from headattr.generation.dream import DREAM_DEFAULTS
+    from headattr.generation.llada import LLADA_DEFAULTS
+
+    # the documented defaults of the official samplers, read from the classes
+    assert DREAM_DEFAULTS["steps"] == 512 and DREAM_DEFAULTS["alg"] == "origin" and DREAM_DEFAULTS["eps"] == 1e-3
+    assert LLADA_DEFAULTS == {
+        "gen_length": 128,
+        "steps": 128,
+        "block_length": 128,
+        "temperature": 0.0,
+        "cfg_scale": 0.0,
+        "remasking": "low_confidence",
+    }
+    with pytest.raises(HeadattrError, match="gen_length 10 must be a multiple of block_length 4"):
+        headattr.LLaDASettings(gen_length=10, block_length=4)
+    with pytest.raises(HeadattrError, match="unknown alg"):
+        headattr.DreamSettings(alg="greedy")
+    prompt = dream.tokenizer("k1=v1;k1?", add_special_tokens=False).input_ids
+    by_object = headattr.generate(dream, prompt, headattr.DreamSettings(max_new_tokens=4, steps=4))
+    by_keywords = headattr.generate(dream, prompt, max_new_tokens=4, steps=4)
+    overridden = headattr.generate(dream, prompt, headattr.DreamSettings(max_new_tokens=4, steps=2), steps=4)
+    assert torch.equal(by_object, by_keywords) and torch.equal(by_object, overridden)
+    with pytest.raises(HeadattrError, match="pass DreamSettings, not LLaDASettings"):
+        headattr.generate(dream, prompt, headattr.LLaDASettings())

@@ -17,6 +17,8 @@ from headattr.analysis.results import Comparison
 from headattr.data.samples import DataConfig, Sample, build_samples
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
+from headattr.generation.dream import DreamSettings
+from headattr.generation.llada import LLaDASettings
 from headattr.generation.sampling import completion_ids, completion_text, generate
 from headattr.methods import (
     METHODS,
@@ -52,6 +54,8 @@ __all__ = [
     "Comparison",
     "CompareSettings",
     "DataConfig",
+    "DreamSettings",
+    "LLaDASettings",
     "GateIGConfig",
     "METHODS",
     "MaskConfig",

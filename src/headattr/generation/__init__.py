@@ -8,6 +8,8 @@
 - `lmeval`: the lm-evaluation-harness model `headattr`.
 """
 
+from headattr.generation.dream import DreamSettings
+from headattr.generation.llada import LLaDASettings
 from headattr.generation.sampling import completion_ids, completion_text, generate
 
-__all__ = ["completion_ids", "completion_text", "generate"]
+__all__ = ["DreamSettings", "LLaDASettings", "completion_ids", "completion_text", "generate"]

@@ -8,6 +8,8 @@ masks each continuation token with a stratified probability and appends EOS to t
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,20 +19,9 @@ from headattr.errors import HeadattrError
 from headattr.generation.rows import first_masked, row_span, start
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
 from headattr.models import ModelSpec
+from headattr.settings import Settings
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
-# The defaults DreamGenerationConfig documents (max_new_tokens None there means its model-agnostic max_length of
-# 20 tokens beyond the prompt).
-DREAM_DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": 20,
-    "steps": 512,
-    "alg": "origin",
-    "temperature": 0.0,
-    "top_p": None,
-    "top_k": None,
-    "alg_temp": None,
-    "eps": 1e-3,
-}
 LIKELIHOOD_EPS = 1e-3  # Dream's evaluation: masking probability (1 - eps) t + eps
 
 
@@ -50,6 +41,28 @@ def check(s: dict[str, Any]) -> None:
         raise HeadattrError(f"alg_temp must be >= 0, got {s['alg_temp']}")
     if not 0 < s["eps"] <= 1:
         raise HeadattrError(f"eps must be in (0, 1], got {s['eps']}")
+
+
+@dataclass(frozen=True)
+class DreamSettings(Settings):
+    """Dream's generation settings, with the defaults DreamGenerationConfig documents (its `max_new_tokens` None
+    means its model-agnostic max_length of 20 tokens beyond the prompt). `headattr.generate(spec, ids,
+    DreamSettings(...))`, or the same names as keyword arguments; checked on construction (`check`)."""
+
+    max_new_tokens: int = 20
+    steps: int = 512
+    alg: str = "origin"
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    alg_temp: float | None = None
+    eps: float = 1e-3
+
+    def validate(self) -> None:
+        check(dataclasses.asdict(self))
+
+
+DREAM_DEFAULTS: dict[str, Any] = dataclasses.asdict(DreamSettings())  # the names a caller may pass
 
 
 def with_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
@@ -203,5 +216,6 @@ SAMPLER = register(
         sample,
         likelihood_masks,
         likelihood_eos=True,  # Dream's evaluation appends EOS to the continuation
+        settings=DreamSettings,
     )
 )

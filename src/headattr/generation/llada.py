@@ -8,6 +8,8 @@ evenly over 1..L.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,16 +21,9 @@ from headattr.generation.rows import first_masked, row_span, start
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
 from headattr.generation.schedule import transfer_counts
 from headattr.models import ModelSpec
+from headattr.settings import Settings
 
 LLADA_REMASKING = ("low_confidence", "random")
-LLADA_DEFAULTS: dict[str, Any] = {  # the keyword defaults of LLaDA's generate()
-    "gen_length": 128,
-    "steps": 128,
-    "block_length": 128,
-    "temperature": 0.0,
-    "cfg_scale": 0.0,
-    "remasking": "low_confidence",
-}
 
 
 def check(s: dict[str, Any]) -> None:
@@ -46,6 +41,25 @@ def check(s: dict[str, Any]) -> None:
         raise HeadattrError("temperature and cfg_scale must be >= 0")
     if s["remasking"] not in LLADA_REMASKING:
         raise HeadattrError(f"unknown remasking {s['remasking']!r}; choose one of {', '.join(LLADA_REMASKING)}")
+
+
+@dataclass(frozen=True)
+class LLaDASettings(Settings):
+    """LLaDA's generation settings, with the keyword defaults of LLaDA's generate(). `headattr.generate(spec,
+    ids, LLaDASettings(...))`, or the same names as keyword arguments; checked on construction (`check`)."""
+
+    gen_length: int = 128
+    steps: int = 128
+    block_length: int = 128
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+
+    def validate(self) -> None:
+        check(dataclasses.asdict(self))
+
+
+LLADA_DEFAULTS: dict[str, Any] = dataclasses.asdict(LLaDASettings())  # the names a caller may pass
 
 
 def with_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
@@ -141,4 +155,6 @@ def likelihood_masks(
     return torch.where(masked, mask_id, seq), weight
 
 
-SAMPLER = register(Sampler("llada", LLADA_DEFAULTS, "gen_length", check, with_length, sample, likelihood_masks))
+SAMPLER = register(
+    Sampler("llada", LLADA_DEFAULTS, "gen_length", check, with_length, sample, likelihood_masks, settings=LLaDASettings)
+)

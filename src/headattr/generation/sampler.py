@@ -33,7 +33,8 @@ class Sampler:
     number of generated tokens; `with_length(settings, n)`: the settings of an lm-eval request whose length
     the harness gives; `sample`: the sampler itself (see `SampleFn`). The log-likelihood estimate of the
     family's own evaluation: `likelihood_masks` draws a batch of masked copies (see `MaskDraw`), and
-    `likelihood_eos` says whether an EOS is appended to the continuation.
+    `likelihood_eos` says whether an EOS is appended to the continuation. `settings`: the same defaults and
+    checks as a settings class (`DreamSettings`, `LLaDASettings`), which callers may pass to `generate`.
     """
 
     name: str
@@ -44,6 +45,7 @@ class Sampler:
     sample: SampleFn
     likelihood_masks: MaskDraw
     likelihood_eos: bool = False
+    settings: type | None = None  # the family's settings class (`Settings`): defaults and checks as a dataclass
 
 
 SAMPLERS: dict[str, Sampler] = {}

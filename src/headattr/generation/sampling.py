@@ -19,6 +19,7 @@ receive `_predictions` on it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -33,6 +34,7 @@ from headattr.generation import dream, llada  # noqa: F401  (registers the sampl
 from headattr.generation.sampler import SAMPLERS, Sampler
 from headattr.models import ModelSpec
 from headattr.models.registry import Family, family_named, registered
+from headattr.settings import Settings
 
 # family name -> its sampler's length setting (the command line's --length), for the families registered here
 LENGTH_SETTING = {f.name: SAMPLERS[f.sampler].length_setting for f in registered() if f.sampler in SAMPLERS}
@@ -58,12 +60,20 @@ def _generating(spec: ModelSpec) -> tuple[Family, Sampler]:
     return family, SAMPLERS[family.sampler]
 
 
-def resolve_settings(spec: ModelSpec, settings: dict[str, Any]) -> dict[str, Any]:
-    """The family's defaults updated by `settings` (None values keep the default), checked.
+def resolve_settings(spec: ModelSpec, settings: dict[str, Any], config: Settings | None = None) -> dict[str, Any]:
+    """The family's defaults updated by `config` (the family's settings class), then by `settings` (None values
+    keep what is below), checked.
 
     A setting of another family, or an unknown one, is a one-line `HeadattrError`.
     """
     family, sampler = _generating(spec)
+    if config is not None:
+        if sampler.settings is None or not isinstance(config, sampler.settings):
+            wanted = sampler.settings.__name__ if sampler.settings else "keyword settings"
+            raise HeadattrError(
+                f"{spec.name} is a {family.display_name} model: pass {wanted}, not {type(config).__name__}"
+            )
+        settings = {**dataclasses.asdict(config), **{k: v for k, v in settings.items() if v is not None}}
     defaults = sampler.defaults
     unknown = [k for k in settings if k not in defaults]
     if unknown:
@@ -192,6 +202,7 @@ def _predictions(
 def generate(
     spec: ModelSpec,
     prompt_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+    config: Settings | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
     gates: dict[int, torch.Tensor] | None = None,
@@ -203,10 +214,11 @@ def generate(
 
     `prompt_ids`: a 1-D sequence, a list of sequences (left-padded here), or [B, P] with `attention_mask`
     (left padding). `gates` ({layer: [H] or [B, H]}) or `head_mask` ((layer, head) pairs to remove) apply
-    during generation. `settings`: the family's (see `dream.DREAM_DEFAULTS`, `llada.LLADA_DEFAULTS`). The first
+    during generation. `config` (`DreamSettings`, `LLaDASettings`) and keyword `settings` of the same names (which
+    override it): the family's generation settings, defaults where neither gives one. The first
     P columns are the (padded) prompts; generated positions whose prediction stayed the mask token keep it.
     """
-    resolved = resolve_settings(spec, settings)
+    resolved = resolve_settings(spec, settings, config)
     if gates is not None and head_mask is not None:
         raise HeadattrError("pass gates or head_mask, not both")
     if head_mask is not None:
