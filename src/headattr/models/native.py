@@ -1,8 +1,9 @@
 """Native families: a transformers decoder architecture filled with a checkpoint's own tensors.
 
 No checkpoint code runs: the family module maps config and weight names onto a transformers class (Qwen2 for
-Dream, Llama for LLaDA), `build` instantiates it on the meta device and adopts the tensors, and `native_spec`
-describes it with a `LayerStack`, so the core can start a pass at any layer.
+Dream, Llama for LLaDA, Qwen3 for SDAR, Qwen3-MoE for LLaDA-MoE, GLM-4-MoE for LLaDA 2), `build` instantiates it
+on the meta device and adopts the tensors, and `native_spec` describes it with a `LayerStack`, so the core can
+start a pass at any layer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ def rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, A
     return params
 
 
+def require(cfg: dict[str, Any], key: str, family: str) -> Any:
+    """`cfg[key]`, or a one-line error naming the family's config.json when it lacks the key."""
+    if cfg.get(key) is None:
+        raise HeadattrError(f"{family} config.json lacks {key!r}; the checkpoint directory looks incomplete")
+    return cfg[key]
+
+
+def mask_token_id(cfg: dict[str, Any], released: int) -> int | None:
+    """The config's `mask_token_id`; else the family's `released` id when the vocabulary holds it; else None
+    (the loader then takes the tokenizer's mask token)."""
+    if cfg.get("mask_token_id") is not None:
+        return int(cfg["mask_token_id"])
+    return released if released < int(cfg.get("vocab_size", 0)) else None
+
+
 def read_weights(
     root: Path, dtype: torch.dtype, device: str, rename: Callable[[str], str] = str
 ) -> dict[str, torch.Tensor]:
@@ -45,13 +61,25 @@ def read_weights(
 
 
 def build(
-    cls: type, config: Any, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: str, attn: str
+    cls: type,
+    config: Any,
+    weights: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    device: str,
+    attn: str,
+    prepare: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Instantiate `cls` without allocating random weights, then adopt the checkpoint's tensors."""
+    """Instantiate `cls` without allocating random weights, then adopt the checkpoint's tensors.
+
+    `prepare(model)` may change the (meta-device) model before the tensors are matched to it: a family whose
+    checkpoint has a piece the transformers class lacks puts its own module there.
+    """
     config.is_causal = False  # transformers 5.x: bidirectional masks for the whole-model forward
     config._attn_implementation = attn
     with torch.device("meta"):
         model = cls(config)
+        if prepare is not None:
+            prepare(model)
     if config.tie_word_embeddings and "lm_head.weight" not in weights:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     expected = set(model.state_dict())
@@ -108,9 +136,11 @@ def native_spec(
     logit_shift: bool,
     head_module_label: str = "",
     identity: str | None = None,
+    **architecture: int | None,
 ) -> ModelSpec:
     """Describe a model built by `build` (or `random_model`: then `identity` stands in for the hash of a
-    config.json it does not have); the gates sit on every layer's `self_attn.o_proj`."""
+    config.json it does not have); the gates sit on every layer's `self_attn.o_proj`. `architecture` sets the
+    spec's `num_experts`, `active_experts` and `block_size` for the families that have them."""
     c, base = model.config, model.model
     if base.embed_tokens.weight.dtype == torch.bfloat16:  # run under autocast: its attention in float32
         float32_attention(base.layers)
@@ -136,4 +166,5 @@ def native_spec(
         config_hash=identity or config_hash(root),
         num_parameters=sum(p.numel() for p in model.parameters()),
         backbone=stack,
+        **architecture,
     )

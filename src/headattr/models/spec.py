@@ -19,6 +19,9 @@ class ModelSpec:
     where gates act); `head_module` is its module name (data: what `--head-module` takes), `head_module_label`
     how `info` shows it. `backbone` runs the forward pass (see `models.backbone`). `load_config` is the
     `ModelConfig` it was loaded with (recorded in run.json).
+
+    Mixture-of-experts families set `num_experts` (routed experts per MoE layer) and `active_experts` (routed
+    experts chosen per token); block-diffusion families set `block_size` (tokens per block). None elsewhere.
     """
 
     model: nn.Module
@@ -39,6 +42,9 @@ class ModelSpec:
     backbone: LayerStack | WholeModel
     head_module_label: str = ""
     load_config: Any = None
+    num_experts: int | None = None
+    active_experts: int | None = None
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         self.head_module_label = self.head_module_label or self.head_module
@@ -74,7 +80,23 @@ class ModelSpec:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "layer_reuse": self.backbone.resumable,
+            **self.architecture(),
         }
+
+    def architecture(self) -> dict[str, int]:
+        """The experts and block size of the families that have them (empty for dense, full-sequence models,
+        so that their run.json is unchanged)."""
+        fields = {"num_experts": self.num_experts, "active_experts": self.active_experts, "block_size": self.block_size}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def architecture_rows(self) -> list[tuple[str, Any]]:
+        """`headattr info`'s rows for `architecture()` (none for dense, full-sequence models)."""
+        rows: list[tuple[str, Any]] = []
+        if self.num_experts is not None:
+            rows += [("experts", self.num_experts), ("active experts", self.active_experts)]
+        if self.block_size is not None:
+            rows.append(("block size", f"{self.block_size} (block diffusion)"))
+        return rows
 
 
 HEAD_MODULE_CANDIDATES = ("o_proj", "attn_out", "out_proj", "c_proj", "dense", "wo")
