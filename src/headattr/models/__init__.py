@@ -2,6 +2,11 @@
 
 - `dream`: Dream checkpoints as transformers' Qwen2 (bidirectional, shifted logits).
 - `llada`: LLaDA's OLMo-style checkpoints mapped onto transformers' Llama (bidirectional, no shift).
+- `sdar`: SDAR and TraDo (block diffusion) as transformers' Qwen3 (no shift; run bidirectionally for now).
+- `lladamoe`: LLaDA-MoE as transformers' Qwen3-MoE (softmax routing, top-k weights not renormalised).
+- `llada2_moe`: LLaDA 2.x (block diffusion, MoE) as transformers' GLM-4-MoE (fused QKV split, partial RoPE,
+  group-limited sigmoid routing with expert bias; run bidirectionally for now).
+- `moe`: the per-expert checkpoint tensors in transformers' stacked expert layout.
 - `generic`: anything else through the Auto classes (its own code only with `trust_remote_code`).
 
 `load_model(path, ModelConfig(...))` returns a `ModelSpec`; its `backbone` runs the forward pass from any layer
@@ -9,7 +14,7 @@
 below).
 """
 
-from headattr.models import dream, llada  # noqa: F401  (registers the native families)
+from headattr.models import dream, llada, llada2_moe, lladamoe, sdar  # noqa: F401  (registers the native families)
 from headattr.models.backbone import LayerContext, LayerStack, WholeModel
 from headattr.models.files import config_hash, iter_checkpoint_tensors
 from headattr.models.llada import LLADA_DEFAULT_MASK_ID, LLADA_RENAMES, llada_llama_config, llada_to_llama_name
