@@ -1,8 +1,9 @@
-"""Building blocks for tests and examples: tiny checkpoints in Dream's and LLaDA's formats, and synthetic runs.
+"""Building blocks for tests and examples: tiny checkpoints in each family's released format, and synthetic runs.
 
 Everything is built in code, without downloads:
 
-- `make_dream_checkpoint(root)`, `make_llada_checkpoint(root)`: random 3-layer x 4-head models in each
+- `make_dream_checkpoint(root)`, `make_llada_checkpoint(root)`, `make_sdar_checkpoint(root)`,
+  `make_lladamoe_checkpoint(root)`, `make_llada2_checkpoint(root)`: random 3-layer x 4-head models in each
   family's on-disk format (config keys, weight names, sharding), with a character-level tokenizer;
 - `make_run(path, signal, noise, ...)`: a complete run directory (written through `rundir.run_meta`, the same
   builder `headattr attribute` uses) whose per-sample attributions are `signal + noise`, so that the true
@@ -170,6 +171,12 @@ def make_llada_checkpoint(root: Path, seed: int = 0, shards: int = 2) -> Path:
         "pad_token_id": 0,
     }
     (root / "config.json").write_text(json.dumps(config))
+    save_shards(root, weights, shards)
+    return root
+
+
+def save_shards(root: Path, weights: dict[str, torch.Tensor], shards: int) -> None:
+    """`weights` in `shards` safetensors files (names dealt round-robin in sorted order) with an index file."""
     names = sorted(weights)
     index = {}
     for s in range(shards):
@@ -178,6 +185,201 @@ def make_llada_checkpoint(root: Path, seed: int = 0, shards: int = 2) -> Path:
         save_file({k: weights[k] for k in part}, str(root / fname))
         index.update({k: fname for k in part})
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+
+
+SDAR_CONFIG = {  # the released keys besides the shape (remote-code `auto_map`, SDAR's training options: unused)
+    "model_type": "sdar",
+    "architectures": ["SDARForCausalLM"],
+    "auto_map": {
+        "AutoConfig": "configuration_sdar.SDARConfig",
+        "AutoModel": "modeling_sdar.SDARModel",
+        "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
+    },
+    "block_size": 4,
+    "attn_implementation": "flex_attention",
+    "fuse_cross_entropy": True,
+    "rope_theta": 1000000.0,
+    "rope_scaling": None,
+    "rms_norm_eps": 1e-6,
+    "attention_bias": False,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+    "max_position_embeddings": 512,
+    "use_sliding_window": False,
+    "sliding_window": None,
+}
+LLADAMOE_CONFIG = {  # `norm_topk_prob` true, as LLaDA-MoE's own code ignores it
+    "model_type": "lladamoe",
+    "architectures": ["LLaDAMoEModelLM"],
+    "auto_map": {
+        "AutoConfig": "configuration_lladamoe.LLaDAConfig",
+        "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
+        "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
+    },
+    "rope_theta": 50000.0,
+    "rope_scaling": None,
+    "partial_rotary_factor": 1.0,
+    "rms_norm_eps": 1e-5,
+    "attention_bias": False,
+    "clip_qkv": None,
+    "qk_layernorm": True,
+    "norm_topk_prob": True,
+    "moe_router_enable_expert_bias": False,
+    "moe_router_score_function": "softmax",
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
+}
+LLADA2_CONFIG = {  # `rotary_dim` is written but, as in LLaDA 2, not read
+    "model_type": "llada2_moe",
+    "architectures": ["LLaDA2MoeModelLM"],
+    "auto_map": {
+        "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+        "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+        "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
+    },
+    "rope_theta": 600000.0,
+    "rope_scaling": None,
+    "partial_rotary_factor": 0.5,
+    "rotary_dim": 12,
+    "rms_norm_eps": 1e-6,
+    "use_qkv_bias": False,
+    "use_bias": False,
+    "use_qk_norm": True,
+    "norm_head": False,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
+    "routed_scaling_factor": 2.5,
+    "n_group": 4,
+    "topk_group": 2,
+    "first_k_dense_replace": 1,
+    "num_shared_experts": 1,
+}
+MOE = {"experts": 8, "active": 2, "expert_inter": 16, "shared_inter": 24}
+
+
+def _random_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """Normal tensors of the given shapes (std 0.2; norm weights around 1, expert biases around 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=gen)
+        out[name] = 1.0 + 0.1 * noise if "norm" in name else (0.1 if "bias" in name else 0.2) * noise
+    return out
+
+
+def _write_config(root: Path, fields: dict) -> int:
+    """Write the character tokenizer and config.json (`fields`, the vocabulary and the special ids); returns the
+    vocabulary size."""
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = write_char_tokenizer(root)
+    config = {**fields, "vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    (root / "config.json").write_text(json.dumps(config))
+    return vocab
+
+
+def _mlp_shapes(prefix: str, d: int, width: int) -> dict[str, tuple[int, ...]]:
+    """A SwiGLU MLP's weight shapes under `prefix`."""
+    return {f"{prefix}.{n}_proj.weight": (width, d) for n in ("gate", "up")} | {
+        f"{prefix}.down_proj.weight": (d, width)
+    }
+
+
+def _qwen3_layer_shapes(p: str, heads: int, kv: int, hd: int) -> dict[str, tuple[int, ...]]:
+    """A Qwen3-style layer's attention and norm shapes under `p` (its MLP apart)."""
+    d = TINY["hidden"]
+    a = f"{p}.self_attn"
+    return {
+        f"{a}.q_proj.weight": (heads * hd, d),
+        f"{a}.k_proj.weight": (kv * hd, d),
+        f"{a}.v_proj.weight": (kv * hd, d),
+        f"{a}.o_proj.weight": (d, heads * hd),
+        f"{a}.q_norm.weight": (hd,),
+        f"{a}.k_norm.weight": (hd,),
+        f"{p}.input_layernorm.weight": (d,),
+        f"{p}.post_attention_layernorm.weight": (d,),
+    }
+
+
+def _routed_shapes(p: str) -> dict[str, tuple[int, ...]]:
+    """An MoE layer's router and per-expert MLP shapes under `p` (`<layer>.mlp`)."""
+    shapes = {f"{p}.gate.weight": (MOE["experts"], TINY["hidden"])}
+    for e in range(MOE["experts"]):
+        shapes |= _mlp_shapes(f"{p}.experts.{e}", TINY["hidden"], MOE["expert_inter"])
+    return shapes
+
+
+def make_sdar_checkpoint(root: Path, seed: int = 0) -> Path:
+    """SDAR layout: Qwen3 fields and weight names (q/k norms; head_dim 16, so heads x head_dim != hidden),
+    `model_type` "sdar", block size 4; the mask token comes from the tokenizer."""
+    d, layers, heads, kv, hd = TINY["hidden"], TINY["layers"], TINY["heads"], TINY["kv_heads"], 16
+    shape = {"hidden_size": d, "intermediate_size": TINY["inter"], "num_hidden_layers": layers, "head_dim": hd}
+    heads_kv = {"num_attention_heads": heads, "num_key_value_heads": kv, "max_window_layers": layers}
+    vocab = _write_config(root, SDAR_CONFIG | shape | heads_kv)
+    shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,), "lm_head.weight": (vocab, d)}
+    for i in range(layers):
+        shapes |= _qwen3_layer_shapes(f"model.layers.{i}", heads, kv, hd) | _mlp_shapes(
+            f"model.layers.{i}.mlp", d, TINY["inter"]
+        )
+    save_file(_random_weights(shapes, seed), str(root / "model.safetensors"))
+    return root
+
+
+def make_lladamoe_checkpoint(root: Path, seed: int = 0, shared_expert: bool = False) -> Path:
+    """LLaDA-MoE layout: OLMoE-like fields and weight names, layer 0 dense (`moe_layer_freq` 0), 8 experts with 2
+    active; with `shared_expert`, each MoE layer also has a `shared_expert` MLP. The mask token comes from the
+    tokenizer."""
+    d, layers, heads = TINY["hidden"], TINY["layers"], TINY["heads"]
+    vocab = _write_config(
+        root,
+        LLADAMOE_CONFIG
+        | {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads}
+        | {"dense_intermediate_size": TINY["inter"], "expert_intermediate_size": MOE["expert_inter"]}
+        | {"num_experts": MOE["experts"], "num_experts_per_tok": MOE["active"]}
+        | {"moe_layer_freq": [0] + [1] * (layers - 1)}
+        | {"shared_expert_intermediate_size": MOE["shared_inter"] if shared_expert else None},
+    )
+    shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,), "lm_head.weight": (vocab, d)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        shapes |= _qwen3_layer_shapes(p, heads, heads, d // heads)
+        shapes |= _mlp_shapes(f"{p}.mlp", d, TINY["inter"]) if i == 0 else _routed_shapes(f"{p}.mlp")
+        if shared_expert and i > 0:
+            shapes |= _mlp_shapes(f"{p}.shared_expert", d, MOE["shared_inter"])
+    save_shards(root, _random_weights(shapes, seed), 2)
+    return root
+
+
+def make_llada2_checkpoint(root: Path, seed: int = 0) -> Path:
+    """LLaDA 2 layout: `model.word_embeddings`, fused `attention.query_key_value`, `attention.dense`, q/k
+    layernorms; head_dim 12 with half of it rotary; layer 0 dense (`first_k_dense_replace` 1), then 8 experts in
+    4 groups (2 kept), 2 active, a shared expert and an `expert_bias`. The mask token comes from the tokenizer."""
+    d, layers, heads, kv, hd = TINY["hidden"], TINY["layers"], TINY["heads"], TINY["kv_heads"], 12
+    vocab = _write_config(
+        root,
+        LLADA2_CONFIG
+        | {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv}
+        | {"head_dim": hd, "intermediate_size": TINY["inter"], "moe_intermediate_size": MOE["expert_inter"]}
+        | {"num_experts": MOE["experts"], "num_experts_per_tok": MOE["active"]},
+    )
+    shapes = {"model.word_embeddings.weight": (vocab, d), "model.norm.weight": (d,), "lm_head.weight": (vocab, d)}
+    for i in range(layers):
+        p, a = f"model.layers.{i}", f"model.layers.{i}.attention"
+        shapes |= {
+            f"{a}.query_key_value.weight": ((heads + 2 * kv) * hd, d),
+            f"{a}.dense.weight": (d, heads * hd),
+            f"{a}.query_layernorm.weight": (hd,),
+            f"{a}.key_layernorm.weight": (hd,),
+            f"{p}.input_layernorm.weight": (d,),
+            f"{p}.post_attention_layernorm.weight": (d,),
+        }
+        if i == 0:
+            shapes |= _mlp_shapes(f"{p}.mlp", d, TINY["inter"])
+            continue
+        shapes |= _routed_shapes(f"{p}.mlp") | _mlp_shapes(f"{p}.mlp.shared_experts", d, MOE["expert_inter"])
+        shapes[f"{p}.mlp.gate.expert_bias"] = (MOE["experts"],)
+    save_shards(root, _random_weights(shapes, seed), 2)
     return root
 
 
