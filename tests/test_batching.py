@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.data.samples import Sample
 from headattr.engine import batching
 from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes, parse_batch_size, parse_max_memory

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.runs.rundir import read_run
 
 FAST = ["--ig-steps", "2", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet"]
@@ -55,6 +55,29 @@ def test_native_checkpoints_run_through_attribute(family, request, data_file, tm
     assert lines[0] == "layer,head,score,rank_in_layer,global_rank" and len(lines) == 13
     assert (out / "heatmap.png").stat().st_size > 1000 and not (out / "checkpoints").exists()
     assert "wrote" in stdout
+
+
+def test_flag_defaults_are_the_settings_defaults():
+    """Each flag's default is its settings field's; `--seed` stands for the data, mask and STP path seeds."""
+    from headattr.cli.app import cli
+    from headattr.data.samples import DataConfig
+    from headattr.engine.masking import MaskConfig
+    from headattr.methods import GateIGConfig, STPConfig
+    from headattr.models import ModelConfig
+
+    flags = {p.name: p.default for p in cli.commands["attribute"].params}
+    assert flags["seed"] == DataConfig.seed == MaskConfig.mask_seed == STPConfig.path_seed
+    assert tuple(float(p) for p in flags["mask_probs"].split(",")) == MaskConfig.mask_probs
+    owners = {
+        DataConfig: ("prompt_field", "answer_field", "samples", "max_length", "stratify_by"),
+        MaskConfig: ("mask_samples_per_prob", "loss_normalize"),
+        GateIGConfig: ("ig_tol", "ig_max_steps", "rule", "scope", "baseline"),
+        STPConfig: ("path_samples",),
+        ModelConfig: ("dtype", "logit_shift", "attn_implementation", "head_module", "mask_token_id"),
+    }
+    for owner, fields in owners.items():
+        assert {f: flags[f] for f in fields} == {f: getattr(owner, f) for f in fields}, owner.__name__
+    assert flags["fmt"] == DataConfig.format and flags["method_name"] == GateIGConfig.name
 
 
 def test_info_prints_what_was_detected(dream_dir, capsys):
@@ -134,7 +157,7 @@ def test_same_seeds_give_byte_identical_scores_and_batch_size_is_irrelevant(drea
 KILLED_AFTER_6 = """
 import os, signal
 from headattr.runs import checkpoints
-from headattr.cli import commands as cli
+from headattr.cli import app as cli
 real, saved = checkpoints.save_checkpoint, []
 def save(*args):
     real(*args)

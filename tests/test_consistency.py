@@ -31,7 +31,7 @@ from headattr.analysis.agreement import (
 )
 from headattr.analysis.options import default_bands, parse_bands, parse_top_k
 from headattr.analysis.reliability import NA_NON_POSITIVE, NA_ONE_SAMPLE, split_half
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.errors import HeadattrError
 from headattr.methods.aggregate import final_scores, sample_scores
 from headattr.runs.ensembling import ensemble

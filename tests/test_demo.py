@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.demo import DATA_FILE, MODEL_DIR
 
 pytestmark = pytest.mark.skipif(

@@ -45,7 +45,7 @@ def free_port() -> int:
 KILLED_AFTER_FIRST = """
 import os, signal
 from headattr.runs import checkpoints
-from headattr.cli import commands as cli
+from headattr.cli import app as cli
 real = checkpoints.save_checkpoint
 def save(*args):
     real(*args)
@@ -216,7 +216,7 @@ def test_torchrun_device_is_cuda_local_rank(four_gpus):
 
 
 def test_torchrun_device_cuda_without_cuda_is_one_line(dream_dir, data_file, tmp_path, monkeypatch, capsys):
-    from headattr.cli.commands import main
+    from headattr.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():

@@ -334,7 +334,7 @@ def test_info_values(specs, dream, llada):
 
 
 def test_info_command_on_each_family(checkpoints, capsys):
-    from headattr.cli.commands import main
+    from headattr.cli import main
 
     for root in checkpoints.values():
         assert main(["info", str(root)]) == 0

@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import load_file
 
 from headattr import compare, ensemble
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.runs.budget import BudgetRule, attention_budget
 from headattr.runs.interop import export_run, import_head_importance
 from headattr.runs.rundir import read_run

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.errors import HeadattrError
 from headattr.methods.reference import full_logits
 from headattr.models import FAMILIES, WholeModel, load_model

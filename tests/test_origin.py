@@ -21,7 +21,7 @@ import tokenizers
 import torch
 from safetensors.torch import load_file
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.runs.rundir import read_run
 
 ORIGIN = Path(__file__).parent / "fixtures" / "origin-gate-ig"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.data.samples import Sample
 from headattr.engine import core
 from headattr.engine.gates import gated

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import headattr
-from headattr.cli.commands import cli
+from headattr.cli.app import cli
 from headattr.data.samples import build_samples
 from headattr.errors import HeadattrError
 from headattr.pruning import PruneSettings, prune

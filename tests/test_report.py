@@ -13,7 +13,7 @@ import pytest
 
 from headattr import compare, ensemble
 from headattr.analysis.results import Comparison
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.figures import plot_consistency
 from headattr.methods import AblationConfig, DispersionConfig, GateIGConfig, GradientConfig, STPConfig
 from headattr.reports.markdown.format import fmt_score

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.errors import HeadattrError
 from headattr.models.devices import check_device
 from headattr.runs import rundir

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.cli.commands import main
+from headattr.cli import main
 from headattr.data.samples import build_samples
 from headattr.demo import DATA_FILE, MODEL_DIR
 from headattr.engine.masking import MaskConfig

@@ -2,7 +2,7 @@
 
 import sys
 
-from headattr.cli.commands import main
+from headattr.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -443,7 +443,7 @@ def tokenize_record(record: Record, tokenizer: Any, max_length: int, chat_templa
     the answer's end is cut only when the answer (with `bos`) alone does not fit. With a chat template,
     the truncated prompt tokens are those of the templated prompt.
     """
-    prefix = _bos(tokenizer, chat_template)
+    prefix = bos_ids(tokenizer, chat_template)
     budget = max_length - len(prefix)
     if budget < 1:
         raise HeadattrError(
@@ -452,7 +452,7 @@ def tokenize_record(record: Record, tokenizer: Any, max_length: int, chat_templa
     answer = tokenizer.encode(record.answer, add_special_tokens=False)
     if not answer:
         return None
-    prompt = tokenizer.encode(_prompt_text(record, tokenizer, chat_template), add_special_tokens=False)
+    prompt = tokenizer.encode(prompt_text(record, tokenizer, chat_template), add_special_tokens=False)
     answer_cut = max(0, len(answer) - budget)
     answer = answer[: len(answer) - answer_cut]
     prompt_keep = min(len(prompt), budget - len(answer))
@@ -463,13 +463,13 @@ def tokenize_record(record: Record, tokenizer: Any, max_length: int, chat_templa
     return Sample(record.index, record.uid, record.group, ids, start, len(ids), prompt_cut, answer_cut)
 
 
-def _bos(tokenizer: Any, chat_template: bool) -> list[int]:
+def bos_ids(tokenizer: Any, chat_template: bool) -> list[int]:
     """Return `[bos]` when the tokenizer defines one and no chat template is applied, else `[]`."""
     bos = getattr(tokenizer, "bos_token_id", None)
     return [] if chat_template or bos is None else [int(bos)]
 
 
-def _prompt_text(record: Record, tokenizer: Any, chat_template: bool) -> str:
+def prompt_text(record: Record, tokenizer: Any, chat_template: bool) -> str:
     """The prompt text to tokenize: the raw prompt, or the chat template applied to the user turn."""
     if not chat_template:
         return record.prompt

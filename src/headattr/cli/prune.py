@@ -1,0 +1,188 @@
+"""`headattr prune`: remove heads in the order of a run's scores and measure held-out loss (and task accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from headattr.cli.app import cli
+from headattr.cli.options import (
+    GENERATION_FLAGS,
+    generation_options,
+    generation_settings,
+    model_config,
+    model_options,
+    parse_floats,
+    seed_type,
+)
+from headattr.errors import HeadattrError
+from headattr.runs.rundir import check_output_dir
+
+
+def _parse_orders(text: str) -> tuple[str, ...]:
+    """'most,least' -> ('most', 'least'), checked by `prune.check_orders`."""
+    from headattr.pruning.settings import check_orders
+
+    orders = tuple(o.strip() for o in text.split(",") if o.strip())
+    check_orders(orders)
+    return orders
+
+
+def _echo_prune(result, paths: dict) -> None:
+    """Print the pruning table, the faithfulness line and where each output is."""
+    from headattr.pruning.text import format_faithfulness, format_table, format_task, format_verdicts
+
+    click.echo(format_table(result))
+    for line in format_verdicts(result) + format_task(result):
+        click.echo(line)
+    line = format_faithfulness(result)
+    if line:
+        click.echo(line)
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option(
+    "--scores",
+    "scores_run",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory whose scores rank the heads.",
+)
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="The run's dataset (default: the file recorded in its run.json); held-out rows are evaluated.",
+)
+@click.option(
+    "--eval-data",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Evaluate on this file instead (same format as the run's data; the run's samples are still excluded).",
+)
+@click.option(
+    "--exclude-run",
+    "exclude_runs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Also keep this run's samples out of the evaluation set (repeatable), e.g. the other seed's run.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the pruning outputs.")
+@click.option("--fractions", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Fractions of heads to remove.")
+@click.option("--orders", default="most,least,random", show_default=True, help="Removal orders.")
+@click.option(
+    "--random-orders", type=click.IntRange(min=0), default=10, show_default=True, help="Number of random orders."
+)
+@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of the random orders.")
+@click.option("--per-layer", is_flag=True, help="Remove the same fraction of heads in every layer.")
+@click.option(
+    "--rank-by",
+    type=click.Choice(["score", "abs"]),
+    default="score",
+    show_default=True,
+    help="Rank heads by signed score, or by |score| (least = nearest zero).",
+)
+@click.option("--single-head", is_flag=True, help="Also remove each head on its own; correlate with the scores.")
+@click.option("--exact-match", is_flag=True, help="Also decode each answer from a fully masked answer (slower).")
+@click.option(
+    "--eval-samples",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Held-out samples to evaluate on.",
+)
+@click.option("--eval-seed", type=seed_type, default=0, show_default=True, help="Seed of the held-out sample choice.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Rows per forward pass.")
+@click.option(
+    "--eval",
+    "eval_kind",
+    type=click.Choice(["loss", "generate"]),
+    default="loss",
+    show_default=True,
+    help="generate: also generate every held-out answer with the model's sampler and score it with --task.",
+)
+@click.option("--task", default="exact", show_default=True, help="gsm8k, exact, contains or regex:PATTERN.")
+@click.option("--generation-seed", type=seed_type, default=0, show_default=True, help="Seed of the sampler.")
+@generation_options
+@click.option("--overwrite", is_flag=True, help="Replace the pruning files in an existing --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@model_options
+def prune_cmd(
+    model: str,
+    scores_run: Path,
+    data_path: Path | None,
+    eval_data: Path | None,
+    exclude_runs: tuple[Path, ...],
+    out: Path,
+    fractions: str,
+    orders: str,
+    random_orders: int,
+    seed: int,
+    per_layer: bool,
+    rank_by: str,
+    single_head: bool,
+    exact_match: bool,
+    eval_samples: int,
+    eval_seed: int,
+    batch_size: int,
+    eval_kind: str,
+    task: str,
+    generation_seed: int,
+    overwrite: bool,
+    quiet: bool,
+    **options,
+) -> None:
+    """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples."""
+    from headattr.pruning.outputs import write_outputs
+    from headattr.pruning.runner import prune
+    from headattr.pruning.samples import check_run_matches, select_eval_samples
+    from headattr.runs.rundir import read_run
+
+    check_output_dir(out, overwrite)
+    prune_orders = _parse_orders(orders)
+    prune_fractions = parse_floats(fractions, "--fractions")
+    loading = model_config(options)
+    run = read_run(scores_run)
+    excluded = [read_run(path) for path in exclude_runs]
+    gen_flags = {k: options.pop(k) for k in GENERATION_FLAGS}
+    if eval_kind != "generate" and any(v is not None for v in gen_flags.values()):
+        raise HeadattrError("generation settings (--steps, --alg, ...) need --eval generate")
+    spec = loading.load(model)
+    check_run_matches(spec, run)
+    generation = None
+    if eval_kind == "generate":
+        from headattr.generation.taskeval import GenerationEval
+
+        settings = generation_settings(spec, gen_flags)
+        generation = GenerationEval.from_text(task, settings, batch_size, generation_seed)
+    selection = select_eval_samples(
+        spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed, exclude_runs=excluded
+    )
+    click.echo(
+        f"{spec.name}: {spec.num_layers} layers x {spec.num_heads} heads; evaluating on {len(selection.samples)} "
+        f"held-out samples of {selection.source} ({selection.excluded} attribution rows excluded)",
+        err=True,
+    )
+    result = prune(
+        spec,
+        run,
+        selection.samples,
+        fractions=prune_fractions,
+        orders=prune_orders,
+        random_orders=random_orders,
+        seed=seed,
+        per_layer=per_layer,
+        rank_by=rank_by,
+        single_head=single_head,
+        decode=exact_match,
+        batch_size=batch_size,
+        progress=not quiet,
+        generation=generation,
+    )
+    result.eval_info.update(selection.to_dict(), eval_seed=eval_seed)
+    _echo_prune(result, write_outputs(result, out))
