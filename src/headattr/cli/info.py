@@ -31,6 +31,7 @@ def info(model: str, **options) -> None:
         ("query heads", d["num_heads"]),
         ("kv heads", d["num_kv_heads"]),
         ("head dim", d["head_dim"]),
+        *spec.architecture_rows(),
         ("head module", d["head_module_label"]),
         (
             "mask token id",

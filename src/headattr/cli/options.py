@@ -250,11 +250,11 @@ def generation_options(f):
 
 def generation_settings(spec: ModelSpec, options: dict) -> dict:
     """Pop the generation flags from `options` into the family's setting names (only those given)."""
-    from headattr.generation.sampling import LENGTH_SETTING, resolve_settings
+    from headattr.generation.sampling import length_setting, resolve_settings
 
     given = {k: options.pop(k) for k in GENERATION_FLAGS}
     settings = {k: v for k, v in given.items() if v is not None and k != "length"}
-    if given["length"] is not None and spec.family in LENGTH_SETTING:
-        settings[LENGTH_SETTING[spec.family]] = given["length"]
+    if given["length"] is not None:
+        settings[length_setting(spec)] = given["length"]  # a model that cannot generate: its one-line error
     resolve_settings(spec, settings)  # one-line errors now, before any work
     return settings

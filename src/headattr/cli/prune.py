@@ -17,7 +17,10 @@ from headattr.cli.options import (
     seed_type,
 )
 from headattr.errors import HeadattrError
+from headattr.pruning.settings import RANK_BY, PruneSettings
 from headattr.runs.rundir import check_output_dir
+
+DEFAULTS = PruneSettings()  # the flags' defaults are the settings class's
 
 
 def _parse_orders(text: str) -> tuple[str, ...]:
@@ -41,6 +44,15 @@ def _echo_prune(result, paths: dict) -> None:
         click.echo(line)
     for path in paths.values():
         click.echo(f"wrote {path}")
+
+
+def _generation(spec, eval_kind: str, task: str, flags: dict, batch_size: int, seed: int):
+    """`--eval generate`: the generated-answer evaluation (task, the family's settings from the flags); else None."""
+    if eval_kind != "generate":
+        return None
+    from headattr.generation.taskeval import GenerationEval
+
+    return GenerationEval.from_text(task, generation_settings(spec, flags), batch_size, seed)
 
 
 @cli.command("prune")
@@ -73,17 +85,26 @@ def _echo_prune(result, paths: dict) -> None:
     help="Also keep this run's samples out of the evaluation set (repeatable), e.g. the other seed's run.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the pruning outputs.")
-@click.option("--fractions", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Fractions of heads to remove.")
-@click.option("--orders", default="most,least,random", show_default=True, help="Removal orders.")
 @click.option(
-    "--random-orders", type=click.IntRange(min=0), default=10, show_default=True, help="Number of random orders."
+    "--fractions",
+    default=",".join(f"{f:g}" for f in DEFAULTS.fractions),
+    show_default=True,
+    help="Fractions of heads to remove.",
 )
-@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of the random orders.")
+@click.option("--orders", default=",".join(DEFAULTS.orders), show_default=True, help="Removal orders.")
+@click.option(
+    "--random-orders",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.random_orders,
+    show_default=True,
+    help="Number of random orders.",
+)
+@click.option("--seed", type=seed_type, default=DEFAULTS.seed, show_default=True, help="Seed of the random orders.")
 @click.option("--per-layer", is_flag=True, help="Remove the same fraction of heads in every layer.")
 @click.option(
     "--rank-by",
-    type=click.Choice(["score", "abs"]),
-    default="score",
+    type=click.Choice(RANK_BY),
+    default=DEFAULTS.rank_by,
     show_default=True,
     help="Rank heads by signed score, or by |score| (least = nearest zero).",
 )
@@ -137,15 +158,26 @@ def prune_cmd(
     quiet: bool,
     **options,
 ) -> None:
-    """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples."""
+    """Remove MODEL's heads in the order of a run's scores and measure the loss on held-out samples.
+    \f
+    Long because its signature lists the command's 22 flags (one parameter each, as click passes them).
+    """
     from headattr.pruning.outputs import write_outputs
     from headattr.pruning.runner import prune
     from headattr.pruning.samples import check_run_matches, select_eval_samples
     from headattr.runs.rundir import read_run
 
     check_output_dir(out, overwrite)
-    prune_orders = _parse_orders(orders)
-    prune_fractions = parse_floats(fractions, "--fractions")
+    settings = PruneSettings(
+        fractions=parse_floats(fractions, "--fractions"),
+        orders=_parse_orders(orders),
+        random_orders=random_orders,
+        seed=seed,
+        per_layer=per_layer,
+        rank_by=rank_by,
+        single_head=single_head,
+        decode=exact_match,
+    )
     loading = model_config(options)
     run = read_run(scores_run)
     excluded = [read_run(path) for path in exclude_runs]
@@ -154,35 +186,18 @@ def prune_cmd(
         raise HeadattrError("generation settings (--steps, --alg, ...) need --eval generate")
     spec = loading.load(model)
     check_run_matches(spec, run)
-    generation = None
-    if eval_kind == "generate":
-        from headattr.generation.taskeval import GenerationEval
-
-        settings = generation_settings(spec, gen_flags)
-        generation = GenerationEval.from_text(task, settings, batch_size, generation_seed)
+    generation = _generation(spec, eval_kind, task, gen_flags, batch_size, generation_seed)
     selection = select_eval_samples(
         spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed, exclude_runs=excluded
     )
+    held_out = f"{len(selection.samples)} held-out samples of {selection.source}"
     click.echo(
-        f"{spec.name}: {spec.num_layers} layers x {spec.num_heads} heads; evaluating on {len(selection.samples)} "
-        f"held-out samples of {selection.source} ({selection.excluded} attribution rows excluded)",
+        f"{spec.name}: {spec.num_layers} layers x {spec.num_heads} heads; evaluating on {held_out} "
+        f"({selection.excluded} attribution rows excluded)",
         err=True,
     )
     result = prune(
-        spec,
-        run,
-        selection.samples,
-        fractions=prune_fractions,
-        orders=prune_orders,
-        random_orders=random_orders,
-        seed=seed,
-        per_layer=per_layer,
-        rank_by=rank_by,
-        single_head=single_head,
-        decode=exact_match,
-        batch_size=batch_size,
-        progress=not quiet,
-        generation=generation,
+        spec, run, selection.samples, settings, batch_size=batch_size, progress=not quiet, generation=generation
     )
     result.eval_info.update(selection.to_dict(), eval_seed=eval_seed)
     _echo_prune(result, write_outputs(result, out))

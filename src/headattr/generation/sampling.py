@@ -37,7 +37,6 @@ from headattr.models.registry import Family, family_named, registered
 from headattr.settings import Settings
 
 # family name -> its sampler's length setting (the command line's --length), for the families registered here
-LENGTH_SETTING = {f.name: SAMPLERS[f.sampler].length_setting for f in registered() if f.sampler in SAMPLERS}
 
 
 # ---------------------------------------------------------------- settings
