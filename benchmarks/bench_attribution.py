@@ -131,7 +131,7 @@ def _peak_rss_mb() -> float:
 def _worker(kind: str, model_dir: str, ids: list[int], span: tuple[int, int], cfg_kw: dict, queue: mp.Queue) -> None:
     if cfg_kw["threads"]:
         torch.set_num_threads(cfg_kw["threads"])
-    from headattr.data.samples import Sample
+    from headattr.data.tokens import Sample
     from headattr.engine.masking import MaskConfig
     from headattr.models import WholeModel, load_model
 

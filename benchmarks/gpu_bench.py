@@ -101,7 +101,7 @@ def dream_shaped_spec(shape: Shape, device: str, dtype: torch.dtype):
 
 
 def synthetic_samples(n: int, prompt: int, answer: int, vocab: int, seed: int = 0) -> list:
-    from headattr.data.samples import Sample
+    from headattr.data.tokens import Sample
 
     rng = np.random.default_rng(seed)
     out = []

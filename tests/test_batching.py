@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from headattr.cli import main
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import batching
 from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes, parse_batch_size, parse_max_memory
 from headattr.engine.masking import MaskConfig

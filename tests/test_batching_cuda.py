@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import batching, core
 from headattr.engine.batching import BatchPlanner, activation_bytes, cache_bytes, is_out_of_memory, measure_row_bytes
 from headattr.engine.masking import MaskConfig

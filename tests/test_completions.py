@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from headattr.cli import main
-from headattr.data.samples import load_records, tokenize_record
+from headattr.data.records import load_records
+from headattr.data.tokens import tokenize_record
 from headattr.errors import HeadattrError
 from headattr.generation.completions import accuracies, complete, dataset_prompts, score, text_prompts
 from headattr.generation.sampling import completion_text, generate

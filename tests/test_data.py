@@ -19,17 +19,10 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from headattr.data.samples import (
-    FORMATS,
-    DataConfig,
-    DataReport,
-    Record,
-    build_samples,
-    content_uid,
-    load_records,
-    select_records,
-    tokenize_record,
-)
+from headattr.data.records import FORMATS, Record, content_uid, load_records
+from headattr.data.samples import DataConfig, DataReport, build_samples
+from headattr.data.selection import select_records
+from headattr.data.tokens import tokenize_record
 from headattr.errors import HeadattrError
 
 SPECIAL = ["<bos>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]

@@ -125,7 +125,7 @@ def test_assign_balances_tokens_deterministically():
 
 
 def test_merged_groups_are_shared_out_whole_and_do_not_depend_on_the_share():
-    from headattr.data.samples import Sample
+    from headattr.data.tokens import Sample
     from headattr.runs.attribution import _my_groups
 
     # lengths 5, 7, 5, 5, 7, 9, 5 (answer spans follow the length): groups of up to 2 of one shape

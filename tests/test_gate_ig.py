@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig, make_variants

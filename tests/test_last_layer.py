@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.masking import MaskConfig
 from headattr.methods import GateIGConfig

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from headattr.cli import main
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig

@@ -298,7 +298,7 @@ def test_prune_refuses_attribution_samples(dream, run, data_file):
 def test_no_eval_samples_left(dream, run, data_file, tmp_path):
     used = [json.loads(line) for line in data_file.read_text().splitlines()]
     own = {s["hash"] for s in run.meta["samples"]}
-    from headattr.data.samples import content_uid
+    from headattr.data.records import content_uid
 
     only_run_rows = tmp_path / "own.jsonl"
     only_run_rows.write_text(

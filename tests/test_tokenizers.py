@@ -14,7 +14,8 @@ import jinja2
 import pytest
 import tokenizers
 
-from headattr.data.samples import Record, tokenize_record
+from headattr.data.records import Record
+from headattr.data.tokens import tokenize_record
 from headattr.testing import make_dream_checkpoint, make_llada_checkpoint, write_char_tokenizer
 
 TEXTS = [

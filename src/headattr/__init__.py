@@ -14,7 +14,8 @@ The command line (`headattr ...`) is a thin layer over these functions:
 from headattr.analysis.comparison import compare
 from headattr.analysis.options import CompareSettings
 from headattr.analysis.results import Comparison
-from headattr.data.samples import DataConfig, Sample, build_samples
+from headattr.data.samples import DataConfig, build_samples
+from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
 from headattr.generation.dream import DreamSettings

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 import torch
 
-from headattr.data.samples import FORMATS, DataConfig
+from headattr.data.records import FORMATS
+from headattr.data.samples import DataConfig
 from headattr.errors import HeadattrError
 from headattr.models import ModelConfig, ModelSpec, devices
 from headattr.models.loading import ATTN_IMPLEMENTATIONS, DTYPE_CHOICES, LOGIT_SHIFT

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig, Variant, make_variants
 from headattr.errors import HeadattrError
 from headattr.models import LayerContext, ModelSpec

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headattr.data.samples import DataConfig, Record, bos_ids, load_records, prompt_text, select_records
+from headattr.data.records import Record, load_records
+from headattr.data.samples import DataConfig
+from headattr.data.selection import select_records
+from headattr.data.tokens import bos_ids, prompt_text
 from headattr.errors import HeadattrError
 from headattr.generation.sampling import completion_ids, completion_text, generate
 from headattr.generation.scoring import Task, accuracy, parse_task

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine.gates import row_gates
 from headattr.generation.sampling import completion_text, generate, resolve_settings
 from headattr.generation.scoring import Task, parse_task

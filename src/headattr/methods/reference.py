@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine.core import variants
 from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.gates import gated, row_gates
 from headattr.engine.masking import MaskConfig

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig
 from headattr.generation.taskeval import GenerationEval, generation_curves
 from headattr.models import ModelSpec

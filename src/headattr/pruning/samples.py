@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headattr.data.samples import DataConfig, Sample, load_records, select_records, tokenize_record
+from headattr.data.records import load_records
+from headattr.data.samples import DataConfig
+from headattr.data.selection import select_records
+from headattr.data.tokens import Sample, tokenize_record
 from headattr.errors import HeadattrError
 from headattr.models import ModelSpec
 from headattr.runs.rundir import Run

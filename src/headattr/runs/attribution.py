@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.batching import BatchPlanner
 from headattr.engine.masking import MaskConfig

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig
 from headattr.errors import HeadattrError
 from headattr.methods import MethodConfig, SampleAttribution

@@ -12,7 +12,7 @@ from collections.abc import Hashable
 import torch
 from tqdm.auto import tqdm
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.batching import MAX_ROWS as BATCH_LIMIT
 from headattr.engine.batching import BatchPlanner, cache_bytes, hidden_size

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from headattr.data.samples import Sample
+from headattr.data.tokens import Sample
 from headattr.engine import core
 from headattr.engine.batching import BatchPlanner, cache_bytes, hidden_size
 from headattr.engine.gates import gated

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from headattr.data.samples import DataConfig, Sample
+from headattr.data.samples import DataConfig
+from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig
 from headattr.methods import MethodConfig
 from headattr.models import ModelSpec
