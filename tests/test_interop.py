@@ -14,7 +14,8 @@ from safetensors.numpy import load_file
 
 from headattr import compare, ensemble
 from headattr.cli import main
-from headattr.runs.budget import BudgetRule, attention_budget
+from headattr.engine.sparse_mask import BudgetRule
+from headattr.runs.budget import attention_budget
 from headattr.runs.interop import export_run, import_head_importance
 from headattr.runs.rundir import read_run
 from headattr.testing import make_run, standard_signal

@@ -16,70 +16,15 @@ restated (every constant is a parameter):
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from headattr.engine.sparse_mask import GQA, BudgetRule, group_kv, head_weights
 from headattr.errors import HeadattrError
 from headattr.runs.rundir import Run, atomic_write_json, read_run, run_sign
-
-GQA = ("q", "kv")
-
-
-@dataclass(frozen=True)
-class BudgetRule:
-    """The parameters of the allocation rule (module docstring)."""
-
-    select: float = 0.3
-    min_keep: float = 0.1
-    low_percentile: float = 5.0
-    high_percentile: float = 95.0
-    slope: float = 2.0 / 3.0
-    min_weight: float = 0.1
-    max_weight: float = 10.0
-
-    def check(self) -> None:
-        """Raise HeadattrError for parameters outside their meaningful ranges."""
-        if not all(math.isfinite(v) for v in asdict(self).values()):
-            raise HeadattrError("budget parameters must be finite numbers")
-        if not 0.0 < self.select <= 1.0:
-            raise HeadattrError(f"--select {self.select}: give the mean keep ratio in (0, 1]")
-        if not 0.0 <= self.min_keep <= 1.0:
-            raise HeadattrError(f"--min-keep {self.min_keep}: give a keep ratio in [0, 1]")
-        if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
-            raise HeadattrError(
-                f"--low-percentile {self.low_percentile} / --high-percentile {self.high_percentile}: "
-                "need 0 <= low < high <= 100"
-            )
-        if not 0.0 < self.min_weight <= self.max_weight:
-            raise HeadattrError(f"--min-weight {self.min_weight} / --max-weight {self.max_weight}: need 0 < min <= max")
-
-
-def normalised_scores(scores: np.ndarray, low_percentile: float, high_percentile: float) -> np.ndarray:
-    """Step 1: scores [L, H] mapped to [0, 1] between two global percentiles."""
-    x = np.asarray(scores, dtype=np.float64)
-    lo, hi = np.percentile(x, [low_percentile, high_percentile])
-    if hi > lo:
-        return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    return np.where(x < lo, 0.0, np.where(x > hi, 1.0, 0.5))
-
-
-def head_weights(scores: np.ndarray, rule: BudgetRule) -> np.ndarray:
-    """Steps 1-2: [L, H] relative weights with global mean 1."""
-    s = normalised_scores(scores, rule.low_percentile, rule.high_percentile)
-    w = np.clip(1.0 + rule.slope * 2.0 * (s - 0.5), rule.min_weight, rule.max_weight)
-    return w / w.mean()
-
-
-def group_kv(weights: np.ndarray, num_kv_heads: int) -> np.ndarray:
-    """Step 3: [L, H] -> [L, KV], the mean over each KV head's query heads."""
-    num_layers, num_heads = weights.shape
-    if num_kv_heads < 1 or num_heads % num_kv_heads:
-        raise HeadattrError(f"{num_heads} query heads cannot share {num_kv_heads} KV heads evenly; check --kv-heads")
-    return weights.reshape(num_layers, num_kv_heads, num_heads // num_kv_heads).mean(axis=2)
 
 
 def keep_ratios(scores: np.ndarray, rule: BudgetRule, gqa: str = "q", num_kv_heads: int | None = None) -> dict:
