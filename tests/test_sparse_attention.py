@@ -232,18 +232,19 @@ def test_sdpa_in_slabs_and_a_prepared_flex_mask(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.skipif(not os.environ.get("HEADATTR_COMPILE_TESTS"), reason="compiling flex_attention takes a minute")
 def test_compiled_flex_equals_sdpa() -> None:
-    q, k, v = random_case(9, 2, 4, 2, 37)
-    valid = torch.ones(2, 37, dtype=torch.bool)
-    valid[1, :6] = False
-    real = valid[:, None, :, None].expand_as(q)
-    for rows in (None, valid):
-        mask = block_masks(q, k, torch.tensor([0.1, 0.3, 0.6, 1.0]), 8, 12, rows)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            compiled = flex_attention_blocks(q, k, v, mask, 8, rows, compiled=True)
-        assert not [w for w in caught if "running it eagerly" in str(w.message)]
-        exact = masked_sdpa(q, k, v, mask, 8, rows)
-        torch.testing.assert_close(compiled[real], exact[real], rtol=1e-5, atol=1e-5)
+    for length in (37, 45):  # a second shape: the compiled kernel must not fall back to eager on a new length
+        q, k, v = random_case(9, 2, 4, 2, length)
+        valid = torch.ones(2, length, dtype=torch.bool)
+        valid[1, :6] = False
+        real = valid[:, None, :, None].expand_as(q)
+        for rows in (None, valid):
+            mask = block_masks(q, k, torch.tensor([0.1, 0.3, 0.6, 1.0]), 8, 12, rows)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                compiled = flex_attention_blocks(q, k, v, mask, 8, rows, compiled=True)
+            assert not [w for w in caught if "running it eagerly" in str(w.message)]
+            exact = masked_sdpa(q, k, v, mask, 8, rows)
+            torch.testing.assert_close(compiled[real], exact[real], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- schedule, settings, store
@@ -264,7 +265,15 @@ def test_settings_and_store() -> None:
     assert SparseAttention().rebuild_per_block and not SparseAttention(compat="origin").rebuild_per_block
     adaptive = SparseAttention(select=0.4).from_scores(np.arange(8.0).reshape(2, 4), kv_heads=2)
     assert np.asarray(adaptive.keep).shape == (2, 4) and np.mean(adaptive.keep) == pytest.approx(0.4, abs=0.05)
-    for bad in ({"keep": 1.5}, {"skip": -0.1}, {"block_size": 0}, {"gqa": "x"}, {"compat": "sd"}, {"kernel": "x"}):
+    for bad in (
+        {"keep": 1.5},
+        {"skip": -0.1},
+        {"block_size": 0},
+        {"gqa": "x"},
+        {"compat": "sd"},
+        {"kernel": "x"},
+        {"select": 0},
+    ):
         with pytest.raises(HeadattrError):
             SparseAttention(**bad)
     store = MaskStore()

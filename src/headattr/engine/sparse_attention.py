@@ -119,11 +119,12 @@ _COMPILED: dict[str, Any] = {}
 
 
 def _flex(compiled: bool) -> Any:
-    """flex_attention, compiled once per process when asked."""
+    """flex_attention, compiled once per process when asked. Static shapes: one kernel per shape (a generation
+    keeps its shape), because inductor's dynamic-shape flex kernel fails to build on CPU (torch 2.13)."""
     if not compiled:
         return flex_attention
     if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(flex_attention)
+        _COMPILED["fn"] = torch.compile(flex_attention, dynamic=False)
     return _COMPILED["fn"]
 
 

@@ -84,7 +84,10 @@ class SparseAttention(Settings):
             raise HeadattrError(f"--sparse-skip {self.skip}: give the dense fraction of the steps in [0, 1]")
         if int(self.block_size) != self.block_size or self.block_size < 1:
             raise HeadattrError(f"--sparse-block {self.block_size}: give a positive number of tokens")
-        BudgetRule(select=self.select, min_keep=self.min_keep).check()
+        if not 0.0 < self.select <= 1.0:
+            raise HeadattrError(f"--sparse-select {self.select}: give the mean keep ratio in (0, 1]")
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise HeadattrError(f"--sparse-min-keep {self.min_keep}: give a keep ratio in [0, 1]")
         choice("--sparse-gqa", self.gqa, ("kv", "q"))
         choice("--sparse-compat", "none" if self.compat is None else self.compat, ("none", "origin"))
         choice("--sparse-kernel", self.kernel, ("flex", "sdpa"))
