@@ -197,8 +197,9 @@ def block_mask(
 
 
 def token_blocks(valid: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[B, T] long: the block of each token, its rank among its row's real tokens // bs (padding: its nearest
-    real token's block, or 0)."""
+    """[B, T] long: the block of each token, its rank among its row's real tokens // bs (a pad token: the block
+    of the real token before it, block 0 before the first; its output is discarded, but its row must allow
+    some real key)."""
     rank = valid.long().cumsum(dim=1) - 1
     return rank.clamp(min=0) // block_size
 
