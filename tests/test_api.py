@@ -40,3 +40,13 @@ def test_import_headattr_loads_no_matplotlib():
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_sparse_attention_building_blocks_are_public():
+    # issue 22: headattr.keep_ratios is the spec's allocation from an [L, H] array (the budget's JSON comes from
+    # headattr.attention_budget), headattr.block_mask the spec's mask rule
+    import numpy as np
+
+    keep = headattr.keep_ratios(np.arange(8.0).reshape(2, 4), headattr.BudgetRule(select=0.3), gqa="q")
+    assert keep.shape == (2, 4) and keep.dtype == np.float32
+    assert callable(headattr.block_mask) and headattr.SparseAttention().skip == 0.2

@@ -17,7 +17,7 @@ from headattr.engine.sparse_hook import SparseState, sparse_generation
 from headattr.engine.sparse_mask import BudgetRule, block_mask, block_masks, generation_start, keep_ratios
 from headattr.engine.sparse_schedule import MaskStore, SparseAttention, end_time, phase
 from headattr.errors import HeadattrError
-from headattr.runs.budget import keep_ratios as budget_keep_ratios
+from headattr.runs.budget import allocation as budget_allocation
 
 # ---------------------------------------------------------------- the spec, written out with loops
 
@@ -163,7 +163,7 @@ def test_keep_ratios_against_the_spec() -> None:
     # GQA kv: the query heads of one KV head share a ratio; budget's [L, KV] ratios agree to float32 rounding
     got = keep_ratios(scores, BudgetRule(), "kv", 2)
     assert np.array_equal(got[:, :4], got[:, [0] * 4]) and np.array_equal(got[:, 4:], got[:, [4] * 4])
-    old = budget_keep_ratios(scores, BudgetRule(), "kv", 2)["keep_ratios"]
+    old = budget_allocation(scores, BudgetRule(), "kv", 2)["keep_ratios"]
     np.testing.assert_allclose(got[:, ::4], old, rtol=1e-6)
 
 

@@ -17,7 +17,8 @@ from headattr.analysis.results import Comparison
 from headattr.data.samples import DataConfig, build_samples
 from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig
-from headattr.engine.sparse_mask import BudgetRule
+from headattr.engine.sparse_mask import BudgetRule, block_mask, keep_ratios
+from headattr.engine.sparse_schedule import SparseAttention
 from headattr.errors import HeadattrError
 from headattr.generation.dream import DreamSettings
 from headattr.generation.llada import LLaDASettings
@@ -35,7 +36,7 @@ from headattr.methods.aggregate import final_scores, sample_scores
 from headattr.models import ModelConfig, ModelSpec, load_model
 from headattr.pruning import PruneSettings, prune
 from headattr.runs.attribution import Attribution, attribute
-from headattr.runs.budget import attention_budget, keep_ratios
+from headattr.runs.budget import attention_budget
 from headattr.runs.ensembling import ensemble
 from headattr.runs.interop import export_run, import_head_importance, load_head_importance
 from headattr.runs.rundir import Run, read_run, write_run
@@ -52,6 +53,8 @@ __all__ = [
     "export_run",
     "import_head_importance",
     "keep_ratios",
+    "block_mask",
+    "SparseAttention",
     "load_head_importance",
     "Comparison",
     "CompareSettings",

@@ -27,7 +27,7 @@ from headattr.errors import HeadattrError
 from headattr.runs.rundir import Run, atomic_write_json, read_run, run_sign
 
 
-def keep_ratios(scores: np.ndarray, rule: BudgetRule, gqa: str = "q", num_kv_heads: int | None = None) -> dict:
+def allocation(scores: np.ndarray, rule: BudgetRule, gqa: str = "q", num_kv_heads: int | None = None) -> dict:
     """Weights and keep ratios ([L, H], or [L, KV] with gqa="kv") of `scores` under `rule`."""
     rule.check()
     if gqa not in GQA:
@@ -53,7 +53,7 @@ def attention_budget(
     rule = rule or BudgetRule()
     model = run.meta.get("model") or {}
     kv = num_kv_heads if num_kv_heads is not None else model.get("num_kv_heads")
-    result = keep_ratios(run.scores, rule, gqa, kv if gqa == "kv" else None)
+    result = allocation(run.scores, rule, gqa, kv if gqa == "kv" else None)
     keep = result["keep_ratios"]
     return {
         "format": "headattr-budget",
