@@ -434,3 +434,5 @@ def test_bf16_autocast_keeps_the_quadrature_off_its_cap_on_the_built_in_model():
         gap = np.abs(d["j_full"][:, None] - d["j_baseline"])
         assert d["nodes"].max() < method.ig_max_steps - 1  # one more split would not have passed the cap
         assert np.abs(d["completeness_error"]).sum() <= 0.025 * gap.sum()  # documented: at most 2.5% per sample
+        assert d["at_floor"].shape == d["nodes"].shape  # recorded under autocast (run.json: paths_at_noise_floor)
+        assert method.summarize({k: v[None] for k, v in d.items()})["paths_at_noise_floor"]["of"] == d["nodes"].size

@@ -394,3 +394,26 @@ def test_out_of_memory_halves_the_generation_batch_with_the_same_tokens(request,
     monkeypatch.setattr(generation, "_logits", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # only out-of-memory errors are retried
         generate(spec, PROMPTS, seed=3, **settings)
+
+
+def test_top_p_cumulative_sum_has_a_deterministic_path(monkeypatch):
+    # issue 24: CUDA's cumsum has no deterministic kernel; under --deterministic the sum runs on the CPU. Here the
+    # CUDA branch is reached by a stand-in tensor whose device reports cuda (no GPU needed), and must equal torch's
+    from headattr.generation import dream
+
+    x = torch.rand(3, 50, dtype=torch.float32)
+    moved = []
+
+    class FakeCuda(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda")
+
+        def cpu(self):
+            moved.append(1)
+            return torch.Tensor(self.as_subclass(torch.Tensor))
+
+    fake = x.as_subclass(FakeCuda)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self, raising=False)
+    assert torch.equal(dream._cumsum(fake), torch.cumsum(x, dim=-1)) and moved == [1]

@@ -73,10 +73,18 @@ def with_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- one step
 
 
+def _cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over the last axis. CUDA's cumsum has no deterministic kernel, so under
+    `--deterministic` (torch.use_deterministic_algorithms) it is taken on the CPU, which is deterministic."""
+    if x.device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+        return torch.cumsum(x.cpu(), dim=-1).to(x.device)
+    return torch.cumsum(x, dim=-1)
+
+
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches `top_p` (the first always)."""
     ordered, order = torch.sort(logits, descending=True)
-    cum = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1)
+    cum = _cumsum(F.softmax(ordered, dim=-1))
     drop = cum > top_p
     drop[..., 1:] = drop[..., :-1].clone()  # shift right: the token that crosses top_p is kept
     drop[..., 0] = False

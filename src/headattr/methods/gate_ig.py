@@ -234,21 +234,34 @@ class GateIGConfig(MethodConfig):
             noise=BF16_NOISE if autocasts(spec) else 0.0,
         )
         attributions = np.zeros((n_var, spec.num_layers, n_heads))
-        nodes = np.zeros((n_var, len(paths)))
+        nodes, at_floor = np.zeros((n_var, len(paths))), np.zeros((n_var, len(paths)))
         for pid, r in enumerate(results):
             p, v = divmod(pid, n_var)
             attributions[v, paths[p]] = r.integral.reshape(len(paths[p]), n_heads)
-            nodes[v, p] = r.nodes
+            nodes[v, p], at_floor[v, p] = r.nodes, r.at_floor
         sums = np.stack([attributions[:, layers].sum(axis=(1, 2)) for layers in paths], axis=1)
         error = sums - (j_full[:, None] - j_base)
         diagnostics = {"j_full": j_full, "j_baseline": j_base, "completeness_error": error, "nodes": nodes}
+        if autocasts(spec):  # only under autocast can a path stop at its rounding noise (float32: floor 0)
+            diagnostics["at_floor"] = at_floor
         return SampleAttribution(attributions, diagnostics)
 
     def summarize(self, diagnostics: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"completeness": completeness_from_diagnostics(diagnostics)}
+        summary = {"completeness": completeness_from_diagnostics(diagnostics)}
+        if "at_floor" in diagnostics:  # bf16: paths whose bound was their rounding noise, not --ig-tol's
+            floor = np.asarray(diagnostics["at_floor"], dtype=bool)
+            summary["paths_at_noise_floor"] = {"count": int(floor.sum()), "of": int(floor.size)}
+        return summary
 
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
-        return completeness_lines(summary)
+        lines = completeness_lines(summary)
+        floor = summary.get("paths_at_noise_floor")
+        if floor and floor["count"]:
+            lines.append(
+                f"{floor['count']} of {floor['of']} paths stopped at bf16's rounding noise rather than --ig-tol "
+                "(docs/gate-ig.md, Precision; --dtype float32 resolves them further)"
+            )
+        return lines
 
 
 def path_heads(spec: ModelSpec, rows: Rows, layers: list[int], start: int, batch_size: int) -> torch.Tensor | None:
