@@ -436,7 +436,7 @@ def make_run(
     j_base = j_full[..., None] - rng.uniform(1.0, 2.0, size=(n, v, num_layers))
     err = 0.001 * rng.normal(size=(n, v, num_layers))
     diagnostics = {"j_full": j_full, "j_baseline": j_base, "completeness_error": err}
-    if method.name not in ("gate-ig", "stp"):
+    if not method.checks_completeness:
         diagnostics = {"j_full": j_full}
     meta = run_meta(
         config=cfg,

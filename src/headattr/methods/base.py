@@ -65,6 +65,8 @@ class MethodConfig(Settings):
     merges_samples: ClassVar[bool] = False
     # whether `attribute --dry-run` can plan this method (`runs.plan` counts Gate-IG's layer passes)
     plannable: ClassVar[bool] = False
+    # whether its diagnostics hold J(b) and completeness errors per path (integrated-gradients methods)
+    checks_completeness: ClassVar[bool] = False
 
     def attribute(self, spec: ModelSpec, rows: Any, batch_size: int, where: str) -> SampleAttribution:
         raise NotImplementedError

@@ -90,6 +90,7 @@ class GateIGConfig(MethodConfig):
     label = "Gate-IG"
     merges_samples = True  # every path is one variant's: rows of several samples never mix
     plannable = True
+    checks_completeness = True
     TEXT = {
         "en": {
             "describe": "Gate-IG: integrated gradients of J = -loss over the head gates, {scope_text}, each gate "

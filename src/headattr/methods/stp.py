@@ -52,6 +52,7 @@ class STPConfig(MethodConfig):
     name = "stp"
     label = "STP"
     cache_layers = False  # every row gates layer 0, so every pass starts there
+    checks_completeness = True
 
     @classmethod
     def benchmark_config(cls, quick: bool, seed: int) -> STPConfig:
