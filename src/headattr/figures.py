@@ -266,3 +266,51 @@ def plot_methods(summary: dict) -> bytes:
     bx.set_title("agreement: global Spearman\n(diagonal: between seeds)")
     fig.colorbar(im, ax=bx)
     return _png(fig)
+
+
+# ---------------------------------------------------------------- sparse attention (headattr sparse)
+
+_SPARSE_STYLE = {"adaptive": ("C3", "o-"), "uniform": ("C0", "s-"), "inverted": ("C2", "v-"), "random": ("C7", "^:")}
+
+
+def plot_sparse(summary: dict) -> bytes:
+    """`sparse.png` (PNG bytes) from sparse.json's content: accuracy against the budget, one panel per metric.
+
+    x: the budget used (mean fraction of attended key blocks) where measured, else the nominal mean keep
+    ratio; one line per allocation (random: each draw's points, joined per draw), 95% Wilson intervals as
+    error bars, the lines dodged sideways by a few thousandths; dense as a horizontal line with its interval
+    as a band.
+    """
+    metrics = summary["task"]["metrics"]
+    configs = summary["configurations"]
+    fig = _new_figure((5.0 * len(metrics), 4.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    measured = all(c["budget_used"] is not None for c in configs)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for c in configs:
+            if c["allocation"] == "dense":
+                a = c["accuracy"][metric]
+                ax.axhline(a["accuracy"], color="black", linewidth=1, label="dense")
+                ax.axhspan(a["low"], a["high"], color="black", alpha=0.08, linewidth=0)
+        lines: dict[tuple[str, int | None], list[dict]] = {}
+        for c in configs:
+            if c["allocation"] != "dense":
+                lines.setdefault((c["allocation"], c["draw"]), []).append(c)
+        for i, ((allocation, draw), members) in enumerate(lines.items()):
+            color, style = _SPARSE_STYLE[allocation]
+            x = np.array([c["budget_used"] if measured else c["keep_mean"] for c in members], dtype=np.float64)
+            x = x + (i - (len(lines) - 1) / 2) * 0.004  # dodged, so that equal budgets' intervals stay visible
+            acc = [c["accuracy"][metric] for c in members]
+            y = np.array([a["accuracy"] for a in acc])
+            yerr = np.clip([y - [a["low"] for a in acc], [a["high"] for a in acc] - y], 0, None)
+            label = allocation if draw in (None, 0) else None  # one legend entry per allocation
+            ax.errorbar(x, y, yerr=yerr, fmt=style, color=color, capsize=3, markersize=4, label=label, alpha=0.85)
+        ax.set_xlabel("budget used (fraction of key blocks attended)" if measured else "mean keep ratio")
+        ax.set_ylabel(f"accuracy: {metric} (95% Wilson)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+    n = len(configs[0]["correct"][metrics[0]]) if configs else 0
+    fig.suptitle(f"Sparse attention: accuracy against budget ({n} held-out items)")
+    fig.tight_layout()
+    return _png(fig)

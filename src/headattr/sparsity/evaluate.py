@@ -1,0 +1,185 @@
+"""Generate every held-out item dense and under each allocation, score it, time it, and read the budget used.
+
+The model is reached through one injected function, `generate_fn` (a `GenerateFn`):
+
+    generate_fn(spec, prompt_ids, *, sparse, seed, on_masks, **settings) -> ids [B, P + N]
+
+with `prompt_ids` a list of B prompts (left-padded by the callee), `sparse` a `SparseAttention` or None
+(dense), and `on_masks` None or a callback that the sampler calls with its `MaskStore` once the masks of a
+generation (or, by default, of a LLaDA generation block) are built, before they are discarded. The default,
+`sampling_generate`, is `headattr.generate` with those keywords; the tests pass a deterministic fake.
+
+Per configuration: correctness per item and metric (`task.score` of the completion cut at EOS against the
+decoded answer tokens), seconds per generated token (wall time of its `generate_fn` calls over B * N
+generated positions), and the budget used: the mean over the `on_masks` calls of `MaskStore.density()`, the
+mean fraction of attended key blocks per layer, head and query block (None when nothing reported masks).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from headattr.data.tokens import Sample
+from headattr.engine.sparse_schedule import MaskStore, SparseAttention
+from headattr.errors import HeadattrError
+from headattr.generation.sampling import completion_text
+from headattr.generation.scoring import Task
+from headattr.models import ModelSpec
+from headattr.sparsity.allocations import Configuration, configurations
+from headattr.sparsity.settings import SparseEvalSettings
+
+
+class GenerateFn(Protocol):
+    """How the evaluation generates (see the module docstring)."""
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        prompt_ids: list[list[int]],
+        *,
+        sparse: SparseAttention | None,
+        seed: int,
+        on_masks: Callable[[MaskStore], None] | None,
+        **settings: Any,
+    ) -> Any: ...
+
+
+def generate_parameters() -> set[str]:
+    """The keyword parameters of `headattr.generate` (to see whether it takes `sparse` and `on_masks`)."""
+    import inspect
+
+    from headattr.generation.sampling import generate
+
+    return set(inspect.signature(generate).parameters)
+
+
+def sampling_generate(spec, prompt_ids, *, sparse, seed, on_masks, **settings):
+    """`headattr.generate(spec, prompt_ids, sparse=..., on_masks=..., seed=..., **settings)`; without an
+    `on_masks` parameter there, the budget used is not measured; without `sparse`, a one-line error."""
+    from headattr.generation.sampling import generate
+
+    params = generate_parameters()
+    if "sparse" not in params:
+        raise HeadattrError("this headattr's generate has no sparse attention (no `sparse` parameter); update headattr")
+    extra = {"on_masks": on_masks} if "on_masks" in params and sparse is not None else {}
+    return generate(spec, prompt_ids, sparse=sparse, seed=seed, **extra, **settings)
+
+
+@dataclass
+class ConfigOutcome:
+    """What one configuration measured: correct [N] per metric, seconds, generated positions, densities."""
+
+    configuration: Configuration
+    correct: dict[str, np.ndarray]
+    seconds: float
+    generated: int
+    densities: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_token(self) -> float:
+        return self.seconds / self.generated if self.generated else float("nan")
+
+    @property
+    def budget_used(self) -> float | None:
+        """The mean density over the mask builds, 1.0 for dense, None when no build was reported."""
+        if self.configuration.allocation == "dense":
+            return 1.0
+        return float(np.mean(self.densities)) if self.densities else None
+
+
+def sparse_attention(config: Configuration, settings: SparseEvalSettings) -> SparseAttention | None:
+    """The `SparseAttention` of a configuration (None: dense)."""
+    if config.keep is None:
+        return None
+    return SparseAttention(
+        keep=config.keep,
+        skip=settings.skip,
+        block_size=settings.block_size,
+        select=config.select,
+        min_keep=settings.min_keep,
+        gqa=settings.gqa,
+        compat=settings.compat,
+        kernel=settings.kernel,
+    )
+
+
+def run_configuration(
+    spec: ModelSpec,
+    samples: Sequence[Sample],
+    answers: Sequence[str],
+    config: Configuration,
+    context: dict[str, Any],
+) -> ConfigOutcome:
+    """Generate and score every sample under one configuration, `context["batch_size"]` prompts per call.
+
+    `context`: settings (`SparseEvalSettings`), task, generate_fn, generation (sampler settings), seed,
+    batch_size.
+    """
+    task: Task = context["task"]
+    prompts = [list(s.input_ids[: s.answer_start]) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: -len(prompts[i]))  # similar lengths batch together
+    outcome = ConfigOutcome(config, {m: np.zeros(len(samples), dtype=bool) for m in task.metrics}, 0.0, 0)
+    sparse = sparse_attention(config, context["settings"])
+    on_masks = (lambda store: outcome.densities.append(store.density())) if sparse is not None else None
+    size = context["batch_size"]
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        began = time.perf_counter()
+        out = context["generate_fn"](
+            spec, [prompts[i] for i in chunk], sparse=sparse, seed=context["seed"], on_masks=on_masks,
+            **context["generation"],
+        )  # fmt: skip
+        outcome.seconds += time.perf_counter() - began
+        width = max(len(prompts[i]) for i in chunk)
+        for i, row in zip(chunk, out, strict=True):
+            outcome.generated += len(row) - width
+            for metric, ok in task.score(completion_text(spec, row[width:]), answers[i]).items():
+                outcome.correct[metric][i] = ok
+    return outcome
+
+
+def evaluate_sparse(
+    spec: ModelSpec,
+    scores: np.ndarray,
+    samples: Sequence[Sample],
+    task: Task,
+    settings: SparseEvalSettings | None = None,
+    *,
+    generation: dict[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    generate_fn: GenerateFn | None = None,
+    progress: bool = False,
+) -> list[ConfigOutcome]:
+    """Every configuration of `settings` (dense first; `allocations.configurations`) on every sample.
+
+    `scores` [L, H]: the head scores the allocations come from; `samples`: held-out items (their prompt is
+    `input_ids[:answer_start]`, their answer the decoded answer tokens); `generation`: the family's sampler
+    settings; `seed`: the sampler's seed (the same for every configuration, so differences are the attention's).
+    """
+    settings = settings or SparseEvalSettings()
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (spec.num_layers, spec.num_heads):
+        raise HeadattrError(f"scores have shape {scores.shape}; the model has {spec.num_layers} x {spec.num_heads}")
+    if not samples:
+        raise HeadattrError("no evaluation samples to generate")
+    answers = [spec.tokenizer.decode(list(s.input_ids[s.answer_start : s.answer_end])) for s in samples]
+    context = {
+        "settings": settings,
+        "task": task,
+        "generate_fn": generate_fn or sampling_generate,
+        "generation": dict(generation or {}),
+        "seed": seed,
+        "batch_size": max(1, batch_size),
+    }
+    configs = configurations(settings, scores, spec.num_kv_heads)
+    return [
+        run_configuration(spec, samples, answers, c, context)
+        for c in tqdm(configs, desc="sparse", disable=not progress, leave=False)
+    ]
