@@ -1,10 +1,11 @@
 """The reports' prose in every language: the tables of `reports/text/<lang>.json`, loaded once, looked up checked.
 
 Each language file holds the same tables with the same keys: `compare` (the consistency report),
-`config_keys` (the names of the shared settings listed in its configuration section, in that order) and
-`methods` (methods.md of `headattr methods`). A value is a `str.format` template, or a list of them. An
-unknown language, a missing table or a missing key raises `HeadattrError` naming it, instead of a bare
-KeyError from deep inside a renderer; the files are checked against each other when they are loaded.
+`config_keys` (the names of the shared settings listed in its configuration section, in that order),
+`methods` (methods.md of `headattr methods`) and `sparse` (sparse.md of `headattr sparse`). A value is a
+`str.format` template, or a list of them. An unknown language, a missing table or a missing key raises
+`HeadattrError` naming it, instead of a bare KeyError from deep inside a renderer; the files are checked
+against each other when they are loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from headattr.errors import HeadattrError
 
 LANGS = ("en", "zh")
-TABLES = ("compare", "config_keys", "methods")
+TABLES = ("compare", "config_keys", "methods", "sparse")
 TEXT_DIR = Path(__file__).with_name("text")
 
 
