@@ -5,7 +5,7 @@ status 2, never a traceback); `options` the flags several commands share. Import
 attaches their commands to the group.
 """
 
-from headattr.cli import analyze, attribute, benchmark, demo, generate, info, interop, prune  # noqa: F401
+from headattr.cli import analyze, attribute, benchmark, demo, generate, info, interop, prune, sparse  # noqa: F401
 from headattr.cli.app import main
 
 __all__ = ["main"]
