@@ -18,7 +18,7 @@ import headattr
 from headattr.cli import main
 from headattr.data.records import Record, content_uid
 from headattr.data.tokens import tokenize_record
-from headattr.engine.sparse_schedule import MaskStore, SparseAttention
+from headattr.engine.sparse_schedule import MaskStore, SparseAttention, StoredMask
 from headattr.errors import HeadattrError
 from headattr.generation.scoring import parse_task
 from headattr.reports import sparse as sparse_report
@@ -272,6 +272,62 @@ def test_command_refuses_a_full_out_dir_and_a_generate_without_sparse(tmp_path, 
     assert "no sparse attention" in err and "\n" not in err
     with pytest.raises(HeadattrError, match="no sparse attention"):
         sampling_generate(None, [[1]], sparse=None, seed=0, on_masks=None)
+
+
+def test_command_end_to_end_with_a_fake_generate(dream, dream_dir, tmp_path, capsys, monkeypatch):
+    """Run, held-out items, evaluation, files: everything but the model's sparse attention (a fake here)."""
+    from headattr.runs.rundir import read_run
+    from headattr.testing import make_run, standard_signal
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in ROWS), encoding="utf-8")
+    used = [content_uid(*ROWS[0]), content_uid(*ROWS[1])]  # two rows are the run's own samples
+    run = tmp_path / "run"
+    signal = standard_signal(dream.num_layers, dream.num_heads)
+    make_run(run, signal, 0.1, n=2, v=1, config_hash=dream.config_hash, sample_ids=used)
+    # make_run hashes its sample ids; store the rows' uids instead, as a real run records them
+    meta = json.loads((run / "run.json").read_text())
+    for record, uid in zip(meta["samples"], used, strict=True):
+        record["hash"] = uid
+    (run / "run.json").write_text(json.dumps(meta))
+
+    def fake(spec, prompt_ids, *, sparse, seed, on_masks, **settings):
+        """An empty completion (right under `regex:^$`) where `right` says so, else "x"; masks of density 1."""
+        first = [2 if right(p, sparse) else spec.tokenizer.convert_tokens_to_ids("x") for p in prompt_ids]
+        width, n = max(map(len, prompt_ids)), settings["max_new_tokens"]
+        if on_masks is not None:
+            on_masks(MaskStore({0: StoredMask(torch.ones(1, 1, 1, 2, dtype=torch.bool))}))
+        return torch.tensor(
+            [[0] * (width - len(p)) + p + [f] + [2] * (n - 1) for p, f in zip(prompt_ids, first, strict=True)]
+        )
+
+    monkeypatch.setattr(evaluate_module, "generate_parameters", lambda: {"sparse", "on_masks"})
+    monkeypatch.setattr(evaluate_module, "sampling_generate", fake)
+    out = tmp_path / "out"
+    argv = [
+        "sparse",
+        str(dream_dir),
+        "--scores",
+        str(run),
+        "--data",
+        str(data),
+        "--task",
+        "regex:^$",
+        "--out",
+        str(out),
+    ]
+    argv += ["--select", "0.3", "--allocations", "adaptive,uniform", "--max-new-tokens", "4", "--lang", "zh"]
+    assert main(argv + ["--quiet"]) == 0, capsys.readouterr().err
+    summary = read_sparse(out).to_dict()
+    assert summary["eval"]["samples"] == len(ROWS) - 2 and summary["eval"]["excluded_attribution_rows"] == 2
+    assert not set(used) & set(summary["eval"]["uids"])
+    assert [c["name"] for c in summary["configurations"]] == ["dense", "adaptive@0.3", "uniform@0.3"]
+    assert summary["generation"]["settings"]["max_new_tokens"] == 4
+    assert [c["budget_used"] for c in summary["configurations"]] == [1.0, 1.0, 1.0]
+    assert read_run(run).meta["samples"][0]["hash"] == used[0]
+    assert (out / REPORT_FILE).read_text(encoding="utf-8").startswith(table("zh", "sparse")["title"])
+    printed = capsys.readouterr().out
+    assert "adaptive@0.3 vs uniform@0.3" in printed and f"wrote {out / SPARSE_FILE}" in printed
 
 
 def test_cli_defaults_are_the_settings_defaults():
