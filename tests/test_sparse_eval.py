@@ -99,6 +99,30 @@ def test_random_draws_are_one_permutation_across_budgets():
         assert np.array_equal(shuffled.ravel(), adaptive.ravel()[perm])
 
 
+def test_row_densities_count_each_row_on_its_own_blocks():
+    from headattr.sparsity.evaluate import row_densities
+
+    rng = np.random.default_rng(0)
+    blocks = torch.as_tensor(rng.random((3, 2, 4, 4)) < 0.5)  # [B, H, n, n], block size 2: up to 8 tokens
+    valid = torch.zeros(3, 8, dtype=torch.bool)
+    for b, real in enumerate((8, 5, 2)):  # left padding: 4, 3 and 1 real blocks
+        valid[b, 8 - real :] = True
+    other = torch.as_tensor(rng.random((3, 2, 4, 4)) < 0.5)
+    store = MaskStore({0: StoredMask(blocks, valid), 3: StoredMask(other, valid)})
+    expected = []
+    for b, n in enumerate((4, 3, 1)):  # a plain loop over the row's own blocks, then the mean over layers
+        per_layer = []
+        for m in (blocks, other):
+            cells = [bool(m[b, h, i, j]) for h in range(2) for i in range(n) for j in range(n)]
+            per_layer.append(sum(cells) / len(cells))
+        expected.append(sum(per_layer) / 2)
+    assert row_densities(store, 2) == pytest.approx(expected, abs=1e-12)
+    assert row_densities(MaskStore({0: StoredMask(blocks)}), 2) == pytest.approx(
+        blocks.float().mean(dim=(1, 2, 3)).tolist()
+    )
+    assert row_densities(MaskStore(), 2) == []
+
+
 def test_settings_errors_are_one_line():
     with pytest.raises(HeadattrError, match="--select 1.5"):
         SparseEvalSettings(selects=(0.3, 1.5))
@@ -186,7 +210,7 @@ def test_each_configuration_is_scored_item_by_item(dream, samples, evaluated):
             assert o.budget_used == 1.0 and o.densities == []
         else:
             assert o.budget_used == pytest.approx(blocks_kept(sparse) / 10)
-            assert len(o.densities) == 3  # one report per generate call (10 items, 4 per call)
+            assert len(o.densities) == len(samples)  # one per row of each generate call
     assert all(seed == 3 for _, _, seed in fake.calls) and max(b for b, _, _ in fake.calls) == 4
     assert 0 < np.mean([o.correct["exact"].mean() for o in outcomes]) < 1  # the rule gives both outcomes
 

@@ -11,8 +11,9 @@ generation (or, by default, of a LLaDA generation block) are built, before they 
 
 Per configuration: correctness per item and metric (`task.score` of the completion cut at EOS against the
 decoded answer tokens), seconds per generated token (wall time of its `generate_fn` calls over B * N
-generated positions), and the budget used: the mean over the `on_masks` calls of `MaskStore.density()`, the
-mean fraction of attended key blocks per layer, head and query block (None when nothing reported masks).
+generated positions), and the budget used: the mean over the generated rows (every `on_masks` call's) of
+`row_densities`, the fraction of attended key blocks per layer, head and query block of a row's own blocks
+(None when nothing reported masks).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def sampling_generate(spec, prompt_ids, *, sparse, seed, on_masks, **settings):
 
 @dataclass
 class ConfigOutcome:
-    """What one configuration measured: correct [N] per metric, seconds, generated positions, densities."""
+    """What one configuration measured: correct [N] per metric, seconds, generated positions, densities (one
+    per row of each mask build)."""
 
     configuration: Configuration
     correct: dict[str, np.ndarray]
@@ -87,10 +89,29 @@ class ConfigOutcome:
 
     @property
     def budget_used(self) -> float | None:
-        """The mean density over the mask builds, 1.0 for dense, None when no build was reported."""
+        """The mean density over the rows of the mask builds, 1.0 for dense, None when no build was reported."""
         if self.configuration.allocation == "dense":
             return 1.0
         return float(np.mean(self.densities)) if self.densities else None
+
+
+def row_densities(store: MaskStore, block_size: int) -> list[float]:
+    """Per batch row: the mean over the stored layers of the fraction of attended key blocks over heads and
+    the row's own query and key blocks.
+
+    A row's mask covers its real tokens only, in its first ceil(real tokens / block_size) blocks (`block_masks`
+    with `valid`); the blocks past a shorter row's end are excluded here, where `MaskStore.density` would count
+    them as unattended. Without `valid` (no padding) every block counts.
+    """
+    per_layer = []
+    for stored in store.masks.values():
+        blocks = stored.blocks  # [B, H, n, n]
+        if stored.valid is None:
+            per_layer.append(blocks.double().mean(dim=(1, 2, 3)).tolist())
+            continue
+        counts = (stored.valid.sum(dim=-1) + block_size - 1) // block_size
+        per_layer.append([blocks[b, :, :c, :c].double().mean().item() for b, c in enumerate(counts.tolist())])
+    return np.mean(per_layer, axis=0).tolist() if per_layer else []
 
 
 def sparse_attention(config: Configuration, settings: SparseEvalSettings) -> SparseAttention | None:
@@ -126,7 +147,8 @@ def run_configuration(
     order = sorted(range(len(samples)), key=lambda i: -len(prompts[i]))  # similar lengths batch together
     outcome = ConfigOutcome(config, {m: np.zeros(len(samples), dtype=bool) for m in task.metrics}, 0.0, 0)
     sparse = sparse_attention(config, context["settings"])
-    on_masks = (lambda store: outcome.densities.append(store.density())) if sparse is not None else None
+    bs = context["settings"].block_size
+    on_masks = (lambda store: outcome.densities.extend(row_densities(store, bs))) if sparse is not None else None
     size = context["batch_size"]
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
