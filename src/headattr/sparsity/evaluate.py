@@ -130,38 +130,41 @@ def sparse_attention(config: Configuration, settings: SparseEvalSettings) -> Spa
     )
 
 
-def run_configuration(
-    spec: ModelSpec,
-    samples: Sequence[Sample],
-    answers: Sequence[str],
-    config: Configuration,
-    context: dict[str, Any],
-) -> ConfigOutcome:
-    """Generate and score every sample under one configuration, `context["batch_size"]` prompts per call.
+@dataclass(frozen=True)
+class EvalContext:
+    """What every configuration shares: the settings, the scoring task, how to generate (the function, the
+    sampler settings, the sampler seed) and prompts per call."""
 
-    `context`: settings (`SparseEvalSettings`), task, generate_fn, generation (sampler settings), seed,
-    batch_size.
-    """
-    task: Task = context["task"]
+    settings: SparseEvalSettings
+    task: Task
+    generate_fn: GenerateFn
+    generation: dict[str, Any]
+    seed: int
+    batch_size: int
+
+
+def run_configuration(
+    spec: ModelSpec, samples: Sequence[Sample], answers: Sequence[str], config: Configuration, context: EvalContext
+) -> ConfigOutcome:
+    """Generate and score every sample under one configuration, `context.batch_size` prompts per call."""
     prompts = [list(s.input_ids[: s.answer_start]) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: -len(prompts[i]))  # similar lengths batch together
-    outcome = ConfigOutcome(config, {m: np.zeros(len(samples), dtype=bool) for m in task.metrics}, 0.0, 0)
-    sparse = sparse_attention(config, context["settings"])
-    bs = context["settings"].block_size
+    outcome = ConfigOutcome(config, {m: np.zeros(len(samples), dtype=bool) for m in context.task.metrics}, 0.0, 0)
+    sparse = sparse_attention(config, context.settings)
+    bs = context.settings.block_size
     on_masks = (lambda store: outcome.densities.extend(row_densities(store, bs))) if sparse is not None else None
-    size = context["batch_size"]
-    for start in range(0, len(order), size):
-        chunk = order[start : start + size]
+    for start in range(0, len(order), context.batch_size):
+        chunk = order[start : start + context.batch_size]
         began = time.perf_counter()
-        out = context["generate_fn"](
-            spec, [prompts[i] for i in chunk], sparse=sparse, seed=context["seed"], on_masks=on_masks,
-            **context["generation"],
+        out = context.generate_fn(
+            spec, [prompts[i] for i in chunk], sparse=sparse, seed=context.seed, on_masks=on_masks,
+            **context.generation,
         )  # fmt: skip
         outcome.seconds += time.perf_counter() - began
         width = max(len(prompts[i]) for i in chunk)
         for i, row in zip(chunk, out, strict=True):
             outcome.generated += len(row) - width
-            for metric, ok in task.score(completion_text(spec, row[width:]), answers[i]).items():
+            for metric, ok in context.task.score(completion_text(spec, row[width:]), answers[i]).items():
                 outcome.correct[metric][i] = ok
     return outcome
 
@@ -191,15 +194,10 @@ def evaluate_sparse(
         raise HeadattrError(f"scores have shape {scores.shape}; the model has {spec.num_layers} x {spec.num_heads}")
     if not samples:
         raise HeadattrError("no evaluation samples to generate")
+    if batch_size < 1:
+        raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
     answers = [spec.tokenizer.decode(list(s.input_ids[s.answer_start : s.answer_end])) for s in samples]
-    context = {
-        "settings": settings,
-        "task": task,
-        "generate_fn": generate_fn or sampling_generate,
-        "generation": dict(generation or {}),
-        "seed": seed,
-        "batch_size": max(1, batch_size),
-    }
+    context = EvalContext(settings, task, generate_fn or sampling_generate, dict(generation or {}), seed, batch_size)
     configs = configurations(settings, scores, spec.num_kv_heads)
     return [
         run_configuration(spec, samples, answers, c, context)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from headattr.errors import HeadattrError
 from headattr.settings import Settings, at_least, choice
@@ -76,8 +75,3 @@ class SparseEvalSettings(Settings):
         choice("--sparse-gqa", self.gqa, ("kv", "q"))
         choice("--sparse-compat", "none" if self.compat is None else self.compat, ("none", "origin"))
         choice("--sparse-kernel", self.kernel, ("flex", "sdpa"))
-
-    def override(self, **options: Any) -> SparseEvalSettings:
-        """A copy with the `options` that are not None applied (and validated); self when there are none."""
-        given = {k: v for k, v in options.items() if v is not None}
-        return self.replace(**given) if given else self
