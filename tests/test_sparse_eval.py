@@ -373,7 +373,7 @@ HAS_SPARSE = "sparse" in inspect.signature(headattr.generate).parameters
 
 @pytest.mark.skipif(not HAS_SPARSE, reason="headattr.generate has no `sparse` parameter yet (issue 22, item 1)")
 def test_with_the_real_sampler(dream, samples):
-    """The real generate: dense equals plain `headattr.generate`; keep 1 everywhere equals dense."""
+    """The real generate: keep 1 for every head (min_keep 1) gives the dense answers, item by item."""
     settings = SparseEvalSettings(
         selects=(1.0,), allocations=("adaptive", "uniform"), min_keep=1.0, block_size=2, kernel="sdpa"
     )
