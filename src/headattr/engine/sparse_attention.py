@@ -116,6 +116,7 @@ def flex_block_mask(mask: torch.Tensor, block_size: int, length: int, valid: tor
 
 
 _COMPILED: dict[str, Any] = {}
+_UNCOMPILABLE: set[tuple[str, torch.dtype]] = set()  # (device type, dtype) where compiling failed once
 
 
 def _flex(compiled: bool) -> Any:
@@ -142,17 +143,22 @@ def flex_attention_blocks(
 
     `mask` is the block mask [B, H, n, n] or its prepared `flex_block_mask` (reuse one across the steps that
     share a mask). `compiled` runs `torch.compile(flex_attention)`; if compilation fails (no compiler, an
-    unsupported device) the eager implementation runs instead, with a warning.
+    unsupported device or dtype) the eager implementation runs instead, with one warning per device and dtype.
     """
     length = q.shape[2]
     if not isinstance(mask, BlockMask):
         mask = flex_block_mask(mask, block_size, length, valid)
     gqa = q.shape[1] != k.shape[1]
-    if compiled:
+    kind = (q.device.type, q.dtype)
+    if compiled and kind not in _UNCOMPILABLE:
         try:
             return _flex(True)(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
         except Exception as exc:  # an inductor or compiler failure: the eager kernel gives the same numbers
-            warnings.warn(f"compiled flex_attention failed ({type(exc).__name__}); running it eagerly", stacklevel=2)
+            _UNCOMPILABLE.add(kind)  # e.g. float64 on CPU: not tried again (each try costs a compilation)
+            warnings.warn(
+                f"compiled flex_attention failed on {kind[0]} {kind[1]} ({type(exc).__name__}); running it eagerly",
+                stacklevel=2,
+            )
     with warnings.catch_warnings():  # the eager path warns that it is unfused on every call
         warnings.simplefilter("ignore", UserWarning)
         return flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)

@@ -9,7 +9,7 @@ so nothing is threaded through the sampler's calls):
     state = SparseState(settings, steps=steps, generation_length=gen_len)
     with sparse_generation(spec, state):
         for i in range(steps):
-            state.step = i                 # LLaDA blocks by default: state.restart(steps_per_block) per block
+            denoising_step(i, steps)       # LLaDA: denoising_step(i, steps_per_block, block, blocks)
             logits = forward(...)          # dense, building masks at end_time, then sparse
 
 Dense passes run transformers' own SDPA function, so their numbers are those of an ordinary pass. Key padding
@@ -18,7 +18,7 @@ is read from the pass's mask ([B, 1, 1, T] or [B, 1, T, T], boolean or additive)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -52,10 +52,35 @@ class SparseState:
     def phase(self) -> str:
         return phase(self.step, self.steps, self.settings.skip)
 
+    block: int | None = None
+    on_reset: Callable[[MaskStore], None] | None = None  # sees the masks a restart is about to forget
+
     def restart(self, steps: int) -> None:
         """A new schedule of `steps` steps from step 0 with no stored masks (a new LLaDA generation block)."""
+        if self.on_reset is not None:
+            self.on_reset(self.store)
         self.steps, self.step = steps, 0
         self.store.reset()
+
+    def advance(self, step: int, steps: int, block: int = 0, blocks: int = 1) -> None:
+        """The next forward pass is denoising step `step` of `steps` within generation block `block` of
+        `blocks` (a sampler without blocks: 0 of 1). By default a new block restarts the schedule with no masks;
+        with compat "origin" the counter runs over the whole generation (step block * steps + step of
+        steps * blocks) and the masks built once serve every later block."""
+        if not self.settings.rebuild_per_block:
+            self.steps, self.step = steps * blocks, block * steps + step
+            return
+        if self.block is not None and block != self.block:
+            self.restart(steps)
+        self.block, self.steps, self.step = block, steps, step
+
+
+def denoising_step(step: int, steps: int, block: int = 0, blocks: int = 1) -> None:
+    """What a sampler calls before each forward pass (`SparseState.advance` on the current context's state);
+    nothing outside `sparse_generation`."""
+    state = _STATE.get()
+    if state is not None:
+        state.advance(step, steps, block, blocks)
 
 
 def key_validity(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ step end_time) serves every later block, as the origin system does.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +43,10 @@ def phase(step: int, steps: int, skip: float) -> str:
 class SparseAttention(Settings):
     """Head-adaptive block-sparse attention for generation.
 
-    `keep`: one ratio for every head (uniform sparsity) or per-layer, per-query-head ratios [L, H] (stored as
-    nested tuples; `from_scores` computes them with `select`, `min_keep`, `gqa`). `skip`: the dense fraction
+    `keep`: one ratio for every head (uniform sparsity), per-layer, per-query-head ratios [L, H] (stored as
+    nested tuples; `from_scores` computes them with `select`, `min_keep`, `gqa`), or the path (a string) of a
+    run directory or a `headattr budget` file, which generation resolves against the model
+    (`headattr.generation.sparse.resolve_sparse`). `skip`: the dense fraction
     of the steps (see the module docstring). `block_size`: tokens per block. `compat`: None (rebuild masks per
     LLaDA generation block) or "origin" (one mask across blocks). `kernel`: "flex" (FlexAttention, compiled
     where possible) or "sdpa" (exact masked SDPA).
@@ -71,13 +74,17 @@ class SparseAttention(Settings):
 
     def __post_init__(self) -> None:
         keep = self.keep
-        if not isinstance(keep, (int, float)):  # an array: frozen, hashable, JSON-ready nested tuples
+        if isinstance(keep, os.PathLike):
+            keep = os.fspath(keep)
+        if not isinstance(keep, (int, float, str)):  # an array: frozen, hashable, JSON-ready nested tuples
             keep = tuple(tuple(float(x) for x in row) for row in np.asarray(keep, dtype=np.float64))
         object.__setattr__(self, "keep", float(keep) if isinstance(keep, (int, float)) else keep)
         super().__post_init__()
 
     def validate(self) -> None:
-        values = np.asarray(self.keep, dtype=np.float64)
+        values = np.zeros(()) if isinstance(self.keep, str) else np.asarray(self.keep, dtype=np.float64)
+        if isinstance(self.keep, str) and not self.keep:
+            raise HeadattrError("--sparse: give a budget file, a run directory or uniform:RATIO, not an empty path")
         if values.ndim not in (0, 2) or values.size == 0 or not np.all((values >= 0) & (values <= 1)):
             raise HeadattrError("--sparse keep ratios must be one number or a [layers, heads] array, all in [0, 1]")
         if not 0.0 <= self.skip <= 1.0:
@@ -100,6 +107,8 @@ class SparseAttention(Settings):
 
     def layer_keep(self, layer: int, num_heads: int) -> torch.Tensor:
         """[H] float32 keep ratios of layer `layer`."""
+        if isinstance(self.keep, str):
+            raise HeadattrError(f"keep ratios from {self.keep} are not resolved yet (generation.sparse.resolve_sparse)")
         if isinstance(self.keep, float):
             return torch.full((num_heads,), self.keep, dtype=torch.float32)
         row = self.keep[layer]

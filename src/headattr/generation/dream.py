@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from headattr.engine.sparse_hook import denoising_step
 from headattr.errors import HeadattrError
 from headattr.generation.rows import first_masked, row_span, start
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
@@ -190,6 +191,7 @@ def sample(
     timesteps = torch.linspace(1, s["eps"], s["steps"] + 1, device=x.device)
     for i in range(s["steps"]):
         lo = first_masked(x, valid, mask_id)
+        denoising_step(i, s["steps"])  # sparse attention's schedule (nothing when dense)
         logits = predict(x, valid, gates, lo, True)  # Dream's shift: j is predicted at j - 1
         for b, off in enumerate(offsets):
             row_logits, row_lo = row_span(logits, b, off, lo)
@@ -225,5 +227,6 @@ SAMPLER = register(
         likelihood_masks,
         likelihood_eos=True,  # Dream's evaluation appends EOS to the continuation
         settings=DreamSettings,
+        sparse=True,
     )
 )

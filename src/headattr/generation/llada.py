@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from headattr.engine.gates import batch_gates
+from headattr.engine.sparse_hook import denoising_step
 from headattr.errors import HeadattrError
 from headattr.generation.rows import first_masked, row_span, start
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
@@ -126,6 +127,7 @@ def sample(
         schedules = [transfer_counts(int((x[b, begin:end] == mask_id).sum()), steps) for b in range(x.shape[0])]
         for i in range(steps):
             lo = first_masked(x, valid, mask_id)  # only x's masked positions are read, also under guidance
+            denoising_step(i, steps, blk, n_blocks)  # sparse attention's schedule (nothing when dense)
             if guided:
                 un_x = x.masked_fill(prompt, mask_id)
                 both = predict(torch.cat([x, un_x]), torch.cat([valid, valid]), both_gates, lo, False)
@@ -156,5 +158,15 @@ def likelihood_masks(
 
 
 SAMPLER = register(
-    Sampler("llada", LLADA_DEFAULTS, "gen_length", check, with_length, sample, likelihood_masks, settings=LLaDASettings)
+    Sampler(
+        "llada",
+        LLADA_DEFAULTS,
+        "gen_length",
+        check,
+        with_length,
+        sample,
+        likelihood_masks,
+        settings=LLaDASettings,
+        sparse=True,
+    )
 )

@@ -35,6 +35,8 @@ class Sampler:
     family's own evaluation: `likelihood_masks` draws a batch of masked copies (see `MaskDraw`), and
     `likelihood_eos` says whether an EOS is appended to the continuation. `settings`: the same defaults and
     checks as a settings class (`DreamSettings`, `LLaDASettings`), which callers may pass to `generate`.
+    `sparse`: the sampler calls `engine.sparse_hook.denoising_step(step, steps, block, blocks)` before every
+    forward pass, so `generate(sparse=...)` can run it with block-sparse attention.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Sampler:
     likelihood_masks: MaskDraw
     likelihood_eos: bool = False
     settings: type | None = None  # the family's settings class (`Settings`): defaults and checks as a dataclass
+    sparse: bool = False  # whether `sample` reports its steps to sparse attention (`sparse_hook.denoising_step`)
 
 
 SAMPLERS: dict[str, Sampler] = {}

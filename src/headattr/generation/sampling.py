@@ -29,9 +29,11 @@ import torch
 from headattr.engine.batching import attempt, release_memory
 from headattr.engine.core import forward_logits
 from headattr.engine.gates import batch_gates, gated, removal_gates
+from headattr.engine.sparse_schedule import SparseAttention
 from headattr.errors import HeadattrError
 from headattr.generation import dream, llada  # noqa: F401  (registers the samplers)
 from headattr.generation.sampler import SAMPLERS, Sampler
+from headattr.generation.sparse import resolve_sparse, sparse_sample
 from headattr.models import ModelSpec
 from headattr.models.registry import Family, family_named, registered
 from headattr.settings import Settings
@@ -207,6 +209,7 @@ def generate(
     gates: dict[int, torch.Tensor] | None = None,
     head_mask: Sequence[tuple[int, int]] | None = None,
     seed: int = 0,
+    sparse: SparseAttention | None = None,
     **settings: Any,
 ) -> torch.LongTensor:
     """Generate after each prompt with the model family's official sampler; returns ids [B, P + N].
@@ -216,6 +219,8 @@ def generate(
     during generation. `config` (`DreamSettings`, `LLaDASettings`) and keyword `settings` of the same names (which
     override it): the family's generation settings, defaults where neither gives one. The first
     P columns are the (padded) prompts; generated positions whose prediction stayed the mask token keep it.
+    `sparse` (`SparseAttention`): block-sparse attention after the dense steps (`generation.sparse`; the rules
+    in `docs/generation.md`, Sparse attention).
     """
     resolved = resolve_settings(spec, settings, config)
     if gates is not None and head_mask is not None:
@@ -224,7 +229,13 @@ def generate(
         gates = removal_gates(spec, [tuple(h) for h in head_mask])
     ids, valid = batch_prompts(spec, prompt_ids, attention_mask)
     row_gates = batch_gates({k: v.to(spec.device) for k, v in (gates or {}).items()}, ids.shape[0])
-    sample = partial(sampler_for(spec).sample, spec, partial(_predictions, spec))
+    sampler = sampler_for(spec)
+    sample = partial(sampler.sample, spec, partial(_predictions, spec))
+    if sparse is not None:
+        if not sampler.sparse:
+            raise HeadattrError(f"the {sampler.name} sampler does not support sparse attention yet; drop sparse=")
+        length = int(resolved[sampler.length_setting])
+        sample = partial(sparse_sample, sample, spec, resolve_sparse(spec, sparse), length)
     return _sample_halving(sample, ids, valid, row_gates, seed, resolved)
 
 
