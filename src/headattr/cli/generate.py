@@ -16,6 +16,8 @@ from headattr.cli.options import (
     model_config,
     model_options,
     record_options,
+    sparse_options,
+    sparse_settings,
 )
 from headattr.errors import HeadattrError
 
@@ -28,6 +30,7 @@ from headattr.errors import HeadattrError
 @click.option("--samples", type=int, default=0, show_default=True, help="Rows of --data to use (0: all).")
 @click.option("--chat-template", is_flag=True, help="Format each prompt with the tokenizer's chat template.")
 @generation_options
+@sparse_options
 @click.option("--head-mask", default=None, type=click.Path(path_type=Path), help="head_mask.json from prune.")
 @click.option("--fraction", type=float, default=None, help="Which fraction of --head-mask to remove.")
 @click.option("--order", type=click.Choice(["most", "least", "random"]), default="most", show_default=True)
@@ -54,7 +57,8 @@ def generate_cmd(
     group_by: str | None,
     **options,
 ) -> None:
-    """Generate with MODEL's own sampler (Dream or LLaDA), optionally with heads removed; text cut at EOS."""
+    """Generate with MODEL's own sampler (Dream or LLaDA), optionally with heads removed or block-sparse
+    attention; text cut at EOS."""
     from headattr.generation.completions import accuracies, complete, dataset_prompts, score, text_prompts
     from headattr.generation.scoring import parse_task
     from headattr.runs.headmask import read_head_mask
@@ -64,6 +68,7 @@ def generate_cmd(
     scorer = parse_task(task) if task is not None else None
     data = {k: options.pop(k) for k in ("data_path", "fmt", "prompt_field", "answer_field", "samples", "chat_template")}
     gen_flags = {k: options.pop(k) for k in GENERATION_FLAGS}
+    sparse = sparse_settings(options)
     spec = model_config(options).load(model)
     settings = generation_settings(spec, gen_flags)
     removed = read_head_mask(head_mask, fraction, order, random_order, spec) if head_mask is not None else None
@@ -81,7 +86,7 @@ def generate_cmd(
             chat_template=data["chat_template"],
             group_by=group_by,
         )
-    rows = complete(spec, rows, batch_size=batch_size, head_mask=removed, seed=seed, **settings)
+    rows = complete(spec, rows, batch_size=batch_size, head_mask=removed, seed=seed, sparse=sparse, **settings)
     if scorer is not None:
         rows = score(rows, scorer)
     if out is None and scorer is None:

@@ -259,3 +259,58 @@ def generation_settings(spec: ModelSpec, options: dict) -> dict:
         settings[length_setting(spec)] = given["length"]  # a model that cannot generate: its one-line error
     resolve_settings(spec, settings)  # one-line errors now, before any work
     return settings
+
+
+# ---------------------------------------------------------------- sparse attention (SparseAttention)
+
+SPARSE_FLAGS = (
+    "sparse",
+    "sparse_skip",
+    "sparse_block",
+    "sparse_select",
+    "sparse_min_keep",
+    "sparse_gqa",
+    "sparse_compat",
+    "sparse_kernel",
+)
+
+
+def sparse_options(f):
+    """Block-sparse attention during generation: `SparseAttention`'s fields (None: not given, its default)."""
+    from headattr.engine.sparse_schedule import SparseAttention as S
+
+    return apply(
+        f,
+        [
+            click.option(
+                "--sparse",
+                default=None,
+                help="Block-sparse attention with keep ratios from a budget file (headattr budget), a run "
+                "directory's scores, or uniform:RATIO.",
+            ),
+            click.option("--sparse-skip", type=float, default=None, help=f"Dense fraction of the steps [{S.skip}]."),
+            click.option("--sparse-block", type=int, default=None, help=f"Tokens per block [{S.block_size}]."),
+            click.option("--sparse-select", type=float, default=None, help=f"RUN: mean keep ratio [{S.select}]."),
+            click.option("--sparse-min-keep", type=float, default=None, help=f"RUN: least keep ratio [{S.min_keep}]."),
+            click.option(
+                "--sparse-gqa", type=click.Choice(["kv", "q"]), default=None, help=f"RUN: ratio per [{S.gqa}] head."
+            ),
+            click.option(
+                "--sparse-compat",
+                type=click.Choice(["none", "origin"]),
+                default=None,
+                help="origin: LLaDA's one mask across generation blocks, as the origin system [none].",
+            ),
+            click.option(
+                "--sparse-kernel", type=click.Choice(["flex", "sdpa"]), default=None, help=f"Kernel [{S.kernel}]."
+            ),
+        ],
+    )
+
+
+def sparse_settings(options: dict):
+    """Pop the sparse flags from `options` into a `SparseAttention` (None without --sparse); one-line errors."""
+    from headattr.generation.sparse import sparse_settings as build
+
+    given = {k: options.pop(k) for k in SPARSE_FLAGS}
+    return build(given.pop("sparse"), given)

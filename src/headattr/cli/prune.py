@@ -15,6 +15,8 @@ from headattr.cli.options import (
     model_options,
     parse_floats,
     seed_type,
+    sparse_options,
+    sparse_settings,
 )
 from headattr.errors import HeadattrError
 from headattr.pruning.settings import RANK_BY, PruneSettings
@@ -46,13 +48,14 @@ def _echo_prune(result, paths: dict) -> None:
         click.echo(f"wrote {path}")
 
 
-def _generation(spec, eval_kind: str, task: str, flags: dict, batch_size: int, seed: int):
-    """`--eval generate`: the generated-answer evaluation (task, the family's settings from the flags); else None."""
+def _generation(spec, eval_kind: str, task: str, flags: dict, batch_size: int, seed: int, sparse=None):
+    """`--eval generate`: the generated-answer evaluation (task, the family's settings from the flags, sparse
+    attention); else None."""
     if eval_kind != "generate":
         return None
     from headattr.generation.taskeval import GenerationEval
 
-    return GenerationEval.from_text(task, generation_settings(spec, flags), batch_size, seed)
+    return GenerationEval.from_text(task, generation_settings(spec, flags), batch_size, seed, sparse)
 
 
 @cli.command("prune")
@@ -130,6 +133,7 @@ def _generation(spec, eval_kind: str, task: str, flags: dict, batch_size: int, s
 @click.option("--task", default="exact", show_default=True, help="gsm8k, exact, contains or regex:PATTERN.")
 @click.option("--generation-seed", type=seed_type, default=0, show_default=True, help="Seed of the sampler.")
 @generation_options
+@sparse_options
 @click.option("--overwrite", is_flag=True, help="Replace the pruning files in an existing --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @model_options
@@ -184,9 +188,12 @@ def prune_cmd(
     gen_flags = {k: options.pop(k) for k in GENERATION_FLAGS}
     if eval_kind != "generate" and any(v is not None for v in gen_flags.values()):
         raise HeadattrError("generation settings (--steps, --alg, ...) need --eval generate")
+    sparse = sparse_settings(options)
+    if eval_kind != "generate" and sparse is not None:
+        raise HeadattrError("--sparse changes generation: it needs --eval generate")
     spec = loading.load(model)
     check_run_matches(spec, run)
-    generation = _generation(spec, eval_kind, task, gen_flags, batch_size, generation_seed)
+    generation = _generation(spec, eval_kind, task, gen_flags, batch_size, generation_seed, sparse)
     selection = select_eval_samples(
         spec, run, data=data_path, eval_data=eval_data, n=eval_samples, seed=eval_seed, exclude_runs=excluded
     )

@@ -17,9 +17,11 @@ from headattr.data.records import Record, load_records
 from headattr.data.samples import DataConfig
 from headattr.data.selection import select_records
 from headattr.data.tokens import bos_ids, prompt_text
+from headattr.engine.sparse_schedule import SparseAttention
 from headattr.errors import HeadattrError
 from headattr.generation.sampling import completion_ids, completion_text, generate
 from headattr.generation.scoring import Task, accuracy, parse_task
+from headattr.generation.sparse import resolve_sparse
 from headattr.models import ModelSpec
 
 
@@ -110,19 +112,22 @@ def complete(
     batch_size: int = 16,
     head_mask: Sequence[tuple[int, int]] | None = None,
     seed: int = 0,
+    sparse: SparseAttention | None = None,
     **settings: Any,
 ) -> list[Completion]:
     """Generate after every prompt, `batch_size` prompts per `headattr.generate` call, cut at EOS.
 
     `head_mask` ((layer, head) pairs) removes heads; `seed` seeds every batch's sampler; `settings` are the
-    family's sampler settings. Returns copies of `prompts` with the generated fields set, in order.
+    family's sampler settings; `sparse` runs block-sparse attention (`headattr.generate`'s `sparse`, resolved
+    once here). Returns copies of `prompts` with the generated fields set, in order.
     """
     if batch_size < 1:
         raise HeadattrError(f"--batch-size must be at least 1, got {batch_size}")
+    sparse = None if sparse is None else resolve_sparse(spec, sparse)
     done = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        ids = generate(spec, [p.prompt_ids for p in chunk], head_mask=head_mask, seed=seed, **settings)
+        ids = generate(spec, [p.prompt_ids for p in chunk], head_mask=head_mask, seed=seed, sparse=sparse, **settings)
         width = max(len(p.prompt_ids) for p in chunk)  # prompts are left-padded to the longest
         for p, row in zip(chunk, ids, strict=True):
             generated = row[width:]

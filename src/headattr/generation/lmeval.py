@@ -12,7 +12,10 @@ model_args: `pretrained` (checkpoint directory or hub id), `head_mask` + `fracti
 (default true), `max_length` (prompt + generation; prompts are cut from the left), `seed` (default 1234),
 `mc_num` (default 128) and `mc_batch_size` (default 32) for loglikelihood, and the family's generation settings
 (`headattr.generate`), e.g. `max_new_tokens=256,steps=256,alg=entropy` (Dream) or `gen_length=1024,steps=1024,
-block_length=1024` (LLaDA).
+block_length=1024` (LLaDA). Block-sparse attention in generation (`generate_until`; the likelihood stays
+dense): `sparse` (a `headattr budget` file, a run directory or `uniform:RATIO`) with `sparse_skip`,
+`sparse_block`, `sparse_select`, `sparse_min_keep`, `sparse_gqa`, `sparse_compat`, `sparse_kernel`, the
+flags of `headattr generate --sparse`.
 
 - `generate_until`: the official sampler (`headattr.generate`) in batches of `batch_size` prompts; the
   completion is cut at EOS, then before the first `until` string. Its length is the generation-length setting
@@ -48,6 +51,7 @@ from lm_eval.api.registry import register_model
 from headattr.engine.gates import batch_gates
 from headattr.errors import HeadattrError
 from headattr.generation.sampling import _predictions, completion_text, generate, resolve_settings, sampler_for
+from headattr.generation.sparse import SPARSE_ARGS, resolve_sparse, sparse_settings
 from headattr.models import ModelSpec, load_model
 from headattr.runs import distributed
 from headattr.runs.headmask import read_head_mask
@@ -167,6 +171,10 @@ class HeadattrLM(LM):
             trust_remote_code=bool(options.get("trust_remote_code", False)),
         )
         self._device = torch.device(self.spec.device)
+        sparse = {k: kwargs.pop(k) for k in SPARSE_ARGS if k in kwargs}
+        self.sparse = sparse_settings(kwargs.pop("sparse", None), sparse)
+        if self.sparse is not None:
+            self.sparse = resolve_sparse(self.spec, self.sparse)  # once: a run's scores are read here
         self.settings = dict(kwargs)
         resolve_settings(self.spec, self.settings)  # a wrong-family or bad setting fails here, in one line
         self.sampler = sampler_for(self.spec)
@@ -285,7 +293,7 @@ class HeadattrLM(LM):
         if self.max_length is not None:
             keep = max(1, int(self.max_length) - n)
             prompts = [p[-keep:] for p in prompts]
-        ids = generate(self.spec, prompts, gates=self.gates or None, seed=self.seed, **settings)
+        ids = generate(self.spec, prompts, gates=self.gates or None, seed=self.seed, sparse=self.sparse, **settings)
         texts = []
         for i, row in zip(chunk, ids, strict=True):
             text = completion_text(self.spec, row[ids.shape[1] - n :])

@@ -7,7 +7,8 @@ ratios, an [L, H] array or one ratio, checked against the model) and runs the fa
 the start, the sampler reporting each denoising step (`denoising_step`). The behaviour and every deviation from
 the origin system are in `docs/generation.md` (Sparse attention).
 
-`parse_sparse(text)` reads the command line's `--sparse` (`budget.json`, a run directory, `uniform:0.3`);
+`parse_sparse(text)` reads the command line's `--sparse` (`budget.json`, a run directory, `uniform:0.3`) and
+`sparse_settings` the whole group of flags (or lm-eval's model_args of the same names);
 `recording_usage()` collects, per generated row and mask build, the fraction of key blocks its masks attend.
 """
 
@@ -52,6 +53,54 @@ def parse_sparse(text: str, flag: str = "--sparse") -> float | str:
             f"{flag} {text!r}: give a budget file (headattr budget), a run directory or uniform:RATIO; no such path"
         )
     return text
+
+
+# the settings' names outside Python (command-line flags with _ for -, lm-eval model_args) -> field and type
+SPARSE_ARGS: dict[str, tuple[str, type]] = {
+    "sparse_skip": ("skip", float),
+    "sparse_block": ("block_size", int),
+    "sparse_select": ("select", float),
+    "sparse_min_keep": ("min_keep", float),
+    "sparse_gqa": ("gqa", str),
+    "sparse_compat": ("compat", str),
+    "sparse_kernel": ("kernel", str),
+}
+RUN_ONLY = ("sparse_select", "sparse_min_keep", "sparse_gqa")  # the allocation rule's: scores to keep ratios
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def sparse_settings(source: Any, given: dict[str, Any]) -> SparseAttention | None:
+    """The `SparseAttention` of the command line or of lm-eval's model_args: `source` is `--sparse` (None: dense),
+    `given` maps `SPARSE_ARGS` names to values (None: not given, the class default). The allocation rule's
+    settings (select, min_keep, gqa) apply only to a run directory's scores: with a budget file or a uniform
+    ratio they are refused, since those fix the keep ratios already."""
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = [k for k in given if k not in SPARSE_ARGS]
+    if unknown:
+        raise HeadattrError(f"unknown sparse setting {unknown[0]!r}; known: sparse, {', '.join(SPARSE_ARGS)}")
+    if source is None or source == "":
+        if given:
+            raise HeadattrError(f"{_flag(next(iter(given)))} needs --sparse budget.json|RUN|uniform:RATIO")
+        return None
+    keep = parse_sparse(str(source))
+    fixed = [k for k in RUN_ONLY if k in given]
+    if fixed and not (isinstance(keep, str) and Path(keep).is_dir()):
+        raise HeadattrError(
+            f"{_flag(fixed[0])} shapes keep ratios computed from a run's scores; --sparse {source} fixes them already"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in given.items():
+        field, kind = SPARSE_ARGS[name]
+        try:
+            kwargs[field] = kind(value)
+        except (TypeError, ValueError):
+            raise HeadattrError(f"{_flag(name)} {value!r}: expected {kind.__name__}") from None
+    if kwargs.get("compat") == "none":
+        kwargs["compat"] = None
+    return SparseAttention(keep=keep, **kwargs)
 
 
 def budget_keep(path: Path, num_heads: int) -> np.ndarray:

@@ -18,28 +18,40 @@ from tqdm.auto import tqdm
 
 from headattr.data.tokens import Sample
 from headattr.engine.gates import row_gates
+from headattr.engine.sparse_schedule import SparseAttention
 from headattr.generation.sampling import completion_text, generate, resolve_settings
 from headattr.generation.scoring import Task, parse_task
+from headattr.generation.sparse import resolve_sparse
 from headattr.models import ModelSpec
 from headattr.stats.intervals import wilson_interval
 
 
 @dataclass(frozen=True)
 class GenerationEval:
-    """What `--eval generate` runs: the scoring task, the generation settings, rows per batch, the seed."""
+    """What `--eval generate` runs: the scoring task, the generation settings, rows per batch, the seed, and
+    block-sparse attention (`sparse`, None: dense)."""
 
     task: Task
     settings: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
     seed: int = 0
+    sparse: SparseAttention | None = None
 
     @classmethod
-    def from_text(cls, task: str, settings: dict[str, Any], batch_size: int = 64, seed: int = 0) -> GenerationEval:
-        return cls(parse_task(task), dict(settings), batch_size, seed)
+    def from_text(
+        cls,
+        task: str,
+        settings: dict[str, Any],
+        batch_size: int = 64,
+        seed: int = 0,
+        sparse: SparseAttention | None = None,
+    ) -> GenerationEval:
+        return cls(parse_task(task), dict(settings), batch_size, seed, sparse)
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
-        """JSON-ready description, with the settings resolved against the model's family defaults."""
-        return {
+        """JSON-ready description, with the settings resolved against the model's family defaults (and the
+        sparse settings as given, when sparse)."""
+        out = {
             "task": self.task.name,
             "metrics": list(self.task.metrics),
             "settings": resolve_settings(spec, self.settings),
@@ -47,6 +59,9 @@ class GenerationEval:
             "interval": "Wilson score interval, 95%",
             "completion": "generated tokens up to the first EOS, decoded without special tokens",
         }
+        if self.sparse is not None:
+            out["sparse"] = self.sparse.to_meta()
+        return out
 
 
 def generation_correct(
@@ -65,6 +80,7 @@ def generation_correct(
     # longest prompts first, so that a batch holds prompts of similar length (less padding)
     pairs = sorted(((c, n) for c in range(n_conf) for n in range(n_samp)), key=lambda p: -len(prompts[p[1]]))
     correct = {m: np.zeros((n_conf, n_samp), dtype=bool) for m in evaluation.task.metrics}
+    sparse = None if evaluation.sparse is None else resolve_sparse(spec, evaluation.sparse)
     size = max(1, evaluation.batch_size)
     for i in tqdm(range(0, len(pairs), size), desc="generate", disable=not progress, leave=False):
         chunk = pairs[i : i + size]
@@ -74,6 +90,7 @@ def generation_correct(
             [prompts[n] for _, n in chunk],
             gates=row_gates(rows),
             seed=evaluation.seed,
+            sparse=sparse,
             **evaluation.settings,
         )
         width = max(len(prompts[n]) for _, n in chunk)
