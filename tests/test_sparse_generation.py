@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import warnings
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -300,3 +301,30 @@ def test_the_command_line(dream, dream_dir, tmp_path, capsys):
         assert main(["generate", str(dream_dir), *flags, *bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error" in err
+
+
+def test_prune_and_lm_eval_pass_sparse_on(dream, dream_dir, tmp_path, monkeypatch, capsys):
+    from headattr.generation import lmeval, taskeval
+    from headattr.generation.taskeval import GenerationEval, generation_correct
+
+    seen = []
+
+    def spy(*args, sparse=None, **kwargs):
+        seen.append(sparse)
+        return generate(*args, sparse=sparse, **kwargs)
+
+    monkeypatch.setattr(taskeval, "generate", spy)
+    samples = [SimpleNamespace(input_ids=[*PROMPT, 20, 21], answer_start=len(PROMPT), answer_end=len(PROMPT) + 2)]
+    evaluation = GenerationEval.from_text("exact", DREAM, sparse=sparse(keep=0.2))
+    generation_correct(dream, samples, np.ones((1, 3, 4)), evaluation)
+    assert seen == [sparse(keep=0.2)] and evaluation.describe(dream)["sparse"]["sparse_keep"] == 0.2
+
+    model = lmeval.HeadattrLM(pretrained=str(dream_dir), sparse="uniform:0.2", sparse_block=2, sparse_kernel="sdpa")
+    assert model.sparse == SparseAttention(keep=0.2, block_size=2, kernel="sdpa") and "sparse" not in model.settings
+    with pytest.raises(HeadattrError, match="needs --sparse"):
+        lmeval.HeadattrLM(pretrained=str(dream_dir), sparse_skip=0.5)
+
+    run = make_run(tmp_path / "run", np.zeros((3, 4)), 0.1, n=4)
+    args = ["prune", str(dream_dir), "--scores", str(run), "--out", str(tmp_path / "p"), "--sparse", "uniform:0.3"]
+    assert main(args) == 2
+    assert "needs --eval generate" in capsys.readouterr().err
