@@ -192,7 +192,9 @@ def test_llada_modes_differ(llada):
 # ---------------------------------------------------------------- kernels, keep 1, padding, guidance
 
 
-@pytest.mark.parametrize("fixture,settings", [("dream", DREAM), ("llada", LLADA)])
+@pytest.mark.parametrize(
+    "fixture,settings", [("dream", DREAM), ("llada", LLADA), ("llada", {**LLADA, "cfg_scale": 1.0})]
+)
 def test_flex_and_sdpa_give_the_same_tokens(request, fixture, settings):
     spec = request.getfixturevalue(fixture)
     sdpa = generate(spec, [PROMPT, OTHER], **settings, sparse=sparse())
@@ -296,6 +298,13 @@ def test_the_command_line(dream, dream_dir, tmp_path, capsys):
     from_run = complete(dream, rows, sparse=sparse(keep=str(run), select=0.2), **DREAM)
     assert main([*base, "--sparse", str(run), "--sparse-select", "0.2"]) == 0
     assert capsys.readouterr().out == from_run[0].completion + "\n"
+
+    budget = tmp_path / "budget.json"
+    assert main(["budget", str(run), "--out", str(budget), "--gqa", "kv", "--kv-heads", "2"]) == 0
+    capsys.readouterr()
+    from_file = complete(dream, rows, sparse=sparse(keep=budget), **DREAM)
+    assert main([*base, "--sparse", str(budget)]) == 0
+    assert capsys.readouterr().out == from_file[0].completion + "\n"
 
     for bad in (["--sparse", "uniform:1.5"], ["--sparse", str(tmp_path / "none")], ["--sparse-skip", "0.5"]):
         assert main(["generate", str(dream_dir), *flags, *bad]) == 2
