@@ -3,7 +3,6 @@ deterministic fake here), sparse.json, the figure, the report in every language,
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -14,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import headattr
 from headattr.cli import main
 from headattr.data.records import Record, content_uid
 from headattr.data.tokens import tokenize_record
-from headattr.engine.sparse_schedule import MaskStore, SparseAttention, StoredMask
+from headattr.engine.sparse_schedule import MaskStore, SparseAttention, StoredMask, row_densities
 from headattr.errors import HeadattrError
 from headattr.generation.scoring import parse_task
 from headattr.reports import sparse as sparse_report
@@ -26,7 +24,7 @@ from headattr.reports.sparse import REPORT_FILE, render_sparse, write_sparse_out
 from headattr.reports.strings import LANGS, table
 from headattr.sparsity import evaluate as evaluate_module
 from headattr.sparsity.allocations import allocation_keep
-from headattr.sparsity.evaluate import evaluate_sparse, sampling_generate
+from headattr.sparsity.evaluate import evaluate_sparse
 from headattr.sparsity.outputs import FIGURE_FILE, SPARSE_FILE, read_sparse
 from headattr.sparsity.results import build_result
 from headattr.sparsity.settings import SparseEvalSettings
@@ -100,7 +98,7 @@ def test_random_draws_are_one_permutation_across_budgets():
 
 
 def test_row_densities_count_each_row_on_its_own_blocks():
-    from headattr.sparsity.evaluate import row_densities
+    from headattr.engine.sparse_schedule import row_densities
 
     rng = np.random.default_rng(0)
     blocks = torch.as_tensor(rng.random((3, 2, 4, 4)) < 0.5)  # [B, H, n, n], block size 2: up to 8 tokens
@@ -159,7 +157,7 @@ class FakeGenerate:
     def __init__(self, answers: dict[tuple[int, ...], list[int]]):
         self.answers, self.calls = answers, []
 
-    def __call__(self, spec, prompt_ids, *, sparse, seed, on_masks, max_new_tokens):
+    def __call__(self, spec, prompt_ids, *, sparse, seed, on_usage, max_new_tokens):
         self.calls.append((len(prompt_ids), sparse is not None, seed))
         width = max(len(p) for p in prompt_ids)
         rows = []
@@ -169,12 +167,12 @@ class FakeGenerate:
             )
             gen = (gen + [2] * max_new_tokens)[:max_new_tokens]  # 2: eos
             rows.append([0] * (width - len(p)) + list(p) + gen)
-        if on_masks is not None:
+        if on_usage is not None:
             store = MaskStore()
             blocks = torch.zeros(len(prompt_ids), 1, 1, 10, dtype=torch.bool)
             blocks[..., : blocks_kept(sparse)] = True
             store.put(0, blocks)
-            on_masks(store)
+            on_usage(row_densities(store, 10))
         return torch.tensor(rows)
 
 
@@ -284,18 +282,12 @@ def test_command_errors_are_one_line(tmp_path, capsys, args, message):
     assert code == 2 and err.startswith("headattr: error:") and message in err and "\n" not in err
 
 
-def test_command_refuses_a_full_out_dir_and_a_generate_without_sparse(tmp_path, capsys, monkeypatch):
+def test_command_refuses_a_full_out_dir(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "x").write_text("x")
     assert main(["sparse", "model", "--scores", "run", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    monkeypatch.setattr(evaluate_module, "generate_parameters", lambda: {"spec", "prompt_ids"})
-    assert main(["sparse", "model", "--scores", "run", "--out", str(tmp_path / "new")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "no sparse attention" in err and "\n" not in err
-    with pytest.raises(HeadattrError, match="no sparse attention"):
-        sampling_generate(None, [[1]], sparse=None, seed=0, on_masks=None)
 
 
 def test_command_end_to_end_with_a_fake_generate(dream, dream_dir, tmp_path, capsys, monkeypatch):
@@ -315,17 +307,16 @@ def test_command_end_to_end_with_a_fake_generate(dream, dream_dir, tmp_path, cap
         record["hash"] = uid
     (run / "run.json").write_text(json.dumps(meta))
 
-    def fake(spec, prompt_ids, *, sparse, seed, on_masks, **settings):
+    def fake(spec, prompt_ids, *, sparse, seed, on_usage, **settings):
         """An empty completion (right under `regex:^$`) where `right` says so, else "x"; masks of density 1."""
         first = [2 if right(p, sparse) else spec.tokenizer.convert_tokens_to_ids("x") for p in prompt_ids]
         width, n = max(map(len, prompt_ids)), settings["max_new_tokens"]
-        if on_masks is not None:
-            on_masks(MaskStore({0: StoredMask(torch.ones(1, 1, 1, 2, dtype=torch.bool))}))
+        if on_usage is not None:
+            on_usage(row_densities(MaskStore({0: StoredMask(torch.ones(1, 1, 1, 2, dtype=torch.bool))}), 2))
         return torch.tensor(
             [[0] * (width - len(p)) + p + [f] + [2] * (n - 1) for p, f in zip(prompt_ids, first, strict=True)]
         )
 
-    monkeypatch.setattr(evaluate_module, "generate_parameters", lambda: {"sparse", "on_masks"})
     monkeypatch.setattr(evaluate_module, "sampling_generate", fake)
     out = tmp_path / "out"
     argv = [
@@ -368,10 +359,7 @@ def test_cli_defaults_are_the_settings_defaults():
 
 # ---------------------------------------------------------------- with headattr.generate's sparse attention
 
-HAS_SPARSE = "sparse" in inspect.signature(headattr.generate).parameters
 
-
-@pytest.mark.skipif(not HAS_SPARSE, reason="headattr.generate has no `sparse` parameter yet (issue 22, item 1)")
 def test_with_the_real_sampler(dream, samples):
     """The real generate: keep 1 for every head (min_keep 1) gives the dense answers, item by item."""
     settings = SparseEvalSettings(
@@ -383,5 +371,4 @@ def test_with_the_real_sampler(dream, samples):
     dense = outcomes[0].correct["contains"]
     for o in outcomes[1:]:
         assert np.array_equal(o.correct["contains"], dense), o.configuration.name  # keep 1: nothing masked
-        if "on_masks" in inspect.signature(headattr.generate).parameters:
-            assert o.budget_used == pytest.approx(1.0)
+        assert o.budget_used == pytest.approx(1.0)

@@ -18,7 +18,6 @@ from headattr.cli.options import (
     parse_floats,
     seed_type,
 )
-from headattr.errors import HeadattrError
 from headattr.reports.strings import LANGS, check_lang
 from headattr.runs.rundir import check_output_dir
 from headattr.sparsity.settings import SparseEvalSettings, check_allocations
@@ -31,14 +30,6 @@ def _parse_allocations(text: str) -> tuple[str, ...]:
     allocations = tuple(a.strip() for a in text.split(",") if a.strip())
     check_allocations(allocations)
     return allocations
-
-
-def _check_generate_supports_sparse() -> None:
-    """A one-line error, before the model loads, when `headattr.generate` has no sparse attention."""
-    from headattr.sparsity.evaluate import generate_parameters
-
-    if "sparse" not in generate_parameters():
-        raise HeadattrError("this headattr's generate has no sparse attention (no `sparse` parameter); update headattr")
 
 
 def _echo_summary(summary: dict, paths: dict) -> None:
@@ -172,7 +163,6 @@ def sparse_cmd(model: str, scores_run: Path, **flags) -> None:
     task = parse_task(flags["task"])
     check_lang(flags["lang"])
     check_output_dir(flags["out"], flags["overwrite"])
-    _check_generate_supports_sparse()
     run = read_run(scores_run)
     excluded = [read_run(p) for p in flags["exclude_runs"]]
     gen_flags = {k: flags.pop(k) for k in GENERATION_FLAGS}

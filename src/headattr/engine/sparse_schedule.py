@@ -159,3 +159,19 @@ class MaskStore:
         if not self.masks:
             return 1.0
         return float(np.mean([m.blocks.float().mean().item() for m in self.masks.values()]))
+
+
+def row_densities(store: MaskStore, block_size: int) -> list[float]:
+    """Per row of the stored masks: the mean fraction of its own key blocks (n_b = ceil(real tokens / bs))
+    that its query blocks attend, over layers, heads and query blocks: the budget a row used. A row's mask
+    covers its real tokens only (`block_masks` with `valid`), so the blocks past a shorter row's end are not
+    counted, where `MaskStore.density` would count them as unattended."""
+    per_layer = []
+    for stored in store.masks.values():
+        blocks = stored.blocks  # [B, H, n, n]
+        if stored.valid is None:
+            per_layer.append(blocks.double().mean(dim=(1, 2, 3)).tolist())
+            continue
+        counts = (stored.valid.sum(dim=-1) + block_size - 1) // block_size
+        per_layer.append([blocks[b, :, :c, :c].double().mean().item() for b, c in enumerate(counts.tolist())])
+    return np.mean(per_layer, axis=0).tolist() if per_layer else []

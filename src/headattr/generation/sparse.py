@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from headattr.engine.sparse_hook import SparseState, sparse_generation
-from headattr.engine.sparse_schedule import MaskStore, SparseAttention
+from headattr.engine.sparse_schedule import SparseAttention, row_densities
 from headattr.errors import HeadattrError
 from headattr.models import ModelSpec
 from headattr.runs.rundir import read_run
@@ -143,20 +143,6 @@ def _check_shape(spec: ModelSpec, shape: tuple[int, ...], what: str) -> None:
         raise HeadattrError(
             f"{what} are {list(shape)}; {spec.name} has {spec.num_layers} layers x {spec.num_heads} heads"
         )
-
-
-def row_densities(store: MaskStore, block_size: int) -> list[float]:
-    """Per row of the stored masks: the mean fraction of its own key blocks (n_b = ceil(real tokens / bs))
-    that its query blocks attend, over layers, heads and query blocks."""
-    if not store.masks:
-        return []
-    per_layer = []
-    for stored in store.masks.values():
-        b, _, n, _ = stored.blocks.shape
-        lengths = [n * block_size] * b if stored.valid is None else stored.valid.sum(dim=1).tolist()
-        own = [-(-int(t) // block_size) for t in lengths]
-        per_layer.append([stored.blocks[r, :, : own[r], : own[r]].float().mean().item() for r in range(b)])
-    return np.mean(np.asarray(per_layer), axis=0).tolist()
 
 
 @contextmanager

@@ -2,16 +2,17 @@
 
 The model is reached through one injected function, `generate_fn` (a `GenerateFn`):
 
-    generate_fn(spec, prompt_ids, *, sparse, seed, on_masks, **settings) -> ids [B, P + N]
+    generate_fn(spec, prompt_ids, *, sparse, seed, on_usage, **settings) -> ids [B, P + N]
 
 with `prompt_ids` a list of B prompts (left-padded by the callee), `sparse` a `SparseAttention` or None
-(dense), and `on_masks` None or a callback that the sampler calls with its `MaskStore` once the masks of a
-generation (or, by default, of a LLaDA generation block) are built, before they are discarded. The default,
-`sampling_generate`, is `headattr.generate` with those keywords; the tests pass a deterministic fake.
+(dense), and `on_usage` None or a callback given the budget each row used at each mask build (one per
+generation, or by default per LLaDA generation block: `engine.sparse_schedule.row_densities`). The default,
+`sampling_generate`, is `headattr.generate` under `generation.sparse.recording_usage`; the tests pass a
+deterministic fake.
 
 Per configuration: correctness per item and metric (`task.score` of the completion cut at EOS against the
 decoded answer tokens), seconds per generated token (wall time of its `generate_fn` calls over B * N
-generated positions), and the budget used: the mean over the generated rows (every `on_masks` call's) of
+generated positions), and the budget used: the mean over the generated rows (every `on_usage` call's) of
 `row_densities`, the fraction of attended key blocks per layer, head and query block of a row's own blocks
 (None when nothing reported masks).
 """
@@ -27,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headattr.data.tokens import Sample
-from headattr.engine.sparse_schedule import MaskStore, SparseAttention
+from headattr.engine.sparse_schedule import SparseAttention
 from headattr.errors import HeadattrError
 from headattr.generation.sampling import completion_text
 from headattr.generation.scoring import Task
@@ -46,30 +47,22 @@ class GenerateFn(Protocol):
         *,
         sparse: SparseAttention | None,
         seed: int,
-        on_masks: Callable[[MaskStore], None] | None,
+        on_usage: Callable[[list[float]], None] | None,
         **settings: Any,
     ) -> Any: ...
 
 
-def generate_parameters() -> set[str]:
-    """The keyword parameters of `headattr.generate` (to see whether it takes `sparse` and `on_masks`)."""
-    import inspect
-
+def sampling_generate(spec, prompt_ids, *, sparse, seed, on_usage, **settings):
+    """`headattr.generate(spec, prompt_ids, sparse=..., seed=..., **settings)`, the budget each row used passed to
+    `on_usage` (`generation.sparse.recording_usage`)."""
     from headattr.generation.sampling import generate
+    from headattr.generation.sparse import recording_usage
 
-    return set(inspect.signature(generate).parameters)
-
-
-def sampling_generate(spec, prompt_ids, *, sparse, seed, on_masks, **settings):
-    """`headattr.generate(spec, prompt_ids, sparse=..., on_masks=..., seed=..., **settings)`; without an
-    `on_masks` parameter there, the budget used is not measured; without `sparse`, a one-line error."""
-    from headattr.generation.sampling import generate
-
-    params = generate_parameters()
-    if "sparse" not in params:
-        raise HeadattrError("this headattr's generate has no sparse attention (no `sparse` parameter); update headattr")
-    extra = {"on_masks": on_masks} if "on_masks" in params and sparse is not None else {}
-    return generate(spec, prompt_ids, sparse=sparse, seed=seed, **extra, **settings)
+    with recording_usage() as usage:
+        out = generate(spec, prompt_ids, sparse=sparse, seed=seed, **settings)
+    if on_usage is not None and sparse is not None:
+        on_usage(usage)
+    return out
 
 
 @dataclass
@@ -93,25 +86,6 @@ class ConfigOutcome:
         if self.configuration.allocation == "dense":
             return 1.0
         return float(np.mean(self.densities)) if self.densities else None
-
-
-def row_densities(store: MaskStore, block_size: int) -> list[float]:
-    """Per batch row: the mean over the stored layers of the fraction of attended key blocks over heads and
-    the row's own query and key blocks.
-
-    A row's mask covers its real tokens only, in its first ceil(real tokens / block_size) blocks (`block_masks`
-    with `valid`); the blocks past a shorter row's end are excluded here, where `MaskStore.density` would count
-    them as unattended. Without `valid` (no padding) every block counts.
-    """
-    per_layer = []
-    for stored in store.masks.values():
-        blocks = stored.blocks  # [B, H, n, n]
-        if stored.valid is None:
-            per_layer.append(blocks.double().mean(dim=(1, 2, 3)).tolist())
-            continue
-        counts = (stored.valid.sum(dim=-1) + block_size - 1) // block_size
-        per_layer.append([blocks[b, :, :c, :c].double().mean().item() for b, c in enumerate(counts.tolist())])
-    return np.mean(per_layer, axis=0).tolist() if per_layer else []
 
 
 def sparse_attention(config: Configuration, settings: SparseEvalSettings) -> SparseAttention | None:
@@ -151,13 +125,12 @@ def run_configuration(
     order = sorted(range(len(samples)), key=lambda i: -len(prompts[i]))  # similar lengths batch together
     outcome = ConfigOutcome(config, {m: np.zeros(len(samples), dtype=bool) for m in context.task.metrics}, 0.0, 0)
     sparse = sparse_attention(config, context.settings)
-    bs = context.settings.block_size
-    on_masks = (lambda store: outcome.densities.extend(row_densities(store, bs))) if sparse is not None else None
+    on_usage = outcome.densities.extend if sparse is not None else None
     for start in range(0, len(order), context.batch_size):
         chunk = order[start : start + context.batch_size]
         began = time.perf_counter()
         out = context.generate_fn(
-            spec, [prompts[i] for i in chunk], sparse=sparse, seed=context.seed, on_masks=on_masks,
+            spec, [prompts[i] for i in chunk], sparse=sparse, seed=context.seed, on_usage=on_usage,
             **context.generation,
         )  # fmt: skip
         outcome.seconds += time.perf_counter() - began
