@@ -16,8 +16,10 @@ import torch
 
 from headattr.errors import HeadattrError
 
-# (x [B, T], valid [B, T], gates {layer: [B, H]}, lo, shift) -> logits [B, T - lo, V] predicting positions lo..T-1
-Predict = Callable[[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], int, bool], torch.Tensor]
+# (x [B, T], valid [B, T], gates {layer: [B, H]}, lo, shift[, attention]) -> logits [B, T - lo, V] predicting
+# positions lo..T-1; `attention` (a `generation.blockattn.BlockAttention`, block-diffusion samplers only) makes the
+# pass block-causal and may continue a KV cache
+Predict = Callable[..., torch.Tensor]
 # (spec, predict, ids [B, P], valid [B, P], gates {layer: [B, H]}, seed, settings) -> ids [B, P + N]
 SampleFn = Callable[..., torch.Tensor]
 # (seq [b, T], n_prompt, mask_id, generator) -> (noisy ids [b, T], masking probability [b, T])

@@ -31,7 +31,8 @@ from headattr.engine.core import forward_logits
 from headattr.engine.gates import batch_gates, gated, removal_gates
 from headattr.engine.sparse_schedule import SparseAttention
 from headattr.errors import HeadattrError
-from headattr.generation import dream, llada  # noqa: F401  (registers the samplers)
+from headattr.generation import dream, llada, llada2, sdar  # noqa: F401  (registers the samplers)
+from headattr.generation.blockattn import BlockAttention, block_logits
 from headattr.generation.sampler import SAMPLERS, Sampler
 from headattr.generation.sparse import resolve_sparse, sparse_sample
 from headattr.models import ModelSpec
@@ -180,13 +181,23 @@ def _logits(
 
 
 def _predictions(
-    spec: ModelSpec, x: torch.Tensor, valid: torch.Tensor, gates: dict[int, torch.Tensor], lo: int, shift: bool
+    spec: ModelSpec,
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    gates: dict[int, torch.Tensor],
+    lo: int,
+    shift: bool,
+    attention: BlockAttention | None = None,
 ) -> torch.Tensor:
     """The logits [B, T - lo, V] that predict positions lo..T-1 of `x` [B, T]: with `shift` (Dream) position
     j's from the output at j - 1 and position 0's from its own, else each position's own.
 
-    The model's last layer and LM head run only at the outputs read (`_logits(keep=)`), not at all T.
+    The model's last layer and LM head run only at the outputs read (`_logits(keep=)`), not at all T. With
+    `attention` (block-diffusion samplers; no shift) the pass is block-causal, optionally continuing a KV cache
+    (`generation.blockattn.block_logits`).
     """
+    if attention is not None:
+        return block_logits(spec, x, valid, gates, lo, attention)
     t = x.shape[1]
     if not shift:
         return _logits(spec, x, valid, gates, slice(lo, t))

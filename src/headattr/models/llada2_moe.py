@@ -154,4 +154,6 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
 
 
 ALIASES = {"dense": "self_attn.o_proj", "attention.dense": "self_attn.o_proj"}
-FAMILY = register(Family("llada2_moe", ("llada2_moe",), load, head_module_aliases=ALIASES))
+FAMILY = register(
+    Family("llada2_moe", ("llada2_moe",), load, head_module_aliases=ALIASES, display_name="LLaDA 2", sampler="llada2")
+)

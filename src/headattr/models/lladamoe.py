@@ -142,4 +142,4 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
     )
 
 
-FAMILY = register(Family("lladamoe", ("lladamoe",), load))
+FAMILY = register(Family("lladamoe", ("lladamoe",), load, display_name="LLaDA-MoE", sampler="llada"))

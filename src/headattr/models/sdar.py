@@ -62,4 +62,4 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
     return native.native_spec(model, root, "sdar", mask_id, logit_shift=False, block_size=need("block_size"))
 
 
-FAMILY = register(Family("sdar", ("sdar",), load))
+FAMILY = register(Family("sdar", ("sdar",), load, display_name="SDAR", sampler="sdar"))

@@ -1,0 +1,139 @@
+"""SDAR's block diffusion sampler (`block_diffusion_generate` of JetAstra/SDAR) with head gates, its settings.
+
+Settings: `gen_length` (the length), `block_length` (None: the checkpoint's block size), `denoising_steps`,
+`temperature`, `top_k` (0: off), `top_p` (1: off), `remasking_strategy` (`low_confidence_dynamic`,
+`low_confidence_static`, `sequential`), `confidence_threshold`, `stop_ids` (None: the EOS ids). Defaults are
+those of SDAR's `generate.py`. The canvas is the prompt and mask tokens up to a whole number of blocks; the full
+prompt blocks are prefilled once into a KV cache; every later block is denoised in `denoising_steps` steps
+(queries of the block see the cached blocks and the block), then its keys and values join the cache; a row stops
+after a block in which a stop id has been generated. Every rule is written down in `docs/generation.md` (SDAR).
+
+SDAR publishes no log-likelihood estimate (its evaluation scores generations only): lm-eval's loglikelihood
+requests are refused in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from headattr.errors import HeadattrError
+from headattr.generation.blockattn import BlockAttention, KVCache
+from headattr.generation.blockdiff import (
+    aligned_canvas,
+    block_of,
+    check_common,
+    first_masked_block,
+    read_back,
+    step_row,
+    stop_ids,
+)
+from headattr.generation.rows import generators
+from headattr.generation.sampler import Predict, Sampler, positive_int, register
+from headattr.generation.schedule import transfer_counts
+from headattr.models import ModelSpec
+from headattr.settings import Settings
+
+SDAR_STRATEGIES = ("low_confidence_dynamic", "low_confidence_static", "sequential")
+
+
+def check(s: dict[str, Any]) -> None:
+    """Refuse a bad resolved SDAR setting in one line."""
+    check_common(s)
+    positive_int(s, "denoising_steps")
+    if s["remasking_strategy"] not in SDAR_STRATEGIES:
+        raise HeadattrError(
+            f"unknown remasking_strategy {s['remasking_strategy']!r}; choose one of {', '.join(SDAR_STRATEGIES)}"
+        )
+
+
+@dataclass(frozen=True)
+class SDARSettings(Settings):
+    """SDAR's generation settings, with the defaults of SDAR's `generate.py` (its block length, 4 in the released
+    chat models, is the checkpoint's `block_size` here; greedy decoding is `top_k=1`, or temperature 0).
+    `headattr.generate(spec, ids, SDARSettings(...))`, or the same names as keyword arguments."""
+
+    gen_length: int = 128
+    block_length: int | None = None
+    denoising_steps: int = 4
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    remasking_strategy: str = "low_confidence_dynamic"
+    confidence_threshold: float = 0.85
+    stop_ids: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        check(dataclasses.asdict(self))
+
+
+SDAR_DEFAULTS: dict[str, Any] = dataclasses.asdict(SDARSettings())  # the names a caller may pass
+
+
+def with_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
+    """`settings` generating `n` tokens."""
+    return {**settings, "gen_length": n}
+
+
+def sample(
+    spec: ModelSpec,
+    predict: Predict,
+    ids: torch.Tensor,
+    valid: torch.Tensor,
+    gates: dict[int, torch.Tensor],
+    seed: int,
+    s: dict[str, Any],
+) -> torch.Tensor:
+    """SDAR's `block_diffusion_generate` on every row of `ids` [B, P] (see `docs/generation.md`, SDAR):
+    [B, P + gen_length], positions after a row's stop left masked."""
+    mask_id, block = spec.mask_token_id, block_of(spec, s)
+    x, real, pads, lengths = aligned_canvas(ids, valid, s["gen_length"], block, mask_id)
+    gens = generators(x.device, x.shape[0], seed)
+    stops = torch.tensor(sorted(stop_ids(spec, s["stop_ids"])), device=x.device)
+    counts = transfer_counts(block, s["denoising_steps"])
+    threshold = s["confidence_threshold"] if s["remasking_strategy"] == "low_confidence_dynamic" else None
+    sequential = s["remasking_strategy"] == "sequential"
+    cache, first = KVCache(), first_masked_block(x, real, mask_id, block)
+    if first:  # the prefill: every block before the first one with a mask token in any row
+        predict(
+            x[:, : first * block],
+            real[:, : first * block],
+            gates,
+            first * block,
+            False,
+            BlockAttention(block, cache, True),
+        )
+    done = [False] * x.shape[0]
+    for k in range(first, x.shape[1] // block):
+        cur, cur_real = x[:, k * block : (k + 1) * block], real[:, k * block : (k + 1) * block]
+        for step in range(s["denoising_steps"]):
+            todo = [b for b in range(x.shape[0]) if not done[b] and bool((cur[b] == mask_id).any())]
+            if not todo:
+                break
+            logits = predict(cur, cur_real, gates, 0, False, BlockAttention(block, cache))
+            for b in todo:
+                step_row(cur[b], logits[b], counts[step], s, gens[b], mask_id, threshold, sequential)
+        for b in range(x.shape[0]):
+            done[b] = done[b] or bool(torch.isin(x[b, pads[b] + lengths[b] : (k + 1) * block], stops).any())
+        if all(done) or k == x.shape[1] // block - 1:
+            break
+        predict(cur, cur_real, gates, block, False, BlockAttention(block, cache, True))  # the block joins the cache
+    return read_back(x, ids, pads, lengths, s["gen_length"])
+
+
+def likelihood_masks(
+    seq: torch.Tensor, n_prompt: int, mask_id: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDAR has no published log-likelihood estimate: a one-line `HeadattrError`."""
+    raise HeadattrError(
+        "SDAR publishes no log-likelihood estimate (its evaluation scores generations only), so lm-eval "
+        "loglikelihood (multiple-choice) tasks are not available for it; use generation tasks"
+    )
+
+
+SAMPLER = register(
+    Sampler("sdar", SDAR_DEFAULTS, "gen_length", check, with_length, sample, likelihood_masks, settings=SDARSettings)
+)
