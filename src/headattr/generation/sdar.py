@@ -1,10 +1,10 @@
 """SDAR's block diffusion sampler (`block_diffusion_generate` of JetAstra/SDAR) with head gates, its settings.
 
-Settings: `gen_length` (the length), `block_length` (None: the checkpoint's block size), `denoising_steps`,
-`temperature`, `top_k` (0: off), `top_p` (1: off), `remasking_strategy` (`low_confidence_dynamic`,
+Settings: `gen_length` (the length), `block_length` (None: the checkpoint's block size), `steps` (SDAR's
+`denoising_steps`), `temperature`, `top_k` (0: off), `top_p` (1: off), `remasking_strategy` (`low_confidence_dynamic`,
 `low_confidence_static`, `sequential`), `confidence_threshold`, `stop_ids` (None: the EOS ids). Defaults are
 those of SDAR's `generate.py`. The canvas is the prompt and mask tokens up to a whole number of blocks; the full
-prompt blocks are prefilled once into a KV cache; every later block is denoised in `denoising_steps` steps
+prompt blocks are prefilled once into a KV cache; every later block is denoised in `steps` steps
 (queries of the block see the cached blocks and the block), then its keys and values join the cache; a row stops
 after a block in which a stop id has been generated. Every rule is written down in `docs/generation.md` (SDAR).
 
@@ -43,7 +43,7 @@ SDAR_STRATEGIES = ("low_confidence_dynamic", "low_confidence_static", "sequentia
 def check(s: dict[str, Any]) -> None:
     """Refuse a bad resolved SDAR setting in one line."""
     check_common(s)
-    positive_int(s, "denoising_steps")
+    positive_int(s, "steps")
     if s["remasking_strategy"] not in SDAR_STRATEGIES:
         raise HeadattrError(
             f"unknown remasking_strategy {s['remasking_strategy']!r}; choose one of {', '.join(SDAR_STRATEGIES)}"
@@ -58,7 +58,7 @@ class SDARSettings(Settings):
 
     gen_length: int = 128
     block_length: int | None = None
-    denoising_steps: int = 4
+    steps: int = 4  # `denoising_steps` in SDAR's code
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -93,7 +93,7 @@ def sample(
     x, real, pads, lengths = aligned_canvas(ids, valid, s["gen_length"], block, mask_id)
     gens = generators(x.device, x.shape[0], seed)
     stops = torch.tensor(sorted(stop_ids(spec, s["stop_ids"])), device=x.device)
-    counts = transfer_counts(block, s["denoising_steps"])
+    counts = transfer_counts(block, s["steps"])
     threshold = s["confidence_threshold"] if s["remasking_strategy"] == "low_confidence_dynamic" else None
     sequential = s["remasking_strategy"] == "sequential"
     cache, first = KVCache(), first_masked_block(x, real, mask_id, block)
@@ -109,7 +109,7 @@ def sample(
     done = [False] * x.shape[0]
     for k in range(first, x.shape[1] // block):
         cur, cur_real = x[:, k * block : (k + 1) * block], real[:, k * block : (k + 1) * block]
-        for step in range(s["denoising_steps"]):
+        for step in range(s["steps"]):
             todo = [b for b in range(x.shape[0]) if not done[b] and bool((cur[b] == mask_id).any())]
             if not todo:
                 break
