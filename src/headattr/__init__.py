@@ -22,7 +22,9 @@ from headattr.engine.sparse_schedule import SparseAttention
 from headattr.errors import HeadattrError
 from headattr.generation.dream import DreamSettings
 from headattr.generation.llada import LLaDASettings
+from headattr.generation.llada2 import LLaDA2Settings
 from headattr.generation.sampling import completion_ids, completion_text, generate
+from headattr.generation.sdar import SDARSettings
 from headattr.methods import (
     METHODS,
     AblationConfig,
@@ -61,6 +63,8 @@ __all__ = [
     "DataConfig",
     "DreamSettings",
     "LLaDASettings",
+    "LLaDA2Settings",
+    "SDARSettings",
     "GateIGConfig",
     "METHODS",
     "MaskConfig",
