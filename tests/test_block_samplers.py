@@ -23,6 +23,8 @@ from headattr.models import load_model
 from headattr.testing import make_llada2_checkpoint, make_lladamoe_checkpoint, make_sdar_checkpoint
 
 PROMPTS = [[1, 8, 9, 10, 11, 12], [1, 5], [1, 20, 21, 22, 23, 24, 25, 26, 27]]
+# 3 is the tiny checkpoints' mask id: in a prompt's full block it stays (prefilled), in its tail it is generated
+MASKED_PROMPT = [1, 3, 9, 10, 11, 12, 3]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +167,7 @@ def test_sdar_matches_reference(specs, case, temperature):
     block = case.get("block_length", spec.block_size)
     strategy = case.get("remasking_strategy", "low_confidence_dynamic")
     threshold = case.get("confidence_threshold", 0.85) if strategy == "low_confidence_dynamic" else None
-    for prompt in PROMPTS:
+    for prompt in [*PROMPTS, MASKED_PROMPT]:
         got = generate(spec, prompt, seed=3, **settings)[0].tolist()
         want = reference_block(
             spec, prompt, case["gen_length"], block, case["steps"], llada2=False, threshold=threshold, temp=temperature,
@@ -224,7 +226,7 @@ def test_llada2_matches_reference(specs, case, temperature):
     spec = specs["llada2"]
     settings = {**case, "temperature": temperature, "eos_ids": (99,)}
     steps = min(case["steps"], case["gen_length"] // case.get("minimal_topk", 1))
-    for prompt in PROMPTS:
+    for prompt in [*PROMPTS, MASKED_PROMPT]:
         got = generate(spec, prompt, seed=5, **settings)[0].tolist()
         want = reference_block(
             spec, prompt, case["gen_length"], case["block_length"], steps, llada2=True,
@@ -288,7 +290,7 @@ BATCH_CASES = [
 def test_batch_of_left_padded_prompts_equals_each_alone(specs, name, settings):
     spec = specs[name]
     n = settings["gen_length"]
-    for pair in (PROMPTS[:2], PROMPTS[1:]):
+    for pair in (PROMPTS[:2], [PROMPTS[2], MASKED_PROMPT], [PROMPTS[1], MASKED_PROMPT]):
         out = generate(spec, pair, seed=7, **settings)
         assert out.shape == (2, max(map(len, pair)) + n)
         for b, prompt in enumerate(pair):

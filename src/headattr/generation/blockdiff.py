@@ -40,11 +40,12 @@ def aligned_canvas(
 
 
 def read_back(x: torch.Tensor, ids: torch.Tensor, pads: list[int], lengths: list[int], gen_length: int) -> torch.Tensor:
-    """The caller's layout [B, P + gen_length]: the padded prompts `ids` [B, P], then each row's first
-    `gen_length` generated positions of the canvas `x` [B, W] (the rest of its last block is dropped)."""
+    """The caller's layout [B, P + gen_length]: the left padding of `ids` [B, P], then each row's prompt and
+    first `gen_length` generated positions from the canvas `x` [B, W] (a mask token of the prompt's last,
+    denoised block is filled there; the rest of the last block is dropped)."""
     out = torch.cat([ids, ids.new_zeros(ids.shape[0], gen_length)], dim=1)
     for b, (pad, n) in enumerate(zip(pads, lengths, strict=True)):
-        out[b, ids.shape[1] :] = x[b, pad + n : pad + n + gen_length]
+        out[b, ids.shape[1] - n :] = x[b, pad : pad + n + gen_length]
     return out
 
 
@@ -107,10 +108,26 @@ def step_row(
     block[chosen] = tokens[chosen]
 
 
-def first_masked_block(x: torch.Tensor, real: torch.Tensor, mask_id: int, block: int) -> int:
-    """The first block of the canvas [B, W] holding a real mask token in any row (W // block when none does)."""
-    anywhere = ((x == mask_id) & real).any(dim=0).nonzero()
-    return int(anywhere[0]) // block if len(anywhere) else x.shape[1] // block
+def first_blocks(pads: list[int], lengths: list[int], block: int) -> list[int]:
+    """Each row's first denoised block of the canvas: the block after its prompt's full blocks (which are only
+    read, never denoised, even where they hold the mask token: the official samplers prefill them)."""
+    return [(pad + (n // block) * block) // block for pad, n in zip(pads, lengths, strict=True)]
+
+
+def denoised_rows(block_ids: torch.Tensor, mask_id: int, k: int, firsts: list[int], done: list[bool]) -> list[int]:
+    """The rows a step at block k changes (`block_ids` [B, n], the block's tokens): not stopped, at or past their
+    first denoised block (`first_blocks`), and a mask token still in the block."""
+    holds = (block_ids == mask_id).any(dim=1).tolist()
+    return [b for b in range(block_ids.shape[0]) if holds[b] and not done[b] and k >= firsts[b]]
+
+
+def update_stopped(
+    done: list[bool], x: torch.Tensor, pads: list[int], lengths: list[int], end: int, stops: torch.Tensor
+) -> None:
+    """Mark, in `done`, every row of the canvas `x` [B, W] with a stop id among its generated positions before
+    `end` (its positions after its prompt)."""
+    for b in range(x.shape[0]):
+        done[b] = done[b] or bool(torch.isin(x[b, pads[b] + lengths[b] : end], stops).any())
 
 
 def block_of(spec: ModelSpec, s: dict[str, Any]) -> int:

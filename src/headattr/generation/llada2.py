@@ -3,7 +3,7 @@
 Settings: `gen_length` (the length), `block_length` (None: the checkpoint's block size), `steps`, `temperature`,
 `top_k` (0: off), `top_p` (1: off), `threshold`, `minimal_topk` (steps are capped at gen_length // minimal_topk),
 `eos_ids` (None: the EOS ids). Defaults are those of LLaDA 2's `generate()`. The canvas is the prompt and mask
-tokens up to a whole number of blocks; for each block from the first holding a mask token, each step runs the
+tokens up to a whole number of blocks; for each block after the prompt's full blocks, each step runs the
 whole prefix up to the block's end (block-causal, no cache) and commits every masked position of the block whose
 confidence exceeds `threshold` if at least k do, else the k most confident (k from an even split of the block
 over the steps); a row stops after a block in which an EOS has been generated. Every rule is written down in
@@ -26,10 +26,12 @@ from headattr.generation.blockdiff import (
     aligned_canvas,
     block_of,
     check_common,
-    first_masked_block,
+    denoised_rows,
+    first_blocks,
     read_back,
     step_row,
     stop_ids,
+    update_stopped,
 )
 from headattr.generation.rows import generators
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
@@ -93,18 +95,17 @@ def sample(
     gens = generators(x.device, x.shape[0], seed)
     stops = torch.tensor(sorted(stop_ids(spec, s["eos_ids"])), device=x.device)
     counts = transfer_counts(block, min(s["steps"], s["gen_length"] // s["minimal_topk"]))
-    done = [False] * x.shape[0]
-    for k in range(first_masked_block(x, real, mask_id, block), x.shape[1] // block):
+    firsts, done = first_blocks(pads, lengths, block), [False] * x.shape[0]
+    for k in range(min(firsts), x.shape[1] // block):
         begin, end = k * block, (k + 1) * block
         for count in counts:
-            todo = [b for b in range(x.shape[0]) if not done[b] and bool((x[b, begin:end] == mask_id).any())]
+            todo = denoised_rows(x[:, begin:end], mask_id, k, firsts, done)
             if not todo:
                 break
             logits = predict(x[:, :end], real[:, :end], gates, begin, False, BlockAttention(block))
             for b in todo:
                 step_row(x[b, begin:end], logits[b], count, s, gens[b], mask_id, s["threshold"])
-        for b in range(x.shape[0]):
-            done[b] = done[b] or bool(torch.isin(x[b, pads[b] + lengths[b] : end], stops).any())
+        update_stopped(done, x, pads, lengths, end, stops)
         if all(done):
             break
     return read_back(x, ids, pads, lengths, s["gen_length"])

@@ -26,10 +26,12 @@ from headattr.generation.blockdiff import (
     aligned_canvas,
     block_of,
     check_common,
-    first_masked_block,
+    denoised_rows,
+    first_blocks,
     read_back,
     step_row,
     stop_ids,
+    update_stopped,
 )
 from headattr.generation.rows import generators
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
@@ -96,28 +98,21 @@ def sample(
     counts = transfer_counts(block, s["steps"])
     threshold = s["confidence_threshold"] if s["remasking_strategy"] == "low_confidence_dynamic" else None
     sequential = s["remasking_strategy"] == "sequential"
-    cache, first = KVCache(), first_masked_block(x, real, mask_id, block)
-    if first:  # the prefill: every block before the first one with a mask token in any row
-        predict(
-            x[:, : first * block],
-            real[:, : first * block],
-            gates,
-            first * block,
-            False,
-            BlockAttention(block, cache, True),
-        )
-    done = [False] * x.shape[0]
+    firsts = first_blocks(pads, lengths, block)
+    cache, first, done = KVCache(), min(firsts), [False] * x.shape[0]
+    if first:  # the prefill: the blocks before every row's first denoised block
+        prefill = slice(0, first * block)
+        predict(x[:, prefill], real[:, prefill], gates, first * block, False, BlockAttention(block, cache, True))
     for k in range(first, x.shape[1] // block):
         cur, cur_real = x[:, k * block : (k + 1) * block], real[:, k * block : (k + 1) * block]
         for step in range(s["steps"]):
-            todo = [b for b in range(x.shape[0]) if not done[b] and bool((cur[b] == mask_id).any())]
+            todo = denoised_rows(cur, mask_id, k, firsts, done)
             if not todo:
                 break
             logits = predict(cur, cur_real, gates, 0, False, BlockAttention(block, cache))
             for b in todo:
                 step_row(cur[b], logits[b], counts[step], s, gens[b], mask_id, threshold, sequential)
-        for b in range(x.shape[0]):
-            done[b] = done[b] or bool(torch.isin(x[b, pads[b] + lengths[b] : (k + 1) * block], stops).any())
+        update_stopped(done, x, pads, lengths, (k + 1) * block, stops)
         if all(done) or k == x.shape[1] // block - 1:
             break
         predict(cur, cur_real, gates, block, False, BlockAttention(block, cache, True))  # the block joins the cache
