@@ -388,3 +388,21 @@ def test_prune_eval_generate_on_tiny_sdar(dirs, tmp_path, capsys):
     assert "generated answers, task exact" in capsys.readouterr().out
     settings = json.loads((tmp_path / "p/pruning.json").read_text())["task"]["settings"]
     assert settings["gen_length"] == 4 and settings["top_k"] == 1 and settings["remasking_strategy"]
+
+
+def test_lmeval_model_generates_with_the_sdar_sampler_and_refuses_loglikelihood(dirs):
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from headattr.generation import lmeval
+    from headattr.generation.sampling import completion_text
+
+    model = lmeval.HeadattrLM(pretrained=str(dirs["sdar"]), top_k=1, stop_ids=(99,))
+    requests = [SimpleNamespace(args=(text, {"max_gen_toks": 6, "until": []})) for text in ("copy:ab=", "rev:abc=")]
+    texts = model.generate_until(requests)
+    for req, text in zip(requests, texts, strict=True):
+        ids = model._encode(req.args[0])
+        out = generate(model.spec, ids, gen_length=6, top_k=1, stop_ids=(99,), seed=model.seed)
+        assert text == completion_text(model.spec, out[0, -6:])
+    with pytest.raises(HeadattrError, match="SDAR publishes no log-likelihood estimate"):
+        model.loglikelihood([SimpleNamespace(args=("copy:ab=", "ab"))])
