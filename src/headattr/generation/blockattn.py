@@ -15,6 +15,7 @@ values are appended to the cache (SDAR's prefill and finished blocks), without i
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,9 +100,16 @@ def block_logits(
         rope = backbone.rotary_emb(h, positions)
         mask = block_mask(every, x.shape[1], attention.block_size, h.dtype)
         for layer in backbone.layers:
-            h = layer(h, is_causal=False, attention_mask=mask, position_embeddings=rope, cache=cache)
+            kwargs = {_cache_name(layer): cache} if cache is not None else {}
+            h = layer(h, is_causal=False, attention_mask=mask, position_embeddings=rope, **kwargs)
         logits = backbone.logits(h[:, lo:])
     if cache is not None and attention.store:
         cache.valid = every
         cache.store = False
     return logits
+
+
+def _cache_name(layer: torch.nn.Module) -> str:
+    """The name a decoder layer takes its KV cache by: `cache` in recent transformers 5 releases, `past_key_values`
+    in earlier ones (an unknown keyword would be swallowed by `**kwargs`: a pass silently without the cache)."""
+    return "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
