@@ -280,9 +280,10 @@ def test_lladamoe_generates_with_llada_sampler(specs, gen_length, steps, block_l
 BATCH_CASES = [
     ("sdar", {"gen_length": 9, "steps": 2, "temperature": 0.0, "stop_ids": (99,)}),
     ("sdar", {"gen_length": 9, "steps": 4, "temperature": 1.0, "stop_ids": (99,)}),
-    ("sdar", {"gen_length": 12, "temperature": 0.0}),  # stops at the EOS where it is generated
+    ("sdar", {"gen_length": 12, "temperature": 0.0, "stop_ids": (16,)}),  # rows stop at different blocks
     ("llada2", {"gen_length": 9, "steps": 3, "block_length": 4, "temperature": 0.0, "eos_ids": (99,)}),
     ("llada2", {"gen_length": 9, "steps": 3, "block_length": 4, "temperature": 0.9}),
+    ("llada2", {"gen_length": 12, "steps": 4, "block_length": 4, "eos_ids": (5,)}),  # rows stop at different blocks
 ]
 
 
