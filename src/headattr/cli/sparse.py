@@ -46,10 +46,17 @@ def _echo_summary(summary: dict, paths: dict) -> None:
         if c["metric"] == metric:
             click.echo(
                 f"{c['a']} vs {c['b']}: {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
-                f"McNemar p {c['p_value']:.3g}: {c['verdict']}"
+                f"McNemar p {c['p_value']:.3g}: {_verdict(c)}"
             )
     for path in paths.values():
         click.echo(f"wrote {path}")
+
+
+def _verdict(c: dict) -> str:
+    """The comparison's verdict with the better configuration named ("A better" -> "uniform@0.3 better")."""
+    from headattr.stats.paired import A_BETTER, B_BETTER
+
+    return {A_BETTER: f"{c['a']} better", B_BETTER: f"{c['b']} better"}.get(c["verdict"], c["verdict"])
 
 
 @cli.command("sparse")

@@ -33,6 +33,7 @@ from headattr.analysis.comparison import compare
 from headattr.analysis.results import Comparison
 from headattr.data.samples import DataConfig
 from headattr.demo import DATA_FILE, MODEL_DIR
+from headattr.demo.sparse_step import sparse_step
 from headattr.engine.masking import MaskConfig
 from headattr.generation.taskeval import GenerationEval
 from headattr.methods import GateIGConfig
@@ -260,7 +261,19 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"mean per layer {f(p['single_head_spearman_per_layer_mean'])}; vs |scores|: "
         f"{f(p['single_head_spearman_abs'])}, mean per layer {f(p['single_head_spearman_abs_per_layer_mean'])}"
     )
-    return lines
+    return lines + _sparse_lines(summary.get("sparse") or [])
+
+
+def _sparse_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """One line per paired comparison of `headattr sparse` (step 5), the verdict naming the better one."""
+    lines = ["sparse attention, paired on the same items (difference [95% paired bootstrap], exact McNemar p):"]
+    for c in comparisons:
+        better = {"A better": f"{c['a']} better", "B better": f"{c['b']} better"}.get(c["verdict"], c["verdict"])
+        lines.append(
+            f"  {c['a']} vs {c['b']} ({c['metric']}): {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
+            f"p {c['p_value']:.3g}: {better}"
+        )
+    return lines if comparisons else []
 
 
 def demo_model(model_dir: str | Path = MODEL_DIR) -> ModelSpec:
@@ -300,7 +313,7 @@ def _attribute_runs(
             if method.adaptive
             else f"{method.ig_steps} IG steps"
         )
-        echo(f"[{step}/4] Gate-IG attribution, seed {seed}: {size.samples} samples, {rule}")
+        echo(f"[{step}/5] Gate-IG attribution, seed {seed}: {size.samples} samples, {rule}")
         t = time.perf_counter()
         runs.append(_attribute_seed(spec, seed, size, data_file, out / f"run-seed{seed}", overwrite, progress))
         timings[f"attribute_seed{seed}_s"] = time.perf_counter() - t
@@ -319,7 +332,7 @@ def _prune_step(
     """Step 4: prune by the first seed's scores on held-out samples the runs did not use."""
     selection = select_eval_samples(spec, runs[0], n=size.prune_eval_samples, seed=0, exclude_runs=runs[1:])
     echo(
-        f"[4/4] prune by the seed-{SEEDS[0]} scores on {len(selection.samples)} held-out samples "
+        f"[4/5] prune by the seed-{SEEDS[0]} scores on {len(selection.samples)} held-out samples "
         f"(single heads, exact match)"
     )
     generation = demo_generation(model_dir)
@@ -338,6 +351,17 @@ def _prune_step(
     )
     result.eval_info.update(selection.to_dict(), eval_seed=0)
     return result
+
+
+def _sparse(spec, runs, size, model_dir, out: Path, progress: bool, echo, paths: dict) -> dict[str, Any] | None:
+    """Step 5 (`demo.sparse_step`) for a model that ends its answers (it generates); its summary, or None."""
+    generation = demo_generation(model_dir)
+    if generation is None:
+        echo("[5/5] sparse attention: skipped (the model does not end its answers, so it cannot generate them)")
+        return None
+    result, written = sparse_step(spec, runs, generation, size.prune_eval_samples, out / "sparse", progress, echo)
+    paths.update({f"sparse/{name}": path for name, path in written.items()})
+    return result.to_dict()["comparisons"]
 
 
 def run_demo(
@@ -375,7 +399,7 @@ def run_demo(
         f"data {data_file}"
     )
     runs = _attribute_runs(spec, size, data_file, out, overwrite, progress, echo, timings)
-    echo("[3/4] compare the two runs (report in English and Chinese)")
+    echo("[3/5] compare the two runs (report in English and Chinese)")
     t = time.perf_counter()
     comparison = compare(runs)
     paths: dict[str, Path] = {f"run-seed{seed}": out / f"run-seed{seed}" for seed in SEEDS}
@@ -385,9 +409,13 @@ def run_demo(
     result = _prune_step(spec, runs, size, rank_by, model_dir, progress, echo)
     paths.update(write_prune_outputs(result, out / "prune"))
     timings["prune_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sparse = _sparse(spec, runs, size, model_dir, out, progress, echo, paths)
+    timings["sparse_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     summary = {
         **summarize(comparison, result),
+        **({"sparse": sparse} if sparse is not None else {}),
         # the Gate-IG settings the runs used, with the method's defaults filled in where the size left them open
         "size": {**asdict(size), **_quadrature(gate_ig_config(size)), "fractions": list(size.fractions)},
         "timings": timings,
