@@ -39,18 +39,21 @@ LONG = Sample(0, "0123456789abcdef", None, (*SAMPLE.input_ids, 7, 8, 9, 10, 11, 
 
 def count_passes(spec, method: GateIGConfig, monkeypatch, sample: Sample = SAMPLE) -> LayerPasses:
     """Run Gate-IG on `sample`, counting every row's pass through each layer, attention part, tail (in units of
-    one at every position) and LM head."""
-    stack, seen, tokens = spec.backbone, LayerPasses(), len(sample.input_ids)
+    one at every position), layer by layer, and the LM head's tokens."""
+    stack, seen, tokens = spec.backbone, LayerPasses.zeros(spec.num_layers), len(sample.input_ids)
     run, heads, tail, logits = stack.run, stack.head_input, stack._layer_tail, stack.logits
 
-    def add(name: str, amount: float) -> None:
+    def add(name: str, amount: float, layers: slice | int | None = None) -> None:
         key = "grad_" + name if torch.is_grad_enabled() else name
-        setattr(seen, key, getattr(seen, key) + amount)
+        if layers is None:
+            setattr(seen, key, getattr(seen, key) + amount)
+        else:
+            getattr(seen, key)[layers] += amount
 
-    monkeypatch.setattr(stack, "run", lambda h, a, b, c: add("layers", h.shape[0] * (b - a)) or run(h, a, b, c))
-    monkeypatch.setattr(stack, "head_input", lambda h, i, c: add("attentions", h.shape[0]) or heads(h, i, c))
+    monkeypatch.setattr(stack, "run", lambda h, a, b, c: add("layers", h.shape[0], slice(a, b)) or run(h, a, b, c))
+    monkeypatch.setattr(stack, "head_input", lambda h, i, c: add("attentions", h.shape[0], i) or heads(h, i, c))
     monkeypatch.setattr(
-        stack, "_layer_tail", lambda r, x, i: add("tails", r.shape[0] * r.shape[1] / tokens) or tail(r, x, i)
+        stack, "_layer_tail", lambda r, x, i: add("tails", r.shape[0] * r.shape[1] / tokens, i) or tail(r, x, i)
     )
     monkeypatch.setattr(stack, "logits", lambda h: add("lm_tokens", h.shape[0]) or logits(h))
     attribute_sample(spec, sample, method, MASKING, batch_size=5)
@@ -70,7 +73,7 @@ def test_layer_passes_are_those_gate_ig_makes(dream, monkeypatch, scope, sample,
         if name.startswith("unreached"):  # what no backward reaches: torch's counter checks it (below)
             continue
         assert getattr(counted, name) == pytest.approx(value, rel=1e-12), name
-    assert (counted.grad_attentions > 0) == (kept < 1)  # the last layer split into attention and a narrow tail
+    assert (counted.grad_attentions.sum() > 0) == (kept < 1)  # the last layer split into attention and a narrow tail
 
 
 def counted(spec, sample, method) -> tuple[float, object]:

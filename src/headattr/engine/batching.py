@@ -11,16 +11,25 @@ activations autograd keeps for the backward pass, which grow with the sample's t
 
 Activation model, bytes per row (e = bytes per activation element: 2 bf16, 4 float32, 8 float64):
 
-    per token and layer:  e * (10 d + 2 d_kv + 4 d_mlp)      norms, q/k/v, head outputs, residuals, MLP
+    per token and layer:  e * (6 d + 4 d_q + 2 d_kv + 4 w)     residual stream and norms (6 d); q, q after
+                                                               RoPE, the heads' outputs before and after the
+                                                               gates (4 d_q); k/v; the MLP (4 w)
+                        + e * k d + 4 * 2 E                    mixture-of-experts layers only: each chosen
+                                                               expert's weighted output; the router's logits
+                                                               and scores (float32)
                         + e * 2 H T                            attention scores and probabilities (not on
                                                                CUDA, whose fused kernels keep none)
-    per row:              T * L * (per token and layer)  +  3 * 4 * V * m      logits of the m = answer-length
-                                                                               positions, their softmax and
-                                                                               gradient, in float32
+    per row:              T * (sum over the L layers)  +  3 * 4 * V * m      logits of the m = answer-length
+                                                                             positions, their softmax and
+                                                                             gradient, in float32
 
-with d the hidden size, d_kv the key/value width, d_mlp the MLP width, H query heads, T tokens, L layers,
-V the vocabulary. With `--grad-checkpoint` only each layer's input is kept (e * d per token and layer) plus
-one layer's activations. For Dream 7B in bf16 the first term is 225 KB per token per layer.
+with d the hidden size, d_q = H x head_dim the query width (d in Dream and LLaDA; SDAR-4B's is 4096 against d
+2560), d_kv the key/value width, H query heads, T tokens, L layers, V the vocabulary, and w the MLP width a
+token passes through: a dense layer's `intermediate_size`; in a mixture-of-experts layer with E routed experts
+of width I, k chosen per token, and shared experts of width I_s, w = k I + I_s: the activations are the active
+experts', while the weights in memory are all E experts' (`engine.shapes`). With `--grad-checkpoint` only each
+layer's input is kept (e * d per token and layer) plus one layer's activations (the largest). For Dream 7B in
+bf16 the first term is 225 KB per token per layer.
 
 The budget is `--max-memory` (bytes such as 40GB, or a fraction such as 0.8 of the free memory; default 0.9
 of the free memory, the rest being slack for the allocator and temporaries), never more than the free memory,
@@ -54,6 +63,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from headattr.engine.shapes import hidden_size, mlp_widths
 from headattr.errors import HeadattrError
 
 AUTO = "auto"
@@ -167,29 +177,24 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def hidden_size(spec: Any) -> int:
-    """d of the model, under the names transformers configs use for it."""
-    cfg = spec.model.config
-    for name in ("hidden_size", "d_model", "n_embd"):
-        if isinstance(getattr(cfg, name, None), int):
-            return int(getattr(cfg, name))
-    return spec.num_heads * spec.head_dim
-
-
 def activation_bytes(spec: Any, tokens: int, answer_tokens: int) -> int:
     """The activation model's bytes for one row of `tokens` tokens (module docstring)."""
     d = hidden_size(spec)
-    d_kv = spec.num_kv_heads * spec.head_dim
-    d_mlp = getattr(spec.model.config, "intermediate_size", None) or 4 * d
+    d_q, d_kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    chosen = getattr(spec, "active_experts", None) or 0
     e = torch.finfo(spec.dtype).bits // 8 if spec.dtype.is_floating_point else 4
-    per_token_layer = e * (10 * d + 2 * d_kv + 4 * d_mlp)
-    if spec.device.type != "cuda":
-        per_token_layer += e * 2 * spec.num_heads * tokens
-    layers = spec.num_layers
+    per_layer = []
+    for width, experts in mlp_widths(spec):
+        b = e * (6 * d + 4 * d_q + 2 * d_kv + 4 * width)
+        if experts:  # the chosen experts' weighted outputs, the router's logits and scores in float32
+            b += e * chosen * d + 4 * 2 * experts
+        if spec.device.type != "cuda":
+            b += e * 2 * spec.num_heads * tokens
+        per_layer.append(b)
     if getattr(spec.backbone, "grad_checkpoint", False):
-        body = tokens * (layers * e * d + per_token_layer)
+        body = tokens * (spec.num_layers * e * d + max(per_layer))
     else:
-        body = tokens * layers * per_token_layer
+        body = tokens * sum(per_layer)
     return int(body + 3 * 4 * spec.vocab_size * answer_tokens)
 
 

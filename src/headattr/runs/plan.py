@@ -20,8 +20,11 @@ the nodes each path used (run.json's `nodes`), `layer_passes` counts those passe
 On a layer stack the last layer's tail runs only at the positions that reach the loss (`core.loss_window`,
 P of T): each pass through it counts one attention part and P / T of a tail.
 
-FLOPs (matrix products only, as `torch.utils.flop_counter` counts them; T tokens, d = H x head_dim,
-P_attn / P_tail the weights of a layer's q/k/v projections and of its o_proj and MLP projections):
+FLOPs (matrix products only, as `torch.utils.flop_counter` counts them; T tokens, d = H x head_dim (the
+query width, which may differ from the hidden size: SDAR), P_attn / P_tail the weights of a layer's q/k/v
+projections and of the other projections a token meets, `engine.shapes`: o_proj and the MLP; in a
+mixture-of-experts layer o_proj, the router, the shared experts and the token's k of the E routed experts, so
+that FLOPs follow the active experts while the peak memory counts every expert's weights):
 
     forward, per row:   attention  2 P_attn T + 4 T^2 d     (q/k/v projections; QK^T and AV)
                         tail       2 P_tail T
@@ -32,8 +35,11 @@ P_attn / P_tail the weights of a layer's q/k/v projections and of its o_proj and
 The weights are frozen, so a backward pass computes input gradients only: as many FLOPs as its forward in
 the projections (training's "backward 2x forward" counts the weight gradients too). No backward reaches what
 lies below a pass's first gate (the gated layer's own attention; on a whole-model backbone the layers below
-the path's layer), so those parts cost their forward only. `tests/test_plan.py` checks the count against
-`torch.utils.flop_counter` on both backbones, both scopes and both rules.
+the path's layer), so those parts cost their forward only. Passes are counted per layer, since layers may
+differ (a mixture of experts' dense first layers). `tests/test_plan.py` checks the count against
+`torch.utils.flop_counter` on both backbones, both scopes and both rules, `tests/test_plan_moe.py` on SDAR,
+LLaDA-MoE and LLaDA 2. T is the sample's tokens; an objective that runs more per row (a block-diffusion loss
+on [x_t | x_0]) says so through `objective_tokens`.
 
 The probe runs one chunk of `batch` rows (forward and backward, every layer) of the first sample, so its
 FLOP rate includes this machine's real efficiency; the time estimate is total FLOPs / that rate. The batch
@@ -50,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from headattr.data.tokens import Sample
@@ -58,6 +63,7 @@ from headattr.engine import core
 from headattr.engine.batching import BatchPlanner, cache_bytes, hidden_size
 from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig
+from headattr.engine.shapes import layer_shapes
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec, WholeModel
 from headattr.models.backbone import attributing
@@ -66,28 +72,36 @@ from headattr.runs.compute import cached_width, largest_pass, merge_groups, merg
 
 @dataclass
 class LayerPasses:
-    """Row-layer passes of one sample: full layers, attention-only parts, tails, LM-head tokens; `grad_*` those
-    of passes that are differentiated.
+    """Row-layer passes of one sample, per layer ([L] each): full layers, attention-only parts, tails; LM-head
+    tokens (a number); `grad_*` those of passes that are differentiated.
 
     A tail of the last layer computed at some of the positions (`core.loss_window`) counts as that fraction
     of a tail. `unreached_layers` and `unreached_attentions` are the parts of the `grad_layers` below their
-    pass's first gate, which no backward reaches (whole layers; the attention part of the first gated layer)."""
+    pass's first gate, which no backward reaches (whole layers; the attention part of the first gated layer).
+    Counted per layer because layers may cost differently (a mixture of experts' dense first layers)."""
 
-    grad_layers: float = 0.0
-    grad_attentions: float = 0.0
-    grad_tails: float = 0.0
+    grad_layers: np.ndarray
+    grad_attentions: np.ndarray
+    grad_tails: np.ndarray
+    layers: np.ndarray
+    attentions: np.ndarray
+    tails: np.ndarray
+    unreached_layers: np.ndarray
+    unreached_attentions: np.ndarray
     grad_lm_tokens: float = 0.0
-    layers: float = 0.0
-    attentions: float = 0.0
-    tails: float = 0.0
     lm_tokens: float = 0.0
-    unreached_layers: float = 0.0
-    unreached_attentions: float = 0.0
+
+    @classmethod
+    def zeros(cls, num_layers: int) -> LayerPasses:
+        """No passes, in a model of `num_layers` layers."""
+        per_layer = [f.name for f in dataclasses.fields(cls) if not f.name.endswith("lm_tokens")]
+        return cls(**{name: np.zeros(num_layers) for name in per_layer})
 
     @property
     def total(self) -> float:
         """Layer passes, a tail or an attention part counting as one (what the summary prints)."""
-        return self.grad_layers + self.grad_attentions + self.grad_tails + self.layers + self.attentions + self.tails
+        parts = (self.grad_layers, self.grad_attentions, self.grad_tails, self.layers, self.attentions, self.tails)
+        return float(sum(part.sum() for part in parts))
 
 
 def layer_passes(
@@ -110,20 +124,23 @@ def layer_passes(
     nodes = np.full((v, len(paths)), float(method.base_nodes)) if nodes is None else np.asarray(nodes, dtype=float)
     lm = np.asarray(masked_per_variant, float) if stack else np.full(v, float(tokens))  # a model run whole: all
     cached = stack and method.cache_layers
-    p = LayerPasses(layers=v * (n_layers - 1) if cached else 0.0)  # every layer's input, cached
+    p = LayerPasses.zeros(n_layers)
+    if cached:  # every layer's input, cached: layers 0 .. L-2 once per variant
+        p.layers[: n_layers - 1] += v
     last = np.zeros((2, 2))  # passes through the last layer: [whole, as the gated tail] x [no grad, grad]
 
     def add(rows: float, lm_tokens: float, entry: int, gate: int, splits: bool, grad: bool) -> None:
         """`rows` rows from layer `entry`'s input (its o_proj when `splits`) to the loss; first gate at `gate`."""
         if grad:
-            p.grad_layers += rows * (n_layers - entry - splits)
-            p.grad_tails += rows * splits
+            p.grad_layers[entry + splits :] += rows
+            p.grad_tails[entry] += rows * splits
             p.grad_lm_tokens += lm_tokens
-            p.unreached_layers += rows * (gate - entry)
-            p.unreached_attentions += 0.0 if splits else rows
+            p.unreached_layers[entry:gate] += rows
+            if not splits and gate < n_layers:
+                p.unreached_attentions[gate] += rows
         else:
-            p.layers += rows * (n_layers - entry - splits)
-            p.tails += rows * splits
+            p.layers[entry + splits :] += rows
+            p.tails[entry] += rows * splits
             p.lm_tokens += lm_tokens
         last[int(splits and entry == n_layers - 1), int(grad)] += rows
 
@@ -135,7 +152,7 @@ def layer_passes(
     for i, layers in enumerate(paths):
         entry, splits = spec.backbone.entry_layer(layers[0]), stack and len(layers) == 1
         if splits:
-            p.attentions += v  # the gated layer's attention, once per variant
+            p.attentions[layers[0]] += v  # the gated layer's attention, once per variant
         if not method.adaptive:  # J at the path's baseline
             add(v, lm.sum(), entry, layers[0], splits, False)
         rows = nodes[:, i] - 1 if one_pass_ends else nodes[:, i]
@@ -152,12 +169,12 @@ def _narrow_last_layer(
     becomes an attention part and `kept` of a tail; its gated `tails` become `kept` of one."""
     if kept >= 1.0:  # every position: the layers run whole (`core.loss_positions` is None)
         return p
-    p.layers -= whole[0]
-    p.attentions += whole[0]
-    p.tails += whole[0] * kept - tails[0] * (1 - kept)
-    p.grad_layers -= whole[1]
-    p.grad_attentions += whole[1]
-    p.grad_tails += whole[1] * kept - tails[1] * (1 - kept)
+    p.layers[-1] -= whole[0]
+    p.attentions[-1] += whole[0]
+    p.tails[-1] += whole[0] * kept - tails[0] * (1 - kept)
+    p.grad_layers[-1] -= whole[1]
+    p.grad_attentions[-1] += whole[1]
+    p.grad_tails[-1] += whole[1] * kept - tails[1] * (1 - kept)
     return p
 
 
@@ -178,43 +195,32 @@ def reference_passes(spec: ModelSpec, method: GateIGConfig, sample: Sample, mask
     first gate; no J(1) or J(b) passes, and `method`'s rule without refinement (the reference never refines)."""
     whole = dataclasses.replace(spec, backbone=WholeModel(spec.model))
     p = sample_passes(whole, dataclasses.replace(method, ig_tol=0.0), sample, masking)
-    return LayerPasses(
-        grad_layers=p.grad_layers,
-        grad_lm_tokens=p.grad_lm_tokens,
-        unreached_layers=p.unreached_layers,
-        unreached_attentions=p.unreached_attentions,
-    )
+    kept = LayerPasses.zeros(spec.num_layers)
+    kept.grad_layers, kept.grad_lm_tokens = p.grad_layers, p.grad_lm_tokens
+    kept.unreached_layers, kept.unreached_attentions = p.unreached_layers, p.unreached_attentions
+    return kept
 
 
-# q/k/v projections under the names transformers' decoders give them
-QKV_NAMES = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "query_key_value", "c_attn"}
+def layer_weights(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(P_attn, P_tail) [L] each: the weights of each layer's q/k/v projections and of the other projections
+    a token meets (o_proj and the MLP's; in a mixture-of-experts layer the router, the shared experts and the
+    token's k of the E routed experts): the matrices of its products (`engine.shapes.layer_shapes`)."""
+    shapes = layer_shapes(spec)
+    return np.array([s.attention for s in shapes], float), np.array([s.tail for s in shapes], float)
 
 
-def layer_weights(spec: ModelSpec) -> tuple[int, int]:
-    """(P_attn, P_tail): the weights of layer 0's q/k/v projections and of its other projections (o_proj and
-    the MLP's): the matrices of its products (norm weights and biases add none). A model run whole is searched
-    for its first list of L layers; where none is found, or no q/k/v by a known name, its parameters per layer
-    are split as a typical decoder's (q/k/v about a quarter)."""
-    layer = spec.backbone.layers[0] if spec.backbone.resumable else _first_layer(spec)
-    if layer is None:
-        per_layer = (spec.num_parameters - 2 * spec.vocab_size * hidden_size(spec)) // spec.num_layers
-        return per_layer // 4, per_layer - per_layer // 4
-    matrices = [(name.split(".")[-2], w.numel()) for name, w in layer.named_parameters() if w.ndim == 2]
-    total = sum(n for _, n in matrices)
-    attn = sum(n for owner, n in matrices if owner in QKV_NAMES) or total // 4
-    return attn, total - attn
-
-
-def _first_layer(spec: ModelSpec) -> nn.Module | None:
-    """Layer 0 of a model's first module list of L modules (its decoder layers), or None."""
-    for module in spec.model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == spec.num_layers:
-            return module[0]
-    return None
+def objective_tokens(spec: ModelSpec, tokens: int) -> int:
+    """The tokens the objective runs per row for a sample of `tokens` tokens: `tokens` itself, or what the spec
+    says through `ModelSpec.objective_tokens` where it has one (the hook for an objective that lays out more
+    than the sample, e.g. a block-diffusion loss on [x_t | x_0], 2T). Every spec today runs the sample as is."""
+    hook = getattr(spec, "objective_tokens", None)
+    return int(hook(tokens)) if callable(hook) else tokens
 
 
 def flops(spec: ModelSpec, passes: LayerPasses, tokens: int) -> float:
-    """FLOPs of one sample's passes (module docstring's formula)."""
+    """FLOPs of one sample's passes (module docstring's formula), layer by layer (their weights may differ),
+    for a sample of `tokens` tokens (`objective_tokens` of them per row)."""
+    tokens = objective_tokens(spec, tokens)
     d = spec.num_heads * spec.head_dim
     p_attn, p_tail = layer_weights(spec)
     attention = 2 * p_attn * tokens + 4 * tokens**2 * d
@@ -223,15 +229,15 @@ def flops(spec: ModelSpec, passes: LayerPasses, tokens: int) -> float:
     head = 2 * hidden_size(spec) * spec.vocab_size
     p = passes
     forward = (
-        (p.layers + p.grad_layers) * (attention + tail)
-        + (p.attentions + p.grad_attentions) * attention
-        + (p.tails + p.grad_tails) * tail
+        (p.layers + p.grad_layers) @ (attention + tail)
+        + (p.attentions + p.grad_attentions) @ attention
+        + (p.tails + p.grad_tails) @ tail
         + (p.lm_tokens + p.grad_lm_tokens) * head
     )
     reached = p.grad_layers - p.unreached_layers
     backward = (
-        (reached - p.unreached_attentions + p.grad_attentions) * attention_back
-        + (reached + p.grad_tails) * tail
+        (reached - p.unreached_attentions + p.grad_attentions) @ attention_back
+        + (reached + p.grad_tails) @ tail
         + p.grad_lm_tokens * head
     )
     return float(forward + backward)
@@ -277,7 +283,10 @@ def probe_passes(spec: ModelSpec, rows: core.Rows, v_idx: torch.Tensor) -> Layer
     tokens = rows.ids.shape[1]
     n = len(v_idx)
     lm = float(n * tokens) if not spec.backbone.resumable else float(sum(len(rows.labels[int(v)]) for v in v_idx))
-    p = LayerPasses(grad_layers=n * spec.num_layers, grad_lm_tokens=lm, unreached_attentions=n)
+    p = LayerPasses.zeros(spec.num_layers)
+    p.grad_layers += n
+    p.grad_lm_tokens = lm
+    p.unreached_attentions[0] = n
     keep = core.loss_positions(spec, rows)
     if keep is None or not spec.backbone.resumable:
         return p
