@@ -63,7 +63,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from headattr.engine.shapes import hidden_size, mlp_widths
+from headattr.engine.shapes import hidden_size, mlp_widths, objective_tokens
 from headattr.errors import HeadattrError
 
 AUTO = "auto"
@@ -178,7 +178,9 @@ def release_memory(device: torch.device) -> None:
 
 
 def activation_bytes(spec: Any, tokens: int, answer_tokens: int) -> int:
-    """The activation model's bytes for one row of `tokens` tokens (module docstring)."""
+    """The activation model's bytes for one row of a sample of `tokens` tokens (module docstring; the objective
+    runs `shapes.objective_tokens` of them)."""
+    tokens = objective_tokens(spec, tokens)
     d = hidden_size(spec)
     d_q, d_kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
     chosen = getattr(spec, "active_experts", None) or 0

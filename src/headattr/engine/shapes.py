@@ -51,6 +51,14 @@ def hidden_size(spec: Any) -> int:
     return spec.num_heads * spec.head_dim
 
 
+def objective_tokens(spec: Any, tokens: int) -> int:
+    """The tokens the objective runs per row for a sample of `tokens` tokens: `tokens` itself, or what the spec
+    says through `ModelSpec.objective_tokens(T)` where it has one (the hook for an objective that lays out more
+    than the sample, e.g. a block-diffusion loss on [x_t | x_0], 2T). Every spec today runs the sample as is."""
+    hook = getattr(spec, "objective_tokens", None)
+    return int(hook(tokens)) if callable(hook) else tokens
+
+
 def dense_mlp_width(spec: Any) -> int:
     """A dense layer's MLP width: the config's `intermediate_size`, else 4 d (a GPT-style MLP)."""
     return getattr(spec.model.config, "intermediate_size", None) or 4 * hidden_size(spec)

@@ -63,7 +63,7 @@ from headattr.engine import core
 from headattr.engine.batching import BatchPlanner, cache_bytes, hidden_size
 from headattr.engine.gates import gated
 from headattr.engine.masking import MaskConfig
-from headattr.engine.shapes import layer_shapes
+from headattr.engine.shapes import layer_shapes, objective_tokens
 from headattr.methods import GateIGConfig
 from headattr.models import ModelSpec, WholeModel
 from headattr.models.backbone import attributing
@@ -209,14 +209,6 @@ def layer_weights(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.array([s.attention for s in shapes], float), np.array([s.tail for s in shapes], float)
 
 
-def objective_tokens(spec: ModelSpec, tokens: int) -> int:
-    """The tokens the objective runs per row for a sample of `tokens` tokens: `tokens` itself, or what the spec
-    says through `ModelSpec.objective_tokens` where it has one (the hook for an objective that lays out more
-    than the sample, e.g. a block-diffusion loss on [x_t | x_0], 2T). Every spec today runs the sample as is."""
-    hook = getattr(spec, "objective_tokens", None)
-    return int(hook(tokens)) if callable(hook) else tokens
-
-
 def flops(spec: ModelSpec, passes: LayerPasses, tokens: int) -> float:
     """FLOPs of one sample's passes (module docstring's formula), layer by layer (their weights may differ),
     for a sample of `tokens` tokens (`objective_tokens` of them per row)."""
@@ -351,12 +343,57 @@ def _plan(
         "peak_memory_bytes": peak_memory(spec, planner, first, holds[0], batches[0]),
         "per_sample": per_sample,
     }
+    plan.update(architecture(spec, int(tokens.max())))
     if run_probe:
         seconds, probe_flops = probe(spec, first, masking, batches[0])
         rate = probe_flops / max(seconds, 1e-9)
         plan["probe"] = {"rows": batches[0], "seconds": seconds, "flops": probe_flops, "flop_per_s": rate}
         plan["estimated_seconds"] = total_flops / rate
     return plan
+
+
+def architecture(spec: ModelSpec, tokens: int) -> dict[str, Any]:
+    """The plan's entries for mixture-of-experts and block-diffusion models (none for dense, full-sequence ones,
+    whose plan is unchanged): experts, the parameters a token meets against all of them, the weights' bytes;
+    the block size and the tokens per row the objective runs for the longest sample (`objective_tokens`)."""
+    out: dict[str, Any] = {}
+    if spec.num_experts:
+        routed = sum(s.routed for s in layer_shapes(spec))
+        inactive = routed - routed * spec.active_experts // spec.num_experts
+        weights = sum(p.numel() * p.element_size() for p in spec.model.parameters())
+        out["experts"] = {
+            "routed": spec.num_experts,
+            "active": spec.active_experts,
+            "parameters": spec.num_parameters,
+            "active_parameters": spec.num_parameters - inactive,
+            "weights_bytes": weights,
+        }
+    if spec.block_size:
+        out["blocks"] = {
+            "block_size": spec.block_size,
+            "tokens": tokens,
+            "objective_tokens": objective_tokens(spec, tokens),
+        }
+    return out
+
+
+def architecture_lines(plan: dict[str, Any]) -> list[str]:
+    """`describe`'s lines for `architecture`'s entries."""
+    lines = []
+    if "experts" in plan:
+        x = plan["experts"]
+        lines.append(
+            f"mixture of experts: {x['active']} of {x['routed']} routed experts per token; FLOPs count the "
+            f"{x['active_parameters'] / 1e9:.3g} B parameters a token meets (router, shared and active experts), "
+            f"memory the weights of all {x['parameters'] / 1e9:.3g} B ({x['weights_bytes'] / 2**30:.2f} GiB)"
+        )
+    if "blocks" in plan:
+        b = plan["blocks"]
+        lines.append(
+            f"block diffusion, block size {b['block_size']}: rows of {b['objective_tokens']} tokens for the longest "
+            f"sample of {b['tokens']} (the objective's layout; FLOPs and memory are counted for it)"
+        )
+    return lines
 
 
 def peak_memory(spec: ModelSpec, planner: BatchPlanner, sample: Sample, held: int, batch: int) -> int:
@@ -390,6 +427,7 @@ def describe(plan: dict[str, Any], spec: ModelSpec, method: GateIGConfig) -> lis
             f"gradient work is between 1x and {method.ig_max_steps / method.base_nodes:.3g}x the above "
             "(run.json diagnostics.nodes records what each path used)"
         )
+    lines += architecture_lines(plan)
     if "probe" in plan:
         p = plan["probe"]
         lines.append(
