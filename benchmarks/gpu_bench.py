@@ -4,6 +4,14 @@
     python benchmarks/gpu_bench.py --peak-tflops 989   # a GPU not in the table below
     python benchmarks/gpu_bench.py --tiny              # the same code on CPU in seconds (what the test runs;
                                                        # a 2-layer model, one masked variant)
+    python benchmarks/gpu_bench.py --family llada2_moe # another family's released shape (model_shapes.py):
+                                                       # dream (default), llada, sdar, lladamoe, llada2_moe
+    python benchmarks/gpu_bench.py --family sdar --scopes joint --no-reference --seconds 0   # one sample, short
+
+With --family, the model is that family's released shape built by the family's own adapter with random weights
+(`model_shapes.py`: SDAR-8B, LLaDA 8B, LLaDA-MoE-7B-A1B, LLaDA 2.0 mini; --tiny: a tiny model of the same
+family); everything else is as below. For mixtures of experts the FLOPs are the active experts' (`headattr.plan`),
+the memory holds all of them.
 
 The model is transformers' Qwen2 in Dream 7B's shape (28 layers, hidden 3584, 28 query / 4 KV heads, MLP
 18944, vocab 152064) with random bf16 weights made directly on the GPU (`models.native.random_model`: meta
@@ -116,8 +124,9 @@ def sync(spec) -> None:
         torch.cuda.synchronize(spec.device)
 
 
-def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
-    """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample)."""
+def run_scope(spec, samples, scope: str, seconds: float, masking, max_steps: int | None = None) -> dict:
+    """Gate-IG (batch size auto) on samples until `seconds` have passed (at least one sample); `max_steps`
+    caps the refined rule's nodes per path (default: headattr's)."""
     from headattr.engine import core
     from headattr.engine.batching import BatchPlanner, cache_bytes
     from headattr.methods import GateIGConfig
@@ -125,6 +134,8 @@ def run_scope(spec, samples, scope: str, seconds: float, masking) -> dict:
     from headattr.runs.plan import flops, sample_passes
 
     method = GateIGConfig(scope=scope)  # headattr's defaults: what `headattr attribute` runs
+    if max_steps:
+        method = GateIGConfig(scope=scope, ig_max_steps=max_steps)
     planner = BatchPlanner.create(spec, "auto")
     if spec.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(spec.device)
@@ -197,25 +208,50 @@ def peak_tflops(args) -> float | None:
     return peak_for(torch.cuda.get_device_name())
 
 
-def main() -> None:
+def build(args, device: str, dtype: torch.dtype):
+    """(spec, the shape's fields for the JSON, its name for the summary line): Dream's as it always was, or
+    `--family`'s random model from `model_shapes` (its tiny shape with --tiny)."""
+    if args.family == "dream":
+        shape = TINY if args.tiny else Shape()
+        return dream_shaped_spec(shape, device, dtype), shape.__dict__, f"Qwen2 {shape}"
+    from model_shapes import family_spec, shape_of
+
+    spec = family_spec(args.family, args.tiny, device, dtype)
+    return spec, shape_of(args.family, args.tiny), f"{args.family} ({type(spec.model).__name__})"
+
+
+def parse_args() -> argparse.Namespace:
+    from model_shapes import FAMILIES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU, seconds (tests)")
+    parser.add_argument("--family", choices=FAMILIES, default="dream", help="the released shape to build")
+    parser.add_argument("--scopes", default="layer,joint", help="Gate-IG scopes to run, comma-separated")
+    parser.add_argument("--no-reference", action="store_true", help="skip the straightforward algorithm")
+    parser.add_argument("--ig-max-steps", type=int, default=None, help="cap on a path's nodes (default headattr's)")
     parser.add_argument("--seconds", type=float, default=None, help="time per scope (default 150; tiny 1)")
     parser.add_argument("--prompt-tokens", type=int, default=None)
     parser.add_argument("--answer-tokens", type=int, default=None)
     parser.add_argument("--reference-paths", type=int, default=None, help="layer paths of the reference timed")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, TFLOP/s")
     args = parser.parse_args()
+    if not args.no_reference and "layer" not in args.scopes.split(","):
+        parser.error("the reference is compared with scope layer: add it to --scopes, or pass --no-reference")
+    return args
 
+
+def main() -> None:
+    """Long because it is the script: build, run each scope, the reference, print the lines and the JSON."""
+    args = parse_args()
     from headattr.engine.masking import MaskConfig
 
     if args.tiny:
-        shape, device, dtype = TINY, "cpu", torch.float32
+        device, dtype = "cpu", torch.float32
         seconds, prompt, answer, ref_paths = 1.0, 24, 8, 1
     else:
         if not torch.cuda.is_available():
             raise SystemExit("gpu_bench: no CUDA device; run with --tiny for the CPU smoke test")
-        shape, device, dtype = Shape(), "cuda", torch.bfloat16
+        device, dtype = "cuda", torch.bfloat16
         seconds, prompt, answer, ref_paths = 150.0, 400, 200, 2
     seconds = args.seconds if args.seconds is not None else seconds
     prompt = args.prompt_tokens or prompt
@@ -223,20 +259,21 @@ def main() -> None:
     ref_paths = args.reference_paths or ref_paths
     torch.manual_seed(0)
     built = time.perf_counter()
-    spec = dream_shaped_spec(shape, device, dtype)
+    spec, shape, name = build(args, device, dtype)
     sync(spec)
     build_s = time.perf_counter() - built
     # the seed configuration: 5 probabilities x 2 draws (--tiny: one variant, to stay within seconds)
     masking = MaskConfig(mask_probs=(0.5,), mask_samples_per_prob=1) if args.tiny else MaskConfig()
-    samples = synthetic_samples(64, prompt, answer, shape.vocab)
+    samples = synthetic_samples(64, prompt, answer, spec.vocab_size)
     peak = peak_tflops(args)
+    experts = f", {spec.active_experts} of {spec.num_experts} experts per token" if spec.num_experts else ""
     print(
-        f"model: random Qwen2 {shape} ({spec.num_parameters / 1e9:.2f} B parameters), {dtype}, on {device} "
+        f"model: random {name} ({spec.num_parameters / 1e9:.2f} B parameters{experts}), {dtype}, on {device} "
         f"(built in {build_s:.1f} s); samples of {prompt + answer} tokens ({answer} answer)"
     )
     results = {}
-    for scope in ("layer", "joint"):
-        r = run_scope(spec, samples, scope, seconds, masking)
+    for scope in args.scopes.split(","):
+        r = run_scope(spec, samples, scope, seconds, masking, args.ig_max_steps)
         r["mfu"] = None if peak is None else r["tflops"] / peak
         results[scope] = r
         mfu = "n/a (unknown peak; pass --peak-tflops)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
@@ -246,31 +283,34 @@ def main() -> None:
             f"{r['tokens_per_s']:.1f} tokens/s; {r['tflops']:.2f} TFLOP/s, MFU {mfu}; peak memory {mem}; "
             f"batch size {r['batch_size']}; 50 samples: {r['projected_50_samples_s'] / 60:.1f} min"
         )
-    ref = run_reference(spec, samples[0], masking, ref_paths)
-    ratio = ref["per_sample_s"] / results["layer"]["per_sample_s"]
-    work = work_ratio(spec, samples[0], masking)
+    summary = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "family": args.family,
+        "shape": shape,
+        "parameters": spec.num_parameters,
+        "tokens": prompt + answer,
+        "answer_tokens": answer,
+        "peak_tflops": peak,
+        "scopes": results,
+    }
+    if not args.no_reference:
+        summary.update(compare_reference(spec, samples[0], masking, ref_paths, results["layer"]))
+    print(json.dumps(summary))
+
+
+def compare_reference(spec, sample, masking, ref_paths: int, layer: dict) -> dict:
+    """The straightforward algorithm's time and work against headattr's scope `layer` (printed; JSON entries)."""
+    ref = run_reference(spec, sample, masking, ref_paths)
+    ratio = ref["per_sample_s"] / layer["per_sample_s"]
+    work = work_ratio(spec, sample, masking)
     print(
         f"straightforward algorithm (headattr.reference, fixed 8-node rule), scope layer: {ref['per_sample_s']:.1f} s "
         f"per sample (from {ref['paths_measured']} of {spec.num_layers} paths); headattr at its defaults is "
         f"{ratio:.1f}x faster; at identical numbers (both at the fixed 8-node rule) it does {work:.2f}x less work "
         "(FLOPs by headattr.plan)"
     )
-    print(
-        json.dumps(
-            {
-                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                "dtype": str(dtype),
-                "shape": shape.__dict__,
-                "tokens": prompt + answer,
-                "answer_tokens": answer,
-                "peak_tflops": peak,
-                "scopes": results,
-                "reference": ref,
-                "speedup_vs_reference": ratio,
-                "work_ratio_fixed_rule": work,
-            }
-        )
-    )
+    return {"reference": ref, "speedup_vs_reference": ratio, "work_ratio_fixed_rule": work}
 
 
 if __name__ == "__main__":

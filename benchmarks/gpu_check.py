@@ -20,6 +20,11 @@ recorded and the next one runs. The steps:
    prompts whose tokens agree, and the time of each.
 5. `sparse`: head-adaptive sparse attention in generation, once it exists (issue 22); until then the summary
    says it was not run.
+6. `families`: `gpu_bench.py --family X` for LLaDA 8B, SDAR-8B, LLaDA-MoE-7B-A1B and LLaDA 2.0 mini
+   (`model_shapes.py`: random weights in the released shapes, bf16): one 600-token sample of scope joint at most
+   `FAMILY_MAX_NODES` nodes per path, no reference: that each builds and attributes, its throughput, FLOP rate
+   (for a mixture of experts, of the active experts), peak memory and batch size. A family starts only while
+   `BUDGET_S` leaves room for its limit; the others are recorded as not run.
 
 The last line printed is the JSON summary: {"device", "torch", "dry", "steps": {name: {"ok", ...}}, "ok",
 "seconds"}. Exit status 0 only when every step that ran passed.
@@ -41,6 +46,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 HALF_BATCH_RTOL = 1e-2  # GPU, bf16: different batch sizes take different kernels (README, batch invariance)
 STEP_LIMIT_S = {"bench": 200, "attribute": 150, "torchrun": 90, "generate": 60}
+BUDGET_S = 480  # the whole script on one H100/H200: no family bench starts that could end later
+# Per family on one H100/H200, estimated (not measured: no GPU was lent when they were added): about 15 s of
+# start-up (Python, CUDA, random init), the plan's FLOPs for one 600-token sample (10 variants, scope joint, up to
+# 17 nodes: 3e15 for the 8B dense models, 4e14 for the mixtures of experts) at 300-400 TFLOP/s, and for the
+# mixtures of experts the per-expert loop (transformers' eager experts: a few kernels per expert hit, per layer):
+#   llada ~25 s, sdar ~25 s, lladamoe ~35 s, llada2_moe ~45 s; together ~2.2 min of the 8.
+FAMILY_LIMIT_S = {"llada": 75, "sdar": 75, "lladamoe": 90, "llada2_moe": 100}
+FAMILY_MAX_NODES = 17  # routing makes a mixture of experts' integrand jump: refinement could otherwise take 256
 
 
 def run(cmd: list[str], limit: float, env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -118,6 +131,25 @@ def step_bench(dry: bool) -> dict:
     seconds, out = run(cmd, STEP_LIMIT_S["bench"])
     result = json.loads(out.strip().splitlines()[-1])
     return {"ok": True, "seconds": seconds, "result": result}
+
+
+def step_families(dry: bool, deadline: float) -> dict:
+    """`gpu_bench.py --family X` for each family of `FAMILY_LIMIT_S` that can end before `deadline`
+    (`time.perf_counter()` seconds); the rest are recorded as not run."""
+    results: dict[str, dict] = {}
+    for family, limit in FAMILY_LIMIT_S.items():
+        if time.perf_counter() + limit > deadline:
+            results[family] = {"ok": None, "note": f"not run: fewer than {limit} s of the {BUDGET_S} s budget left"}
+            continue
+        cmd = [sys.executable, str(HERE / "gpu_bench.py"), "--family", family, "--seconds", "0"]
+        cmd += ["--scopes", "joint", "--no-reference", "--ig-max-steps", str(FAMILY_MAX_NODES)]
+        cmd += ["--tiny"] if dry else []
+        try:
+            seconds, out = run(cmd, limit)
+            results[family] = {"ok": True, "seconds": seconds, "result": json.loads(out.strip().splitlines()[-1])}
+        except RuntimeError as exc:  # one family failing must not hide the others' numbers
+            results[family] = {"ok": False, "error": str(exc)[:600]}
+    return {"ok": all(r["ok"] is not False for r in results.values()), "families": results}
 
 
 def _scores(run_dir: Path) -> np.ndarray:
@@ -213,6 +245,7 @@ def main() -> int:
             "attribute": lambda: step_attribute(model, data, work, args.dry, device),
             "torchrun": lambda: step_torchrun(model, data, work, args.dry, device),
             "generate": lambda: step_generate(work, args.dry, device),
+            "families": lambda: step_families(args.dry, started + BUDGET_S),
         }
         for name, fn in plan.items():
             try:

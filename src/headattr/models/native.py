@@ -103,9 +103,9 @@ def build(
 def random_model(
     cls: type, config: Any, dtype: torch.dtype, device: str, attn: str = "sdpa", seed: int = 0
 ) -> nn.Module:
-    """`cls(config)` with random weights (normal, std `initializer_range`; norms 1) made directly on `device`
-    in `dtype`, set up as `build` sets up a checkpoint (bidirectional): no checkpoint, no disk, no CPU copy.
-    For benchmarks of a model's shape (benchmarks/gpu_bench.py)."""
+    """`cls(config)` with random weights (normal, std `initializer_range`; norms 1; biases and buffers 0) made
+    directly on `device` in `dtype`, set up as `build` sets up a checkpoint (bidirectional): no checkpoint, no
+    disk, no CPU copy. For benchmarks of a model's shape (benchmarks/gpu_bench.py)."""
     config.is_causal = False
     config._attn_implementation = attn
     with torch.device("meta"):
@@ -121,6 +121,8 @@ def random_model(
                 p.zero_()
             else:
                 p.normal_(0.0, std, generator=gen)
+        for b in model.buffers():  # `to_empty` leaves them unset: e.g. LLaDA 2's expert bias, zero (RoPE's rebuilt)
+            b.zero_()
     with torch.device(device):
         model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     for layer in model.model.layers:
