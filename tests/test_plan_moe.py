@@ -214,3 +214,31 @@ def test_objective_tokens_hook_sizes_flops_and_activations(specs, monkeypatch):
     assert flops(spec, passes, t) == doubled_flops > single
     assert activation_bytes(spec, t, 5) == doubled_rows > single_rows
     assert np.isfinite(doubled_flops)
+
+
+def test_the_cuda_probe_runs_a_mixture_of_experts(specs, monkeypatch):
+    """`--batch-size auto`'s CUDA probe (1 and 2 rows through every layer, forward and backward, gates on every
+    head) runs through the routing; a stand-in allocator charges each row's tokens, which the probe reports."""
+    from headattr.engine import batching
+
+    spec, charge, state = specs["llada2"], 1000, {"allocated": 0, "peak": 0}
+    real = core.objective
+
+    def objective(spec, rows, v_idx, start, **kw):  # a row's activations, as the allocator would see them
+        state["allocated"] += charge * len(v_idx) * rows.ids.shape[1]
+        state["peak"] = max(state["peak"], state["allocated"])
+        out = real(spec, rows, v_idx, start, **kw)
+        state["allocated"] -= charge * len(v_idx) * rows.ids.shape[1]
+        return out
+
+    monkeypatch.setattr(core, "objective", objective)
+    for name, fn in {
+        "synchronize": lambda device=None: None,
+        "empty_cache": lambda: None,
+        "memory_allocated": lambda device=None: state["allocated"],
+        "max_memory_allocated": lambda device=None: state["peak"],
+        "reset_peak_memory_stats": lambda device=None: state.update(peak=state["allocated"]),
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    rows = core.prepare(spec, LONG, MASKING, 1, cache_layers=False)
+    assert batching.measure_row_bytes(spec, rows) == charge * len(LONG.input_ids)
