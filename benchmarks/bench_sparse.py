@@ -60,6 +60,7 @@ def layer_case(length: int, block: int, keep_mean: float, device: torch.device, 
     mask = block_mask(q[0], k[0], keep.to(device), block, length // 4)[None]
     build_s = time.perf_counter() - started
     prepared = flex_block_mask(mask, block, length)
+    torch._dynamo.reset()  # a fresh compilation per shape: torch's recompile limit would fall back to eager flex
     dense = _timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True), device, repeats)
     exact = _timed(lambda: masked_sdpa(q, k, v, mask, block), device, repeats)
     flex = _timed(lambda: flex_attention_blocks(q, k, v, prepared, block), device, repeats)
