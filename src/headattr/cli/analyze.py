@@ -6,9 +6,12 @@ from pathlib import Path
 
 import click
 
+from headattr.analysis.options import CompareSettings
 from headattr.cli.app import cli
 from headattr.cli.options import seed_type
 from headattr.runs.rundir import check_output_dir
+
+DEFAULTS = CompareSettings()  # the flags' defaults are the settings class's
 
 
 @cli.command("compare")
@@ -20,17 +23,31 @@ from headattr.runs.rundir import check_output_dir
     help="Directory for report.md, metrics.json, layer_metrics.csv and consistency_analysis.png.",
 )
 @click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True, help="Language of report.md.")
-@click.option("--top-k", default="5,10,15,20,25,30", show_default=True, help="K values of the top-K overlaps.")
 @click.option(
-    "--good-threshold", type=float, default=0.9, show_default=True, help="Per-layer Pearson that counts as good."
+    "--top-k", default=",".join(map(str, DEFAULTS.top_k)), show_default=True, help="K values of the top-K overlaps."
+)
+@click.option(
+    "--good-threshold",
+    type=float,
+    default=DEFAULTS.good_threshold,
+    show_default=True,
+    help="Per-layer Pearson that counts as good.",
 )
 @click.option("--bands", default=None, help="Layer bands FIRST-LAST,..., e.g. 0-5,6-15,16-27 (default: thirds).")
-@click.option("--intervals/--no-intervals", default=True, show_default=True, help="Jackknife 95% intervals.")
+@click.option(
+    "--intervals/--no-intervals", default=DEFAULTS.intervals, show_default=True, help="Jackknife 95% intervals."
+)
 @click.option(
     "--bootstrap", type=click.IntRange(min=0), default=None, help="Former bootstrap replicates; 0 = --no-intervals."
 )
-@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of the split-half draws.")
-@click.option("--target", type=float, default=0.9, show_default=True, help="Reliability the sample projections aim at.")
+@click.option("--seed", type=seed_type, default=DEFAULTS.seed, show_default=True, help="Seed of the split-half draws.")
+@click.option(
+    "--target",
+    type=float,
+    default=DEFAULTS.target,
+    show_default=True,
+    help="Reliability the sample projections aim at.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the report files in an existing --out.")
 def compare_cmd(runs: tuple[Path, ...], out: Path, lang: str, overwrite: bool, **settings) -> None:
     """Compare two or more runs of the same model: report.md, metrics.json, layer_metrics.csv, figure."""
