@@ -22,6 +22,12 @@ Rows that vary different layers can share one pass, each entering at its own lay
 
 Only the answer span's hidden states reach the loss, so the last layer computes its output only there.
 
+A family declaring the block-diffusion objective (`spec.objective`, SDAR and LLaDA 2) is attributed on its own
+training loss: each row is [x_t | x_0] (the masked variant, then the clean sample, both at positions 0..T-1)
+of 2T tokens under the block mask of `models.block_masks.noisy_clean_mask`, and the loss is taken at the
+masked positions of the noisy copy, divided by p x the answer's token count (`block_rows`, docs/gate-ig.md).
+Everything above then holds for the 2T-token rows unchanged.
+
 Gradients, when a caller wants them, flow only to the gates: the weights are frozen.
 """
 
@@ -37,6 +43,8 @@ from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig, Variant, make_variants
 from headattr.errors import HeadattrError
 from headattr.models import LayerContext, ModelSpec
+from headattr.models.block_masks import noisy_clean_mask
+from headattr.models.spec import BLOCK_DIFFUSION
 
 AUTOCAST_DEVICES = ("cuda", "cpu")  # where bf16 weights run under bf16 autocast (torch supports both)
 
@@ -92,14 +100,15 @@ def variants(spec: ModelSpec, sample: Sample, masking: MaskConfig) -> list[Varia
 class Rows:
     """The variants of one sample as batched tensors, where each variant's loss is taken and how it is pooled."""
 
-    ids: torch.Tensor  # [V, T]
-    normalize: str  # how J pools the masked tokens' losses (MaskConfig.loss_normalize)
+    ids: torch.Tensor  # [V, T] (block diffusion: [V, 2T], the noisy copy then the clean one)
+    normalize: str  # how J pools the masked tokens' losses (MaskConfig.loss_normalize; `row_objective`)
     predict_at: list[torch.Tensor]  # per variant: positions whose logits predict a masked token
     labels: list[torch.Tensor]  # per variant: the original tokens there
     hidden_in: list[torch.Tensor] = field(default_factory=list)  # per layer l: input of layer l, [V, T, d]
     ctx: LayerContext = field(default_factory=LayerContext)
     answer: tuple[int, int] | None = None  # [start, end) of the predictable answer tokens (`answer_span`)
     uid: str = ""  # the sample's identity: methods key their own random streams by it, as masks are
+    scale: torch.Tensor | None = None  # [V] float64: a factor of each variant's summed loss (`row_objective`)
 
     @property
     def num_variants(self) -> int:
@@ -128,8 +137,9 @@ def chunks(n: int, size: int) -> list[slice]:
 def prepare(spec: ModelSpec, sample: Sample, masking: MaskConfig, batch_size: int, cache_layers: bool) -> Rows:
     """The sample's masked variants as `Rows`; when the backbone can resume and `cache_layers`, with every
     layer's input (all gates 1) cached, computed `batch_size` rows at a time."""
-    rows = stack_variants(spec, variants(spec, sample, masking), masking.loss_normalize, batch_size, cache_layers)
-    rows.answer, rows.uid = answer_span(spec, sample), sample.uid
+    answer = answer_span(spec, sample)
+    rows = stack_variants(spec, variants(spec, sample, masking), masking.loss_normalize, batch_size, cache_layers, answer)
+    rows.uid = sample.uid
     return rows
 
 
@@ -143,9 +153,9 @@ def prepare_merged(
     keys = {merge_key(s) for s in samples}
     if len(keys) != 1:
         raise ValueError(f"merged samples must have one token length and answer span, got {sorted(keys)}")
-    drawn = [variants(spec, s, masking) for s in samples]
-    rows = stack_variants(spec, [v for vs in drawn for v in vs], masking.loss_normalize, batch_size, cache_layers)
-    rows.answer = answer_span(spec, samples[0])
+    drawn, answer = [variants(spec, s, masking) for s in samples], answer_span(spec, samples[0])
+    flat = [v for vs in drawn for v in vs]
+    rows = stack_variants(spec, flat, masking.loss_normalize, batch_size, cache_layers, answer)
     return rows, [len(vs) for vs in drawn]
 
 
@@ -155,22 +165,23 @@ def merge_key(sample: Sample) -> tuple[int, int, int]:
 
 
 def stack_variants(
-    spec: ModelSpec, variants: list[Variant], normalize: str, batch_size: int, cache_layers: bool
+    spec: ModelSpec,
+    variants: list[Variant],
+    normalize: str,
+    batch_size: int,
+    cache_layers: bool,
+    answer: tuple[int, int] | None = None,
 ) -> Rows:
-    """`prepare` for variants already drawn."""
-    shift = 1 if spec.logit_shift else 0
-    rows = Rows(
-        ids=torch.stack([v.input_ids for v in variants]).to(spec.device),
-        normalize=normalize,
-        predict_at=[v.positions - shift for v in variants],
-        labels=[v.labels for v in variants],
-    )
+    """`prepare` for variants already drawn (of samples whose predictable answer span is `answer`)."""
+    block = spec.objective == BLOCK_DIFFUSION
+    rows = block_rows(spec, variants, normalize, answer) if block else plain_rows(spec, variants, normalize)
+    rows.answer = answer
     backbone, n = spec.backbone, len(variants)
     with torch.no_grad(), autocast_for(spec):
         h = torch.cat([backbone.embed(rows.ids[sl]) for sl in chunks(n, batch_size)])
         if backbone.resumable:  # the layer stack's hidden states (a whole model's are the token ids)
             h = h.to(residual_dtype(spec))
-        rows.ctx = backbone.context(h)
+        rows.ctx = block_context(spec, h) if block else backbone.context(h)
         rows.hidden_in = [h]
         if cache_layers and backbone.resumable:
             for layer in range(spec.num_layers - 1):
@@ -178,6 +189,57 @@ def stack_variants(
                 rows.hidden_in.append(h)
             _count(spec, n, spec.num_layers - 1, backward=False)
     return rows
+
+
+def plain_rows(spec: ModelSpec, variants: list[Variant], normalize: str) -> Rows:
+    """The masked-diffusion rows: each variant's ids [T], its loss at its masked positions (shifted with the
+    logits), pooled as `normalize` says."""
+    shift = 1 if spec.logit_shift else 0
+    return Rows(
+        ids=torch.stack([v.input_ids for v in variants]).to(spec.device),
+        normalize=normalize,
+        predict_at=[v.positions - shift for v in variants],
+        labels=[v.labels for v in variants],
+    )
+
+
+def block_rows(spec: ModelSpec, variants: list[Variant], normalize: str, answer: tuple[int, int] | None) -> Rows:
+    """The block-diffusion rows: [x_t | x_0] ids [2T] per variant (its masked ids, then the clean sample), the
+    loss at the masked positions of the noisy copy (no logit shift: these families have none).
+
+    With `mean-masked` (the default) J is the family's own normalisation: the summed cross-entropy divided by
+    p (the variant's masking rate) and by the number of answer tokens, whatever the number masked (`scale`);
+    with `sum` the plain sum, as for every family (docs/gate-ig.md, "Block diffusion").
+    """
+    if not spec.backbone.resumable or answer is None:
+        raise HeadattrError(f"the block-diffusion objective needs a native family and an answer span ({spec.name})")
+    if spec.logit_shift:
+        raise HeadattrError(f"{spec.name}: block diffusion with shifted logits is not supported; use --logit-shift off")
+    ids = []
+    for v in variants:
+        clean = v.input_ids.clone()
+        clean[v.positions] = v.labels
+        ids.append(torch.cat([v.input_ids, clean]))
+    rows = Rows(
+        ids=torch.stack(ids).to(spec.device),
+        normalize="sum",
+        predict_at=[v.positions for v in variants],
+        labels=[v.labels for v in variants],
+    )
+    if normalize == "mean-masked":
+        tokens = answer[1] - answer[0]
+        rows.scale = torch.tensor([1.0 / (v.prob * tokens) for v in variants], dtype=torch.float64, device=spec.device)
+    return rows
+
+
+def block_context(spec: ModelSpec, h: torch.Tensor) -> LayerContext:
+    """The context of [x_t | x_0] rows h [V, 2T, d]: both copies at RoPE positions 0..T-1 and the float additive
+    mask [1, 1, 2T, 2T] of `noisy_clean_mask` (in the hidden states' dtype), shared by every row."""
+    tokens = h.shape[1] // 2
+    positions = torch.arange(tokens, device=h.device).repeat(2)[None]
+    ctx = spec.backbone.context(h, position_ids=positions)
+    mask = noisy_clean_mask(tokens, spec.block_size, h.dtype, h.device)
+    return LayerContext(ctx.position_embeddings, mask)
 
 
 @dataclass
@@ -191,15 +253,23 @@ class Objective:
 
 
 def row_objective(
-    logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, n_rows: int, normalize: str
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    owner: torch.Tensor,
+    n_rows: int,
+    normalize: str,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """J per row: minus the cross-entropy of its masked tokens, averaged (`mean-masked`) or summed."""
+    """J per row: minus the cross-entropy of its masked tokens, averaged (`mean-masked`) or summed, the sum
+    multiplied by `scale` [R] when given (block diffusion's 1 / (p x answer tokens))."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: loss in float32
     nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     loss = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add(0, owner, nll)
     if normalize == "mean-masked":
         count = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add(0, owner, torch.ones_like(nll))
         loss = loss / count
+    if scale is not None:
+        loss = loss * scale.to(loss.dtype)
     return -loss
 
 
@@ -292,7 +362,8 @@ def joined_objective(spec: ModelSpec, rows: Rows, joins: list[Join], with_logits
     with autocast_for(spec):
         h = backbone.run_joined(entries, spec.num_layers, rows.ctx.rows(v_idx), keep=keep)
         logits = backbone.logits(h[owner, at])
-    j = row_objective(logits, labels, owner, len(v_idx), rows.normalize)
+    scale = None if rows.scale is None else rows.scale[v_idx]
+    j = row_objective(logits, labels, owner, len(v_idx), rows.normalize, scale)
     # a J that carries gradients is what the caller differentiates: one backward pass over the same layers
     for join in joins:
         _count(spec, len(join.v_idx), spec.num_layers - join.start, backward=j.requires_grad)

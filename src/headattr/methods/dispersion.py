@@ -6,7 +6,9 @@ where p_i is head h's attention over the T keys of query i, computed from q and 
 attention does (`headattr.attention`). 0: every query attends to one key; 1: uniform attention. Per variant
 (the masked input changes the attention); the run's mean over variants and samples is the score. The query
 positions are the sample's predictable answer tokens (`core.answer_span`), the span whose reconstruction J
-measures; keys are every position (attention is bidirectional, unpadded). See docs/methods.md.
+measures; keys are every position (attention is bidirectional, unpadded). Under a mask per query (the
+block-diffusion objective's [x_t | x_0] rows, whose queries here are the noisy copy's answer positions) T is
+the number of keys the query may attend to, so that 1 is still uniform attention. See docs/methods.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from headattr.engine import attention
 from headattr.engine.core import Rows, chunks, objective
 from headattr.methods.base import MethodConfig, SampleAttribution, register
 from headattr.methods.common import all_variants
-from headattr.models import ModelSpec
+from headattr.models import LayerContext, ModelSpec
 
 
 @register
@@ -61,14 +63,27 @@ class DispersionConfig(MethodConfig):
             with torch.no_grad(), attention.capture_qk(spec) as qk:
                 j_full[sl] = objective(spec, rows, v_idx, 0).j.double().cpu().numpy()
                 ctx = rows.ctx.rows(v_idx)
+                visible = per_query_keys(ctx, queries, rows.ids.shape[1])
                 for layer in range(spec.num_layers):
                     p = attention.probabilities(spec, layer, qk[layer]["q"], qk[layer]["k"], ctx, queries)
-                    out[sl, layer] = normalised_entropy(p).mean(dim=-1).double().cpu().numpy()
+                    out[sl, layer] = normalised_entropy(p, visible).mean(dim=-1).double().cpu().numpy()
         return SampleAttribution(out, {"j_full": j_full})
 
 
-def normalised_entropy(p: torch.Tensor) -> torch.Tensor:
-    """[..., T] distributions -> [...] entropy / log(T) (0 log 0 = 0; T = 1 gives 0)."""
+def per_query_keys(ctx: LayerContext, queries: torch.Tensor, keys: int) -> torch.Tensor | None:
+    """[B or 1, 1, Q] the keys each query may attend to when the pass's mask differs per query; None when every
+    query sees the same T keys (then `normalised_entropy` divides by log T, as it always did)."""
+    if ctx.attention_mask is None or ctx.attention_mask.shape[-2] == 1:
+        return None
+    return attention.visible_keys(ctx, queries, keys)[:, None]
+
+
+def normalised_entropy(p: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., T] distributions -> [...] entropy / log(T) (0 log 0 = 0; T = 1 gives 0); with `keys` (broadcast
+    to [...]) entropy / log(keys), the number of keys each distribution may cover."""
     n = p.shape[-1]
     entropy = -torch.special.xlogy(p, p).sum(dim=-1)
+    if keys is not None:
+        logs = torch.log(keys.to(device=entropy.device, dtype=entropy.dtype))
+        return torch.where(keys.to(entropy.device) > 1, entropy / logs, torch.zeros_like(entropy))
     return entropy / math.log(n) if n > 1 else torch.zeros_like(entropy)

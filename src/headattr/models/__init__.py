@@ -2,10 +2,11 @@
 
 - `dream`: Dream checkpoints as transformers' Qwen2 (bidirectional, shifted logits).
 - `llada`: LLaDA's OLMo-style checkpoints mapped onto transformers' Llama (bidirectional, no shift).
-- `sdar`: SDAR and TraDo (block diffusion) as transformers' Qwen3 (no shift; run bidirectionally for now).
+- `sdar`: SDAR and TraDo (block diffusion) as transformers' Qwen3 (no shift; J is its block-diffusion loss).
 - `lladamoe`: LLaDA-MoE as transformers' Qwen3-MoE (softmax routing, top-k weights not renormalised).
 - `llada2_moe`: LLaDA 2.x (block diffusion, MoE) as transformers' GLM-4-MoE (fused QKV split, partial RoPE,
-  group-limited sigmoid routing with expert bias; run bidirectionally for now).
+  group-limited sigmoid routing with expert bias; J is its block-diffusion loss).
+- `block_masks`: the additive block-causal attention masks of block diffusion (inference and [x_t | x_0]).
 - `moe`: the per-expert checkpoint tensors in transformers' stacked expert layout.
 - `generic`: anything else through the Auto classes (its own code only with `trust_remote_code`).
 

@@ -44,18 +44,22 @@ class LayerContext:
     """What every layer of one batch needs besides its input: rotary embeddings and the attention mask.
 
     `attention_mask` is None (every token attends to every token: bidirectional, unpadded) or a mask in the
-    form the attention kernel takes, built by `LayerStack.context` from a [B, T] key-padding mask.
+    form the attention kernel takes, built by `LayerStack.context` from a [B, T] key-padding mask, or a float
+    additive [1, 1, T, T] mask shared by every row (block diffusion: `models.block_masks`).
     """
 
     position_embeddings: Any = None
     attention_mask: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor | slice) -> LayerContext:
-        """The context of a subset of the batch's rows (rotary embeddings are shared by every row)."""
+        """The context of a subset of the batch's rows (rotary embeddings and a mask with batch axis 1 are shared
+        by every row)."""
         rope = self.position_embeddings
         if rope is not None and rope[0].shape[0] > 1:
             rope = tuple(r[index] for r in rope)
-        mask = None if self.attention_mask is None else self.attention_mask[index]
+        mask = self.attention_mask
+        if mask is not None and mask.shape[0] > 1:
+            mask = mask[index]
         return LayerContext(rope, mask)
 
 
@@ -179,7 +183,8 @@ class LayerStack:
         return LayerContext(rope, mask)
 
     def run(self, h: torch.Tensor, start: int, stop: int, ctx: LayerContext) -> torch.Tensor:
-        """Apply layers `start..stop-1` to [B, T, d] hidden states; attention is bidirectional."""
+        """Apply layers `start..stop-1` to [B, T, d] hidden states; attention as `ctx.attention_mask` allows
+        (None: bidirectional)."""
         kwargs = {"attention_mask": ctx.attention_mask, "position_embeddings": ctx.position_embeddings}
         for layer in self.layers[start:stop]:
             if self.grad_checkpoint and torch.is_grad_enabled():

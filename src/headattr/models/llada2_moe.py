@@ -16,9 +16,10 @@ as heads + 2 kv_heads of head_dim, is [all query heads, all K heads, all V heads
 modules, and the attention output projection's bias when the checkpoint has one. The gates sit on the input
 of `attention.dense` (here `self_attn.o_proj`); `--head-module dense` names it by the checkpoint's name.
 
-LLaDA 2 is a block-diffusion model whose own attention is block-causal (blocks counted from position 0). Here
-it runs with bidirectional full attention over the whole sequence, like Dream and LLaDA; the block-causal
-objective is not implemented yet. config.json carries no block size: the spec records `block_size` when it
+LLaDA 2 is a block-diffusion model whose own attention is block-causal (blocks counted from position 0). The
+spec declares the block-diffusion objective, so Gate-IG's J is its training loss (the [x_t | x_0] layout with
+its block mask, `engine.core`, docs/gate-ig.md); a whole-model forward pass without a mask is bidirectional.
+config.json carries no block size: the spec records `block_size` when it
 does, else the block length of LLaDA 2's published generation example.
 """
 
@@ -34,7 +35,7 @@ from torch import nn
 
 from headattr.models import moe, native
 from headattr.models.registry import Family, register
-from headattr.models.spec import ModelSpec
+from headattr.models.spec import BLOCK_DIFFUSION, ModelSpec
 
 LLADA2_MASK_ID = 156895  # the mask id of LLaDA 2's public inference code
 LLADA2_BLOCK_SIZE = 32  # `block_length` of LLaDA 2's published generation example
@@ -150,6 +151,7 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
         num_experts=config.n_routed_experts,
         active_experts=config.num_experts_per_tok,
         block_size=int(cfg.get("block_size") or LLADA2_BLOCK_SIZE),
+        objective=BLOCK_DIFFUSION,
     )
 
 

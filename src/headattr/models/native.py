@@ -18,7 +18,7 @@ from torch import nn
 from headattr.errors import HeadattrError
 from headattr.models.backbone import LayerStack, float32_attention
 from headattr.models.files import config_hash, iter_checkpoint_tensors
-from headattr.models.spec import ModelSpec
+from headattr.models.spec import MASKED_DIFFUSION, ModelSpec
 
 
 def rope_parameters(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:
@@ -138,11 +138,13 @@ def native_spec(
     logit_shift: bool,
     head_module_label: str = "",
     identity: str | None = None,
+    objective: str = MASKED_DIFFUSION,
     **architecture: int | None,
 ) -> ModelSpec:
     """Describe a model built by `build` (or `random_model`: then `identity` stands in for the hash of a
     config.json it does not have); the gates sit on every layer's `self_attn.o_proj`. `architecture` sets the
-    spec's `num_experts`, `active_experts` and `block_size` for the families that have them."""
+    spec's `num_experts`, `active_experts` and `block_size` for the families that have them; `objective` the
+    kind of J the family is trained on (`spec.OBJECTIVES`)."""
     c, base = model.config, model.model
     if base.embed_tokens.weight.dtype == torch.bfloat16:  # run under autocast: its attention in float32
         float32_attention(base.layers)
@@ -168,5 +170,6 @@ def native_spec(
         config_hash=identity or config_hash(root),
         num_parameters=sum(p.numel() for p in model.parameters()),
         backbone=stack,
+        objective=objective,
         **architecture,
     )

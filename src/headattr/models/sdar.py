@@ -4,8 +4,9 @@ The weights are Qwen3's, including the per-head q/k RMSNorm (over head_dim, befo
 from config.json (num_attention_heads x head_dim may differ from hidden_size). Logits are not shifted.
 
 SDAR is a block-diffusion model (`block_size` tokens per block, recorded in the spec): its own attention is
-block-causal. Here it runs with bidirectional full attention over the whole sequence, like Dream and LLaDA;
-the block-causal objective is not implemented yet. The config's `attn_implementation` ("flex_attention") and
+block-causal. The spec declares the block-diffusion objective, so Gate-IG's J is SDAR's training loss (the
+[x_t | x_0] layout with its block mask, `engine.core`, docs/gate-ig.md); a whole-model forward pass without a
+mask is bidirectional. The config's `attn_implementation` ("flex_attention") and
 `fuse_cross_entropy` concern SDAR's training code and are not read; no sliding window is applied.
 """
 
@@ -19,7 +20,7 @@ import torch
 
 from headattr.models import native
 from headattr.models.registry import Family, register
-from headattr.models.spec import ModelSpec
+from headattr.models.spec import BLOCK_DIFFUSION, ModelSpec
 
 SDAR_MASK_ID = 151669  # `<|MASK|>` in SDAR's Qwen3 vocabulary
 
@@ -59,7 +60,9 @@ def load(root: Path, cfg: dict[str, Any], dtype: torch.dtype, device: str, optio
     weights = native.read_weights(root, dtype, device)
     model = native.build(Qwen3ForCausalLM, qwen3_config(cfg), weights, dtype, device, options.attn_implementation)
     mask_id = native.mask_token_id(cfg, SDAR_MASK_ID)
-    return native.native_spec(model, root, "sdar", mask_id, logit_shift=False, block_size=need("block_size"))
+    return native.native_spec(
+        model, root, "sdar", mask_id, logit_shift=False, block_size=need("block_size"), objective=BLOCK_DIFFUSION
+    )
 
 
 FAMILY = register(Family("sdar", ("sdar",), load, display_name="SDAR", sampler="sdar"))

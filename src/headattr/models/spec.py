@@ -10,6 +10,10 @@ from torch import nn
 
 from headattr.models.backbone import LayerStack, WholeModel
 
+MASKED_DIFFUSION = "masked_diffusion"  # J: the masked tokens' cross-entropy, full attention (Dream, LLaDA, MoE)
+BLOCK_DIFFUSION = "block_diffusion"  # J: the family's [x_t | x_0] block-diffusion training loss (SDAR, LLaDA 2)
+OBJECTIVES = (MASKED_DIFFUSION, BLOCK_DIFFUSION)
+
 
 @dataclass
 class ModelSpec:
@@ -22,6 +26,10 @@ class ModelSpec:
 
     Mixture-of-experts families set `num_experts` (routed experts per MoE layer) and `active_experts` (routed
     experts chosen per token); block-diffusion families set `block_size` (tokens per block). None elsewhere.
+
+    `objective` is the kind of J the core computes for the family (`OBJECTIVES`): the masked-diffusion loss
+    over the whole sequence, or a block-diffusion family's own training loss (`engine.core`, docs/gate-ig.md).
+    The family declares it, so that nothing outside `models/` asks which family a spec is.
     """
 
     model: nn.Module
@@ -45,9 +53,14 @@ class ModelSpec:
     num_experts: int | None = None
     active_experts: int | None = None
     block_size: int | None = None
+    objective: str = MASKED_DIFFUSION
 
     def __post_init__(self) -> None:
         self.head_module_label = self.head_module_label or self.head_module
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {OBJECTIVES}")
+        if self.objective == BLOCK_DIFFUSION and not self.block_size:
+            raise ValueError("a block-diffusion objective needs the spec's block_size")
 
     @property
     def device(self) -> torch.device:
@@ -81,6 +94,7 @@ class ModelSpec:
             "device": str(self.device),
             "layer_reuse": self.backbone.resumable,
             **self.architecture(),
+            **({"objective": self.objective} if self.objective != MASKED_DIFFUSION else {}),
         }
 
     def architecture(self) -> dict[str, int]:
