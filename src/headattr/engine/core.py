@@ -137,8 +137,8 @@ def chunks(n: int, size: int) -> list[slice]:
 def prepare(spec: ModelSpec, sample: Sample, masking: MaskConfig, batch_size: int, cache_layers: bool) -> Rows:
     """The sample's masked variants as `Rows`; when the backbone can resume and `cache_layers`, with every
     layer's input (all gates 1) cached, computed `batch_size` rows at a time."""
-    answer = answer_span(spec, sample)
-    rows = stack_variants(spec, variants(spec, sample, masking), masking.loss_normalize, batch_size, cache_layers, answer)
+    drawn, answer = variants(spec, sample, masking), answer_span(spec, sample)
+    rows = stack_variants(spec, drawn, masking.loss_normalize, batch_size, cache_layers, answer)
     rows.uid = sample.uid
     return rows
 
