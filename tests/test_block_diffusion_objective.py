@@ -362,3 +362,27 @@ def test_shifted_logits_are_refused(checkpoints):
     spec.logit_shift = True
     with pytest.raises(HeadattrError, match="shifted logits"):
         core.prepare(spec, sample(), MASKING, 4, cache_layers=False)
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize(("name", "method"), [("sdar", "gate-ig"), ("llada2", "stp")])
+def test_attribute_command_records_the_objective(name, method, checkpoints, tmp_path):
+    from headattr.cli import main
+    from headattr.runs.rundir import read_run
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"k{i}=v{i};k{i}?", "answer": f"v{i}xy"}) + "\n" for i in range(6)))
+    out = tmp_path / "run"
+    flags = ["--samples", "3", "--mask-probs", "0.5,1.0", "--mask-samples-per-prob", "1", "--quiet"]
+    args = ["attribute", str(checkpoints[name]), "--data", str(data), "--out", str(out), "--method", method]
+    assert main([*args, *flags, "--dtype", "float64"]) == 0
+    run = read_run(out)
+    assert run.meta["model"]["objective"] == "block_diffusion" and run.meta["model"]["block_size"] == BLOCK
+    assert np.isfinite(run.scores).all() and np.abs(run.scores).sum() > 0
+    # prune measures the loss of held-out samples on the same objective
+    pruned = tmp_path / "pruned"
+    prune = ["prune", str(checkpoints[name]), "--scores", str(out), "--out", str(pruned), "--fractions", "0.25"]
+    assert main([*prune, "--random-orders", "1", "--eval-samples", "2", "--dtype", "float64", "--quiet"]) == 0
+    assert (pruned / "pruning.json").exists()
