@@ -74,6 +74,11 @@ class ModelSpec:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
+    def objective_tokens(self, tokens: int) -> int:
+        """Tokens one row of the objective runs for a sample of `tokens` tokens: 2T for the block-diffusion
+        loss ([x_t | x_0]), else T (what the memory planner and the dry-run's FLOPs count)."""
+        return 2 * tokens if self.objective == BLOCK_DIFFUSION else tokens
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity and shape, recorded in run.json and printed by `headattr info`."""
         return {

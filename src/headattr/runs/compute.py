@@ -17,6 +17,7 @@ from headattr.engine import core
 from headattr.engine.batching import MAX_ROWS as BATCH_LIMIT
 from headattr.engine.batching import BatchPlanner, cache_bytes, hidden_size
 from headattr.engine.masking import MaskConfig
+from headattr.engine.shapes import objective_tokens
 from headattr.methods import GateIGConfig, MethodConfig, SampleAttribution
 from headattr.models import ModelSpec
 from headattr.models.backbone import attributing
@@ -102,7 +103,9 @@ def sample_runner(spec: ModelSpec, method: MethodConfig, masking: MaskConfig, pl
             answer,
             lambda size: attribute_samples(spec, group, method, masking, size),
             most_rows=len(group) * largest_pass(method, masking, spec.num_layers),
-            held=cache_bytes(spec, len(group) * masking.num_variants, tokens, cached_width(spec, method)),
+            held=cache_bytes(
+                spec, len(group) * masking.num_variants, objective_tokens(spec, tokens), cached_width(spec, method)
+            ),
         )
         size = planner.used[first.index]
         planner.used.update({s.index: size for s in group})
