@@ -137,10 +137,13 @@ def init(world: World, device: str | None) -> None:
 
 
 def finish() -> None:
-    """Leave the process group (when one was joined)."""
+    """Leave the process group (when one was joined), after every rank has got here: a rank that tore its Gloo
+    group down while a peer was still sending to it aborted that peer ("terminate called without an active
+    exception", seen once in the lm-eval two-rank test). A rank that failed is torn down by torchrun."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
