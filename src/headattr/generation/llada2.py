@@ -9,7 +9,8 @@ confidence exceeds `threshold` if at least k do, else the k most confident (k fr
 over the steps); a row stops after a block in which an EOS has been generated. Every rule is written down in
 `docs/generation.md` (LLaDA 2).
 
-LLaDA 2 publishes no log-likelihood estimate: lm-eval's loglikelihood requests are refused in one line.
+LLaDA 2 publishes no log-likelihood estimate: lm-eval's loglikelihood uses the Monte-Carlo ELBO of its training
+loss (`generation.blocklikelihood`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from headattr.generation.blockdiff import (
     stop_ids,
     update_stopped,
 )
+from headattr.generation.blocklikelihood import likelihood_masks, noisy_clean_logits
 from headattr.generation.rows import generators
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
 from headattr.generation.schedule import transfer_counts
@@ -111,18 +113,16 @@ def sample(
     return read_back(x, ids, pads, lengths, s["gen_length"])
 
 
-def likelihood_masks(
-    seq: torch.Tensor, n_prompt: int, mask_id: int, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """LLaDA 2 has no published log-likelihood estimate: a one-line `HeadattrError`."""
-    raise HeadattrError(
-        "LLaDA 2 publishes no log-likelihood estimate (its released code generates only), so lm-eval "
-        "loglikelihood (multiple-choice) tasks are not available for it; use generation tasks"
-    )
-
-
 SAMPLER = register(
     Sampler(
-        "llada2", LLADA2_DEFAULTS, "gen_length", check, with_length, sample, likelihood_masks, settings=LLaDA2Settings
+        "llada2",
+        LLADA2_DEFAULTS,
+        "gen_length",
+        check,
+        with_length,
+        sample,
+        likelihood_masks,
+        settings=LLaDA2Settings,
+        likelihood_logits=noisy_clean_logits,
     )
 )

@@ -23,8 +23,9 @@ flags of `headattr generate --sparse`.
   without a `block_length`, the block is the whole generation. Sampling settings come from model_args; the
   request's `temperature` / `do_sample` are ignored, as in the official evaluations.
 - `loglikelihood`: the Monte-Carlo estimate of the continuation's log-likelihood the official evaluations use
-  (see `mc_loglikelihood`); `is_greedy` is always False (the official Dream evaluation does not compute it;
-  LLaDA's is off in its published settings).
+  (see `mc_loglikelihood`); for SDAR and LLaDA 2, which publish none, the Monte-Carlo ELBO of their training
+  loss (`generation.blocklikelihood`); `is_greedy` is always False (the official Dream evaluation does not
+  compute it; LLaDA's is off in its published settings).
 - `loglikelihood_rolling`: not supported (a masked diffusion LM has no left-to-right likelihood).
 
 `batch_size` (lm-eval's flag or model_args): prompts per generation call, an integer or `auto` / `auto:N`;
@@ -50,6 +51,7 @@ from lm_eval.api.registry import register_model
 
 from headattr.engine.gates import batch_gates
 from headattr.errors import HeadattrError
+from headattr.generation.sampler import LikelihoodLogits
 from headattr.generation.sampling import _predictions, completion_text, generate, resolve_settings, sampler_for
 from headattr.generation.sparse import SPARSE_ARGS, resolve_sparse, sparse_settings
 from headattr.models import ModelSpec, load_model
@@ -104,16 +106,29 @@ def generation_batch_size(value: Any, max_batch_size: Any = None) -> int:
 # ---------------------------------------------------------------- the likelihood estimators
 
 
-def _target_loss(
-    spec: ModelSpec, seq: torch.Tensor, noisy: torch.Tensor, weight: torch.Tensor, gates: dict[int, torch.Tensor]
+def _plain_logits(
+    spec: ModelSpec, noisy: torch.Tensor, seq: torch.Tensor, gates: dict[int, torch.Tensor], lo: int
 ) -> torch.Tensor:
-    """Sum over rows of the masked positions' cross-entropy / their masking probability ([b, T] inputs)."""
+    """The masked copies' logits [b, T - lo, V] from the model's own pass over them (Dream, LLaDA)."""
+    valid = torch.ones_like(noisy, dtype=torch.bool)
+    return _predictions(spec, noisy, valid, gates, lo, spec.logit_shift)
+
+
+def _target_loss(
+    spec: ModelSpec,
+    seq: torch.Tensor,
+    noisy: torch.Tensor,
+    weight: torch.Tensor,
+    gates: dict[int, torch.Tensor],
+    scorer: LikelihoodLogits = _plain_logits,
+) -> torch.Tensor:
+    """Sum over rows of the masked positions' cross-entropy / their weight (the masking probability; [b, T]
+    inputs), the logits from `scorer` (the family's `Sampler.likelihood_logits`)."""
     masked = noisy == spec.mask_token_id
     columns = masked.any(dim=0).nonzero()
     lo = int(columns[0]) if len(columns) else noisy.shape[1] - 1
     # the LM head runs only from the first masked column on ([b, T - lo, V]), not at every position
-    valid = torch.ones_like(noisy, dtype=torch.bool)
-    logits = _predictions(spec, noisy, valid, batch_gates(gates, noisy.shape[0]), lo, spec.logit_shift)
+    logits = scorer(spec, noisy, seq, batch_gates(gates, noisy.shape[0]), lo)
     masked = masked[:, lo:]
     seq = seq[:, lo:]
     weight = weight[:, lo:]
@@ -139,9 +154,12 @@ def mc_loglikelihood(
     cross-entropy of the masked target tokens weighted by 1 / (their masking probability), divided by the
     batch size: an unbiased estimate of the masked-diffusion ELBO. The family's sampler module draws the masked
     copies (`Sampler.likelihood_masks`): LLaDA's mask exact counts spread evenly over 1..L (stratified),
-    Dream's mask each token with stratified probabilities.
+    Dream's mask each token with stratified probabilities. Block-diffusion families (SDAR, LLaDA 2), which
+    publish no estimate, use the same average over their training loss: the masked copy beside the clean
+    sequence (`Sampler.likelihood_logits`; `generation.blocklikelihood`, docs/generation.md).
     """
-    draw = sampler_for(spec).likelihood_masks
+    sampler = sampler_for(spec)
+    draw, scorer = sampler.likelihood_masks, sampler.likelihood_logits or _plain_logits
     seq = torch.tensor([*prompt, *target], dtype=torch.long)[None].expand(batch, -1).clone()
     gen = torch.Generator().manual_seed(seed)
     gates = {k: v.to(spec.device) for k, v in (gates or {}).items()}
@@ -149,7 +167,8 @@ def mc_loglikelihood(
     for _ in range(max(mc_num // batch, 1)):
         noisy, weight = draw(seq, len(prompt), spec.mask_token_id, gen)
         dev = spec.device
-        losses.append(float(_target_loss(spec, seq.to(dev), noisy.to(dev), weight.to(dev), gates)) / batch)
+        loss = _target_loss(spec, seq.to(dev), noisy.to(dev), weight.to(dev), gates, scorer)
+        losses.append(float(loss) / batch)
     return -sum(losses) / len(losses)
 
 

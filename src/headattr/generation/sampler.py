@@ -24,6 +24,9 @@ Predict = Callable[..., torch.Tensor]
 SampleFn = Callable[..., torch.Tensor]
 # (seq [b, T], n_prompt, mask_id, generator) -> (noisy ids [b, T], masking probability [b, T])
 MaskDraw = Callable[[torch.Tensor, int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+# (spec, noisy ids [b, T], clean ids [b, T], gates {layer: [b, H]}, lo) -> logits [b, T - lo, V] predicting the
+# noisy ids' positions lo..T-1
+LikelihoodLogits = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,13 @@ class Sampler:
     `defaults`: every generation setting and its default (the names a caller may pass); `check(settings)`
     raises a one-line `HeadattrError` for a bad resolved setting; `length_setting`: the setting that is N, the
     number of generated tokens; `with_length(settings, n)`: the settings of an lm-eval request whose length
-    the harness gives; `sample`: the sampler itself (see `SampleFn`). The log-likelihood estimate of the
-    family's own evaluation: `likelihood_masks` draws a batch of masked copies (see `MaskDraw`), and
-    `likelihood_eos` says whether an EOS is appended to the continuation. `settings`: the same defaults and
-    checks as a settings class (`DreamSettings`, `LLaDASettings`), which callers may pass to `generate`.
+    the harness gives; `sample`: the sampler itself (see `SampleFn`). The log-likelihood estimate (the family's
+    own evaluation's, or for block-diffusion families the Monte-Carlo ELBO of their training loss):
+    `likelihood_masks` draws a batch of masked copies (see `MaskDraw`), `likelihood_eos` says whether an EOS is
+    appended to the continuation, and `likelihood_logits` (see `LikelihoodLogits`) scores the masked copies: None
+    for the model's plain pass over them (Dream, LLaDA), the [x_t | x_0] pass for block-diffusion families
+    (`generation.blocklikelihood`). `settings`: the same defaults and checks as a settings class
+    (`DreamSettings`, `LLaDASettings`), which callers may pass to `generate`.
     `sparse`: the sampler calls `engine.sparse_hook.denoising_step(step, steps, block, blocks)` before every
     forward pass, so `generate(sparse=...)` can run it with block-sparse attention.
     """
@@ -51,6 +57,7 @@ class Sampler:
     likelihood_eos: bool = False
     settings: type | None = None  # the family's settings class (`Settings`): defaults and checks as a dataclass
     sparse: bool = False  # whether `sample` reports its steps to sparse attention (`sparse_hook.denoising_step`)
+    likelihood_logits: LikelihoodLogits | None = None  # None: the plain pass (`generation.lmeval`)
 
 
 SAMPLERS: dict[str, Sampler] = {}

@@ -8,8 +8,8 @@ prompt blocks are prefilled once into a KV cache; every later block is denoised 
 (queries of the block see the cached blocks and the block), then its keys and values join the cache; a row stops
 after a block in which a stop id has been generated. Every rule is written down in `docs/generation.md` (SDAR).
 
-SDAR publishes no log-likelihood estimate (its evaluation scores generations only): lm-eval's loglikelihood
-requests are refused in one line.
+SDAR publishes no log-likelihood estimate (its evaluation scores generations only): lm-eval's loglikelihood uses
+the Monte-Carlo ELBO of its training loss (`generation.blocklikelihood`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from headattr.generation.blockdiff import (
     stop_ids,
     update_stopped,
 )
+from headattr.generation.blocklikelihood import likelihood_masks, noisy_clean_logits
 from headattr.generation.rows import generators
 from headattr.generation.sampler import Predict, Sampler, positive_int, register
 from headattr.generation.schedule import transfer_counts
@@ -119,16 +120,16 @@ def sample(
     return read_back(x, ids, pads, lengths, s["gen_length"])
 
 
-def likelihood_masks(
-    seq: torch.Tensor, n_prompt: int, mask_id: int, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDAR has no published log-likelihood estimate: a one-line `HeadattrError`."""
-    raise HeadattrError(
-        "SDAR publishes no log-likelihood estimate (its evaluation scores generations only), so lm-eval "
-        "loglikelihood (multiple-choice) tasks are not available for it; use generation tasks"
-    )
-
-
 SAMPLER = register(
-    Sampler("sdar", SDAR_DEFAULTS, "gen_length", check, with_length, sample, likelihood_masks, settings=SDARSettings)
+    Sampler(
+        "sdar",
+        SDAR_DEFAULTS,
+        "gen_length",
+        check,
+        with_length,
+        sample,
+        likelihood_masks,
+        settings=SDARSettings,
+        likelihood_logits=noisy_clean_logits,
+    )
 )
