@@ -43,7 +43,7 @@ from headattr.data.tokens import Sample
 from headattr.engine.masking import MaskConfig, Variant, make_variants
 from headattr.errors import HeadattrError
 from headattr.models import LayerContext, ModelSpec
-from headattr.models.block_masks import noisy_clean_mask
+from headattr.models.block_masks import block_causal_mask, noisy_clean_mask, padded_block_causal_mask
 from headattr.models.spec import BLOCK_DIFFUSION
 
 AUTOCAST_DEVICES = ("cuda", "cpu")  # where bf16 weights run under bf16 autocast (torch supports both)
@@ -387,15 +387,37 @@ def forward_logits(
     `keep` the last layer's output and the LM head are computed only at those positions (`run_joined(keep=)`,
     as for the attribution's loss): a sampler that reads the generated positions of a long prompt does not
     hold B x T x V logits.
+
+    A family that declares the block-diffusion objective (`spec.objective`) attends block-causally here, as it
+    does at inference (`inference_context`); every other family bidirectionally.
     """
     backbone = spec.backbone
     _count(spec, ids.shape[0], spec.num_layers, backward=False)
     with autocast_for(spec):
         h = backbone.embed(ids)
-        ctx = backbone.context(h, key_mask, position_ids)
+        ctx = inference_context(spec, h, key_mask, position_ids)
         if keep is None:
             return backbone.logits(backbone.run(h, 0, spec.num_layers, ctx))
         return backbone.logits(backbone.run_joined([(0, h, None)], spec.num_layers, ctx, keep=keep))
+
+
+def inference_context(
+    spec: ModelSpec, h: torch.Tensor, key_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+) -> LayerContext:
+    """The context of a plain forward pass over h [B, T, d] (`forward_logits`): the backbone's (bidirectional,
+    padding keys hidden by `key_mask` [B, T]), or for a block-diffusion family the float additive block-causal
+    mask in h's dtype: [1, 1, T, T] (`block_causal_mask`) without `key_mask`, else one per row with blocks
+    counted from the row's first real token (`padded_block_causal_mask`). RoPE positions as `position_ids`."""
+    if spec.objective != BLOCK_DIFFUSION:
+        return spec.backbone.context(h, key_mask, position_ids)
+    if not spec.backbone.resumable:
+        raise HeadattrError(f"block-causal attention needs a native family's layer stack ({spec.name})")
+    rope = spec.backbone.context(h, position_ids=position_ids).position_embeddings
+    if key_mask is None:
+        mask = block_causal_mask(h.shape[1], spec.block_size, h.dtype, h.device)
+    else:
+        mask = padded_block_causal_mask(key_mask.to(h.device), spec.block_size, h.dtype)
+    return LayerContext(rope, mask)
 
 
 # ---------------------------------------------------------------- cost accounting

@@ -13,8 +13,9 @@ by row on each row's unpadded view, so a prompt gives the same tokens in any bat
 `seed`, drawn in the order the official code draws from torch's global generator.
 
 The model is reached through one function, `_logits`: the core's `forward_logits` on the native layer stack
-(padding hidden from every query, RoPE positions counted over real tokens) under `gates.gated`; the samplers
-receive `_predictions` on it.
+(padding hidden from every query, RoPE positions counted over real tokens; block-causal for a block-diffusion
+family, blocks counted from each row's first real token) under `gates.gated`; the samplers receive
+`_predictions` on it.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _logits(
     `valid` [B, T] (None: no padding).
 
     With padding, positions count real tokens only (a left-padded prompt keeps the RoPE positions it has
-    alone) and pad keys are hidden. This is the only place that drives the model.
+    alone) and pad keys are hidden. A block-diffusion family attends block-causally, each row's blocks counted
+    from its first real token (`core.inference_context`). This is the only place that drives the model.
     """
     with gated(spec, gates):
         if valid is None or bool(valid.all()):

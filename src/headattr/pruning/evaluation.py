@@ -3,7 +3,8 @@
 The loss is exactly the attribution objective (the core's `objective` with `mean-masked`, at the run's mask
 probabilities, draws and mask seed; loss = -J), averaged over a sample's masked variants and then over
 samples; masked-token accuracy is the argmax of the very logits the loss used (with the model's logit shift),
-averaged the same way; exact match decodes a fully masked answer by `unmask_decode` under the same gates.
+averaged the same way; exact match decodes a fully masked answer by `unmask_decode` under the same gates, on
+the core's `forward_logits` (block-causal attention for a block-diffusion family, as at its inference).
 
 Every gate configuration of every sample is evaluated in the same batched passes: the rows of a batch are
 (configuration, masked variant) pairs with their own gates, and a configuration whose first removed head is
