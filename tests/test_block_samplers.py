@@ -399,3 +399,28 @@ def test_lmeval_model_generates_with_the_sdar_sampler_and_scores_loglikelihood(d
     # the Monte-Carlo ELBO of SDAR's training loss (tests/test_block_likelihood.py checks its value)
     [(ll, greedy)] = model.loglikelihood([SimpleNamespace(args=("copy:ab=", "ab"))])
     assert math.isfinite(ll) and ll < 0 and greedy is False
+
+
+def test_cli_flags_of_the_block_diffusion_samplers(dirs, tmp_path, capsys):
+    """SDAR's commit rule and threshold and LLaDA 2's threshold and minimal k are flags; each reaches the sampler
+    (the command's tokens equal the API's with the same settings) and is refused for another family."""
+    from headattr.cli import main
+
+    cases = {
+        "sdar": (["--remasking-strategy", "low_confidence_static", "--confidence-threshold", "0.5"],
+                 {"remasking_strategy": "low_confidence_static", "confidence_threshold": 0.5}),
+        "llada2": (["--threshold", "0.3", "--minimal-topk", "2"], {"threshold": 0.3, "minimal_topk": 2}),
+    }  # fmt: skip
+    for name, (flags, settings) in cases.items():
+        out = tmp_path / f"{name}.jsonl"
+        args = ["generate", str(dirs[name]), "--threads", "1", "--gen-length", "6", "--seed", "2", *flags]
+        assert main([*args, "--prompt", "copy:abc=", "--out", str(out)]) == 0
+        row = json.loads(out.read_text().splitlines()[0])
+        spec = load_model(dirs[name])
+        assert (
+            row["generated_ids"] == generate(spec, row["prompt_ids"], gen_length=6, seed=2, **settings)[0, -6:].tolist()
+        )
+    capsys.readouterr()
+    assert main(["generate", str(dirs["llada2"]), "--prompt", "x", "--confidence-threshold", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "SDAR setting" in err and "\n" not in err

@@ -216,6 +216,10 @@ GENERATION_FLAGS = (
     "block_length",
     "cfg_scale",
     "remasking",
+    "remasking_strategy",
+    "confidence_threshold",
+    "threshold",
+    "minimal_topk",
 )
 
 
@@ -223,6 +227,7 @@ def generation_options(f):
     """Sampler settings (None: the family's official default); a flag of the other family is an error."""
     from headattr.generation.dream import DREAM_ALGS
     from headattr.generation.llada import LLADA_REMASKING
+    from headattr.generation.sdar import SDAR_STRATEGIES
 
     return apply(
         f,
@@ -238,13 +243,26 @@ def generation_options(f):
             click.option("--steps", type=int, default=None, help="Sampling steps."),
             click.option("--alg", type=click.Choice(DREAM_ALGS), default=None, help="Dream: confidence algorithm."),
             click.option("--temperature", type=float, default=None, help="Sampling temperature (0: greedy)."),
-            click.option("--top-p", type=float, default=None, help="Dream: nucleus filter."),
-            click.option("--top-k", type=int, default=None, help="Dream: top-k filter."),
+            click.option("--top-p", type=float, default=None, help="Dream, SDAR, LLaDA 2: nucleus filter."),
+            click.option("--top-k", type=int, default=None, help="Dream, SDAR, LLaDA 2: top-k filter."),
             click.option("--alg-temp", type=float, default=None, help="Dream: temperature of the position choice."),
             click.option("--eps", type=float, default=None, help="Dream: final time of the schedule."),
-            click.option("--block-length", type=int, default=None, help="LLaDA: semi-autoregressive block length."),
+            click.option(
+                "--block-length",
+                type=int,
+                default=None,
+                help="LLaDA: semi-autoregressive block length; SDAR, LLaDA 2: block length [the checkpoint's].",
+            ),
             click.option("--cfg-scale", type=float, default=None, help="LLaDA: classifier-free guidance scale."),
             click.option("--remasking", type=click.Choice(LLADA_REMASKING), default=None, help="LLaDA: remasking."),
+            click.option(
+                "--remasking-strategy", type=click.Choice(SDAR_STRATEGIES), default=None, help="SDAR: commit rule."
+            ),
+            click.option(
+                "--confidence-threshold", type=float, default=None, help="SDAR: dynamic rule's confidence threshold."
+            ),
+            click.option("--threshold", type=float, default=None, help="LLaDA 2: confidence threshold."),
+            click.option("--minimal-topk", type=int, default=None, help="LLaDA 2: tokens committed per step at least."),
         ],
     )
 
