@@ -279,6 +279,46 @@ def generation_settings(spec: ModelSpec, options: dict) -> dict:
     return settings
 
 
+def held_out_options(f):
+    """The held-out rows a command evaluates on (`pruning.samples.select_eval_samples`): prune and sparse."""
+    return apply(
+        f,
+        [
+            click.option(
+                "--data",
+                "data_path",
+                default=None,
+                type=click.Path(path_type=Path),
+                help="The run's dataset (default: the file recorded in its run.json); held-out rows are evaluated.",
+            ),
+            click.option(
+                "--eval-data",
+                default=None,
+                type=click.Path(path_type=Path),
+                help="Evaluate on this file instead (same format as the run's data; the run's samples are still "
+                "excluded).",
+            ),
+            click.option(
+                "--exclude-run",
+                "exclude_runs",
+                multiple=True,
+                type=click.Path(path_type=Path),
+                help="Also keep this run's samples out of the evaluation set (repeatable), e.g. the other seed's run.",
+            ),
+            click.option(
+                "--eval-samples",
+                type=click.IntRange(min=1),
+                default=100,
+                show_default=True,
+                help="Held-out samples to evaluate on.",
+            ),
+            click.option(
+                "--eval-seed", type=seed_type, default=0, show_default=True, help="Seed of the held-out sample choice."
+            ),
+        ],
+    )
+
+
 # ---------------------------------------------------------------- sparse attention (SparseAttention)
 
 SPARSE_FLAGS = (

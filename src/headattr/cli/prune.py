@@ -11,6 +11,7 @@ from headattr.cli.options import (
     GENERATION_FLAGS,
     generation_options,
     generation_settings,
+    held_out_options,
     model_config,
     model_options,
     parse_floats,
@@ -67,26 +68,7 @@ def _generation(spec, eval_kind: str, task: str, flags: dict, batch_size: int, s
     type=click.Path(path_type=Path),
     help="Run directory whose scores rank the heads.",
 )
-@click.option(
-    "--data",
-    "data_path",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="The run's dataset (default: the file recorded in its run.json); held-out rows are evaluated.",
-)
-@click.option(
-    "--eval-data",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Evaluate on this file instead (same format as the run's data; the run's samples are still excluded).",
-)
-@click.option(
-    "--exclude-run",
-    "exclude_runs",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Also keep this run's samples out of the evaluation set (repeatable), e.g. the other seed's run.",
-)
+@held_out_options
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the pruning outputs.")
 @click.option(
     "--fractions",
@@ -113,14 +95,6 @@ def _generation(spec, eval_kind: str, task: str, flags: dict, batch_size: int, s
 )
 @click.option("--single-head", is_flag=True, help="Also remove each head on its own; correlate with the scores.")
 @click.option("--exact-match", is_flag=True, help="Also decode each answer from a fully masked answer (slower).")
-@click.option(
-    "--eval-samples",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Held-out samples to evaluate on.",
-)
-@click.option("--eval-seed", type=seed_type, default=0, show_default=True, help="Seed of the held-out sample choice.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Rows per forward pass.")
 @click.option(
     "--eval",

@@ -13,6 +13,7 @@ from headattr.cli.options import (
     GENERATION_FLAGS,
     generation_options,
     generation_settings,
+    held_out_options,
     model_config,
     model_options,
     parse_floats,
@@ -64,21 +65,7 @@ def _verdict(c: dict) -> str:
 @click.option(
     "--scores", "scores_run", required=True, type=click.Path(path_type=Path), help="Run whose scores allocate."
 )
-@click.option(
-    "--data",
-    "data_path",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="The run's dataset (default: its run.json's).",
-)
-@click.option("--eval-data", default=None, type=click.Path(path_type=Path), help="Evaluate on this file instead.")
-@click.option(
-    "--exclude-run",
-    "exclude_runs",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Also exclude this run's samples.",
-)
+@held_out_options
 @click.option("--task", default="exact", show_default=True, help="gsm8k, exact, contains or regex:PATTERN.")
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Directory for sparse.json, sparse.png, sparse.md."
@@ -145,8 +132,6 @@ def _verdict(c: dict) -> str:
     show_default=True,
     help="Seed of the bootstrap.",
 )
-@click.option("--eval-samples", type=click.IntRange(min=1), default=100, show_default=True, help="Held-out items.")
-@click.option("--eval-seed", type=seed_type, default=0, show_default=True, help="Seed of the held-out item choice.")
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Prompts per generate call."
 )
