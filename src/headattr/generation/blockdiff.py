@@ -158,3 +158,8 @@ def check_common(s: dict[str, Any]) -> None:
     positive_int(s, "top_k", 0)
     if not 0 < s["top_p"] <= 1:
         raise HeadattrError(f"top_p must be in (0, 1], got {s['top_p']}")
+
+
+def with_gen_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
+    """`settings` generating `n` tokens (the block-diffusion samplers' length setting, `gen_length`)."""
+    return {**settings, "gen_length": n}

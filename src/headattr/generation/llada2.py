@@ -33,6 +33,7 @@ from headattr.generation.blockdiff import (
     step_row,
     stop_ids,
     update_stopped,
+    with_gen_length,
 )
 from headattr.generation.blocklikelihood import likelihood_masks, noisy_clean_logits
 from headattr.generation.rows import generators
@@ -76,11 +77,6 @@ class LLaDA2Settings(Settings):
 LLADA2_DEFAULTS: dict[str, Any] = dataclasses.asdict(LLaDA2Settings())  # the names a caller may pass
 
 
-def with_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
-    """`settings` generating `n` tokens."""
-    return {**settings, "gen_length": n}
-
-
 def sample(
     spec: ModelSpec,
     predict: Predict,
@@ -119,7 +115,7 @@ SAMPLER = register(
         LLADA2_DEFAULTS,
         "gen_length",
         check,
-        with_length,
+        with_gen_length,
         sample,
         likelihood_masks,
         settings=LLaDA2Settings,

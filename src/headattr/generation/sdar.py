@@ -32,6 +32,7 @@ from headattr.generation.blockdiff import (
     step_row,
     stop_ids,
     update_stopped,
+    with_gen_length,
 )
 from headattr.generation.blocklikelihood import likelihood_masks, noisy_clean_logits
 from headattr.generation.rows import generators
@@ -74,11 +75,6 @@ class SDARSettings(Settings):
 
 
 SDAR_DEFAULTS: dict[str, Any] = dataclasses.asdict(SDARSettings())  # the names a caller may pass
-
-
-def with_length(settings: dict[str, Any], n: int) -> dict[str, Any]:
-    """`settings` generating `n` tokens."""
-    return {**settings, "gen_length": n}
 
 
 def sample(
@@ -126,7 +122,7 @@ SAMPLER = register(
         SDAR_DEFAULTS,
         "gen_length",
         check,
-        with_length,
+        with_gen_length,
         sample,
         likelihood_masks,
         settings=SDARSettings,
