@@ -436,3 +436,19 @@ def test_bf16_autocast_keeps_the_quadrature_off_its_cap_on_the_built_in_model():
         assert np.abs(d["completeness_error"]).sum() <= 0.025 * gap.sum()  # documented: at most 2.5% per sample
         assert d["at_floor"].shape == d["nodes"].shape  # recorded under autocast (run.json: paths_at_noise_floor)
         assert method.summarize({k: v[None] for k, v in d.items()})["paths_at_noise_floor"]["of"] == d["nodes"].size
+
+
+def test_paths_at_the_node_cap_are_counted_and_said():
+    # a path refined until --ig-max-steps is recorded in run.json's summary and printed, never silent
+    method = GateIGConfig(ig_max_steps=9)
+    nodes = np.array([[[3.0, 9.0], [8.0, 5.0]]])  # [N, V, S]: 9 hit the cap, 8 = one more split would pass it
+    diagnostics = {
+        "j_full": np.ones((1, 2)),
+        "j_baseline": np.zeros((1, 2, 2)),
+        "completeness_error": np.zeros((1, 2, 2)),
+        "nodes": nodes,
+    }
+    summary = method.summarize(diagnostics)
+    assert summary["paths_at_cap"] == {"count": 2, "of": 4, "cap": 9}
+    assert any("2 of 4 paths reached --ig-max-steps 9" in line for line in method.summary_lines(summary))
+    assert "paths_at_cap" not in GateIGConfig(ig_max_steps=9).summarize({**diagnostics, "nodes": nodes * 0 + 3})

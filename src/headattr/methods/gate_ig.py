@@ -252,6 +252,11 @@ class GateIGConfig(MethodConfig):
         if "at_floor" in diagnostics:  # bf16: paths whose bound was their rounding noise, not --ig-tol's
             floor = np.asarray(diagnostics["at_floor"], dtype=bool)
             summary["paths_at_noise_floor"] = {"count": int(floor.sum()), "of": int(floor.size)}
+        if self.adaptive and "nodes" in diagnostics:  # refinement stopped by --ig-max-steps, not by --ig-tol
+            nodes = np.asarray(diagnostics["nodes"])
+            capped = int((nodes >= self.ig_max_steps - 1).sum())
+            if capped:
+                summary["paths_at_cap"] = {"count": capped, "of": int(nodes.size), "cap": self.ig_max_steps}
         return summary
 
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
@@ -261,6 +266,12 @@ class GateIGConfig(MethodConfig):
             lines.append(
                 f"{floor['count']} of {floor['of']} paths stopped at bf16's rounding noise rather than --ig-tol "
                 "(docs/gate-ig.md, Precision; --dtype float32 resolves them further)"
+            )
+        cap = summary.get("paths_at_cap")
+        if cap:
+            lines.append(
+                f"{cap['count']} of {cap['of']} paths reached --ig-max-steps {cap['cap']} before --ig-tol: their "
+                "integrand may jump (a mixture of experts' routing) or be rounding noise (docs/gate-ig.md)"
             )
         return lines
 
