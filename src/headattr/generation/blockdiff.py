@@ -139,13 +139,10 @@ def block_of(spec: ModelSpec, s: dict[str, Any]) -> int:
 
 
 def stop_ids(spec: ModelSpec, given: Any) -> set[int]:
-    """The stop ids: `given` (an id or ids), or the tokenizer's and the config's EOS ids when it is None."""
+    """The stop ids: `given` (an id or ids), or the model's EOS ids (`ModelSpec.eos_ids`) when it is None."""
     if given is not None:
         return {int(i) for i in ([given] if isinstance(given, int) else given)}
-    found = {getattr(spec.tokenizer, "eos_token_id", None)}
-    cfg_eos = getattr(spec.model.config, "eos_token_id", None)
-    found |= set(cfg_eos) if isinstance(cfg_eos, list | tuple) else {cfg_eos}
-    return {int(i) for i in found if i is not None}
+    return spec.eos_ids()
 
 
 def check_common(s: dict[str, Any]) -> None:

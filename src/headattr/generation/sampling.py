@@ -279,22 +279,9 @@ def _sample_halving(
 # ---------------------------------------------------------------- completions
 
 
-def eos_ids(spec: ModelSpec) -> set[int]:
-    """Token ids that end a completion: the tokenizer's eos and the config's eos id(s)."""
-    found: set[int] = set()
-    tok_eos = getattr(spec.tokenizer, "eos_token_id", None)
-    if tok_eos is not None:
-        found.add(int(tok_eos))
-    cfg_eos = getattr(spec.model.config, "eos_token_id", None)
-    for e in cfg_eos if isinstance(cfg_eos, list | tuple) else [cfg_eos]:
-        if e is not None:
-            found.add(int(e))
-    return found
-
-
 def completion_ids(spec: ModelSpec, generated: torch.Tensor | Sequence[int]) -> list[int]:
     """The generated ids of one row [N] up to (not including) the first EOS."""
-    stop = eos_ids(spec)
+    stop = spec.eos_ids()
     out = []
     for t in generated.tolist() if isinstance(generated, torch.Tensor) else list(generated):
         if t in stop:

@@ -74,6 +74,15 @@ class ModelSpec:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
+    def eos_ids(self) -> set[int]:
+        """Token ids that end a completion: the tokenizer's EOS and the config's EOS id(s)."""
+        cfg_eos = getattr(self.model.config, "eos_token_id", None)
+        found = {
+            getattr(self.tokenizer, "eos_token_id", None),
+            *(cfg_eos if isinstance(cfg_eos, list | tuple) else [cfg_eos]),
+        }
+        return {int(i) for i in found if i is not None}
+
     def objective_tokens(self, tokens: int) -> int:
         """Tokens one row of the objective runs for a sample of `tokens` tokens: 2T for the block-diffusion
         loss ([x_t | x_0]), else T (what the memory planner and the dry-run's FLOPs count)."""
