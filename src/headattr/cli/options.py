@@ -29,6 +29,11 @@ def parse_floats(text: str, flag: str) -> tuple[float, ...]:
         raise HeadattrError(f"{flag} must be comma-separated numbers, e.g. 0.15,0.3,0.5; got {text!r}") from None
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    """'most, least' -> ('most', 'least'): a comma-separated list of names, blanks dropped (the caller checks them)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def apply(f, options: list):
     """Decorate `f` with `options`, the first listed first in --help."""
     for option in reversed(options):

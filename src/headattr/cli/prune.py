@@ -15,6 +15,7 @@ from headattr.cli.options import (
     model_config,
     model_options,
     parse_floats,
+    parse_names,
     seed_type,
     sparse_options,
     sparse_settings,
@@ -24,15 +25,6 @@ from headattr.pruning.settings import RANK_BY, PruneSettings
 from headattr.runs.rundir import check_output_dir
 
 DEFAULTS = PruneSettings()  # the flags' defaults are the settings class's
-
-
-def _parse_orders(text: str) -> tuple[str, ...]:
-    """'most,least' -> ('most', 'least'), checked by `prune.check_orders`."""
-    from headattr.pruning.settings import check_orders
-
-    orders = tuple(o.strip() for o in text.split(",") if o.strip())
-    check_orders(orders)
-    return orders
 
 
 def _echo_prune(result, paths: dict) -> None:
@@ -148,7 +140,7 @@ def prune_cmd(
     check_output_dir(out, overwrite)
     settings = PruneSettings(
         fractions=parse_floats(fractions, "--fractions"),
-        orders=_parse_orders(orders),
+        orders=parse_names(orders),
         random_orders=random_orders,
         seed=seed,
         per_layer=per_layer,

@@ -17,24 +17,20 @@ from headattr.cli.options import (
     model_config,
     model_options,
     parse_floats,
+    parse_names,
     seed_type,
 )
 from headattr.reports.strings import LANGS, check_lang
 from headattr.runs.rundir import check_output_dir
-from headattr.sparsity.settings import SparseEvalSettings, check_allocations
+from headattr.sparsity.settings import SparseEvalSettings
 
 DEFAULTS = SparseEvalSettings()  # the flags' defaults are the settings class's
 
 
-def _parse_allocations(text: str) -> tuple[str, ...]:
-    """'adaptive,uniform' -> ('adaptive', 'uniform'), checked."""
-    allocations = tuple(a.strip() for a in text.split(",") if a.strip())
-    check_allocations(allocations)
-    return allocations
-
-
 def _echo_summary(summary: dict, paths: dict) -> None:
     """One line per configuration (primary metric), one per paired comparison, and the files written."""
+    from headattr.sparsity.results import named_verdict
+
     metric = summary["task"]["metrics"][0]
     for c in summary["configurations"]:
         a, used, spt = c["accuracy"][metric], c["budget_used"], c["seconds_per_token"]
@@ -47,17 +43,10 @@ def _echo_summary(summary: dict, paths: dict) -> None:
         if c["metric"] == metric:
             click.echo(
                 f"{c['a']} vs {c['b']}: {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
-                f"McNemar p {c['p_value']:.3g}: {_verdict(c)}"
+                f"McNemar p {c['p_value']:.3g}: {named_verdict(c)}"
             )
     for path in paths.values():
         click.echo(f"wrote {path}")
-
-
-def _verdict(c: dict) -> str:
-    """The comparison's verdict with the better configuration named ("A better" -> "uniform@0.3 better")."""
-    from headattr.stats.paired import A_BETTER, B_BETTER
-
-    return {A_BETTER: f"{c['a']} better", B_BETTER: f"{c['b']} better"}.get(c["verdict"], c["verdict"])
 
 
 @cli.command("sparse")
@@ -186,7 +175,7 @@ def _settings(flags: dict) -> SparseEvalSettings:
     """The `SparseEvalSettings` of the command's flags (one-line errors before any work)."""
     return SparseEvalSettings(
         selects=parse_floats(flags["selects"], "--select"),
-        allocations=_parse_allocations(flags["allocations"]),
+        allocations=parse_names(flags["allocations"]),
         random_draws=flags["random_draws"],
         seed=flags["seed"],
         block_size=flags["sparse_block"],

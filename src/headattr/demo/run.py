@@ -47,6 +47,7 @@ from headattr.reports.markdown.report import render_report
 from headattr.reports.outputs import write_outputs
 from headattr.runs.attribution import attribute
 from headattr.runs.rundir import Run, atomic_write_json, atomic_write_text, check_output_dir, read_run
+from headattr.sparsity.results import named_verdict
 
 SEEDS = (47, 1234)
 STRATIFY_BY = "task"
@@ -268,10 +269,9 @@ def _sparse_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """One line per paired comparison of `headattr sparse` (step 5), the verdict naming the better one."""
     lines = ["sparse attention, paired on the same items (difference [95% paired bootstrap], exact McNemar p):"]
     for c in comparisons:
-        better = {"A better": f"{c['a']} better", "B better": f"{c['b']} better"}.get(c["verdict"], c["verdict"])
         lines.append(
             f"  {c['a']} vs {c['b']} ({c['metric']}): {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
-            f"p {c['p_value']:.3g}: {better}"
+            f"p {c['p_value']:.3g}: {named_verdict(c)}"
         )
     return lines if comparisons else []
 

@@ -12,7 +12,7 @@ from headattr.errors import HeadattrError
 from headattr.generation.scoring import accuracy
 from headattr.sparsity.evaluate import ConfigOutcome
 from headattr.sparsity.settings import SparseEvalSettings
-from headattr.stats.paired import compare_paired
+from headattr.stats.paired import A_BETTER, B_BETTER, compare_paired
 
 FORMAT = "headattr-sparse/1"
 PAIRS = (("adaptive", "uniform"), ("adaptive", "dense"))  # (A, B) of the paired comparisons
@@ -147,3 +147,10 @@ def build_result(
     """The result of `evaluate_sparse`'s outcomes (`info`: model, run, eval and generation descriptions)."""
     metrics = tuple(outcomes[0].correct) if outcomes else ()
     return SparseResult(settings, task_name, metrics, [ConfigRecord.from_outcome(o) for o in outcomes], dict(info))
+
+
+def named_verdict(comparison: dict[str, Any]) -> str:
+    """A `sparse.json` comparison's verdict with the better configuration named ("B better" -> "uniform@0.3
+    better"); "not distinguishable at this n" as it is."""
+    a, b, verdict = comparison["a"], comparison["b"], comparison["verdict"]
+    return {A_BETTER: f"{a} better", B_BETTER: f"{b} better"}.get(verdict, verdict)
