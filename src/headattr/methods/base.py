@@ -72,10 +72,8 @@ class MethodConfig(Settings):
         raise NotImplementedError
 
     def largest_pass(self, num_variants: int, num_layers: int) -> int | None:
-        """The most rows one pass of a sample's first round holds, or None: the planner's own limit. A method
-        that evaluates `ig_steps` nodes per variant in one pass asks for variants x nodes."""
-        steps = getattr(self, "ig_steps", None)
-        return num_variants * steps if isinstance(steps, int) else None
+        """The most rows one pass of a sample's first round holds, or None: the planner's own limit."""
+        return None
 
     def cached_outputs_width(self, spec: ModelSpec) -> int:
         """Elements per variant and token the method keeps besides the cached layer inputs (default: none)."""

@@ -54,6 +54,10 @@ class STPConfig(MethodConfig):
     cache_layers = False  # every row gates layer 0, so every pass starts there
     checks_completeness = True
 
+    def largest_pass(self, num_variants: int, num_layers: int) -> int:
+        """Variants x the `ig_steps` nodes of a piece: one pass evaluates them together."""
+        return num_variants * self.ig_steps
+
     @classmethod
     def benchmark_config(cls, quick: bool, seed: int) -> STPConfig:
         """One node per piece and 2 path samples (`quick`: 1), the paths seeded by the run's seed."""
