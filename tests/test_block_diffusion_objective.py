@@ -42,12 +42,8 @@ def sample(ids: tuple[int, ...] = IDS, uid: str = "0123456789abcdef") -> Sample:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("block-objective")
-    roots = {"sdar": make_sdar_checkpoint(base / "sdar"), "llada2": make_llada2_checkpoint(base / "llada2")}
-    # LLaDA 2's config.json names no block size (the loader falls back to 32, longer than these samples):
-    # blocks of 4 here, so that the block structure shows on 14 tokens
-    cfg_path = roots["llada2"] / "config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "block_size": BLOCK}))
-    return roots
+    llada2 = make_llada2_checkpoint(base / "llada2", block_size=BLOCK)  # blocks that show on a short sample
+    return {"sdar": make_sdar_checkpoint(base / "sdar"), "llada2": llada2}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ transformers forward.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -35,11 +34,8 @@ FAMILIES = ("sdar", "llada2")
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("block-likelihood")
-    roots = {"sdar": make_sdar_checkpoint(base / "sdar"), "llada2": make_llada2_checkpoint(base / "llada2")}
-    # LLaDA 2's config.json names no block size (the loader falls back to 32): blocks of 4, as SDAR's
-    cfg_path = roots["llada2"] / "config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "block_size": BLOCK}))
-    return roots
+    llada2 = make_llada2_checkpoint(base / "llada2", block_size=BLOCK)  # blocks that show on a short sample
+    return {"sdar": make_sdar_checkpoint(base / "sdar"), "llada2": llada2}
 
 
 @pytest.fixture(scope="module")

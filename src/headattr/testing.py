@@ -351,17 +351,20 @@ def make_lladamoe_checkpoint(root: Path, seed: int = 0, shared_expert: bool = Fa
     return root
 
 
-def make_llada2_checkpoint(root: Path, seed: int = 0) -> Path:
+def make_llada2_checkpoint(root: Path, seed: int = 0, block_size: int | None = None) -> Path:
     """LLaDA 2 layout: `model.word_embeddings`, fused `attention.query_key_value`, `attention.dense`, q/k
     layernorms; head_dim 12 with half of it rotary; layer 0 dense (`first_k_dense_replace` 1), then 8 experts in
-    4 groups (2 kept), 2 active, a shared expert and an `expert_bias`. The mask token comes from the tokenizer."""
+    4 groups (2 kept), 2 active, a shared expert and an `expert_bias`. The mask token comes from the tokenizer.
+    The released config.json names no block size (the loader's default is 32); `block_size` writes one, so that
+    blocks show on a tiny sample."""
     d, layers, heads, kv, hd = TINY["hidden"], TINY["layers"], TINY["heads"], TINY["kv_heads"], 12
     vocab = _write_config(
         root,
         LLADA2_CONFIG
         | {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv}
         | {"head_dim": hd, "intermediate_size": TINY["inter"], "moe_intermediate_size": MOE["expert_inter"]}
-        | {"num_experts": MOE["experts"], "num_experts_per_tok": MOE["active"]},
+        | {"num_experts": MOE["experts"], "num_experts_per_tok": MOE["active"]}
+        | ({} if block_size is None else {"block_size": block_size}),
     )
     shapes = {"model.word_embeddings.weight": (vocab, d), "model.norm.weight": (d,), "lm_head.weight": (vocab, d)}
     for i in range(layers):
