@@ -15,7 +15,7 @@ from headattr.engine.core import forward_logits
 from headattr.engine.sparse_attention import flex_attention_blocks, flex_block_mask, masked_sdpa
 from headattr.engine.sparse_hook import SparseState, sparse_generation
 from headattr.engine.sparse_mask import BudgetRule, block_mask, block_masks, generation_start, keep_ratios
-from headattr.engine.sparse_schedule import MaskStore, SparseAttention, end_time, phase
+from headattr.engine.sparse_schedule import MaskStore, SparseAttention, end_time, phase, row_densities
 from headattr.errors import HeadattrError
 from headattr.runs.budget import allocation as budget_allocation
 
@@ -278,7 +278,7 @@ def test_settings_and_store() -> None:
             SparseAttention(**bad)
     store = MaskStore()
     store.put(3, torch.ones(1, 2, 2, 2, dtype=torch.bool))
-    assert 3 in store and store.density() == 1.0
+    assert 3 in store and row_densities(store, 2) == [1.0]
     store.reset()
     with pytest.raises(HeadattrError, match="layer 3"):
         store.get(3)

@@ -153,19 +153,12 @@ class MaskStore:
     def __contains__(self, layer: object) -> bool:
         return layer in self.masks
 
-    def density(self) -> float:
-        """The mean fraction of attended key blocks over the stored layers, heads, rows and query blocks (rows
-        shorter than the batch's longest count their empty blocks as unattended)."""
-        if not self.masks:
-            return 1.0
-        return float(np.mean([m.blocks.float().mean().item() for m in self.masks.values()]))
-
 
 def row_densities(store: MaskStore, block_size: int) -> list[float]:
     """Per row of the stored masks: the mean fraction of its own key blocks (n_b = ceil(real tokens / bs))
     that its query blocks attend, over layers, heads and query blocks: the budget a row used. A row's mask
     covers its real tokens only (`block_masks` with `valid`), so the blocks past a shorter row's end are not
-    counted, where `MaskStore.density` would count them as unattended."""
+    counted as unattended."""
     per_layer = []
     for stored in store.masks.values():
         blocks = stored.blocks  # [B, H, n, n]
