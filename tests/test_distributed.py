@@ -265,3 +265,19 @@ def test_shard_under_torchrun_is_one_line(dream_dir, data_file, tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "--shard" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_finish_waits_for_the_other_ranks_only_when_leaving_normally(monkeypatch):
+    # leaving after its work, a rank waits so that no peer is still sending to it; leaving on an error it must
+    # not: its peers may be blocked in another collective, and a barrier would hang until the group's timeout
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.finish()
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    distributed.finish(wait=False)
+    assert calls == ["destroy"]

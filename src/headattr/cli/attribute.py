@@ -6,6 +6,7 @@ The method, masking and data flags default to their settings classes' defaults (
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -258,8 +259,8 @@ def attribute(
             data_report=report,
         )
     finally:
-        if world is not None:
-            distributed.finish()
+        if world is not None:  # on an error, leave without waiting for the other ranks (`distributed.finish`)
+            distributed.finish(wait=sys.exc_info()[0] is None)
     if world is None or world.is_main:
         _report_result(result, out, shard, batch)
 

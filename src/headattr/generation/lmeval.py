@@ -332,5 +332,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [sys.argv[0], *argv]
     try:
         cli_evaluate()
-    finally:
-        distributed.finish()  # the group a torchrun / accelerate launch process joined
+    finally:  # the group a torchrun / accelerate launch process joined; on an error, leave without waiting
+        distributed.finish(wait=sys.exc_info()[0] is None)

@@ -136,14 +136,16 @@ def init(world: World, device: str | None) -> None:
         dist.init_process_group(backend="gloo", rank=world.rank, world_size=world.size, timeout=timeout)
 
 
-def finish() -> None:
-    """Leave the process group (when one was joined), after every rank has got here: a rank that tore its Gloo
-    group down while a peer was still sending to it aborted that peer ("terminate called without an active
-    exception", seen once in the lm-eval two-rank test). A rank that failed is torn down by torchrun."""
+def finish(wait: bool = True) -> None:
+    """Leave the process group (when one was joined). With `wait` (a rank that finished its work), after every
+    rank has got here: a rank that tore its Gloo group down while a peer was still sending to it aborted that
+    peer ("terminate called without an active exception", seen once in the lm-eval two-rank test). A rank
+    leaving on an error does not wait (its peers may be blocked in another collective); torchrun ends them."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
