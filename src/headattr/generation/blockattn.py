@@ -24,6 +24,7 @@ import torch
 from headattr.engine.core import autocast_for
 from headattr.engine.gates import gated
 from headattr.models import ModelSpec
+from headattr.models.block_masks import additive
 
 
 @dataclass
@@ -71,8 +72,7 @@ def block_mask(valid: torch.Tensor, queries: int, block_size: int, dtype: torch.
     query = key[k - queries :]
     allowed = (key[None, :] // block_size) <= (query[:, None] // block_size)  # [Q, K]
     allowed = allowed[None] & (valid[:, None, :] | (key[None, None, :] == query[None, :, None]))
-    zeros = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
-    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    return additive(allowed, dtype)[0, 0, :, None]  # [1, 1, B, Q, K] -> [B, 1, Q, K]
 
 
 @torch.no_grad()
