@@ -14,9 +14,10 @@ probabilities 0.15/0.3/0.5/0.7/0.9, 2 masked draws per probability):
    EOS); a model without one (`python -m headattr.demo.train --eos-window 0`, the built-in model before
    issue 12) on answers decoded into the known answer span (`headattr.decode`), since its generations never
    end.
+4. `headattr sparse` with the seed-47 scores (`demo.sparse_step`), for a model that ends its answers.
 
-Outputs under OUT: `run-seed47/`, `run-seed1234/`, `compare/`, `prune/`, and `summary.json` (the numbers
-printed at the end).
+Outputs under OUT: `run-seed47/`, `run-seed1234/`, `compare/`, `prune/`, `sparse/`, and `summary.json` (the
+numbers printed at the end).
 """
 
 from __future__ import annotations
